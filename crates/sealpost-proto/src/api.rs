@@ -1,0 +1,323 @@
+//! The JSON control API. MLS payloads inside JSON are base64 (standard alphabet, padded);
+//! bulk MLS traffic (sends, commits, deliveries) travels as raw bytes instead (see `delivery`).
+
+use serde::{Deserialize, Serialize};
+use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+
+use crate::ids::{DeviceId, GroupId, Username};
+
+/// Serde helpers for base64 byte fields.
+pub mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Encodes bytes as base64.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    /// Decodes base64 into bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <&str>::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+
+    /// Serde helpers for a list of base64 strings.
+    pub mod list {
+        use super::*;
+        use serde::ser::SerializeSeq;
+
+        /// Encodes each element as base64.
+        pub fn serialize<S: Serializer>(items: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(items.len()))?;
+            for item in items {
+                seq.serialize_element(&STANDARD.encode(item))?;
+            }
+            seq.end()
+        }
+
+        /// Decodes each element from base64.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+            let items = Vec::<String>::deserialize(d)?;
+            items
+                .iter()
+                .map(|s| STANDARD.decode(s).map_err(serde::de::Error::custom))
+                .collect()
+        }
+    }
+}
+
+/// Domain separation for the account key's signature over a device key.
+pub fn device_certificate_message(
+    username: &Username,
+    device_id: &DeviceId,
+    device_key: &[u8],
+) -> Vec<u8> {
+    let mut m = b"sealpost device certificate v1\0".to_vec();
+    m.extend_from_slice(username.as_str().as_bytes());
+    m.push(0);
+    m.extend_from_slice(device_id.as_bytes());
+    m.extend_from_slice(device_key);
+    m
+}
+
+/// Domain separation for the device key's signature over an authentication challenge.
+pub fn auth_challenge_message(device_id: &DeviceId, challenge: &[u8]) -> Vec<u8> {
+    let mut m = b"sealpost auth challenge v1\0".to_vec();
+    m.extend_from_slice(device_id.as_bytes());
+    m.extend_from_slice(challenge);
+    m
+}
+
+/// `POST /v1/accounts`: creates an account and its first device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The handle asked for.
+    pub username: Username,
+    /// The account's Ed25519 public key.
+    #[serde(with = "b64")]
+    pub account_key: Vec<u8>,
+    /// The first device.
+    pub device_id: DeviceId,
+    /// The device's Ed25519 public key (its MLS signature key).
+    #[serde(with = "b64")]
+    pub device_key: Vec<u8>,
+    /// The account key's signature over [`device_certificate_message`].
+    #[serde(with = "b64")]
+    pub device_certificate: Vec<u8>,
+    /// Single-use MLS key packages (serialized `MlsMessage`s).
+    #[serde(with = "b64::list")]
+    pub key_packages: Vec<Vec<u8>>,
+    /// The last-resort key package, used when the single-use stock is empty.
+    #[serde(with = "b64")]
+    pub last_resort_key_package: Vec<u8>,
+}
+
+/// `POST /v1/auth/challenge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeRequest {
+    /// The device that wants to sign in.
+    pub device_id: DeviceId,
+}
+
+/// The server's answer to a [`ChallengeRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    /// Random bytes to sign (see [`auth_challenge_message`]).
+    #[serde(with = "b64")]
+    pub challenge: Vec<u8>,
+    /// Unix seconds after which the challenge is refused.
+    pub expires_at: u64,
+}
+
+/// `POST /v1/auth/token`: exchanges a signed challenge for a bearer token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// The device signing in.
+    pub device_id: DeviceId,
+    /// The challenge the server gave.
+    #[serde(with = "b64")]
+    pub challenge: Vec<u8>,
+    /// The device key's Ed25519 signature over [`auth_challenge_message`].
+    #[serde(with = "b64")]
+    pub signature: Vec<u8>,
+}
+
+/// A bearer token for the `Authorization` header. Secret: never logged.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The token.
+    pub token: String,
+    /// Unix seconds after which the token is refused.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// `POST /v1/key-packages`: adds to this device's stock.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadKeyPackagesRequest {
+    /// New single-use key packages.
+    #[serde(with = "b64::list")]
+    pub key_packages: Vec<Vec<u8>>,
+}
+
+/// How many single-use key packages the server holds for the calling device.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct KeyPackageStock {
+    /// Unclaimed single-use key packages.
+    pub stock: u64,
+}
+
+/// One device's key package, claimed for adding it to a group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimedKeyPackage {
+    /// The device it belongs to.
+    pub device_id: DeviceId,
+    /// The serialized key package (`MlsMessage`).
+    #[serde(with = "b64")]
+    pub key_package: Vec<u8>,
+}
+
+/// `POST /v1/users/{username}/key-packages`: one key package per device of the user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimKeyPackagesResponse {
+    /// The user.
+    pub username: Username,
+    /// One entry per device.
+    pub key_packages: Vec<ClaimedKeyPackage>,
+}
+
+/// A device as the server lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its Ed25519 public key.
+    #[serde(with = "b64")]
+    pub device_key: Vec<u8>,
+    /// The account key's signature over it.
+    #[serde(with = "b64")]
+    pub device_certificate: Vec<u8>,
+}
+
+/// `GET /v1/users/{username}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// The user.
+    pub username: Username,
+    /// The account's Ed25519 public key.
+    #[serde(with = "b64")]
+    pub account_key: Vec<u8>,
+    /// The account's devices.
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// The answer to a send or a commit: where the server put it in the group's log.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PostedResponse {
+    /// The message's sequence number in its group's log.
+    pub seq: u64,
+    /// Server time of acceptance, unix milliseconds.
+    pub sent_at: u64,
+}
+
+/// `POST /v1/sync`: asks for everything after the given cursors. Groups left out start from the
+/// server's last acknowledged cursor for this device.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// Last inbox sequence number the client has committed locally.
+    #[serde(default)]
+    pub inbox_after: Option<u64>,
+    /// Last group-log sequence number the client has committed locally, per group.
+    #[serde(default)]
+    pub groups: Vec<(GroupId, u64)>,
+    /// At most this many deliveries (the server caps it).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// `POST /v1/ack`: the client has committed these locally; the server may drop them once all
+/// recipients have.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AckRequest {
+    /// Inbox cursor.
+    #[serde(default)]
+    pub inbox: Option<u64>,
+    /// Group cursors.
+    #[serde(default)]
+    pub groups: Vec<(GroupId, u64)>,
+}
+
+/// `POST /v1/groups/{id}/commits` body (binary, TLS presentation language): a commit and, when it
+/// adds members, the Welcome the server hands to their inboxes.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct CommitUpload {
+    /// The commit as a serialized `MlsMessage` (a PublicMessage).
+    pub commit: VLBytes,
+    /// The Welcome as a serialized `MlsMessage`; empty when the commit adds nobody.
+    pub welcome: VLBytes,
+}
+
+/// Machine-readable error codes of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request was malformed.
+    BadRequest,
+    /// Missing, bad or expired credentials.
+    Unauthorized,
+    /// The caller may not do this (e.g. not a member of the group).
+    Forbidden,
+    /// No such user, device or group.
+    NotFound,
+    /// The username is taken, or the object exists.
+    Conflict,
+    /// A commit lost the race for its epoch: fetch, process and retry.
+    EpochConflict,
+    /// The body or a field is too large.
+    TooLarge,
+    /// Slow down.
+    RateLimited,
+    /// The user has no key package left.
+    NoKeyPackage,
+    /// The server cannot serve right now.
+    Unavailable,
+    /// A bug on the server.
+    Internal,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people. Never contains message content or secrets.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tls_codec::{Deserialize as _, Serialize as _};
+
+    proptest! {
+        #[test]
+        fn commit_upload_roundtrip(commit in proptest::collection::vec(any::<u8>(), 0..300),
+                                   welcome in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let up = CommitUpload { commit: commit.into(), welcome: welcome.into() };
+            let bytes = up.tls_serialize_detached().unwrap();
+            prop_assert_eq!(CommitUpload::tls_deserialize_exact(bytes).unwrap(), up);
+        }
+
+        #[test]
+        fn commit_upload_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = CommitUpload::tls_deserialize_exact(bytes);
+        }
+    }
+
+    #[test]
+    fn bad_base64_is_an_error() {
+        let json = r#"{"key_packages":["!!!"]}"#;
+        assert!(serde_json::from_str::<UploadKeyPackagesRequest>(json).is_err());
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let t = TokenResponse {
+            token: "secret-token".into(),
+            expires_at: 1,
+        };
+        assert!(!format!("{t:?}").contains("secret-token"));
+    }
+}

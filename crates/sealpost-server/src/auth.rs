@@ -1,0 +1,172 @@
+//! Device authentication without passwords: the server hands out a random challenge, the device
+//! signs it with its device key, and gets a bearer token. Only the token's SHA-256 is stored.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openmls_rust_crypto::RustCrypto;
+use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::random::OpenMlsRand;
+use openmls_traits::types::{HashType, SignatureScheme};
+use sealpost_proto::{
+    ChallengeResponse, DeviceId, DeviceIdentity, TokenRequest, TokenResponse,
+    auth_challenge_message,
+};
+
+use crate::error::ApiFailure;
+use crate::storage::Store;
+
+/// How long a challenge may be answered, seconds.
+pub const CHALLENGE_TTL_SECS: u64 = 60;
+const MAX_PENDING_CHALLENGES: usize = 100_000;
+const SESSION_CACHE: usize = 100_000;
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Challenges and sessions.
+pub struct Auth {
+    crypto: RustCrypto,
+    challenges: Mutex<HashMap<Vec<u8>, (DeviceId, u64)>>,
+    sessions: Mutex<HashMap<[u8; 32], (DeviceIdentity, u64)>>,
+    token_ttl_secs: u64,
+}
+
+impl Auth {
+    /// New, with tokens valid for `token_ttl_secs`.
+    pub fn new(token_ttl_secs: u64) -> Self {
+        Self {
+            crypto: RustCrypto::default(),
+            challenges: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            token_ttl_secs,
+        }
+    }
+
+    /// The crypto provider (for signature checks elsewhere).
+    pub fn crypto(&self) -> &RustCrypto {
+        &self.crypto
+    }
+
+    /// SHA-256.
+    pub fn sha256(&self, data: &[u8]) -> Result<[u8; 32], ApiFailure> {
+        self.crypto
+            .hash(HashType::Sha2_256, data)
+            .ok()
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(ApiFailure::internal)
+    }
+
+    /// Verifies an Ed25519 signature.
+    pub fn verify(&self, public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        public_key.len() == 32
+            && self
+                .crypto
+                .verify_signature(SignatureScheme::ED25519, message, public_key, signature)
+                .is_ok()
+    }
+
+    /// A fresh challenge for `device`.
+    pub fn challenge(&self, device: DeviceId) -> Result<ChallengeResponse, ApiFailure> {
+        let challenge = self
+            .crypto
+            .random_vec(32)
+            .map_err(|_| ApiFailure::internal())?;
+        let now = now_secs();
+        let expires_at = now + CHALLENGE_TTL_SECS;
+        let mut pending = self.challenges.lock().map_err(|_| ApiFailure::internal())?;
+        if pending.len() >= MAX_PENDING_CHALLENGES {
+            pending.retain(|_, (_, exp)| *exp >= now);
+            if pending.len() >= MAX_PENDING_CHALLENGES {
+                return Err(ApiFailure::rate_limited("too many sign-ins in progress"));
+            }
+        }
+        pending.insert(challenge.clone(), (device, expires_at));
+        Ok(ChallengeResponse {
+            challenge,
+            expires_at,
+        })
+    }
+
+    /// Checks a signed challenge and issues a token.
+    pub async fn token(
+        &self,
+        store: &dyn Store,
+        req: TokenRequest,
+    ) -> Result<TokenResponse, ApiFailure> {
+        let entry = self
+            .challenges
+            .lock()
+            .map_err(|_| ApiFailure::internal())?
+            .remove(&req.challenge);
+        let fresh =
+            matches!(entry, Some((device, exp)) if device == req.device_id && exp >= now_secs());
+        if !fresh {
+            return Err(ApiFailure::unauthorized("unknown or expired challenge"));
+        }
+        let device = store
+            .device(req.device_id)
+            .await?
+            .ok_or_else(|| ApiFailure::unauthorized("unknown device"))?;
+        let message = auth_challenge_message(&req.device_id, &req.challenge);
+        if !self.verify(&device.device_key, &message, &req.signature) {
+            return Err(ApiFailure::unauthorized("bad signature"));
+        }
+        let raw = self
+            .crypto
+            .random_vec(32)
+            .map_err(|_| ApiFailure::internal())?;
+        let token = URL_SAFE_NO_PAD.encode(raw);
+        let expires_at = now_secs() + self.token_ttl_secs;
+        store
+            .put_session(self.sha256(token.as_bytes())?, req.device_id, expires_at)
+            .await?;
+        Ok(TokenResponse { token, expires_at })
+    }
+
+    /// The device a bearer token belongs to.
+    pub async fn authenticate(
+        &self,
+        store: &dyn Store,
+        token: &str,
+    ) -> Result<DeviceIdentity, ApiFailure> {
+        let hash = self.sha256(token.as_bytes())?;
+        let now = now_secs();
+        if let Some((device, exp)) = self
+            .sessions
+            .lock()
+            .map_err(|_| ApiFailure::internal())?
+            .get(&hash)
+            && *exp >= now
+        {
+            return Ok(device.clone());
+        }
+        let (device_id, expires_at) = store
+            .session(hash)
+            .await?
+            .filter(|(_, exp)| *exp >= now)
+            .ok_or_else(|| ApiFailure::unauthorized("unknown or expired token: sign in again"))?;
+        let device = store
+            .device(device_id)
+            .await?
+            .ok_or_else(|| ApiFailure::unauthorized("unknown device"))?;
+        let identity = DeviceIdentity {
+            username: device.username,
+            device_id,
+        };
+        let mut cache = self.sessions.lock().map_err(|_| ApiFailure::internal())?;
+        if cache.len() >= SESSION_CACHE {
+            cache.clear();
+        }
+        cache.insert(hash, (identity.clone(), expires_at));
+        Ok(identity)
+    }
+}

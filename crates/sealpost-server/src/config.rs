@@ -1,0 +1,171 @@
+//! Server settings: defaults, then a TOML file, then `SEALPOST_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the server can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the database (`server.db`).
+    pub data: PathBuf,
+    /// Undelivered data is dropped after this many days.
+    pub retention_days: u64,
+    /// Largest HTTP request body, bytes.
+    pub max_body_bytes: usize,
+    /// Most members (devices) in one group.
+    pub max_group_size: usize,
+    /// Key-package claims one device may make per minute.
+    pub key_package_claims_per_minute: u32,
+    /// Most simultaneous WebSocket connections.
+    pub max_connections: usize,
+    /// Most HTTP requests in flight at once.
+    pub max_inflight_requests: usize,
+    /// Lifetime of a session token, seconds.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            data: default_data_dir(),
+            retention_days: 30,
+            max_body_bytes: 1024 * 1024,
+            max_group_size: 1000,
+            key_package_claims_per_minute: 600,
+            max_connections: 10_000,
+            max_inflight_requests: 4096,
+            token_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/sealpost/server`, else `~/.local/share/sealpost/server`.
+pub fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("sealpost").join("server")
+}
+
+/// A setting could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// An environment variable has a bad value.
+    #[error("invalid value in environment variable {name}")]
+    Env {
+        /// The variable.
+        name: String,
+    },
+}
+
+impl Settings {
+    /// Defaults, overridden by `file` (if any), overridden by `SEALPOST_*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut s = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Settings::default(),
+        };
+        s.apply_env(|k| std::env::var(k).ok())?;
+        Ok(s)
+    }
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &str, v: String) -> Result<T, ConfigError> {
+            v.parse()
+                .map_err(|_| ConfigError::Env { name: name.into() })
+        }
+        macro_rules! env {
+            ($($field:ident => $name:literal),* $(,)?) => {$(
+                if let Some(v) = get($name) { self.$field = parse($name, v)?; }
+            )*};
+        }
+        env!(
+            listen => "SEALPOST_LISTEN",
+            data => "SEALPOST_DATA",
+            retention_days => "SEALPOST_RETENTION_DAYS",
+            max_body_bytes => "SEALPOST_MAX_BODY_BYTES",
+            max_group_size => "SEALPOST_MAX_GROUP_SIZE",
+            key_package_claims_per_minute => "SEALPOST_KEY_PACKAGE_CLAIMS_PER_MINUTE",
+            max_connections => "SEALPOST_MAX_CONNECTIONS",
+            max_inflight_requests => "SEALPOST_MAX_INFLIGHT_REQUESTS",
+            token_ttl_secs => "SEALPOST_TOKEN_TTL_SECS",
+        );
+        Ok(())
+    }
+
+    /// The default settings as a TOML document (for `sealpost server --print-config`).
+    pub fn default_toml() -> String {
+        toml::to_string(&Settings::default()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "retention_days = 3\nmax_group_size = 7\n").unwrap();
+        let mut s: Settings = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!((s.retention_days, s.max_group_size), (3, 7));
+        s.apply_env(|k| (k == "SEALPOST_MAX_GROUP_SIZE").then(|| "9".to_string()))
+            .unwrap();
+        assert_eq!((s.retention_days, s.max_group_size), (3, 9));
+        assert!(
+            s.apply_env(|k| (k == "SEALPOST_LISTEN").then(|| "nope".to_string()))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "retension_days = 3\n").unwrap();
+        assert!(matches!(
+            Settings::load(Some(&path)),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn default_toml_parses_back() {
+        let s: Settings = toml::from_str(&Settings::default_toml()).unwrap();
+        assert_eq!(s, Settings::default());
+    }
+}

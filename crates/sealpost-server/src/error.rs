@@ -1,0 +1,105 @@
+//! The one place where errors become HTTP answers. Messages are for people and never contain
+//! message content, keys or tokens.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sealpost_proto::{ApiError, ErrorCode};
+
+use crate::storage::StoreError;
+
+/// An API failure: a code and a human-readable message.
+#[derive(Debug)]
+pub struct ApiFailure {
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiFailure {
+    /// A failure with this code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    /// 400.
+    pub fn bad_request(message: &str) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+    /// 401.
+    pub fn unauthorized(message: &str) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+    /// 403.
+    pub fn forbidden(message: &str) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+    /// 404.
+    pub fn not_found(message: &str) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    /// 413.
+    pub fn too_large(message: &str) -> Self {
+        Self::new(ErrorCode::TooLarge, message)
+    }
+    /// 429.
+    pub fn rate_limited(message: &str) -> Self {
+        Self::new(ErrorCode::RateLimited, message)
+    }
+    /// 503.
+    pub fn unavailable(message: &str) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+    /// 500: a bug. Details go to the log, not to the client.
+    pub fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "internal server error")
+    }
+
+    fn status(&self) -> StatusCode {
+        match self.code {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict | ErrorCode::EpochConflict => StatusCode::CONFLICT,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::NoKeyPackage => StatusCode::NOT_FOUND,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<StoreError> for ApiFailure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Self::new(ErrorCode::Conflict, "already exists"),
+            StoreError::EpochConflict { current } => Self::new(
+                ErrorCode::EpochConflict,
+                format!("the group is at epoch {current}: fetch, process and retry"),
+            ),
+            StoreError::NotMember => Self::forbidden("not a member of this group"),
+            StoreError::NotFound => Self::not_found("not found"),
+            StoreError::Backend(detail) => {
+                tracing::warn!(%detail, "storage failure");
+                Self::unavailable("storage is unavailable")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        (
+            status,
+            Json(ApiError {
+                code: self.code,
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,540 @@
+//! The HTTP and WebSocket API (axum). Handlers are thin: parse, authenticate, call the delivery
+//! service or the store, map the answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
+use sealpost_proto::{
+    AckRequest, ChallengeRequest, ClaimKeyPackagesResponse, ClaimedKeyPackage, DeviceId,
+    DeviceIdentity, DeviceInfo, GroupId, KeyPackageStock, RegisterRequest, SyncRequest,
+    TokenRequest, UploadKeyPackagesRequest, UserInfo, Username, device_certificate_message,
+};
+use serde::de::DeserializeOwned;
+use tls_codec::Deserialize as _;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::config::Settings;
+use crate::delivery::{ALLOWED_CIPHERSUITES, DeliveryService, credential_device};
+use crate::error::ApiFailure;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::storage::{DeviceRecord, FetchRequest, NewAccount};
+
+/// Most key packages in one upload.
+pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 200;
+/// Most deliveries in one sync answer.
+pub const MAX_SYNC_LIMIT: u32 = 1000;
+/// Largest frame a client may send on the WebSocket.
+pub const MAX_WS_CLIENT_FRAME: usize = 4096;
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Delivery logic.
+    pub delivery: Arc<DeliveryService>,
+    /// Sign-in.
+    pub auth: Arc<Auth>,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// WebSocket connection slots.
+    pub ws_slots: Arc<Semaphore>,
+    /// In-flight request slots.
+    pub request_slots: Arc<Semaphore>,
+    /// Key-package claim limiter.
+    pub claims: Arc<RateLimiter>,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// A JSON body whose rejection is one of our errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiFailure;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiFailure> {
+        let bytes = RawBody::from_request(req, state).await?.0;
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            ApiFailure::bad_request(&format!("invalid JSON body: {}", e.classify_text()))
+        })
+    }
+}
+
+trait Classify {
+    fn classify_text(&self) -> &'static str;
+}
+impl Classify for serde_json::Error {
+    fn classify_text(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "a field is missing or has a bad value",
+            serde_json::error::Category::Eof => "truncated",
+        }
+    }
+}
+
+/// A raw body whose rejection (e.g. too large) is one of our errors.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiFailure;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiFailure> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiFailure::too_large("the request body is too large")
+                } else {
+                    ApiFailure::bad_request("could not read the request body")
+                }
+            })
+    }
+}
+
+/// The signed-in device making the request.
+pub struct Authenticated(pub DeviceIdentity);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiFailure;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiFailure> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiFailure::unauthorized("missing bearer token"))?;
+        let device = state
+            .auth
+            .authenticate(state.delivery.store().as_ref(), token)
+            .await?;
+        Ok(Authenticated(device))
+    }
+}
+
+fn parse_path<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiFailure> {
+    s.parse()
+        .map_err(|_| ApiFailure::bad_request(&format!("invalid {what} in the path")))
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/accounts", post(register))
+        .route("/v1/auth/challenge", post(challenge))
+        .route("/v1/auth/token", post(token))
+        .route("/v1/users/{username}", get(user))
+        .route(
+            "/v1/users/{username}/key-packages",
+            post(claim_key_packages),
+        )
+        .route(
+            "/v1/key-packages",
+            post(upload_key_packages).get(key_package_stock),
+        )
+        .route("/v1/groups", post(create_group))
+        .route("/v1/groups/{group}/messages", post(post_message))
+        .route("/v1/groups/{group}/commits", post(post_commit))
+        .route("/v1/sync", post(sync))
+        .route("/v1/ack", post(ack))
+        .route("/v1/ws", get(websocket))
+        .fallback(|| async { ApiFailure::not_found("no such endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), limit_and_log))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn limit_and_log(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = state.request_slots.clone().try_acquire_owned() else {
+        state.metrics.requests_refused.inc();
+        return ApiFailure::unavailable("the server is busy: retry shortly").into_response();
+    };
+    let method = req.method().clone();
+    let path = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    state.metrics.requests.inc();
+    let status = response.status();
+    if status.is_server_error() {
+        tracing::warn!(%method, %path, status = status.as_u16(), "request failed");
+    } else {
+        tracing::debug!(%method, %path, status = status.as_u16(), "request");
+    }
+    if status.is_client_error() {
+        state.metrics.requests_refused.inc();
+    }
+    response
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+}
+
+fn validate_key_package(
+    auth: &Auth,
+    bytes: &[u8],
+    owner: &DeviceIdentity,
+    device_key: &[u8],
+) -> Result<(), ApiFailure> {
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|_| ApiFailure::bad_request("a key package is not an MLS message"))?;
+    let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+        return Err(ApiFailure::bad_request("expected an MLS KeyPackage"));
+    };
+    let kp = kp
+        .validate(auth.crypto(), ProtocolVersion::Mls10)
+        .map_err(|_| ApiFailure::bad_request("a key package does not verify"))?;
+    let leaf = kp.leaf_node();
+    let ok = ALLOWED_CIPHERSUITES.contains(&kp.ciphersuite())
+        && credential_device(leaf.credential()).as_ref() == Some(owner)
+        && leaf.signature_key().as_slice() == device_key;
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiFailure::bad_request(
+            "a key package belongs to another device or uses an unsupported ciphersuite",
+        ))
+    }
+}
+
+async fn register(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    if req.account_key.len() != 32 || req.device_key.len() != 32 {
+        return Err(ApiFailure::bad_request(
+            "keys must be 32-byte Ed25519 public keys",
+        ));
+    }
+    if req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+        return Err(ApiFailure::too_large(
+            "too many key packages in one request",
+        ));
+    }
+    let cert_msg = device_certificate_message(&req.username, &req.device_id, &req.device_key);
+    if !state
+        .auth
+        .verify(&req.account_key, &cert_msg, &req.device_certificate)
+    {
+        return Err(ApiFailure::bad_request(
+            "the device certificate does not verify",
+        ));
+    }
+    let owner = DeviceIdentity {
+        username: req.username.clone(),
+        device_id: req.device_id,
+    };
+    for kp in req
+        .key_packages
+        .iter()
+        .chain(std::iter::once(&req.last_resort_key_package))
+    {
+        validate_key_package(&state.auth, kp, &owner, &req.device_key)?;
+    }
+    state
+        .delivery
+        .store()
+        .create_account(NewAccount {
+            username: req.username.clone(),
+            account_key: req.account_key,
+            device: DeviceRecord {
+                device_id: req.device_id,
+                username: req.username,
+                device_key: req.device_key,
+                certificate: req.device_certificate,
+            },
+            key_packages: req.key_packages,
+            last_resort_key_package: req.last_resort_key_package,
+        })
+        .await
+        .map_err(|e| match e {
+            crate::storage::StoreError::Conflict => ApiFailure::new(
+                sealpost_proto::ErrorCode::Conflict,
+                "that username is taken (or this device is registered already)",
+            ),
+            other => other.into(),
+        })?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({}))))
+}
+
+async fn challenge(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ChallengeRequest>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(state.auth.challenge(req.device_id)?))
+}
+
+async fn token(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(
+        state
+            .auth
+            .token(state.delivery.store().as_ref(), req)
+            .await?,
+    ))
+}
+
+async fn user(
+    State(state): State<AppState>,
+    _me: Authenticated,
+    Path(username): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let username: Username = parse_path(&username, "username")?;
+    let user = state
+        .delivery
+        .store()
+        .user(&username)
+        .await?
+        .ok_or_else(|| ApiFailure::not_found("no such user"))?;
+    Ok(Json(UserInfo {
+        username: user.username,
+        account_key: user.account_key,
+        devices: user
+            .devices
+            .into_iter()
+            .map(|d| DeviceInfo {
+                device_id: d.device_id,
+                device_key: d.device_key,
+                device_certificate: d.certificate,
+            })
+            .collect(),
+    }))
+}
+
+async fn claim_key_packages(
+    State(state): State<AppState>,
+    Authenticated(me): Authenticated,
+    Path(username): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let username: Username = parse_path(&username, "username")?;
+    if !state.claims.allow(me.device_id) {
+        return Err(ApiFailure::rate_limited(
+            "too many key-package claims: wait a minute",
+        ));
+    }
+    let claimed = state
+        .delivery
+        .store()
+        .claim_key_packages(&username)
+        .await
+        .map_err(|e| match e {
+            crate::storage::StoreError::NotFound => ApiFailure::not_found("no such user"),
+            other => other.into(),
+        })?;
+    if claimed.is_empty() {
+        return Err(ApiFailure::new(
+            sealpost_proto::ErrorCode::NoKeyPackage,
+            "the user has no key package",
+        ));
+    }
+    Ok(Json(ClaimKeyPackagesResponse {
+        username,
+        key_packages: claimed
+            .into_iter()
+            .map(|(device_id, key_package)| ClaimedKeyPackage {
+                device_id,
+                key_package,
+            })
+            .collect(),
+    }))
+}
+
+async fn upload_key_packages(
+    State(state): State<AppState>,
+    Authenticated(me): Authenticated,
+    ApiJson(req): ApiJson<UploadKeyPackagesRequest>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    if req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+        return Err(ApiFailure::too_large(
+            "too many key packages in one request",
+        ));
+    }
+    let store = state.delivery.store();
+    let device = store
+        .device(me.device_id)
+        .await?
+        .ok_or_else(|| ApiFailure::unauthorized("unknown device"))?;
+    for kp in &req.key_packages {
+        validate_key_package(&state.auth, kp, &me, &device.device_key)?;
+    }
+    let stock = store
+        .add_key_packages(me.device_id, req.key_packages)
+        .await?;
+    Ok(Json(KeyPackageStock { stock }))
+}
+
+async fn key_package_stock(
+    State(state): State<AppState>,
+    Authenticated(me): Authenticated,
+) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(KeyPackageStock {
+        stock: state
+            .delivery
+            .store()
+            .key_package_stock(me.device_id)
+            .await?,
+    }))
+}
+
+async fn create_group(
+    State(state): State<AppState>,
+    Authenticated(me): Authenticated,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let group = state.delivery.create_group(&me, &body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "group_id": group })),
+    ))
+}
+
+async fn post_message(
+    State(state): State<AppState>,
+    Authenticated(me): Authenticated,
+    Path(group): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let group: GroupId = parse_path(&group, "group id")?;
+    Ok(Json(
+        state
+            .delivery
+            .post_message(&me, group, body.to_vec())
+            .await?,
+    ))
+}
+
+async fn post_commit(
+    State(state): State<AppState>,
+    Authenticated(me): Authenticated,
+    Path(group): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let group: GroupId = parse_path(&group, "group id")?;
+    Ok(Json(state.delivery.post_commit(&me, group, &body).await?))
+}
+
+async fn sync(
+    State(state): State<AppState>,
+    Authenticated(me): Authenticated,
+    ApiJson(req): ApiJson<SyncRequest>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let limit = req.limit.unwrap_or(MAX_SYNC_LIMIT).clamp(1, MAX_SYNC_LIMIT);
+    let batch = state
+        .delivery
+        .store()
+        .fetch(
+            me.device_id,
+            FetchRequest {
+                inbox_after: req.inbox_after,
+                groups: req.groups,
+                limit,
+            },
+        )
+        .await?;
+    let bytes = batch.encode().map_err(|_| ApiFailure::internal())?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        bytes,
+    ))
+}
+
+async fn ack(
+    State(state): State<AppState>,
+    Authenticated(me): Authenticated,
+    ApiJson(req): ApiJson<AckRequest>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    state.delivery.store().ack(me.device_id, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn websocket(
+    State(state): State<AppState>,
+    Authenticated(me): Authenticated,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiFailure> {
+    let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
+        state.metrics.requests_refused.inc();
+        return Err(ApiFailure::unavailable("too many connections: retry later"));
+    };
+    let ws = ws
+        .max_message_size(MAX_WS_CLIENT_FRAME)
+        .max_frame_size(MAX_WS_CLIENT_FRAME);
+    Ok(ws.on_upgrade(move |socket| async move {
+        state.metrics.connections.inc();
+        push_loop(socket, me.device_id, &state).await;
+        state.metrics.connections.dec();
+        drop(permit);
+    }))
+}
+
+async fn push_loop(mut socket: WebSocket, device: DeviceId, state: &AppState) {
+    let mut sub = state.delivery.hub().subscribe(device);
+    // Tell the client it is subscribed: anything appended from now on will be pushed, so a sync
+    // started after this frame misses nothing.
+    if socket
+        .send(Message::Text("subscribed".into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut keepalive = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            frame = sub.frames.recv() => {
+                let Some(frame) = frame else { break }; // dropped as too slow
+                if socket.send(Message::Binary(Bytes::from(frame.as_ref().clone()))).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {} // pings are answered by the library; anything else is ignored
+            },
+            _ = keepalive.tick() => {
+                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+            () = state.shutdown.cancelled() => {
+                let _ = socket.send(Message::Close(None)).await;
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The Sealpost delivery service: an untrusted server that stores and forwards MLS ciphertext.
+//!
+//! It never holds a key that opens a message. What it sees: accounts, devices, group rosters (from
+//! the public MLS state), timing and padded sizes. What it enforces: authentication of devices,
+//! one commit per epoch and a total order per group, membership for posting and fetching,
+//! durability before acknowledgement, and limits.
+//!
+//! Entry point: [`run`], which serves on a bound listener until the shutdown token is cancelled.
+#![forbid(unsafe_code)]
+
+mod auth;
+pub mod config;
+mod delivery;
+mod error;
+mod http;
+pub mod metrics;
+mod openapi;
+mod push;
+mod ratelimit;
+pub mod storage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Settings;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::storage::Store;
+use crate::storage::sqlite::SqliteStore;
+
+/// The server failed to start or to serve.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the database: {0}")]
+    Store(#[from] storage::StoreError),
+    /// Serving failed.
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the store in `settings.data` and serves on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&settings.data).map_err(|source| ServerError::DataDir {
+        path: settings.data.clone(),
+        source,
+    })?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.data.join("server.db"))?);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let hub = push::Hub::new(metrics.clone());
+    let delivery = Arc::new(delivery::DeliveryService::new(
+        store.clone(),
+        hub,
+        metrics.clone(),
+        settings.max_group_size,
+    ));
+    let state = http::AppState {
+        delivery,
+        auth: Arc::new(auth::Auth::new(settings.token_ttl_secs)),
+        ws_slots: Arc::new(Semaphore::new(settings.max_connections)),
+        request_slots: Arc::new(Semaphore::new(settings.max_inflight_requests)),
+        claims: Arc::new(ratelimit::RateLimiter::new(
+            settings.key_package_claims_per_minute,
+            Duration::from_secs(60),
+        )),
+        metrics,
+        shutdown: shutdown.clone(),
+        settings: Arc::new(settings.clone()),
+    };
+    let retention_ms = settings.retention_days.saturating_mul(24 * 3600 * 1000);
+    let purger = tokio::spawn(purge_loop(store, retention_ms, shutdown.clone()));
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let served = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = purger.await;
+    tracing::info!("stopped");
+    Ok(served?)
+}
+
+async fn purge_loop(store: Arc<dyn Store>, retention_ms: u64, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let cutoff = (auth::now_secs() * 1000).saturating_sub(retention_ms);
+                match store.purge(cutoff).await {
+                    Ok(n) if n > 0 => tracing::debug!(deleted = n, "purged delivered and expired data"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "purge failed"),
+                }
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+}

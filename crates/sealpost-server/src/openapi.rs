@@ -1,0 +1,88 @@
+//! The OpenAPI 3.1 description of the API, served at `/openapi.json`.
+
+/// The document.
+pub const DOCUMENT: &str = r##"{
+  "openapi": "3.1.0",
+  "info": {
+    "title": "Sealpost delivery service",
+    "version": "1",
+    "description": "Stores and forwards MLS ciphertext. JSON bodies carry binary fields as standard base64. Authenticated endpoints take `Authorization: Bearer <token>` from /v1/auth/token. Errors are {\"code\":..., \"message\":...}."
+  },
+  "components": {
+    "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+    "schemas": {
+      "Error": { "type": "object", "required": ["code", "message"], "properties": {
+        "code": { "type": "string", "enum": ["bad_request","unauthorized","forbidden","not_found","conflict","epoch_conflict","too_large","rate_limited","no_key_package","unavailable","internal"] },
+        "message": { "type": "string" } } },
+      "Username": { "type": "string", "pattern": "^[a-z][a-z0-9_]{2,31}$" },
+      "Hex16": { "type": "string", "pattern": "^[0-9a-f]{32}$" },
+      "Base64": { "type": "string", "contentEncoding": "base64" },
+      "Posted": { "type": "object", "required": ["seq","sent_at"], "properties": { "seq": {"type":"integer"}, "sent_at": {"type":"integer"} } },
+      "Cursor": { "type": "array", "prefixItems": [ {"$ref":"#/components/schemas/Hex16"}, {"type":"integer","minimum":0} ], "minItems": 2, "maxItems": 2 }
+    },
+    "responses": {
+      "Error": { "description": "An error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
+    }
+  },
+  "paths": {
+    "/healthz": { "get": { "summary": "Liveness", "responses": { "200": { "description": "ok" } } } },
+    "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text format" } } } },
+    "/v1/accounts": { "post": { "summary": "Register an account and its first device",
+      "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object",
+        "required": ["username","account_key","device_id","device_key","device_certificate","key_packages","last_resort_key_package"],
+        "properties": { "username": {"$ref":"#/components/schemas/Username"}, "account_key": {"$ref":"#/components/schemas/Base64"},
+          "device_id": {"$ref":"#/components/schemas/Hex16"}, "device_key": {"$ref":"#/components/schemas/Base64"},
+          "device_certificate": {"$ref":"#/components/schemas/Base64"},
+          "key_packages": {"type":"array","maxItems":200,"items":{"$ref":"#/components/schemas/Base64"}},
+          "last_resort_key_package": {"$ref":"#/components/schemas/Base64"} } } } } },
+      "responses": { "201": { "description": "created" }, "400": {"$ref":"#/components/responses/Error"}, "409": {"$ref":"#/components/responses/Error"} } } },
+    "/v1/auth/challenge": { "post": { "summary": "Get a challenge to sign",
+      "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["device_id"], "properties": { "device_id": {"$ref":"#/components/schemas/Hex16"} } } } } },
+      "responses": { "200": { "description": "challenge", "content": { "application/json": { "schema": { "type": "object", "properties": { "challenge": {"$ref":"#/components/schemas/Base64"}, "expires_at": {"type":"integer"} } } } } } } } },
+    "/v1/auth/token": { "post": { "summary": "Exchange a signed challenge for a token",
+      "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["device_id","challenge","signature"],
+        "properties": { "device_id": {"$ref":"#/components/schemas/Hex16"}, "challenge": {"$ref":"#/components/schemas/Base64"}, "signature": {"$ref":"#/components/schemas/Base64"} } } } } },
+      "responses": { "200": { "description": "token", "content": { "application/json": { "schema": { "type": "object", "properties": { "token": {"type":"string"}, "expires_at": {"type":"integer"} } } } } }, "401": {"$ref":"#/components/responses/Error"} } } },
+    "/v1/users/{username}": { "get": { "summary": "An account's key and devices", "security": [{"bearer":[]}],
+      "parameters": [ { "name": "username", "in": "path", "required": true, "schema": {"$ref":"#/components/schemas/Username"} } ],
+      "responses": { "200": { "description": "user" }, "404": {"$ref":"#/components/responses/Error"} } } },
+    "/v1/users/{username}/key-packages": { "post": { "summary": "Claim one key package per device of a user (rate-limited)", "security": [{"bearer":[]}],
+      "parameters": [ { "name": "username", "in": "path", "required": true, "schema": {"$ref":"#/components/schemas/Username"} } ],
+      "responses": { "200": { "description": "claimed" }, "404": {"$ref":"#/components/responses/Error"}, "429": {"$ref":"#/components/responses/Error"} } } },
+    "/v1/key-packages": {
+      "get": { "summary": "How many single-use key packages are left for this device", "security": [{"bearer":[]}], "responses": { "200": { "description": "stock" } } },
+      "post": { "summary": "Upload key packages", "security": [{"bearer":[]}],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["key_packages"], "properties": { "key_packages": {"type":"array","maxItems":200,"items":{"$ref":"#/components/schemas/Base64"}} } } } } },
+        "responses": { "200": { "description": "stock" }, "400": {"$ref":"#/components/responses/Error"} } } },
+    "/v1/groups": { "post": { "summary": "Register a new group from its epoch-0 GroupInfo (with ratchet tree)", "security": [{"bearer":[]}],
+      "requestBody": { "required": true, "content": { "application/mls-message": { "schema": { "type": "string", "format": "binary" } } } },
+      "responses": { "201": { "description": "created" }, "400": {"$ref":"#/components/responses/Error"}, "409": {"$ref":"#/components/responses/Error"} } } },
+    "/v1/groups/{group}/messages": { "post": { "summary": "Post an application message (PrivateMessage) or a leave proposal", "security": [{"bearer":[]}],
+      "parameters": [ { "name": "group", "in": "path", "required": true, "schema": {"$ref":"#/components/schemas/Hex16"} } ],
+      "requestBody": { "required": true, "content": { "application/mls-message": { "schema": { "type": "string", "format": "binary" } } } },
+      "responses": { "200": { "description": "appended", "content": { "application/json": { "schema": {"$ref":"#/components/schemas/Posted"} } } }, "403": {"$ref":"#/components/responses/Error"} } } },
+    "/v1/groups/{group}/commits": { "post": { "summary": "Post a commit (and its Welcome); one commit per epoch wins", "security": [{"bearer":[]}],
+      "parameters": [ { "name": "group", "in": "path", "required": true, "schema": {"$ref":"#/components/schemas/Hex16"} } ],
+      "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary", "description": "TLS-encoded struct { opaque commit<V>; opaque welcome<V>; }" } } } },
+      "responses": { "200": { "description": "appended", "content": { "application/json": { "schema": {"$ref":"#/components/schemas/Posted"} } } }, "409": {"$ref":"#/components/responses/Error"} } } },
+    "/v1/sync": { "post": { "summary": "Fetch deliveries after the given cursors", "security": [{"bearer":[]}],
+      "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": {
+        "inbox_after": {"type":["integer","null"]}, "groups": {"type":"array","items":{"$ref":"#/components/schemas/Cursor"}}, "limit": {"type":["integer","null"],"maximum":1000} } } } } },
+      "responses": { "200": { "description": "TLS-encoded SyncBatch", "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } } } } },
+    "/v1/ack": { "post": { "summary": "Acknowledge what the device has committed locally", "security": [{"bearer":[]}],
+      "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": {
+        "inbox": {"type":["integer","null"]}, "groups": {"type":"array","items":{"$ref":"#/components/schemas/Cursor"}} } } } } },
+      "responses": { "204": { "description": "recorded" } } } },
+    "/v1/ws": { "get": { "summary": "WebSocket: a text frame 'subscribed', then one binary TLS-encoded Delivery per frame", "security": [{"bearer":[]}],
+      "responses": { "101": { "description": "switching protocols" }, "503": {"$ref":"#/components/responses/Error"} } } }
+  }
+}"##;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn document_is_json() {
+        let v: serde_json::Value = serde_json::from_str(super::DOCUMENT).unwrap();
+        assert!(v["paths"]["/v1/sync"].is_object());
+    }
+}

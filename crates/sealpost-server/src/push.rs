@@ -1,0 +1,97 @@
+//! Live push: a map from device to its open WebSocket connections. Each connection has a
+//! bounded queue; a connection that does not keep up is dropped (its client reconnects and
+//! catches up by cursor), so a slow client can never make the server buffer without bound.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sealpost_proto::{Delivery, DeviceId};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Frames queued per connection before it counts as too slow.
+pub const QUEUE_PER_CONNECTION: usize = 1024;
+
+type Conns = HashMap<DeviceId, Vec<(u64, mpsc::Sender<Arc<Vec<u8>>>)>>;
+
+/// The push hub. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Hub {
+    conns: Arc<Mutex<Conns>>,
+    next_id: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+/// A registered connection; unregisters itself when dropped.
+pub struct Subscription {
+    hub: Hub,
+    device: DeviceId,
+    id: u64,
+    /// Frames to send.
+    pub frames: mpsc::Receiver<Arc<Vec<u8>>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(mut conns) = self.hub.conns.lock()
+            && let Some(list) = conns.get_mut(&self.device)
+        {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                conns.remove(&self.device);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// A hub reporting to `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
+    /// Registers a connection for `device`.
+    pub fn subscribe(&self, device: DeviceId) -> Subscription {
+        let (tx, rx) = mpsc::channel(QUEUE_PER_CONNECTION);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.entry(device).or_default().push((id, tx));
+        }
+        Subscription {
+            hub: self.clone(),
+            device,
+            id,
+            frames: rx,
+        }
+    }
+
+    /// Queues `frame` for every connection of the given devices. Never blocks.
+    pub fn push<'a>(&self, devices: impl Iterator<Item = &'a DeviceId>, frame: &Delivery) {
+        let Ok(bytes) = frame.encode() else { return };
+        let bytes = Arc::new(bytes);
+        let Ok(mut conns) = self.conns.lock() else {
+            return;
+        };
+        for device in devices {
+            let Some(list) = conns.get_mut(device) else {
+                continue;
+            };
+            list.retain(|(_, tx)| match tx.try_send(bytes.clone()) {
+                Ok(()) => {
+                    self.metrics.frames_pushed.inc();
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.slow_clients_dropped.inc();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        }
+    }
+}

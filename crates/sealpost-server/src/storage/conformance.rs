@@ -1,0 +1,399 @@
+//! The storage conformance suite. Every backend runs [`run_all`] in its tests; a backend that
+//! passes behaves as the delivery logic expects. Panics on the first failed expectation, like any
+//! test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "this is a test suite"
+)]
+
+use sealpost_proto::{AckRequest, DeliveryKind, DeviceId, GroupId, Username};
+
+use super::{DeviceRecord, FetchRequest, HandshakeWrite, NewAccount, NewGroup, Store, StoreError};
+
+fn device(n: u8) -> DeviceId {
+    DeviceId::from_bytes([n; 16])
+}
+
+fn account(name: &str, n: u8, packages: usize) -> NewAccount {
+    let username = Username::new(name).unwrap();
+    NewAccount {
+        username: username.clone(),
+        account_key: vec![n; 32],
+        device: DeviceRecord {
+            device_id: device(n),
+            username,
+            device_key: vec![n + 100; 32],
+            certificate: vec![n; 64],
+        },
+        key_packages: (0..packages).map(|i| vec![n, i as u8, 1]).collect(),
+        last_resort_key_package: vec![n, 255],
+    }
+}
+
+fn fetch_all(after: Option<u64>, groups: Vec<(GroupId, u64)>) -> FetchRequest {
+    FetchRequest {
+        inbox_after: after,
+        groups,
+        limit: 1000,
+    }
+}
+
+/// Runs every check against a fresh, empty store.
+pub async fn run_all(store: &dyn Store) {
+    accounts(store).await;
+    key_packages(store).await;
+    sessions(store).await;
+    groups_and_delivery(store).await;
+}
+
+async fn accounts(store: &dyn Store) {
+    store
+        .create_account(account("acc_alice", 1, 0))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_account(account("acc_alice", 2, 0)).await,
+        Err(StoreError::Conflict)
+    ));
+    // Same device id under another name is refused too, and leaves no account behind.
+    assert!(matches!(
+        store.create_account(account("acc_other", 1, 0)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(
+        store
+            .user(&Username::new("acc_other").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let user = store
+        .user(&Username::new("acc_alice").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.account_key, vec![1; 32]);
+    assert_eq!(user.devices.len(), 1);
+    assert_eq!(user.devices[0].device_id, device(1));
+    assert_eq!(
+        store.device(device(1)).await.unwrap().unwrap().device_key,
+        vec![101; 32]
+    );
+    assert!(store.device(device(99)).await.unwrap().is_none());
+}
+
+async fn key_packages(store: &dyn Store) {
+    store.create_account(account("kp_bob", 3, 2)).await.unwrap();
+    let bob = Username::new("kp_bob").unwrap();
+    assert_eq!(store.key_package_stock(device(3)).await.unwrap(), 2);
+    let first = store.claim_key_packages(&bob).await.unwrap();
+    let second = store.claim_key_packages(&bob).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_ne!(
+        first[0].1, second[0].1,
+        "a single-use key package is handed out once"
+    );
+    assert_eq!(store.key_package_stock(device(3)).await.unwrap(), 0);
+    // Stock empty: the last-resort package, again and again.
+    let lr1 = store.claim_key_packages(&bob).await.unwrap();
+    let lr2 = store.claim_key_packages(&bob).await.unwrap();
+    assert_eq!(lr1[0].1, vec![3, 255]);
+    assert_eq!(lr1, lr2);
+    assert_eq!(
+        store
+            .add_key_packages(device(3), vec![vec![7], vec![8]])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.claim_key_packages(&bob).await.unwrap()[0].1, vec![7]);
+    assert!(matches!(
+        store
+            .claim_key_packages(&Username::new("nobody").unwrap())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn sessions(store: &dyn Store) {
+    store
+        .put_session([9; 32], device(1), u64::MAX / 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session([9; 32]).await.unwrap(),
+        Some((device(1), u64::MAX / 2))
+    );
+    assert_eq!(store.session([8; 32]).await.unwrap(), None);
+}
+
+async fn groups_and_delivery(store: &dyn Store) {
+    store
+        .create_account(account("grp_carol", 4, 1))
+        .await
+        .unwrap();
+    store
+        .create_account(account("grp_dave", 5, 1))
+        .await
+        .unwrap();
+    let (carol, dave) = (device(4), device(5));
+    let g = GroupId::from_bytes([42; 16]);
+
+    store
+        .create_group(NewGroup {
+            group_id: g,
+            creator: carol,
+            state: vec![0],
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_group(NewGroup {
+                group_id: g,
+                creator: dave,
+                state: vec![0]
+            })
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.group(g).await.unwrap().unwrap().epoch, 0);
+
+    // Only members may post.
+    assert!(matches!(
+        store.append_message(g, dave, vec![1]).await,
+        Err(StoreError::NotMember)
+    ));
+    let unknown = GroupId::from_bytes([43; 16]);
+    assert!(matches!(
+        store.append_message(unknown, carol, vec![1]).await,
+        Err(StoreError::NotMember)
+    ));
+
+    let m1 = store
+        .append_message(g, carol, b"m1".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(m1.seq, 1);
+
+    // Carol adds dave: commit at seq 2, welcome in dave's inbox.
+    let add = HandshakeWrite {
+        group_id: g,
+        sender: carol,
+        epoch: 0,
+        new_epoch: 1,
+        payload: b"commit-add".to_vec(),
+        state: vec![1],
+        added: vec![dave],
+        removed: vec![],
+        welcome: Some(b"welcome".to_vec()),
+    };
+    let appended = store.append_handshake(add.clone()).await.unwrap();
+    assert_eq!(appended.seq, 2);
+    assert_eq!(appended.welcomes, vec![(dave, 1)]);
+    // A second commit on the same epoch loses.
+    assert!(matches!(
+        store.append_handshake(add).await,
+        Err(StoreError::EpochConflict { current: 1 })
+    ));
+    let rec = store.group(g).await.unwrap().unwrap();
+    assert_eq!((rec.epoch, rec.state), (1, vec![1]));
+    let mut devices = store.group_devices(g).await.unwrap();
+    devices.sort();
+    assert_eq!(devices, vec![carol, dave]);
+
+    let m3 = store.append_message(g, dave, b"m3".to_vec()).await.unwrap();
+    assert_eq!(m3.seq, 3);
+
+    // Dave sees the welcome, then only what follows the commit that added him.
+    let batch = store.fetch(dave, fetch_all(None, vec![])).await.unwrap();
+    let kinds: Vec<_> = batch
+        .deliveries
+        .iter()
+        .map(|d| (d.kind, d.inbox_seq, d.group_seq))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(DeliveryKind::Inbox, 1, 2), (DeliveryKind::Group, 0, 3)]
+    );
+    assert_eq!(batch.deliveries[1].payload.as_slice(), b"m3");
+    assert_eq!(batch.more, 0);
+
+    // Carol sees her whole log; cursors and limits are honoured.
+    let batch = store.fetch(carol, fetch_all(None, vec![])).await.unwrap();
+    assert_eq!(
+        batch
+            .deliveries
+            .iter()
+            .map(|d| d.group_seq)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let batch = store
+        .fetch(carol, fetch_all(None, vec![(g, 2)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        batch
+            .deliveries
+            .iter()
+            .map(|d| d.group_seq)
+            .collect::<Vec<_>>(),
+        vec![3]
+    );
+    let batch = store
+        .fetch(
+            carol,
+            FetchRequest {
+                inbox_after: None,
+                groups: vec![],
+                limit: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((batch.deliveries.len(), batch.more), (2, 1));
+
+    // Acknowledgements move the default cursor.
+    store
+        .ack(
+            dave,
+            AckRequest {
+                inbox: Some(1),
+                groups: vec![(g, 3)],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .fetch(dave, fetch_all(None, vec![]))
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty()
+    );
+
+    // Carol removes dave: he receives the removal commit, then nothing more.
+    let remove = HandshakeWrite {
+        group_id: g,
+        sender: carol,
+        epoch: 1,
+        new_epoch: 2,
+        payload: b"commit-remove".to_vec(),
+        state: vec![2],
+        added: vec![],
+        removed: vec![dave],
+        welcome: None,
+    };
+    assert_eq!(store.append_handshake(remove).await.unwrap().seq, 4);
+    assert!(matches!(
+        store.append_message(g, dave, vec![1]).await,
+        Err(StoreError::NotMember)
+    ));
+    store
+        .append_message(g, carol, b"m5".to_vec())
+        .await
+        .unwrap();
+    let batch = store.fetch(dave, fetch_all(None, vec![])).await.unwrap();
+    assert_eq!(
+        batch
+            .deliveries
+            .iter()
+            .map(|d| d.group_seq)
+            .collect::<Vec<_>>(),
+        vec![4]
+    );
+    assert_eq!(store.group_devices(g).await.unwrap(), vec![carol]);
+
+    // Purge drops what everyone acknowledged, nothing else.
+    store
+        .ack(
+            dave,
+            AckRequest {
+                inbox: None,
+                groups: vec![(g, 4)],
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .ack(
+            carol,
+            AckRequest {
+                inbox: None,
+                groups: vec![(g, 3)],
+            },
+        )
+        .await
+        .unwrap();
+    store.purge(0).await.unwrap();
+    let batch = store
+        .fetch(carol, fetch_all(None, vec![(g, 0)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        batch
+            .deliveries
+            .iter()
+            .map(|d| d.group_seq)
+            .collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    // Retention drops everything older than the limit.
+    store.purge(u64::MAX / 2).await.unwrap();
+    assert!(
+        store
+            .fetch(carol, fetch_all(None, vec![(g, 0)]))
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty()
+    );
+}
+
+/// Writes one account, group and message (for reopen tests).
+pub async fn seed_one_message(store: &dyn Store) {
+    store
+        .create_account(account("seed_erin", 6, 1))
+        .await
+        .unwrap();
+    let g = GroupId::from_bytes([6; 16]);
+    store
+        .create_group(NewGroup {
+            group_id: g,
+            creator: device(6),
+            state: vec![6],
+        })
+        .await
+        .unwrap();
+    store
+        .append_message(g, device(6), b"kept".to_vec())
+        .await
+        .unwrap();
+}
+
+/// Checks what [`seed_one_message`] wrote is still there.
+pub async fn check_seeded_message(store: &dyn Store) {
+    assert!(
+        store
+            .user(&Username::new("seed_erin").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let batch = store
+        .fetch(device(6), fetch_all(None, vec![]))
+        .await
+        .unwrap();
+    assert_eq!(batch.deliveries.len(), 1);
+    assert_eq!(batch.deliveries[0].payload.as_slice(), b"kept");
+    // The sequence continues where it stopped.
+    let next = store
+        .append_message(GroupId::from_bytes([6; 16]), device(6), vec![1])
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 2);
+}

@@ -1,0 +1,198 @@
+//! The server's durable state, behind one trait so that backends can be swapped.
+//!
+//! The delivery logic (in `delivery`) never sees SQL: it calls [`Store`]. Every backend must pass
+//! the [`conformance`] suite. A write returns only once it is durable (committed and fsync'd), so
+//! the server can acknowledge it to the client.
+
+pub mod conformance;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use sealpost_proto::{AckRequest, DeviceId, GroupId, SyncBatch, Username};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The username, device or group exists already.
+    #[error("already exists")]
+    Conflict,
+    /// A handshake message was built on an epoch that is no longer the group's current one.
+    #[error("the group has moved on to epoch {current}")]
+    EpochConflict {
+        /// The group's current epoch.
+        current: u64,
+    },
+    /// The device is not a current member of the group.
+    #[error("not a member of the group")]
+    NotMember,
+    /// No such group, user or device.
+    #[error("not found")]
+    NotFound,
+    /// The backend failed (I/O, corruption, shutdown).
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+/// A new account with its first device.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// The handle.
+    pub username: Username,
+    /// Account public key.
+    pub account_key: Vec<u8>,
+    /// The first device.
+    pub device: DeviceRecord,
+    /// Single-use key packages.
+    pub key_packages: Vec<Vec<u8>>,
+    /// The last-resort key package.
+    pub last_resort_key_package: Vec<u8>,
+}
+
+/// A device as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its account.
+    pub username: Username,
+    /// Its public signing key.
+    pub device_key: Vec<u8>,
+    /// The account key's signature over it.
+    pub certificate: Vec<u8>,
+}
+
+/// An account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The handle.
+    pub username: Username,
+    /// Account public key.
+    pub account_key: Vec<u8>,
+    /// Its devices.
+    pub devices: Vec<DeviceRecord>,
+}
+
+/// A group as stored: the public MLS state the server validates handshakes against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// The group.
+    pub group_id: GroupId,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Serialized public group state (opaque to the store).
+    pub state: Vec<u8>,
+}
+
+/// A new group, created at epoch 0 with its creator as the only member.
+#[derive(Debug, Clone)]
+pub struct NewGroup {
+    /// The group.
+    pub group_id: GroupId,
+    /// The creating device.
+    pub creator: DeviceId,
+    /// Serialized public group state.
+    pub state: Vec<u8>,
+}
+
+/// A handshake message (commit or proposal) to append, validated by the delivery logic.
+#[derive(Debug, Clone)]
+pub struct HandshakeWrite {
+    /// The group.
+    pub group_id: GroupId,
+    /// The sending device.
+    pub sender: DeviceId,
+    /// The epoch the message was built on; the write fails with `EpochConflict` otherwise.
+    pub epoch: u64,
+    /// The epoch after it (equal to `epoch` for a proposal).
+    pub new_epoch: u64,
+    /// The serialized MLS message.
+    pub payload: Vec<u8>,
+    /// The group's public state after it.
+    pub state: Vec<u8>,
+    /// Devices that join (they get `welcome` in their inbox).
+    pub added: Vec<DeviceId>,
+    /// Devices that leave (they still receive this message, and nothing after it).
+    pub removed: Vec<DeviceId>,
+    /// The Welcome for `added`.
+    pub welcome: Option<Vec<u8>>,
+}
+
+/// Where a write landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence number in the group log.
+    pub seq: u64,
+    /// Acceptance time, unix milliseconds.
+    pub sent_at: u64,
+    /// For a commit that adds devices: the inbox sequence number of each Welcome.
+    pub welcomes: Vec<(DeviceId, u64)>,
+}
+
+/// Delivery limits for one fetch.
+#[derive(Debug, Clone, Default)]
+pub struct FetchRequest {
+    /// Inbox cursor; `None` means the server's acknowledged cursor.
+    pub inbox_after: Option<u64>,
+    /// Group cursors; groups left out start from the acknowledged cursor.
+    pub groups: Vec<(GroupId, u64)>,
+    /// Most deliveries to return.
+    pub limit: u32,
+}
+
+/// The server's durable state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an account and its first device; `Conflict` if the username or device exists.
+    async fn create_account(&self, account: NewAccount) -> Result<(), StoreError>;
+    /// Looks an account up.
+    async fn user(&self, username: &Username) -> Result<Option<UserRecord>, StoreError>;
+    /// Looks a device up.
+    async fn device(&self, device: DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Adds single-use key packages; returns the stock after.
+    async fn add_key_packages(
+        &self,
+        device: DeviceId,
+        key_packages: Vec<Vec<u8>>,
+    ) -> Result<u64, StoreError>;
+    /// Counts the unclaimed single-use key packages of a device.
+    async fn key_package_stock(&self, device: DeviceId) -> Result<u64, StoreError>;
+    /// Claims one key package for each device of the user: a single-use one while any is left
+    /// (consumed), else the last-resort one (kept).
+    async fn claim_key_packages(
+        &self,
+        username: &Username,
+    ) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError>;
+    /// Stores a session token's hash.
+    async fn put_session(
+        &self,
+        token_hash: [u8; 32],
+        device: DeviceId,
+        expires_at: u64,
+    ) -> Result<(), StoreError>;
+    /// Looks a session up by its token's hash: the device and expiry.
+    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<(DeviceId, u64)>, StoreError>;
+    /// Creates a group.
+    async fn create_group(&self, group: NewGroup) -> Result<(), StoreError>;
+    /// Loads a group's public state.
+    async fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, StoreError>;
+    /// Appends an application message from a current member.
+    async fn append_message(
+        &self,
+        group: GroupId,
+        sender: DeviceId,
+        payload: Vec<u8>,
+    ) -> Result<Appended, StoreError>;
+    /// Appends a validated handshake message, updating the group state and membership.
+    async fn append_handshake(&self, write: HandshakeWrite) -> Result<Appended, StoreError>;
+    /// Everything pending for a device after the given cursors, inbox first.
+    async fn fetch(&self, device: DeviceId, request: FetchRequest)
+    -> Result<SyncBatch, StoreError>;
+    /// Records what the device has committed locally.
+    async fn ack(&self, device: DeviceId, ack: AckRequest) -> Result<(), StoreError>;
+    /// The devices that currently receive a group's messages.
+    async fn group_devices(&self, group: GroupId) -> Result<Vec<DeviceId>, StoreError>;
+    /// Deletes what every recipient acknowledged, and what is older than the retention limit.
+    /// Returns how many items it deleted.
+    async fn purge(&self, older_than_ms: u64) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,854 @@
+//! The embedded SQLite backend: WAL, one writer thread with group commit, a small pool of
+//! readers.
+//!
+//! Group commit: the writer takes one job, opens a transaction, then takes every job already
+//! waiting (up to [`MAX_BATCH`]), runs each inside its own savepoint (so one failing request does
+//! not undo the others) and commits once — one fsync for the whole batch
+//! (`synchronous=FULL`). Only then does it answer the waiting requests.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use sealpost_proto::{AckRequest, Delivery, DeliveryKind, DeviceId, GroupId, SyncBatch, Username};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Appended, DeviceRecord, FetchRequest, GroupRecord, HandshakeWrite, NewAccount, NewGroup, Store,
+    StoreError, UserRecord,
+};
+
+/// Most jobs committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+const READERS: usize = 4;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS accounts (
+    username    TEXT PRIMARY KEY,
+    account_key BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id   BLOB PRIMARY KEY,
+    username    TEXT NOT NULL REFERENCES accounts(username),
+    device_key  BLOB NOT NULL UNIQUE,
+    certificate BLOB NOT NULL,
+    inbox_next  INTEGER NOT NULL DEFAULT 1,
+    inbox_acked INTEGER NOT NULL DEFAULT 0,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS devices_username ON devices(username);
+CREATE TABLE IF NOT EXISTS key_packages (
+    id          INTEGER PRIMARY KEY,
+    device_id   BLOB NOT NULL,
+    last_resort INTEGER NOT NULL,
+    data        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_packages_device ON key_packages(device_id, last_resort, id);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash BLOB PRIMARY KEY,
+    device_id  BLOB NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS groups (
+    group_id   BLOB PRIMARY KEY,
+    epoch      INTEGER NOT NULL,
+    state      BLOB NOT NULL,
+    next_seq   INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_log (
+    group_id BLOB NOT NULL,
+    seq      INTEGER NOT NULL,
+    sent_at  INTEGER NOT NULL,
+    payload  BLOB NOT NULL,
+    PRIMARY KEY (group_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+    group_id  BLOB NOT NULL,
+    device_id BLOB NOT NULL,
+    from_seq  INTEGER NOT NULL,
+    until_seq INTEGER,
+    acked     INTEGER NOT NULL,
+    PRIMARY KEY (group_id, device_id, from_seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_device ON members(device_id);
+CREATE TABLE IF NOT EXISTS inbox (
+    device_id BLOB NOT NULL,
+    seq       INTEGER NOT NULL,
+    group_id  BLOB NOT NULL,
+    group_seq INTEGER NOT NULL,
+    sent_at   INTEGER NOT NULL,
+    payload   BLOB NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+"#;
+
+type Completion = Box<dyn FnOnce(bool) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(backend)?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and starts the writer thread. The thread
+    /// ends when every clone of the store is dropped.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = open(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?);
+        }
+        let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(backend)?;
+        Ok(Self {
+            writer: tx,
+            readers: Arc::new(Mutex::new(readers)),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Runs `f` in the writer's next transaction; returns once it is durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |committed| {
+                let result = if committed {
+                    result
+                } else {
+                    result.and(Err(StoreError::Backend("commit failed".into())))
+                };
+                let _ = tx.send(result);
+            })
+        });
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Backend("the writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the writer has stopped".into()))?
+    }
+
+    /// Runs `f` on a reader connection in the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().map_err(backend)?.pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = readers.lock()
+                && pool.len() < READERS
+            {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job").map_err(backend)?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job").map_err(backend)?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                .map_err(backend)?;
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::warn!(error = %e, "could not begin a transaction");
+            first(&conn)(false);
+            continue;
+        }
+        let mut completions = vec![first(&conn)];
+        while completions.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => completions.push(job(&conn)),
+                Err(_) => break,
+            }
+        }
+        let committed = match conn.execute_batch("COMMIT") {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed");
+                let _ = conn.execute_batch("ROLLBACK");
+                false
+            }
+        };
+        for done in completions {
+            done(committed);
+        }
+    }
+}
+
+fn device_id(bytes: Vec<u8>) -> Result<DeviceId, StoreError> {
+    DeviceId::from_slice(&bytes).map_err(backend)
+}
+
+fn group_id(bytes: Vec<u8>) -> Result<GroupId, StoreError> {
+    GroupId::from_slice(&bytes).map_err(backend)
+}
+
+fn devices_of(conn: &Connection, username: &str) -> Result<Vec<DeviceRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT device_id, device_key, certificate FROM devices WHERE username = ?1 ORDER BY created_at, device_id",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([username], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(backend)?;
+    let user = Username::new(username).map_err(backend)?;
+    rows.map(|row| {
+        let (id, device_key, certificate) = row.map_err(backend)?;
+        Ok(DeviceRecord {
+            device_id: device_id(id)?,
+            username: user.clone(),
+            device_key,
+            certificate,
+        })
+    })
+    .collect()
+}
+
+fn is_member(conn: &Connection, group: &GroupId, device: &DeviceId) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT 1 FROM members WHERE group_id = ?1 AND device_id = ?2 AND until_seq IS NULL",
+    )
+    .map_err(backend)?
+    .exists(params![group.as_bytes(), device.as_bytes()])
+    .map_err(backend)
+}
+
+fn next_seq(conn: &Connection, group: &GroupId) -> Result<u64, StoreError> {
+    conn.prepare_cached(
+        "UPDATE groups SET next_seq = next_seq + 1 WHERE group_id = ?1 RETURNING next_seq - 1",
+    )
+    .map_err(backend)?
+    .query_row([group.as_bytes()], |r| r.get(0))
+    .optional()
+    .map_err(backend)?
+    .ok_or(StoreError::NotFound)
+}
+
+fn insert_log(
+    conn: &Connection,
+    group: &GroupId,
+    seq: u64,
+    sent_at: u64,
+    payload: &[u8],
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO group_log (group_id, seq, sent_at, payload) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .map_err(backend)?
+    .execute(params![group.as_bytes(), seq, sent_at, payload])
+    .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(&self, a: NewAccount) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let now = now_ms();
+            let taken = conn
+                .prepare_cached("SELECT 1 FROM accounts WHERE username = ?1")
+                .map_err(backend)?
+                .exists([a.username.as_str()])
+                .map_err(backend)?
+                || conn
+                    .prepare_cached("SELECT 1 FROM devices WHERE device_id = ?1 OR device_key = ?2")
+                    .map_err(backend)?
+                    .exists(params![a.device.device_id.as_bytes(), a.device.device_key])
+                    .map_err(backend)?;
+            if taken {
+                return Err(StoreError::Conflict);
+            }
+            conn.execute(
+                "INSERT INTO accounts (username, account_key, created_at) VALUES (?1, ?2, ?3)",
+                params![a.username.as_str(), a.account_key, now],
+            )
+            .map_err(backend)?;
+            conn.execute(
+                "INSERT INTO devices (device_id, username, device_key, certificate, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![a.device.device_id.as_bytes(), a.username.as_str(), a.device.device_key, a.device.certificate, now],
+            )
+            .map_err(backend)?;
+            let mut insert = conn
+                .prepare_cached("INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, ?2, ?3)")
+                .map_err(backend)?;
+            for kp in &a.key_packages {
+                insert.execute(params![a.device.device_id.as_bytes(), 0, kp]).map_err(backend)?;
+            }
+            insert
+                .execute(params![a.device.device_id.as_bytes(), 1, a.last_resort_key_package])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user(&self, username: &Username) -> Result<Option<UserRecord>, StoreError> {
+        let username = username.clone();
+        self.read(move |conn| {
+            let key: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT account_key FROM accounts WHERE username = ?1")
+                .map_err(backend)?
+                .query_row([username.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let Some(account_key) = key else {
+                return Ok(None);
+            };
+            let devices = devices_of(conn, username.as_str())?;
+            Ok(Some(UserRecord {
+                username,
+                account_key,
+                devices,
+            }))
+        })
+        .await
+    }
+
+    async fn device(&self, device: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.read(move |conn| {
+            let row: Option<(String, Vec<u8>, Vec<u8>)> = conn
+                .prepare_cached(
+                    "SELECT username, device_key, certificate FROM devices WHERE device_id = ?1",
+                )
+                .map_err(backend)?
+                .query_row([device.as_bytes()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+                .map_err(backend)?;
+            row.map(|(username, device_key, certificate)| {
+                Ok(DeviceRecord {
+                    device_id: device,
+                    username: Username::new(&username).map_err(backend)?,
+                    device_key,
+                    certificate,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn add_key_packages(
+        &self,
+        device: DeviceId,
+        kps: Vec<Vec<u8>>,
+    ) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let mut insert = conn
+                .prepare_cached(
+                    "INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, 0, ?2)",
+                )
+                .map_err(backend)?;
+            for kp in &kps {
+                insert
+                    .execute(params![device.as_bytes(), kp])
+                    .map_err(backend)?;
+            }
+            stock(conn, &device)
+        })
+        .await
+    }
+
+    async fn key_package_stock(&self, device: DeviceId) -> Result<u64, StoreError> {
+        self.read(move |conn| stock(conn, &device)).await
+    }
+
+    async fn claim_key_packages(
+        &self,
+        username: &Username,
+    ) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError> {
+        let username = username.clone();
+        self.write(move |conn| {
+            let devices = devices_of(conn, username.as_str())?;
+            if devices.is_empty() {
+                return Err(StoreError::NotFound);
+            }
+            let mut out = Vec::with_capacity(devices.len());
+            for d in devices {
+                let row: Option<(i64, i64, Vec<u8>)> = conn
+                    .prepare_cached(
+                        "SELECT id, last_resort, data FROM key_packages WHERE device_id = ?1 ORDER BY last_resort, id LIMIT 1",
+                    )
+                    .map_err(backend)?
+                    .query_row([d.device_id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+                    .map_err(backend)?;
+                let Some((id, last_resort, data)) = row else { continue };
+                if last_resort == 0 {
+                    conn.prepare_cached("DELETE FROM key_packages WHERE id = ?1")
+                        .map_err(backend)?
+                        .execute([id])
+                        .map_err(backend)?;
+                }
+                out.push((d.device_id, data));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_session(
+        &self,
+        token_hash: [u8; 32],
+        device: DeviceId,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM sessions WHERE expires_at < ?1")
+                .map_err(backend)?
+                .execute([now_ms() / 1000])
+                .map_err(backend)?;
+            conn.prepare_cached(
+                "INSERT INTO sessions (token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(backend)?
+            .execute(params![token_hash, device.as_bytes(), expires_at])
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<(DeviceId, u64)>, StoreError> {
+        self.read(move |conn| {
+            let row: Option<(Vec<u8>, u64)> = conn
+                .prepare_cached("SELECT device_id, expires_at FROM sessions WHERE token_hash = ?1")
+                .map_err(backend)?
+                .query_row([token_hash], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(backend)?;
+            row.map(|(d, e)| Ok((device_id(d)?, e))).transpose()
+        })
+        .await
+    }
+
+    async fn create_group(&self, g: NewGroup) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO groups (group_id, epoch, state, next_seq, created_at) VALUES (?1, 0, ?2, 1, ?3) ON CONFLICT DO NOTHING",
+                )
+                .map_err(backend)?
+                .execute(params![g.group_id.as_bytes(), g.state, now_ms()])
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            conn.prepare_cached(
+                "INSERT INTO members (group_id, device_id, from_seq, until_seq, acked) VALUES (?1, ?2, 1, NULL, 0)",
+            )
+            .map_err(backend)?
+            .execute(params![g.group_id.as_bytes(), g.creator.as_bytes()])
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT epoch, state FROM groups WHERE group_id = ?1")
+                .map_err(backend)?
+                .query_row([group.as_bytes()], |r| {
+                    Ok(GroupRecord {
+                        group_id: group,
+                        epoch: r.get(0)?,
+                        state: r.get(1)?,
+                    })
+                })
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn append_message(
+        &self,
+        group: GroupId,
+        sender: DeviceId,
+        payload: Vec<u8>,
+    ) -> Result<Appended, StoreError> {
+        self.write(move |conn| {
+            if !is_member(conn, &group, &sender)? {
+                return Err(StoreError::NotMember);
+            }
+            let seq = next_seq(conn, &group)?;
+            let sent_at = now_ms();
+            insert_log(conn, &group, seq, sent_at, &payload)?;
+            Ok(Appended {
+                seq,
+                sent_at,
+                welcomes: Vec::new(),
+            })
+        })
+        .await
+    }
+
+    async fn append_handshake(&self, w: HandshakeWrite) -> Result<Appended, StoreError> {
+        self.write(move |conn| {
+            let epoch: Option<u64> = conn
+                .prepare_cached("SELECT epoch FROM groups WHERE group_id = ?1")
+                .map_err(backend)?
+                .query_row([w.group_id.as_bytes()], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let current = epoch.ok_or(StoreError::NotFound)?;
+            if current != w.epoch {
+                return Err(StoreError::EpochConflict { current });
+            }
+            if !is_member(conn, &w.group_id, &w.sender)? {
+                return Err(StoreError::NotMember);
+            }
+            let seq = next_seq(conn, &w.group_id)?;
+            let sent_at = now_ms();
+            insert_log(conn, &w.group_id, seq, sent_at, &w.payload)?;
+            conn.prepare_cached("UPDATE groups SET epoch = ?2, state = ?3 WHERE group_id = ?1")
+                .map_err(backend)?
+                .execute(params![w.group_id.as_bytes(), w.new_epoch, w.state])
+                .map_err(backend)?;
+            for d in &w.removed {
+                conn.prepare_cached(
+                    "UPDATE members SET until_seq = ?3 WHERE group_id = ?1 AND device_id = ?2 AND until_seq IS NULL",
+                )
+                .map_err(backend)?
+                .execute(params![w.group_id.as_bytes(), d.as_bytes(), seq])
+                .map_err(backend)?;
+            }
+            let mut welcomes = Vec::with_capacity(w.added.len());
+            for d in &w.added {
+                conn.prepare_cached(
+                    "INSERT INTO members (group_id, device_id, from_seq, until_seq, acked) VALUES (?1, ?2, ?3, NULL, ?4)",
+                )
+                .map_err(backend)?
+                .execute(params![w.group_id.as_bytes(), d.as_bytes(), seq + 1, seq])
+                .map_err(backend)?;
+                if let Some(welcome) = &w.welcome {
+                    let inbox_seq: u64 = conn
+                        .prepare_cached(
+                            "UPDATE devices SET inbox_next = inbox_next + 1 WHERE device_id = ?1 RETURNING inbox_next - 1",
+                        )
+                        .map_err(backend)?
+                        .query_row([d.as_bytes()], |r| r.get(0))
+                        .optional()
+                        .map_err(backend)?
+                        .ok_or(StoreError::NotFound)?;
+                    conn.prepare_cached(
+                        "INSERT INTO inbox (device_id, seq, group_id, group_seq, sent_at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(backend)?
+                    .execute(params![d.as_bytes(), inbox_seq, w.group_id.as_bytes(), seq, sent_at, welcome])
+                    .map_err(backend)?;
+                    welcomes.push((*d, inbox_seq));
+                }
+            }
+            Ok(Appended { seq, sent_at, welcomes })
+        })
+        .await
+    }
+
+    async fn fetch(&self, device: DeviceId, req: FetchRequest) -> Result<SyncBatch, StoreError> {
+        self.read(move |conn| fetch(conn, device, req)).await
+    }
+
+    async fn ack(&self, device: DeviceId, ack: AckRequest) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            if let Some(seq) = ack.inbox {
+                conn.prepare_cached("UPDATE devices SET inbox_acked = MAX(inbox_acked, ?2) WHERE device_id = ?1")
+                    .map_err(backend)?
+                    .execute(params![device.as_bytes(), seq])
+                    .map_err(backend)?;
+                conn.prepare_cached("DELETE FROM inbox WHERE device_id = ?1 AND seq <= ?2")
+                    .map_err(backend)?
+                    .execute(params![device.as_bytes(), seq])
+                    .map_err(backend)?;
+            }
+            for (group, seq) in &ack.groups {
+                conn.prepare_cached(
+                    "UPDATE members SET acked = MAX(acked, MIN(?3, COALESCE(until_seq, ?3))) WHERE group_id = ?1 AND device_id = ?2 AND from_seq <= ?3 + 1",
+                )
+                .map_err(backend)?
+                .execute(params![group.as_bytes(), device.as_bytes(), seq])
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn group_devices(&self, group: GroupId) -> Result<Vec<DeviceId>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT device_id FROM members WHERE group_id = ?1 AND until_seq IS NULL",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([group.as_bytes()], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(backend)?;
+            rows.map(|r| device_id(r.map_err(backend)?)).collect()
+        })
+        .await
+    }
+
+    async fn purge(&self, older_than_ms: u64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let mut n = conn
+                .execute("DELETE FROM group_log WHERE sent_at < ?1", [older_than_ms])
+                .map_err(backend)?;
+            n += conn
+                .execute("DELETE FROM inbox WHERE sent_at < ?1", [older_than_ms])
+                .map_err(backend)?;
+            // Entries every recipient has acknowledged. A member that has left and acknowledged
+            // its removal no longer holds anything back.
+            n += conn
+                .execute(
+                    "DELETE FROM group_log WHERE seq <= (
+                        SELECT MIN(acked) FROM members m
+                        WHERE m.group_id = group_log.group_id
+                          AND (m.until_seq IS NULL OR m.acked < m.until_seq))",
+                    [],
+                )
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+fn stock(conn: &Connection, device: &DeviceId) -> Result<u64, StoreError> {
+    conn.prepare_cached(
+        "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND last_resort = 0",
+    )
+    .map_err(backend)?
+    .query_row([device.as_bytes()], |r| r.get(0))
+    .map_err(backend)
+}
+
+fn fetch(conn: &Connection, device: DeviceId, req: FetchRequest) -> Result<SyncBatch, StoreError> {
+    let limit = req.limit.max(1) as usize;
+    let mut deliveries = Vec::new();
+    let mut more = false;
+
+    let inbox_after = match req.inbox_after {
+        Some(after) => after,
+        None => conn
+            .prepare_cached("SELECT inbox_acked FROM devices WHERE device_id = ?1")
+            .map_err(backend)?
+            .query_row([device.as_bytes()], |r| r.get(0))
+            .optional()
+            .map_err(backend)?
+            .unwrap_or(0),
+    };
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, group_id, group_seq, sent_at, payload FROM inbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(
+                params![device.as_bytes(), inbox_after, limit as u64 + 1],
+                |r| {
+                    Ok((
+                        r.get::<_, u64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, u64>(2)?,
+                        r.get::<_, u64>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                    ))
+                },
+            )
+            .map_err(backend)?;
+        for row in rows {
+            let (seq, gid, group_seq, sent_at, payload) = row.map_err(backend)?;
+            if deliveries.len() == limit {
+                more = true;
+                break;
+            }
+            deliveries.push(Delivery {
+                kind: DeliveryKind::Inbox,
+                inbox_seq: seq,
+                group_id: *group_id(gid)?.as_bytes(),
+                group_seq,
+                sent_at,
+                payload: payload.into(),
+            });
+        }
+    }
+
+    let memberships: Vec<(Vec<u8>, u64, Option<u64>, u64)> = {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT group_id, from_seq, until_seq, acked FROM members WHERE device_id = ?1 AND (until_seq IS NULL OR acked < until_seq) ORDER BY group_id, from_seq",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([device.as_bytes()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)?
+    };
+    let mut log = conn
+        .prepare_cached(
+            "SELECT seq, sent_at, payload FROM group_log WHERE group_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
+        )
+        .map_err(backend)?;
+    for (gid, from_seq, until_seq, acked) in memberships {
+        if more {
+            break;
+        }
+        let group = group_id(gid)?;
+        let cursor = req
+            .groups
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map_or(acked, |(_, c)| *c);
+        let after = cursor.max(from_seq - 1);
+        let until = until_seq.unwrap_or(i64::MAX as u64);
+        let room = limit - deliveries.len();
+        let rows = log
+            .query_map(
+                params![group.as_bytes(), after, until, room as u64 + 1],
+                |r| {
+                    Ok((
+                        r.get::<_, u64>(0)?,
+                        r.get::<_, u64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )
+            .map_err(backend)?;
+        for row in rows {
+            let (seq, sent_at, payload) = row.map_err(backend)?;
+            if deliveries.len() == limit {
+                more = true;
+                break;
+            }
+            deliveries.push(Delivery {
+                kind: DeliveryKind::Group,
+                inbox_seq: 0,
+                group_id: *group.as_bytes(),
+                group_seq: seq,
+                sent_at,
+                payload: payload.into(),
+            });
+        }
+    }
+    Ok(SyncBatch {
+        deliveries,
+        more: u8::from(more),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("server.db")).unwrap();
+        super::super::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            super::super::conformance::seed_one_message(&store).await;
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        super::super::conformance::check_seeded_message(&store).await;
+    }
+
+    #[test]
+    fn corrupt_database_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        std::fs::write(&path, b"this is not a database, just some bytes that are long enough to look like a header................................................").unwrap();
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Backend(_))
+        ));
+    }
+}
