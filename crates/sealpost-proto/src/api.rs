@@ -86,12 +86,10 @@ pub struct RegisterRequest {
     /// The account key's signature over [`device_certificate_message`].
     #[serde(with = "b64")]
     pub device_certificate: Vec<u8>,
-    /// Single-use MLS key packages (serialized `MlsMessage`s).
+    /// MLS key packages (serialized `MlsMessage`s): single-use ones, and one last-resort package
+    /// per ciphersuite (used when the single-use stock of that suite is empty).
     #[serde(with = "b64::list")]
     pub key_packages: Vec<Vec<u8>>,
-    /// The last-resort key package, used when the single-use stock is empty.
-    #[serde(with = "b64")]
-    pub last_resort_key_package: Vec<u8>,
 }
 
 /// `POST /v1/auth/challenge`.
@@ -145,12 +143,19 @@ impl std::fmt::Debug for TokenResponse {
 /// `POST /v1/key-packages`: adds to this device's stock.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UploadKeyPackagesRequest {
-    /// New single-use key packages.
+    /// New key packages; a last-resort one replaces the previous last-resort package of its suite.
     #[serde(with = "b64::list")]
     pub key_packages: Vec<Vec<u8>>,
 }
 
-/// How many single-use key packages the server holds for the calling device.
+/// Selects a ciphersuite by its MLS code point (query string `?ciphersuite=N`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct CiphersuiteQuery {
+    /// The MLS ciphersuite code point.
+    pub ciphersuite: u16,
+}
+
+/// How many single-use key packages of one suite the server holds for the calling device.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct KeyPackageStock {
     /// Unclaimed single-use key packages.

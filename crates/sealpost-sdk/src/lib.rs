@@ -1,1 +1,19 @@
-//! placeholder
+//! The Sealpost client library (SDK). Every front end — the command line, and later the
+//! terminal UI, the bot daemon and the local web UI — talks to the server only through it.
+//!
+//! A [`Client`] is one device of one account, stored in one profile directory: an SQLite database
+//! whose sensitive values are sealed under a store key (see [`vault`]), holding both the MLS state
+//! and the application state so that one transaction covers both.
+#![forbid(unsafe_code)]
+
+mod api;
+mod client;
+mod error;
+mod model;
+mod store;
+pub mod vault;
+
+pub use client::{Client, ClientSettings, MAX_ADD_BATCH, MAX_PAST_EPOCHS};
+pub use error::Error;
+pub use model::{ConversationInfo, ConversationKind, Event, MemberInfo, Suite, Whoami};
+pub use sealpost_proto::Username;

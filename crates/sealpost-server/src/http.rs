@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
 use sealpost_proto::{
-    AckRequest, ChallengeRequest, ClaimKeyPackagesResponse, ClaimedKeyPackage, DeviceId,
-    DeviceIdentity, DeviceInfo, GroupId, KeyPackageStock, RegisterRequest, SyncRequest,
+    AckRequest, ChallengeRequest, CiphersuiteQuery, ClaimKeyPackagesResponse, ClaimedKeyPackage,
+    DeviceId, DeviceIdentity, DeviceInfo, GroupId, KeyPackageStock, RegisterRequest, SyncRequest,
     TokenRequest, UploadKeyPackagesRequest, UserInfo, Username, device_certificate_message,
 };
 use serde::de::DeserializeOwned;
@@ -30,7 +30,7 @@ use crate::delivery::{ALLOWED_CIPHERSUITES, DeliveryService, credential_device};
 use crate::error::ApiFailure;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
-use crate::storage::{DeviceRecord, FetchRequest, NewAccount};
+use crate::storage::{DeviceRecord, FetchRequest, KeyPackageRecord, NewAccount};
 
 /// Most key packages in one upload.
 pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 200;
@@ -205,7 +205,7 @@ fn validate_key_package(
     bytes: &[u8],
     owner: &DeviceIdentity,
     device_key: &[u8],
-) -> Result<(), ApiFailure> {
+) -> Result<KeyPackageRecord, ApiFailure> {
     let msg = MlsMessageIn::tls_deserialize_exact(bytes)
         .map_err(|_| ApiFailure::bad_request("a key package is not an MLS message"))?;
     let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
@@ -213,13 +213,17 @@ fn validate_key_package(
     };
     let kp = kp
         .validate(auth.crypto(), ProtocolVersion::Mls10)
-        .map_err(|_| ApiFailure::bad_request("a key package does not verify"))?;
+        .map_err(|e| ApiFailure::bad_request(&format!("a key package does not verify: {e:?}")))?;
     let leaf = kp.leaf_node();
     let ok = ALLOWED_CIPHERSUITES.contains(&kp.ciphersuite())
         && credential_device(leaf.credential()).as_ref() == Some(owner)
         && leaf.signature_key().as_slice() == device_key;
     if ok {
-        Ok(())
+        Ok(KeyPackageRecord {
+            ciphersuite: kp.ciphersuite().into(),
+            last_resort: kp.last_resort(),
+            data: bytes.to_vec(),
+        })
     } else {
         Err(ApiFailure::bad_request(
             "a key package belongs to another device or uses an unsupported ciphersuite",
@@ -254,12 +258,13 @@ async fn register(
         username: req.username.clone(),
         device_id: req.device_id,
     };
-    for kp in req
+    let key_packages = req
         .key_packages
         .iter()
-        .chain(std::iter::once(&req.last_resort_key_package))
-    {
-        validate_key_package(&state.auth, kp, &owner, &req.device_key)?;
+        .map(|kp| validate_key_package(&state.auth, kp, &owner, &req.device_key))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !key_packages.iter().any(|kp| kp.last_resort) {
+        return Err(ApiFailure::bad_request("include a last-resort key package"));
     }
     state
         .delivery
@@ -273,8 +278,7 @@ async fn register(
                 device_key: req.device_key,
                 certificate: req.device_certificate,
             },
-            key_packages: req.key_packages,
-            last_resort_key_package: req.last_resort_key_package,
+            key_packages,
         })
         .await
         .map_err(|e| match e {
@@ -337,6 +341,7 @@ async fn claim_key_packages(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
     Path(username): Path<String>,
+    Query(q): Query<CiphersuiteQuery>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let username: Username = parse_path(&username, "username")?;
     if !state.claims.allow(me.device_id) {
@@ -347,7 +352,7 @@ async fn claim_key_packages(
     let claimed = state
         .delivery
         .store()
-        .claim_key_packages(&username)
+        .claim_key_packages(&username, q.ciphersuite)
         .await
         .map_err(|e| match e {
             crate::storage::StoreError::NotFound => ApiFailure::not_found("no such user"),
@@ -386,24 +391,25 @@ async fn upload_key_packages(
         .device(me.device_id)
         .await?
         .ok_or_else(|| ApiFailure::unauthorized("unknown device"))?;
-    for kp in &req.key_packages {
-        validate_key_package(&state.auth, kp, &me, &device.device_key)?;
-    }
-    let stock = store
-        .add_key_packages(me.device_id, req.key_packages)
-        .await?;
-    Ok(Json(KeyPackageStock { stock }))
+    let key_packages = req
+        .key_packages
+        .iter()
+        .map(|kp| validate_key_package(&state.auth, kp, &me, &device.device_key))
+        .collect::<Result<Vec<_>, _>>()?;
+    store.add_key_packages(me.device_id, key_packages).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn key_package_stock(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
+    Query(q): Query<CiphersuiteQuery>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     Ok(Json(KeyPackageStock {
         stock: state
             .delivery
             .store()
-            .key_package_stock(me.device_id)
+            .key_package_stock(me.device_id, q.ciphersuite)
             .await?,
     }))
 }

@@ -10,7 +10,10 @@
 
 use sealpost_proto::{AckRequest, DeliveryKind, DeviceId, GroupId, Username};
 
-use super::{DeviceRecord, FetchRequest, HandshakeWrite, NewAccount, NewGroup, Store, StoreError};
+use super::{
+    DeviceRecord, FetchRequest, HandshakeWrite, KeyPackageRecord, NewAccount, NewGroup, Store,
+    StoreError,
+};
 
 fn device(n: u8) -> DeviceId {
     DeviceId::from_bytes([n; 16])
@@ -27,8 +30,24 @@ fn account(name: &str, n: u8, packages: usize) -> NewAccount {
             device_key: vec![n + 100; 32],
             certificate: vec![n; 64],
         },
-        key_packages: (0..packages).map(|i| vec![n, i as u8, 1]).collect(),
-        last_resort_key_package: vec![n, 255],
+        key_packages: (0..packages)
+            .map(|i| kp(SUITE, false, vec![n, i as u8, 1]))
+            .chain([
+                kp(SUITE, true, vec![n, 255]),
+                kp(OTHER_SUITE, true, vec![n, 254]),
+            ])
+            .collect(),
+    }
+}
+
+const SUITE: u16 = 0x004F;
+const OTHER_SUITE: u16 = 0x0003;
+
+fn kp(ciphersuite: u16, last_resort: bool, data: Vec<u8>) -> KeyPackageRecord {
+    KeyPackageRecord {
+        ciphersuite,
+        last_resort,
+        data,
     }
 }
 
@@ -87,31 +106,63 @@ async fn accounts(store: &dyn Store) {
 async fn key_packages(store: &dyn Store) {
     store.create_account(account("kp_bob", 3, 2)).await.unwrap();
     let bob = Username::new("kp_bob").unwrap();
-    assert_eq!(store.key_package_stock(device(3)).await.unwrap(), 2);
-    let first = store.claim_key_packages(&bob).await.unwrap();
-    let second = store.claim_key_packages(&bob).await.unwrap();
+    assert_eq!(store.key_package_stock(device(3), SUITE).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .key_package_stock(device(3), OTHER_SUITE)
+            .await
+            .unwrap(),
+        0
+    );
+    let first = store.claim_key_packages(&bob, SUITE).await.unwrap();
+    let second = store.claim_key_packages(&bob, SUITE).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_ne!(
         first[0].1, second[0].1,
         "a single-use key package is handed out once"
     );
-    assert_eq!(store.key_package_stock(device(3)).await.unwrap(), 0);
-    // Stock empty: the last-resort package, again and again.
-    let lr1 = store.claim_key_packages(&bob).await.unwrap();
-    let lr2 = store.claim_key_packages(&bob).await.unwrap();
+    assert_eq!(store.key_package_stock(device(3), SUITE).await.unwrap(), 0);
+    // Stock empty: the last-resort package, again and again; suites are kept apart.
+    let lr1 = store.claim_key_packages(&bob, SUITE).await.unwrap();
+    let lr2 = store.claim_key_packages(&bob, SUITE).await.unwrap();
     assert_eq!(lr1[0].1, vec![3, 255]);
     assert_eq!(lr1, lr2);
     assert_eq!(
-        store
-            .add_key_packages(device(3), vec![vec![7], vec![8]])
-            .await
-            .unwrap(),
-        2
+        store.claim_key_packages(&bob, OTHER_SUITE).await.unwrap()[0].1,
+        vec![3, 254]
     );
-    assert_eq!(store.claim_key_packages(&bob).await.unwrap()[0].1, vec![7]);
+    assert!(
+        store
+            .claim_key_packages(&bob, 0x0001)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .add_key_packages(
+            device(3),
+            vec![
+                kp(SUITE, false, vec![7]),
+                kp(SUITE, false, vec![8]),
+                kp(SUITE, true, vec![9]),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.key_package_stock(device(3), SUITE).await.unwrap(), 2);
+    assert_eq!(
+        store.claim_key_packages(&bob, SUITE).await.unwrap()[0].1,
+        vec![7]
+    );
+    store.claim_key_packages(&bob, SUITE).await.unwrap();
+    // The new last-resort package replaced the old one.
+    assert_eq!(
+        store.claim_key_packages(&bob, SUITE).await.unwrap()[0].1,
+        vec![9]
+    );
     assert!(matches!(
         store
-            .claim_key_packages(&Username::new("nobody").unwrap())
+            .claim_key_packages(&Username::new("nobody").unwrap(), SUITE)
             .await,
         Err(StoreError::NotFound)
     ));

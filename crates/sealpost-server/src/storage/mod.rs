@@ -43,10 +43,19 @@ pub struct NewAccount {
     pub account_key: Vec<u8>,
     /// The first device.
     pub device: DeviceRecord,
-    /// Single-use key packages.
-    pub key_packages: Vec<Vec<u8>>,
-    /// The last-resort key package.
-    pub last_resort_key_package: Vec<u8>,
+    /// Its key packages.
+    pub key_packages: Vec<KeyPackageRecord>,
+}
+
+/// A key package as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPackageRecord {
+    /// MLS ciphersuite code point.
+    pub ciphersuite: u16,
+    /// Last-resort packages are handed out when no single-use one is left, and never consumed.
+    pub last_resort: bool,
+    /// The serialized key package.
+    pub data: Vec<u8>,
 }
 
 /// A device as stored.
@@ -149,19 +158,24 @@ pub trait Store: Send + Sync + 'static {
     async fn user(&self, username: &Username) -> Result<Option<UserRecord>, StoreError>;
     /// Looks a device up.
     async fn device(&self, device: DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
-    /// Adds single-use key packages; returns the stock after.
+    /// Adds key packages (a last-resort one replaces the previous one of its suite).
     async fn add_key_packages(
         &self,
         device: DeviceId,
-        key_packages: Vec<Vec<u8>>,
+        key_packages: Vec<KeyPackageRecord>,
+    ) -> Result<(), StoreError>;
+    /// Counts the unclaimed single-use key packages of a device for a suite.
+    async fn key_package_stock(
+        &self,
+        device: DeviceId,
+        ciphersuite: u16,
     ) -> Result<u64, StoreError>;
-    /// Counts the unclaimed single-use key packages of a device.
-    async fn key_package_stock(&self, device: DeviceId) -> Result<u64, StoreError>;
-    /// Claims one key package for each device of the user: a single-use one while any is left
-    /// (consumed), else the last-resort one (kept).
+    /// Claims one key package of the suite for each device of the user: a single-use one while
+    /// any is left (consumed), else the last-resort one (kept). Devices with neither are left out.
     async fn claim_key_packages(
         &self,
         username: &Username,
+        ciphersuite: u16,
     ) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError>;
     /// Stores a session token's hash.
     async fn put_session(

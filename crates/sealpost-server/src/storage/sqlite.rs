@@ -16,8 +16,8 @@ use sealpost_proto::{AckRequest, Delivery, DeliveryKind, DeviceId, GroupId, Sync
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, DeviceRecord, FetchRequest, GroupRecord, HandshakeWrite, NewAccount, NewGroup, Store,
-    StoreError, UserRecord,
+    Appended, DeviceRecord, FetchRequest, GroupRecord, HandshakeWrite, KeyPackageRecord,
+    NewAccount, NewGroup, Store, StoreError, UserRecord,
 };
 
 /// Most jobs committed in one transaction.
@@ -43,10 +43,11 @@ CREATE INDEX IF NOT EXISTS devices_username ON devices(username);
 CREATE TABLE IF NOT EXISTS key_packages (
     id          INTEGER PRIMARY KEY,
     device_id   BLOB NOT NULL,
+    ciphersuite INTEGER NOT NULL,
     last_resort INTEGER NOT NULL,
     data        BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS key_packages_device ON key_packages(device_id, last_resort, id);
+CREATE INDEX IF NOT EXISTS key_packages_device ON key_packages(device_id, ciphersuite, last_resort, id);
 CREATE TABLE IF NOT EXISTS sessions (
     token_hash BLOB PRIMARY KEY,
     device_id  BLOB NOT NULL,
@@ -344,16 +345,7 @@ impl Store for SqliteStore {
                 params![a.device.device_id.as_bytes(), a.username.as_str(), a.device.device_key, a.device.certificate, now],
             )
             .map_err(backend)?;
-            let mut insert = conn
-                .prepare_cached("INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, ?2, ?3)")
-                .map_err(backend)?;
-            for kp in &a.key_packages {
-                insert.execute(params![a.device.device_id.as_bytes(), 0, kp]).map_err(backend)?;
-            }
-            insert
-                .execute(params![a.device.device_id.as_bytes(), 1, a.last_resort_key_package])
-                .map_err(backend)?;
-            Ok(())
+            insert_key_packages(conn, &a.device.device_id, &a.key_packages)
         })
         .await
     }
@@ -408,31 +400,28 @@ impl Store for SqliteStore {
     async fn add_key_packages(
         &self,
         device: DeviceId,
-        kps: Vec<Vec<u8>>,
-    ) -> Result<u64, StoreError> {
-        self.write(move |conn| {
-            let mut insert = conn
-                .prepare_cached(
-                    "INSERT INTO key_packages (device_id, last_resort, data) VALUES (?1, 0, ?2)",
-                )
-                .map_err(backend)?;
-            for kp in &kps {
-                insert
-                    .execute(params![device.as_bytes(), kp])
-                    .map_err(backend)?;
-            }
-            stock(conn, &device)
-        })
-        .await
+        kps: Vec<KeyPackageRecord>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| insert_key_packages(conn, &device, &kps))
+            .await
     }
 
-    async fn key_package_stock(&self, device: DeviceId) -> Result<u64, StoreError> {
-        self.read(move |conn| stock(conn, &device)).await
+    async fn key_package_stock(&self, device: DeviceId, suite: u16) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND ciphersuite = ?2 AND last_resort = 0",
+            )
+            .map_err(backend)?
+            .query_row(params![device.as_bytes(), suite], |r| r.get(0))
+            .map_err(backend)
+        })
+        .await
     }
 
     async fn claim_key_packages(
         &self,
         username: &Username,
+        suite: u16,
     ) -> Result<Vec<(DeviceId, Vec<u8>)>, StoreError> {
         let username = username.clone();
         self.write(move |conn| {
@@ -444,10 +433,10 @@ impl Store for SqliteStore {
             for d in devices {
                 let row: Option<(i64, i64, Vec<u8>)> = conn
                     .prepare_cached(
-                        "SELECT id, last_resort, data FROM key_packages WHERE device_id = ?1 ORDER BY last_resort, id LIMIT 1",
+                        "SELECT id, last_resort, data FROM key_packages WHERE device_id = ?1 AND ciphersuite = ?2 ORDER BY last_resort, id LIMIT 1",
                     )
                     .map_err(backend)?
-                    .query_row([d.device_id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .query_row(params![d.device_id.as_bytes(), suite], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()
                     .map_err(backend)?;
                 let Some((id, last_resort, data)) = row else { continue };
@@ -692,13 +681,28 @@ impl Store for SqliteStore {
     }
 }
 
-fn stock(conn: &Connection, device: &DeviceId) -> Result<u64, StoreError> {
-    conn.prepare_cached(
-        "SELECT COUNT(*) FROM key_packages WHERE device_id = ?1 AND last_resort = 0",
-    )
-    .map_err(backend)?
-    .query_row([device.as_bytes()], |r| r.get(0))
-    .map_err(backend)
+fn insert_key_packages(
+    conn: &Connection,
+    device: &DeviceId,
+    kps: &[KeyPackageRecord],
+) -> Result<(), StoreError> {
+    for kp in kps {
+        if kp.last_resort {
+            conn.prepare_cached(
+                "DELETE FROM key_packages WHERE device_id = ?1 AND ciphersuite = ?2 AND last_resort = 1",
+            )
+            .map_err(backend)?
+            .execute(params![device.as_bytes(), kp.ciphersuite])
+            .map_err(backend)?;
+        }
+        conn.prepare_cached(
+            "INSERT INTO key_packages (device_id, ciphersuite, last_resort, data) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(backend)?
+        .execute(params![device.as_bytes(), kp.ciphersuite, kp.last_resort, kp.data])
+        .map_err(backend)?;
+    }
+    Ok(())
 }
 
 fn fetch(conn: &Connection, device: DeviceId, req: FetchRequest) -> Result<SyncBatch, StoreError> {

@@ -1,0 +1,322 @@
+//! The client side of the server's HTTP API.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use sealpost_proto::{
+    AckRequest, ApiError, ChallengeRequest, ChallengeResponse, ClaimKeyPackagesResponse,
+    CommitUpload, DeviceId, ErrorCode, GroupId, KeyPackageStock, PostedResponse, RegisterRequest,
+    SyncBatch, SyncRequest, TokenRequest, TokenResponse, UploadKeyPackagesRequest, Username,
+    auth_challenge_message,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tls_codec::Serialize as _;
+
+use crate::error::Error;
+
+/// Signs authentication challenges (the device key).
+pub trait ChallengeSigner {
+    /// Signs `message` with the device key.
+    fn sign_challenge(&self, message: &[u8]) -> Result<Vec<u8>, Error>;
+}
+
+/// A connection to one server.
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+    device: DeviceId,
+    token: Option<String>,
+}
+
+enum Body {
+    None,
+    Json(Vec<u8>),
+    Raw(Vec<u8>),
+}
+
+impl Api {
+    /// A client for `base` (e.g. `http://127.0.0.1:7443`) acting as `device`.
+    pub fn new(base: &str, device: DeviceId) -> Result<Self, Error> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Protocol(format!("cannot build the HTTP client: {e}")))?;
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Invalid(
+                "the server URL must start with http:// or https://".into(),
+            ));
+        }
+        Ok(Self {
+            base,
+            http,
+            device,
+            token: None,
+        })
+    }
+
+    /// The WebSocket URL for push.
+    pub fn ws_url(&self) -> String {
+        let rest = self.base.strip_prefix("http").unwrap_or(&self.base);
+        format!("ws{rest}/v1/ws")
+    }
+
+    /// The current token, signing in if needed.
+    pub async fn token(&mut self, signer: &dyn ChallengeSigner) -> Result<String, Error> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        let ch: ChallengeResponse = self
+            .call(
+                Method::POST,
+                "/v1/auth/challenge",
+                Body::Json(json(&ChallengeRequest {
+                    device_id: self.device,
+                })?),
+                false,
+            )
+            .await
+            .and_then(decode_json)?;
+        let signature =
+            signer.sign_challenge(&auth_challenge_message(&self.device, &ch.challenge))?;
+        let req = TokenRequest {
+            device_id: self.device,
+            challenge: ch.challenge,
+            signature,
+        };
+        let tok: TokenResponse = self
+            .call(
+                Method::POST,
+                "/v1/auth/token",
+                Body::Json(json(&req)?),
+                false,
+            )
+            .await
+            .and_then(decode_json)?;
+        self.token = Some(tok.token.clone());
+        Ok(tok.token)
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        auth: bool,
+    ) -> Result<Vec<u8>, Error> {
+        let _ = auth;
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req = match body {
+            Body::None => req,
+            Body::Json(b) => req.header("content-type", "application/json").body(b),
+            Body::Raw(b) => req
+                .header("content-type", "application/octet-stream")
+                .body(b),
+        };
+        let resp = req.send().await.map_err(|e| Error::ServerUnreachable {
+            url: self.base.clone(),
+            reason: short_reason(&e),
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| Error::ServerUnreachable {
+            url: self.base.clone(),
+            reason: short_reason(&e),
+        })?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(e) => Err(Error::Server {
+                code: e.code,
+                message: e.message,
+            }),
+            Err(_) => Err(Error::Server {
+                code: if status == StatusCode::UNAUTHORIZED {
+                    ErrorCode::Unauthorized
+                } else {
+                    ErrorCode::Internal
+                },
+                message: format!("HTTP {status}"),
+            }),
+        }
+    }
+
+    /// An authenticated call; signs in again once if the token was refused.
+    async fn authed(
+        &mut self,
+        signer: &dyn ChallengeSigner,
+        method: Method,
+        path: &str,
+        body: impl Fn() -> Body,
+    ) -> Result<Vec<u8>, Error> {
+        self.token(signer).await?;
+        match self.call(method.clone(), path, body(), true).await {
+            Err(Error::Server {
+                code: ErrorCode::Unauthorized,
+                ..
+            }) => {
+                self.token = None;
+                self.token(signer).await?;
+                self.call(method, path, body(), true).await
+            }
+            other => other,
+        }
+    }
+
+    /// Registers the account and this device.
+    pub async fn register(&self, req: &RegisterRequest) -> Result<(), Error> {
+        self.call(Method::POST, "/v1/accounts", Body::Json(json(req)?), false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Claims one key package of the suite per device of `user`.
+    pub async fn claim_key_packages(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        user: &Username,
+        suite: u16,
+    ) -> Result<ClaimKeyPackagesResponse, Error> {
+        self.authed(
+            s,
+            Method::POST,
+            &format!("/v1/users/{user}/key-packages?ciphersuite={suite}"),
+            || Body::None,
+        )
+        .await
+        .and_then(decode_json)
+    }
+
+    /// Uploads key packages.
+    pub async fn upload_key_packages(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        kps: Vec<Vec<u8>>,
+    ) -> Result<(), Error> {
+        let body = json(&UploadKeyPackagesRequest { key_packages: kps })?;
+        self.authed(s, Method::POST, "/v1/key-packages", || {
+            Body::Json(body.clone())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// This device's single-use key-package stock on the server, for one suite.
+    pub async fn key_package_stock(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        suite: u16,
+    ) -> Result<u64, Error> {
+        let stock: KeyPackageStock = self
+            .authed(
+                s,
+                Method::GET,
+                &format!("/v1/key-packages?ciphersuite={suite}"),
+                || Body::None,
+            )
+            .await
+            .and_then(decode_json)?;
+        Ok(stock.stock)
+    }
+
+    /// Registers a new group from its GroupInfo.
+    pub async fn create_group(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        group_info: Vec<u8>,
+    ) -> Result<(), Error> {
+        self.authed(s, Method::POST, "/v1/groups", || {
+            Body::Raw(group_info.clone())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Posts an application message or a leave proposal.
+    pub async fn post_message(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        group: GroupId,
+        msg: Vec<u8>,
+    ) -> Result<PostedResponse, Error> {
+        self.authed(
+            s,
+            Method::POST,
+            &format!("/v1/groups/{group}/messages"),
+            || Body::Raw(msg.clone()),
+        )
+        .await
+        .and_then(decode_json)
+    }
+
+    /// Posts a commit and its Welcome.
+    pub async fn post_commit(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        group: GroupId,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+    ) -> Result<PostedResponse, Error> {
+        let upload = CommitUpload {
+            commit: commit.into(),
+            welcome: welcome.unwrap_or_default().into(),
+        };
+        let body = upload
+            .tls_serialize_detached()
+            .map_err(|_| Error::Protocol("cannot encode the commit".into()))?;
+        self.authed(
+            s,
+            Method::POST,
+            &format!("/v1/groups/{group}/commits"),
+            || Body::Raw(body.clone()),
+        )
+        .await
+        .and_then(decode_json)
+    }
+
+    /// Fetches deliveries after the given cursors.
+    pub async fn sync(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        req: &SyncRequest,
+    ) -> Result<SyncBatch, Error> {
+        let body = json(req)?;
+        let bytes = self
+            .authed(s, Method::POST, "/v1/sync", || Body::Json(body.clone()))
+            .await?;
+        SyncBatch::decode(&bytes).map_err(|_| Error::Protocol("malformed sync batch".into()))
+    }
+
+    /// Acknowledges what is committed locally.
+    pub async fn ack(&mut self, s: &dyn ChallengeSigner, req: &AckRequest) -> Result<(), Error> {
+        let body = json(req)?;
+        self.authed(s, Method::POST, "/v1/ack", || Body::Json(body.clone()))
+            .await
+            .map(|_| ())
+    }
+}
+
+fn json(v: &impl Serialize) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(v).map_err(|e| Error::Protocol(e.to_string()))
+}
+
+fn decode_json<T: DeserializeOwned>(bytes: Vec<u8>) -> Result<T, Error> {
+    serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("unexpected JSON: {e}")))
+}
+
+fn short_reason(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        "connection refused or unreachable".into()
+    } else if e.is_timeout() {
+        "timed out".into()
+    } else {
+        "connection failed".into()
+    }
+}

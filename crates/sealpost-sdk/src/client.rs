@@ -1,0 +1,1510 @@
+//! The client: one account's device, its conversations, and the sync engine.
+//!
+//! Every change is one local transaction that covers the MLS state and the application state
+//! (see `store`). Network I/O happens between transactions, never inside one. A delivery is
+//! acknowledged to the server only after the transaction that processed it has committed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openmls::prelude::{
+    BasicCredential, Capabilities, Credential, CredentialWithKey, ExtensionType,
+    GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
+    MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
+    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, Proposal,
+    ProtocolVersion, Sender, StagedWelcome,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::random::OpenMlsRand;
+use openmls_traits::signatures::Signer;
+use openmls_traits::types::SignatureScheme;
+use rusqlite::{OptionalExtension, Transaction, params};
+use sealpost_proto::{
+    AckRequest, Delivery, DeliveryKind, DeviceId, DeviceIdentity, ErrorCode, GroupId,
+    RegisterRequest, SyncRequest, Username, device_certificate_message, pad, unpad,
+};
+use serde::{Deserialize, Serialize};
+use tls_codec::{Deserialize as _, Serialize as _};
+use zeroize::Zeroizing;
+
+use crate::api::{Api, ChallengeSigner};
+use crate::error::Error;
+use crate::model::{ConversationInfo, ConversationKind, Event, MemberInfo, Suite, Whoami};
+use crate::store::{Profile, Provider, Sealer, put_meta};
+
+/// Past epochs whose keys are kept, so that messages sent just before a commit still decrypt.
+pub const MAX_PAST_EPOCHS: usize = 5;
+/// Most members added in one commit (openmls batch adds are superlinear).
+pub const MAX_ADD_BATCH: usize = 100;
+
+/// Client behaviour that can be tuned.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// A conversation's leaf is renewed (self-update commit) on the first send after this long.
+    pub self_update_after: Duration,
+    /// Key packages per suite kept on the server.
+    pub key_packages_target: u64,
+    /// Replenish when fewer than this are left.
+    pub key_packages_low: u64,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            self_update_after: Duration::from_secs(7 * 24 * 3600),
+            key_packages_target: 50,
+            key_packages_low: 10,
+        }
+    }
+}
+
+/// The identity of this device. Secret: no `Debug`; the JSON form is zeroized after use.
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    username: Username,
+    device_id: DeviceId,
+    account_key: SignatureKeyPair,
+    device_key: SignatureKeyPair,
+    server: String,
+}
+
+impl Identity {
+    fn device_identity(&self) -> DeviceIdentity {
+        DeviceIdentity {
+            username: self.username.clone(),
+            device_id: self.device_id,
+        }
+    }
+
+    fn credential_with_key(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(self.device_identity().to_credential_bytes()).into(),
+            signature_key: self.device_key.public().into(),
+        }
+    }
+}
+
+impl ChallengeSigner for Identity {
+    fn sign_challenge(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        self.device_key
+            .sign(message)
+            .map_err(|_| Error::Crypto("signing failed"))
+    }
+}
+
+/// A conversation's local record (sealed in the store).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ConvInfo {
+    kind: ConversationKind,
+    name: String,
+    peer: Option<Username>,
+    suite: Suite,
+    active: bool,
+    last_self_update_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Conv {
+    info: ConvInfo,
+    cursor: u64,
+}
+
+/// What travels inside an MLS application message (then padded).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum AppMessage {
+    Text {
+        id: String,
+        body: String,
+        sent_at: u64,
+    },
+    Meta {
+        kind: ConversationKind,
+        name: String,
+    },
+}
+
+/// A history entry without its conversation name (which is rendered when shown).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+enum Item {
+    Message {
+        from: String,
+        text: String,
+        id: String,
+        sent_at: u64,
+    },
+    MemberAdded {
+        member: String,
+        by: String,
+    },
+    MemberRemoved {
+        member: String,
+        by: String,
+    },
+    MemberLeft {
+        member: String,
+    },
+    Joined {
+        by: String,
+    },
+    Removed {
+        by: String,
+    },
+    Undecryptable {
+        seq: u64,
+        reason: String,
+    },
+}
+
+impl Item {
+    fn render(self, conversation: String) -> Event {
+        match self {
+            Item::Message {
+                from,
+                text,
+                id,
+                sent_at,
+            } => Event::Message {
+                conversation,
+                from,
+                text,
+                id,
+                sent_at,
+            },
+            Item::MemberAdded { member, by } => Event::MemberAdded {
+                conversation,
+                member,
+                by,
+            },
+            Item::MemberRemoved { member, by } => Event::MemberRemoved {
+                conversation,
+                member,
+                by,
+            },
+            Item::MemberLeft { member } => Event::MemberLeft {
+                conversation,
+                member,
+            },
+            Item::Joined { by } => Event::Joined { conversation, by },
+            Item::Removed { by } => Event::Removed { conversation, by },
+            Item::Undecryptable { seq, reason } => Event::Undecryptable {
+                conversation,
+                seq,
+                reason,
+            },
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn at(user: &Username) -> String {
+    format!("@{user}")
+}
+
+fn credential_user(credential: &Credential) -> Option<DeviceIdentity> {
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
+    DeviceIdentity::from_credential_bytes(basic.identity()).ok()
+}
+
+fn who(credential: &Credential) -> String {
+    credential_user(credential).map_or_else(|| "@unknown".to_owned(), |d| at(&d.username))
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .use_ratchet_tree_extension(true)
+        .build()
+}
+
+/// The capabilities every leaf of ours declares: both suites, and last-resort key packages.
+fn capabilities() -> Capabilities {
+    let suites: Vec<_> = Suite::ALL.iter().map(|s| s.ciphersuite()).collect();
+    Capabilities::new(
+        None,
+        Some(&suites),
+        Some(&[ExtensionType::LastResort]),
+        None,
+        None,
+    )
+}
+
+fn create_config(suite: Suite) -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(suite.ciphersuite())
+        .capabilities(capabilities())
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .use_ratchet_tree_extension(true)
+        .build()
+}
+
+fn mls_id(group: GroupId) -> MlsGroupId {
+    MlsGroupId::from_slice(group.as_bytes())
+}
+
+fn load_group(provider: &Provider, group: GroupId) -> Result<MlsGroup, Error> {
+    MlsGroup::load(provider.storage(), &mls_id(group))
+        .map_err(Error::mls)?
+        .ok_or_else(|| Error::Store("the MLS state of a conversation is missing".into()))
+}
+
+fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, Error> {
+    msg.tls_serialize_detached().map_err(Error::mls)
+}
+
+fn put_conv(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    group: GroupId,
+    conv: &Conv,
+) -> Result<(), Error> {
+    let info = serde_json::to_vec(&conv.info).map_err(|e| Error::Store(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO conversations (group_id, cursor, info) VALUES (?1, ?2, ?3)
+         ON CONFLICT(group_id) DO UPDATE SET cursor = excluded.cursor, info = excluded.info",
+        params![group.as_bytes(), conv.cursor, sealer.seal("conv", &info)?],
+    )?;
+    Ok(())
+}
+
+fn put_item(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    group: GroupId,
+    seq: Option<u64>,
+    item: &Item,
+) -> Result<bool, Error> {
+    let msg_id = match item {
+        Item::Message { id, .. } => Some(id.clone()),
+        _ => None,
+    };
+    let json = Zeroizing::new(serde_json::to_vec(item).map_err(|e| Error::Store(e.to_string()))?);
+    let n = tx.execute(
+        "INSERT INTO history (group_id, seq, msg_id, item) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        params![group.as_bytes(), seq, msg_id, sealer.seal("item", &json)?],
+    )?;
+    Ok(n == 1)
+}
+
+/// A Sealpost client for one profile directory.
+pub struct Client {
+    profile: Profile,
+    identity: Identity,
+    api: Api,
+    convs: BTreeMap<GroupId, Conv>,
+    inbox_cursor: u64,
+    settings: ClientSettings,
+    stock_checked: bool,
+    /// Events of the current sync, rendered once it is done (names may arrive mid-sync).
+    fresh: Vec<(GroupId, Item)>,
+}
+
+impl Client {
+    /// Creates the account and this device on `server`, and the profile in `home`.
+    pub async fn register(
+        home: &Path,
+        server: &str,
+        username: &str,
+        passphrase: Option<&str>,
+    ) -> Result<Client, Error> {
+        let username = Username::new(username)?;
+        let mut profile = Profile::open(home, true, passphrase)?;
+        if let Some(json) = profile.meta("identity")? {
+            let existing: Identity =
+                serde_json::from_slice(&json).map_err(|e| Error::Store(e.to_string()))?;
+            return Err(Error::AlreadyRegistered(at(&existing.username)));
+        }
+        let provider = &profile.mls.provider;
+        let device_id = DeviceId::from_slice(
+            &provider
+                .rand()
+                .random_vec(16)
+                .map_err(|_| Error::Crypto("no randomness"))?,
+        )?;
+        let account_key = SignatureKeyPair::new(SignatureScheme::ED25519)
+            .map_err(|_| Error::Crypto("key generation failed"))?;
+        let device_key = SignatureKeyPair::new(SignatureScheme::ED25519)
+            .map_err(|_| Error::Crypto("key generation failed"))?;
+        let identity = Identity {
+            username: username.clone(),
+            device_id,
+            account_key,
+            device_key,
+            server: server.to_owned(),
+        };
+        let api = Api::new(server, device_id)?;
+        let certificate = identity
+            .account_key
+            .sign(&device_certificate_message(
+                &username,
+                &device_id,
+                identity.device_key.public(),
+            ))
+            .map_err(|_| Error::Crypto("signing failed"))?;
+        let settings = ClientSettings::default();
+        let mut key_packages = Vec::new();
+        for suite in Suite::ALL {
+            key_packages.extend(make_key_packages(
+                provider,
+                &identity,
+                suite,
+                settings.key_packages_target as usize,
+            )?);
+            key_packages.push(make_key_package(provider, &identity, suite, true)?);
+        }
+        let req = RegisterRequest {
+            username: username.clone(),
+            account_key: identity.account_key.to_public_vec(),
+            device_id,
+            device_key: identity.device_key.to_public_vec(),
+            device_certificate: certificate,
+            key_packages,
+        };
+        if let Err(e) = api.register(&req).await {
+            profile.rollback_mls();
+            return Err(e);
+        }
+        let json =
+            Zeroizing::new(serde_json::to_vec(&identity).map_err(|e| Error::Store(e.to_string()))?);
+        profile.atomically(|tx, sealer, _| {
+            put_meta(tx, sealer, "identity", &json)?;
+            put_meta(tx, sealer, "inbox_cursor", &0u64.to_be_bytes())
+        })?;
+        Ok(Client {
+            profile,
+            identity,
+            api,
+            convs: BTreeMap::new(),
+            inbox_cursor: 0,
+            settings,
+            stock_checked: true,
+            fresh: Vec::new(),
+        })
+    }
+
+    /// Opens an existing profile.
+    pub fn open(home: &Path, passphrase: Option<&str>) -> Result<Client, Error> {
+        let profile = Profile::open(home, false, passphrase)?;
+        let json = profile.meta("identity")?.ok_or(Error::NotRegistered)?;
+        let identity: Identity = serde_json::from_slice(&json)
+            .map_err(|e| Error::Store(format!("the identity record is damaged: {e}")))?;
+        let api = Api::new(&identity.server, identity.device_id)?;
+        let mut client = Client {
+            profile,
+            identity,
+            api,
+            convs: BTreeMap::new(),
+            inbox_cursor: 0,
+            settings: ClientSettings::default(),
+            stock_checked: false,
+            fresh: Vec::new(),
+        };
+        client.reload()?;
+        Ok(client)
+    }
+
+    /// Changes the tunable behaviour.
+    pub fn set_settings(&mut self, settings: ClientSettings) {
+        self.settings = settings;
+    }
+
+    fn reload(&mut self) -> Result<(), Error> {
+        let conn = self.profile.conn();
+        let mut stmt = conn.prepare("SELECT group_id, cursor, info FROM conversations")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, u64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut convs = BTreeMap::new();
+        for row in rows {
+            let (gid, cursor, info) = row?;
+            let info: ConvInfo = serde_json::from_slice(&self.profile.sealer.open("conv", &info)?)
+                .map_err(|e| Error::Store(e.to_string()))?;
+            convs.insert(GroupId::from_slice(&gid)?, Conv { info, cursor });
+        }
+        drop(stmt);
+        self.convs = convs;
+        self.inbox_cursor = self
+            .profile
+            .meta("inbox_cursor")?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        Ok(())
+    }
+
+    /// Who this profile is.
+    pub fn whoami(&self) -> Whoami {
+        Whoami {
+            username: at(&self.identity.username),
+            device: self.identity.device_id.to_string(),
+            server: self.identity.server.clone(),
+        }
+    }
+
+    // ---- naming -------------------------------------------------------------------------
+
+    fn display(&self, group: GroupId) -> String {
+        let Some(conv) = self.convs.get(&group) else {
+            return format!("#{}", group.short());
+        };
+        match (conv.info.kind, &conv.info.peer) {
+            (ConversationKind::Direct, Some(peer)) => at(peer),
+            _ => {
+                let name = if conv.info.name.is_empty() {
+                    group.short()
+                } else {
+                    conv.info.name.clone()
+                };
+                let clash = self.convs.iter().any(|(g, c)| {
+                    *g != group
+                        && c.info.kind == ConversationKind::Group
+                        && c.info.name == conv.info.name
+                });
+                if clash {
+                    format!("#{name}~{}", group.short())
+                } else {
+                    format!("#{name}")
+                }
+            }
+        }
+    }
+
+    fn find(&self, target: &str) -> Result<Option<GroupId>, Error> {
+        if let Some(user) = target.strip_prefix('@') {
+            let user = Username::new(user)?;
+            return Ok(self
+                .convs
+                .iter()
+                .rev()
+                .find(|(_, c)| {
+                    c.info.kind == ConversationKind::Direct
+                        && c.info.active
+                        && c.info.peer.as_ref() == Some(&user)
+                })
+                .map(|(g, _)| *g));
+        }
+        let Some(name) = target.strip_prefix('#') else {
+            return Err(Error::Invalid(format!(
+                "{target}: name a person as @user or a group as #name"
+            )));
+        };
+        let (name, suffix) = name
+            .split_once('~')
+            .map_or((name, None), |(n, s)| (n, Some(s)));
+        let hits: Vec<GroupId> = self
+            .convs
+            .iter()
+            .filter(|(g, c)| {
+                c.info.kind == ConversationKind::Group
+                    && (c.info.name == name || (c.info.name.is_empty() && g.short() == name))
+                    && suffix.is_none_or(|s| g.to_string().starts_with(s))
+            })
+            .map(|(g, _)| *g)
+            .collect();
+        match hits.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            many => Err(Error::AmbiguousConversation(
+                target.to_owned(),
+                many.iter()
+                    .map(|g| format!("#{name}~{}", g.short()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    fn resolve(&self, target: &str) -> Result<GroupId, Error> {
+        self.find(target)?
+            .ok_or_else(|| Error::UnknownConversation(target.to_owned()))
+    }
+
+    // ---- conversations ------------------------------------------------------------------
+
+    /// Creates a named group with the given members.
+    pub async fn create_group(
+        &mut self,
+        name: &str,
+        members: &[Username],
+        suite: Suite,
+    ) -> Result<ConversationInfo, Error> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || "-_.".contains(c));
+        if !valid {
+            return Err(Error::Invalid(
+                "a group name is 1 to 64 letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        let group = self
+            .new_conversation(ConversationKind::Group, name, None, suite)
+            .await?;
+        if !members.is_empty() {
+            self.add_members_to(group, members).await?;
+        }
+        self.info(group)
+    }
+
+    async fn new_conversation(
+        &mut self,
+        kind: ConversationKind,
+        name: &str,
+        peer: Option<Username>,
+        suite: Suite,
+    ) -> Result<GroupId, Error> {
+        let provider = &self.profile.mls.provider;
+        let group = GroupId::from_slice(
+            &provider
+                .rand()
+                .random_vec(16)
+                .map_err(|_| Error::Crypto("no randomness"))?,
+        )?;
+        let mls = MlsGroup::new_with_group_id(
+            provider,
+            &self.identity.device_key,
+            &create_config(suite),
+            mls_id(group),
+            self.identity.credential_with_key(),
+        )
+        .map_err(Error::mls)?;
+        let info_msg = mls
+            .export_group_info(provider.crypto(), &self.identity.device_key, true)
+            .map_err(Error::mls)?;
+        let bytes = serialize(&info_msg)?;
+        if let Err(e) = self.api.create_group(&self.identity, bytes).await {
+            self.profile.rollback_mls();
+            return Err(e);
+        }
+        let conv = Conv {
+            info: ConvInfo {
+                kind,
+                name: name.to_owned(),
+                peer,
+                suite,
+                active: true,
+                last_self_update_ms: now_ms(),
+            },
+            cursor: 0,
+        };
+        self.profile
+            .atomically(|tx, sealer, _| put_conv(tx, sealer, group, &conv))?;
+        self.convs.insert(group, conv);
+        Ok(group)
+    }
+
+    /// Adds users (all their devices) to a group.
+    pub async fn add_members(&mut self, target: &str, users: &[Username]) -> Result<(), Error> {
+        let group = self.resolve(target)?;
+        self.add_members_to(group, users).await
+    }
+
+    async fn add_members_to(&mut self, group: GroupId, users: &[Username]) -> Result<(), Error> {
+        let conv = self
+            .convs
+            .get(&group)
+            .ok_or_else(|| Error::UnknownConversation(self.display(group)))?
+            .clone();
+        let present: Vec<DeviceId> = self
+            .member_devices(group)?
+            .into_iter()
+            .map(|d| d.device_id)
+            .collect();
+        let mut kps = Vec::new();
+        for user in users {
+            let claimed = self
+                .api
+                .claim_key_packages_for(&self.identity, user, conv.info.suite)
+                .await
+                .map_err(|e| match e {
+                    Error::Server {
+                        code: ErrorCode::NotFound,
+                        ..
+                    } => Error::Invalid(format!("{} does not exist on this server", at(user))),
+                    other => other,
+                })?;
+            for c in claimed.key_packages {
+                if present.contains(&c.device_id) {
+                    continue;
+                }
+                kps.push(self.check_key_package(
+                    &c.key_package,
+                    user,
+                    c.device_id,
+                    conv.info.suite,
+                )?);
+            }
+        }
+        if kps.is_empty() {
+            return Err(Error::Invalid(
+                "nobody to add: they are members already or have no device".into(),
+            ));
+        }
+        for chunk in kps.chunks(MAX_ADD_BATCH) {
+            let chunk = chunk.to_vec();
+            self.commit(group, move |g, p, s| {
+                let (commit, welcome, _) = g.add_members(p, s, &chunk).map_err(Error::mls)?;
+                Ok((commit, Some(welcome)))
+            })
+            .await?;
+        }
+        // Tell the new members what this conversation is (encrypted, like any message).
+        let meta = AppMessage::Meta {
+            kind: conv.info.kind,
+            name: conv.info.name.clone(),
+        };
+        self.send_app(group, &meta, None).await?;
+        Ok(())
+    }
+
+    /// A claimed key package, verified: it parses, its signature holds, and it belongs to the
+    /// device and user it was claimed for, in the conversation's suite.
+    fn check_key_package(
+        &self,
+        bytes: &[u8],
+        user: &Username,
+        device: DeviceId,
+        suite: Suite,
+    ) -> Result<KeyPackage, Error> {
+        let bad = || {
+            Error::Protocol(format!(
+                "the server handed out an invalid key package for {}",
+                at(user)
+            ))
+        };
+        let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|_| bad())?;
+        let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+            return Err(bad());
+        };
+        let kp = kp
+            .validate(self.profile.mls.provider.crypto(), ProtocolVersion::Mls10)
+            .map_err(|_| bad())?;
+        let owner = credential_user(kp.leaf_node().credential()).ok_or_else(bad)?;
+        if owner.username != *user
+            || owner.device_id != device
+            || kp.ciphersuite() != suite.ciphersuite()
+        {
+            return Err(bad());
+        }
+        Ok(kp)
+    }
+
+    /// Removes users (all their devices) from a group.
+    pub async fn remove_members(&mut self, target: &str, users: &[Username]) -> Result<(), Error> {
+        let group = self.resolve(target)?;
+        let leaves: Vec<LeafNodeIndex> = {
+            let g = load_group(&self.profile.mls.provider, group)?;
+            g.members()
+                .filter(|m| {
+                    credential_user(&m.credential).is_some_and(|d| users.contains(&d.username))
+                })
+                .map(|m| m.index)
+                .collect()
+        };
+        if leaves.is_empty() {
+            return Err(Error::Invalid("none of them is a member".into()));
+        }
+        if users.contains(&self.identity.username) {
+            return Err(Error::Invalid(
+                "to remove yourself, use `group leave`".into(),
+            ));
+        }
+        self.commit(group, move |g, p, s| {
+            let (commit, welcome, _) = g.remove_members(p, s, &leaves).map_err(Error::mls)?;
+            Ok((commit, welcome))
+        })
+        .await
+    }
+
+    /// Leaves a group: asks the other members to remove this device.
+    pub async fn leave(&mut self, target: &str) -> Result<(), Error> {
+        let group = self.resolve(target)?;
+        self.sync_inner().await?;
+        let proposal = self.profile.atomically(|_, _, p| {
+            let mut g = load_group(p, group)?;
+            serialize(
+                &g.leave_group(p, &self.identity.device_key)
+                    .map_err(Error::mls)?,
+            )
+        })?;
+        self.api
+            .post_message(&self.identity, group, proposal)
+            .await?;
+        if let Some(conv) = self.convs.get_mut(&group) {
+            conv.info.active = false;
+            let conv = conv.clone();
+            self.profile
+                .atomically(|tx, sealer, _| put_conv(tx, sealer, group, &conv))?;
+        }
+        Ok(())
+    }
+
+    fn member_devices(&self, group: GroupId) -> Result<Vec<DeviceIdentity>, Error> {
+        let g = load_group(&self.profile.mls.provider, group)?;
+        Ok(g.members()
+            .filter_map(|m| credential_user(&m.credential))
+            .collect())
+    }
+
+    /// The members of a conversation.
+    pub fn members(&self, target: &str) -> Result<Vec<MemberInfo>, Error> {
+        let group = self.resolve(target)?;
+        Ok(self
+            .member_devices(group)?
+            .into_iter()
+            .map(|d| MemberInfo {
+                member: at(&d.username),
+                device: d.device_id.to_string(),
+                you: d.device_id == self.identity.device_id,
+            })
+            .collect())
+    }
+
+    fn info(&self, group: GroupId) -> Result<ConversationInfo, Error> {
+        let conv = self
+            .convs
+            .get(&group)
+            .ok_or_else(|| Error::UnknownConversation(group.to_string()))?;
+        let members = if conv.info.active {
+            self.member_devices(group).map(|m| m.len()).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(ConversationInfo {
+            conversation: self.display(group),
+            id: group.to_string(),
+            kind: conv.info.kind,
+            ciphersuite: conv.info.suite,
+            members,
+            active: conv.info.active,
+        })
+    }
+
+    /// All conversations.
+    pub fn conversations(&self) -> Result<Vec<ConversationInfo>, Error> {
+        self.convs.keys().map(|g| self.info(*g)).collect()
+    }
+
+    /// Local history of a conversation, oldest first.
+    pub fn messages(&self, target: &str, limit: usize) -> Result<Vec<Event>, Error> {
+        let group = self.resolve(target)?;
+        let conn = self.profile.conn();
+        let mut stmt =
+            conn.prepare("SELECT item FROM history WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2")?;
+        let rows = stmt.query_map(params![group.as_bytes(), limit as u64], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?;
+        let name = self.display(group);
+        let mut out = Vec::new();
+        for row in rows {
+            let item: Item = serde_json::from_slice(&self.profile.sealer.open("item", &row?)?)
+                .map_err(|e| Error::Store(e.to_string()))?;
+            out.push(item.render(name.clone()));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    // ---- sending ------------------------------------------------------------------------
+
+    /// Sends a text to `@user` (creating the 1:1 conversation if needed) or `#group`.
+    pub async fn send(&mut self, target: &str, text: &str) -> Result<Event, Error> {
+        self.sync_inner().await?;
+        let group = match self.find(target)? {
+            Some(g) => g,
+            None => match target.strip_prefix('@') {
+                Some(user) => {
+                    let user = Username::new(user)?;
+                    if user == self.identity.username {
+                        return Err(Error::Invalid(
+                            "you cannot open a conversation with yourself".into(),
+                        ));
+                    }
+                    let group = self
+                        .new_conversation(
+                            ConversationKind::Direct,
+                            "",
+                            Some(user.clone()),
+                            Suite::default(),
+                        )
+                        .await?;
+                    self.add_members_to(group, std::slice::from_ref(&user))
+                        .await?;
+                    group
+                }
+                None => return Err(Error::UnknownConversation(target.to_owned())),
+            },
+        };
+        if !self.convs.get(&group).is_some_and(|c| c.info.active) {
+            return Err(Error::Invalid(format!(
+                "you are no longer a member of {target}"
+            )));
+        }
+        self.before_send(group).await?;
+        let id = hex::encode(
+            self.profile
+                .mls
+                .provider
+                .rand()
+                .random_vec(16)
+                .map_err(|_| Error::Crypto("no randomness"))?,
+        );
+        let sent_at = now_ms();
+        let msg = AppMessage::Text {
+            id: id.clone(),
+            body: text.to_owned(),
+            sent_at,
+        };
+        let item = Item::Message {
+            from: at(&self.identity.username),
+            text: text.to_owned(),
+            id,
+            sent_at,
+        };
+        self.send_app(group, &msg, Some(item.clone())).await?;
+        Ok(item.render(self.display(group)))
+    }
+
+    /// Commits pending proposals and renews the leaf when due, so a message can be sent.
+    async fn before_send(&mut self, group: GroupId) -> Result<(), Error> {
+        let pending = load_group(&self.profile.mls.provider, group)?
+            .pending_proposals()
+            .next()
+            .is_some();
+        if pending {
+            self.commit(group, |g, p, s| {
+                let (commit, welcome, _) =
+                    g.commit_to_pending_proposals(p, s).map_err(Error::mls)?;
+                Ok((commit, welcome))
+            })
+            .await?;
+        }
+        let due = self.convs.get(&group).is_some_and(|c| {
+            now_ms().saturating_sub(c.info.last_self_update_ms)
+                >= self.settings.self_update_after.as_millis() as u64
+        });
+        if due {
+            self.commit(group, |g, p, s| {
+                let bundle = g
+                    .self_update(p, s, LeafNodeParameters::default())
+                    .map_err(Error::mls)?;
+                Ok((bundle.into_commit(), None))
+            })
+            .await?;
+            if let Some(conv) = self.convs.get_mut(&group) {
+                conv.info.last_self_update_ms = now_ms();
+                let conv = conv.clone();
+                self.profile
+                    .atomically(|tx, sealer, _| put_conv(tx, sealer, group, &conv))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_app(
+        &mut self,
+        group: GroupId,
+        msg: &AppMessage,
+        item: Option<Item>,
+    ) -> Result<(), Error> {
+        let body =
+            Zeroizing::new(serde_json::to_vec(msg).map_err(|e| Error::Store(e.to_string()))?);
+        let padded = Zeroizing::new(pad(&body).map_err(|e| Error::Invalid(e.to_string()))?);
+        let payload = self.profile.atomically(|tx, sealer, p| {
+            let mut g = load_group(p, group)?;
+            let out = g
+                .create_message(p, &self.identity.device_key, &padded)
+                .map_err(Error::mls)?;
+            if let Some(item) = &item {
+                put_item(tx, sealer, group, None, item)?;
+            }
+            serialize(&out)
+        })?;
+        let posted = self
+            .api
+            .post_message(&self.identity, group, payload)
+            .await?;
+        self.profile.atomically(|tx, _, _| {
+            tx.execute(
+                "INSERT OR IGNORE INTO sent (group_id, seq) VALUES (?1, ?2)",
+                params![group.as_bytes(), posted.seq],
+            )?;
+            if let Item::Message { id, .. } =
+                item.as_ref().unwrap_or(&Item::Joined { by: String::new() })
+            {
+                tx.execute(
+                    "UPDATE history SET seq = ?3 WHERE group_id = ?1 AND msg_id = ?2",
+                    params![group.as_bytes(), id, posted.seq],
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Builds a commit, posts it, and lets sync merge it. A commit that loses its epoch to
+    /// another member's is dropped, the group caught up, and the commit built again.
+    async fn commit<F>(&mut self, group: GroupId, build: F) -> Result<(), Error>
+    where
+        F: Fn(
+            &mut MlsGroup,
+            &Provider,
+            &SignatureKeyPair,
+        ) -> Result<(MlsMessageOut, Option<MlsMessageOut>), Error>,
+    {
+        for _ in 0..8 {
+            self.sync_inner().await?;
+            let (commit, welcome) = self.profile.atomically(|tx, _, p| {
+                let mut g = load_group(p, group)?;
+                let (commit, welcome) = build(&mut g, p, &self.identity.device_key)?;
+                let commit = serialize(&commit)?;
+                let welcome = welcome.as_ref().map(serialize).transpose()?;
+                tx.execute(
+                    "INSERT INTO pending_commits (group_id, payload) VALUES (?1, ?2) ON CONFLICT(group_id) DO UPDATE SET payload = excluded.payload",
+                    params![group.as_bytes(), commit],
+                )?;
+                Ok((commit, welcome))
+            })?;
+            match self
+                .api
+                .post_commit(&self.identity, group, commit, welcome)
+                .await
+            {
+                Ok(_) => {
+                    self.sync_inner().await?;
+                    return Ok(());
+                }
+                Err(Error::Server {
+                    code: ErrorCode::EpochConflict,
+                    ..
+                }) => {
+                    self.drop_pending_commit(group)?;
+                }
+                Err(e @ Error::Server { .. }) => {
+                    self.drop_pending_commit(group)?;
+                    return Err(e);
+                }
+                // Unknown outcome: keep the pending commit; the next sync sees whether it won.
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Invalid("the group is busy: try again".into()))
+    }
+
+    fn drop_pending_commit(&mut self, group: GroupId) -> Result<(), Error> {
+        self.profile.atomically(|tx, _, p| {
+            let mut g = load_group(p, group)?;
+            g.clear_pending_commit(p.storage()).map_err(Error::mls)?;
+            tx.execute(
+                "DELETE FROM pending_commits WHERE group_id = ?1",
+                [group.as_bytes()],
+            )?;
+            Ok(())
+        })
+    }
+
+    // ---- receiving ----------------------------------------------------------------------
+
+    /// Fetches and processes everything pending; returns what happened, in server order.
+    pub async fn sync(&mut self) -> Result<Vec<Event>, Error> {
+        self.sync_inner().await?;
+        self.after_sync().await?;
+        Ok(self.take_events())
+    }
+
+    fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.fresh)
+            .into_iter()
+            .map(|(group, item)| item.render(self.display(group)))
+            .collect()
+    }
+
+    async fn sync_inner(&mut self) -> Result<(), Error> {
+        loop {
+            let req = SyncRequest {
+                inbox_after: Some(self.inbox_cursor),
+                groups: self.convs.iter().map(|(g, c)| (*g, c.cursor)).collect(),
+                limit: None,
+            };
+            let batch = self.api.sync(&self.identity, &req).await?;
+            if batch.deliveries.is_empty() {
+                return Ok(());
+            }
+            for d in batch.deliveries {
+                self.process(d)?;
+            }
+            let ack = AckRequest {
+                inbox: Some(self.inbox_cursor),
+                groups: self.convs.iter().map(|(g, c)| (*g, c.cursor)).collect(),
+            };
+            self.api.ack(&self.identity, &ack).await?;
+            if batch.more == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Processes one delivery in one transaction. Already-processed deliveries are skipped.
+    fn process(&mut self, d: Delivery) -> Result<(), Error> {
+        match d.kind {
+            DeliveryKind::Inbox => self.process_welcome(d),
+            DeliveryKind::Group => self.process_group(d),
+        }
+    }
+
+    fn process_welcome(&mut self, d: Delivery) -> Result<(), Error> {
+        if d.inbox_seq <= self.inbox_cursor {
+            return Ok(());
+        }
+        let group = d.group();
+        let inbox_seq = d.inbox_seq;
+        let known = self.convs.contains_key(&group);
+        let joined = self.profile.atomically(|tx, sealer, p| {
+            put_meta(tx, sealer, "inbox_cursor", &inbox_seq.to_be_bytes())?;
+            if known {
+                return Ok(None);
+            }
+            let msg = MlsMessageIn::tls_deserialize_exact(d.payload.as_slice())
+                .map_err(|_| Error::Protocol("a Welcome does not parse".into()))?;
+            let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+                return Err(Error::Protocol("expected a Welcome".into()));
+            };
+            let staged = StagedWelcome::new_from_welcome(p, &join_config(), welcome, None)
+                .map_err(Error::mls)?;
+            let by = staged
+                .welcome_sender()
+                .map(|l| who(l.credential()))
+                .unwrap_or_else(|_| "@unknown".into());
+            let mls = staged.into_group(p).map_err(Error::mls)?;
+            if mls.group_id().as_slice() != group.as_bytes() {
+                return Err(Error::Protocol(
+                    "a Welcome is for another group than announced".into(),
+                ));
+            }
+            if mls
+                .members()
+                .any(|m| credential_user(&m.credential).is_none())
+            {
+                return Err(Error::Protocol(
+                    "a group has a member without a Sealpost identity".into(),
+                ));
+            }
+            let suite = Suite::of(mls.ciphersuite())
+                .ok_or_else(|| Error::Protocol("unsupported ciphersuite".into()))?;
+            let conv = Conv {
+                info: ConvInfo {
+                    kind: ConversationKind::Group,
+                    name: String::new(),
+                    peer: None,
+                    suite,
+                    active: true,
+                    last_self_update_ms: now_ms(),
+                },
+                cursor: d.group_seq,
+            };
+            put_conv(tx, sealer, group, &conv)?;
+            let item = Item::Joined { by };
+            put_item(tx, sealer, group, Some(d.group_seq), &item)?;
+            Ok(Some((conv, item)))
+        });
+        self.inbox_cursor = inbox_seq;
+        match joined {
+            Ok(Some((conv, item))) => {
+                self.convs.insert(group, conv);
+                self.stock_checked = false;
+                self.fresh.push((group, item));
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e @ Error::Store(_)) => Err(e),
+            Err(e) => {
+                // A Welcome we cannot use (e.g. its key package is gone): skip it, say so.
+                tracing::warn!(error = %e, "could not join a group");
+                self.profile.atomically(|tx, sealer, _| {
+                    put_meta(tx, sealer, "inbox_cursor", &inbox_seq.to_be_bytes())
+                })?;
+                self.fresh.push((
+                    group,
+                    Item::Undecryptable {
+                        seq: d.group_seq,
+                        reason: e.to_string(),
+                    },
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    fn process_group(&mut self, d: Delivery) -> Result<(), Error> {
+        let group = d.group();
+        let seq = d.group_seq;
+        let Some(mut conv) = self.convs.get(&group).cloned() else {
+            return Ok(());
+        };
+        if seq <= conv.cursor {
+            return Ok(());
+        }
+        let me = self.identity.username.clone();
+        let mut items: Vec<Item> = Vec::new();
+        self.profile.atomically(|tx, sealer, p| {
+            let own: bool = tx
+                .query_row(
+                    "SELECT 1 FROM sent WHERE group_id = ?1 AND seq = ?2",
+                    params![group.as_bytes(), seq],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            let pending: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT payload FROM pending_commits WHERE group_id = ?1",
+                    [group.as_bytes()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            conv.cursor = seq;
+            if !own {
+                let mut g = load_group(p, group)?;
+                if let Some(pending) = pending {
+                    tx.execute(
+                        "DELETE FROM pending_commits WHERE group_id = ?1",
+                        [group.as_bytes()],
+                    )?;
+                    if pending == d.payload.as_slice() {
+                        // Our own commit came back: it won its epoch.
+                        if let Some(staged) = g.pending_commit() {
+                            items.extend(roster_items(&g, staged, &at(&me)));
+                        }
+                        g.merge_pending_commit(p).map_err(Error::mls)?;
+                        put_conv(tx, sealer, group, &conv)?;
+                        for item in &items {
+                            put_item(tx, sealer, group, Some(seq), item)?;
+                        }
+                        return Ok(());
+                    }
+                    // Someone else's message: if it is a commit, ours lost.
+                    g.clear_pending_commit(p.storage()).map_err(Error::mls)?;
+                }
+                items = receive(&mut g, p, d.payload.as_slice(), seq, &mut conv, &me)?;
+            }
+            put_conv(tx, sealer, group, &conv)?;
+            for item in &items {
+                put_item(tx, sealer, group, Some(seq), item)?;
+            }
+            Ok(())
+        })?;
+        self.convs.insert(group, conv);
+        self.fresh.extend(items.into_iter().map(|i| (group, i)));
+        Ok(())
+    }
+
+    /// Work that follows a sync: commit a leaving member's proposal if this device is the one
+    /// to do it, and replenish key packages.
+    async fn after_sync(&mut self) -> Result<(), Error> {
+        let groups: Vec<GroupId> = self
+            .convs
+            .iter()
+            .filter(|(_, c)| c.info.active)
+            .map(|(g, _)| *g)
+            .collect();
+        for group in groups {
+            let due = {
+                let g = load_group(&self.profile.mls.provider, group)?;
+                let leaving: Vec<LeafNodeIndex> = g
+                    .pending_proposals()
+                    .filter_map(|q| match q.proposal() {
+                        Proposal::Remove(r) => Some(r.removed()),
+                        _ => None,
+                    })
+                    .collect();
+                let committer = g
+                    .members()
+                    .map(|m| m.index)
+                    .filter(|i| !leaving.contains(i))
+                    .min();
+                !leaving.is_empty() && committer == Some(g.own_leaf_index())
+            };
+            if due {
+                self.commit(group, |g, p, s| {
+                    let (commit, welcome, _) =
+                        g.commit_to_pending_proposals(p, s).map_err(Error::mls)?;
+                    Ok((commit, welcome))
+                })
+                .await?;
+                self.sync_inner().await?;
+            }
+        }
+        if !self.stock_checked {
+            self.replenish_key_packages().await?;
+            self.stock_checked = true;
+        }
+        Ok(())
+    }
+
+    async fn replenish_key_packages(&mut self) -> Result<(), Error> {
+        for suite in Suite::ALL {
+            let stock = self
+                .api
+                .key_package_stock_for(&self.identity, suite)
+                .await?;
+            if stock >= self.settings.key_packages_low {
+                continue;
+            }
+            let n = (self.settings.key_packages_target - stock) as usize;
+            let kps = make_key_packages(&self.profile.mls.provider, &self.identity, suite, n)?;
+            // The private halves must be durable before the public halves are handed out.
+            self.profile.atomically(|_, _, _| Ok(()))?;
+            self.api.upload_key_packages(&self.identity, kps).await?;
+        }
+        Ok(())
+    }
+
+    /// Stays connected and calls `on_event` for each event as it arrives, until it returns
+    /// `false`. Reconnects (and catches up) after a dropped connection.
+    pub async fn listen(&mut self, mut on_event: impl FnMut(&Event) -> bool) -> Result<(), Error> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let token = self.api.token(&self.identity).await?;
+            let mut request = self
+                .api
+                .ws_url()
+                .into_client_request()
+                .map_err(|e| Error::Protocol(e.to_string()))?;
+            let header = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Error::Protocol("bad token".into()))?;
+            request.headers_mut().insert("authorization", header);
+            let (mut ws, _) = match tokio_tungstenite::connect_async(request).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "push connection failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(250);
+            // Wait until subscribed, then catch up: nothing appended after this is missed.
+            while let Some(frame) = ws.next().await {
+                if matches!(frame, Ok(Message::Text(_))) {
+                    break;
+                }
+            }
+            let events = self.sync().await?;
+            for e in &events {
+                if !on_event(e) {
+                    return Ok(());
+                }
+            }
+            while let Some(frame) = ws.next().await {
+                let Ok(frame) = frame else { break };
+                let Message::Binary(bytes) = frame else {
+                    continue;
+                };
+                let events = match Delivery::decode(&bytes) {
+                    Ok(d)
+                        if d.kind == DeliveryKind::Group
+                            && self
+                                .convs
+                                .get(&d.group())
+                                .is_some_and(|c| c.cursor + 1 == d.group_seq) =>
+                    {
+                        let (group, seq) = (d.group(), d.group_seq);
+                        self.process(d)?;
+                        self.api
+                            .ack(
+                                &self.identity,
+                                &AckRequest {
+                                    inbox: None,
+                                    groups: vec![(group, seq)],
+                                },
+                            )
+                            .await?;
+                        self.after_sync().await?;
+                        self.take_events()
+                    }
+                    // Anything else (a gap, a Welcome, garbage): catch up by cursor.
+                    _ => self.sync().await?,
+                };
+                for e in &events {
+                    if !on_event(e) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Roster items for a commit, from the group state before it is merged.
+fn roster_items(g: &MlsGroup, staged: &openmls::prelude::StagedCommit, by: &str) -> Vec<Item> {
+    let mut items = Vec::new();
+    for add in staged.add_proposals() {
+        let member = who(add.add_proposal().key_package().leaf_node().credential());
+        items.push(Item::MemberAdded {
+            member,
+            by: by.to_owned(),
+        });
+    }
+    for rem in staged.remove_proposals() {
+        let removed = rem.remove_proposal().removed();
+        let member = g
+            .member_at(removed)
+            .map_or_else(|| "@unknown".to_owned(), |m| who(&m.credential));
+        let self_removal = matches!(rem.sender(), Sender::Member(i) if *i == removed);
+        if self_removal {
+            items.push(Item::MemberLeft { member });
+        } else {
+            items.push(Item::MemberRemoved {
+                member,
+                by: by.to_owned(),
+            });
+        }
+    }
+    items
+}
+
+/// Processes one MLS message from the group's log.
+fn receive(
+    g: &mut MlsGroup,
+    p: &Provider,
+    payload: &[u8],
+    seq: u64,
+    conv: &mut Conv,
+    me: &Username,
+) -> Result<Vec<Item>, Error> {
+    let undecryptable = |reason: String| Ok(vec![Item::Undecryptable { seq, reason }]);
+    let Ok(msg) = MlsMessageIn::tls_deserialize_exact(payload) else {
+        return undecryptable("not an MLS message".into());
+    };
+    let Ok(pm) = msg.try_into_protocol_message() else {
+        return undecryptable("not an MLS group message".into());
+    };
+    if pm.group_id() != g.group_id() {
+        return undecryptable("a message for another group".into());
+    }
+    let processed = match g.process_message(p, pm) {
+        Ok(m) => m,
+        Err(e) => return undecryptable(format!("{e}")),
+    };
+    let Some(sender) = credential_user(processed.credential()) else {
+        return undecryptable("the sender has no Sealpost identity".into());
+    };
+    let from = at(&sender.username);
+    match processed.into_content() {
+        ProcessedMessageContent::ApplicationMessage(app) => {
+            let bytes = Zeroizing::new(app.into_bytes());
+            let Ok(body) = unpad(&bytes) else {
+                return undecryptable("bad padding".into());
+            };
+            match serde_json::from_slice::<AppMessage>(body) {
+                Ok(AppMessage::Text { id, body, sent_at }) => Ok(vec![Item::Message {
+                    from,
+                    text: body,
+                    id,
+                    sent_at,
+                }]),
+                Ok(AppMessage::Meta { kind, name }) => {
+                    conv.info.kind = kind;
+                    if kind == ConversationKind::Direct {
+                        if sender.username != *me {
+                            conv.info.peer = Some(sender.username);
+                        }
+                    } else {
+                        conv.info.name = name;
+                    }
+                    Ok(Vec::new())
+                }
+                Err(_) => undecryptable("unknown message format".into()),
+            }
+        }
+        ProcessedMessageContent::ProposalMessage(q) => {
+            let own_removal = matches!((q.proposal(), q.sender()), (Proposal::Remove(r), Sender::Member(i)) if r.removed() == *i);
+            if !own_removal {
+                return undecryptable("an unexpected proposal was ignored".into());
+            }
+            g.store_pending_proposal(p.storage(), *q)
+                .map_err(Error::mls)?;
+            Ok(vec![Item::MemberLeft { member: from }])
+        }
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            let mut items: Vec<Item> = roster_items(g, &staged, &from)
+                .into_iter()
+                .filter(|i| !matches!(i, Item::MemberLeft { .. }))
+                .collect();
+            if staged.self_removed() {
+                conv.info.active = false;
+                items.push(Item::Removed { by: from });
+            }
+            g.merge_staged_commit(p, *staged).map_err(Error::mls)?;
+            Ok(items)
+        }
+        _ => undecryptable("an unexpected message type was ignored".into()),
+    }
+}
+
+fn make_key_package(
+    p: &Provider,
+    identity: &Identity,
+    suite: Suite,
+    last_resort: bool,
+) -> Result<Vec<u8>, Error> {
+    let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities());
+    if last_resort {
+        builder = builder.mark_as_last_resort();
+    }
+    let bundle = builder
+        .build(
+            suite.ciphersuite(),
+            p,
+            &identity.device_key,
+            identity.credential_with_key(),
+        )
+        .map_err(Error::mls)?;
+    serialize(&MlsMessageOut::from(bundle.key_package().clone()))
+}
+
+fn make_key_packages(
+    p: &Provider,
+    identity: &Identity,
+    suite: Suite,
+    n: usize,
+) -> Result<Vec<Vec<u8>>, Error> {
+    (0..n)
+        .map(|_| make_key_package(p, identity, suite, false))
+        .collect()
+}
+
+impl Api {
+    async fn claim_key_packages_for(
+        &mut self,
+        s: &Identity,
+        user: &Username,
+        suite: Suite,
+    ) -> Result<sealpost_proto::ClaimKeyPackagesResponse, Error> {
+        self.claim_key_packages(s, user, u16::from(suite.ciphersuite()))
+            .await
+    }
+
+    async fn key_package_stock_for(&mut self, s: &Identity, suite: Suite) -> Result<u64, Error> {
+        self.key_package_stock(s, u16::from(suite.ciphersuite()))
+            .await
+    }
+}

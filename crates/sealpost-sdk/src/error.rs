@@ -1,0 +1,77 @@
+//! The SDK's errors. Messages are for people; none contains message text or key material.
+
+use sealpost_proto::{ErrorCode, IdError};
+
+/// Everything that can go wrong in the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The profile directory has no account yet.
+    #[error("no account in this profile: run `sealpost register <username> --server <URL>` first")]
+    NotRegistered,
+    /// The profile already has an account.
+    #[error("this profile already has an account ({0}); use another --home for another account")]
+    AlreadyRegistered(String),
+    /// Another process has the profile open.
+    #[error("the profile is in use by another sealpost process")]
+    ProfileLocked,
+    /// The store key is wrapped and no passphrase was given.
+    #[error("this profile is protected by a passphrase: set SEALPOST_PASSPHRASE")]
+    PassphraseRequired,
+    /// The passphrase does not open the store key.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The local store failed or is damaged.
+    #[error("local store: {0}")]
+    Store(String),
+    /// A name on the command line is not valid.
+    #[error("{0}")]
+    InvalidId(#[from] IdError),
+    /// No conversation matches.
+    #[error("no conversation named {0}")]
+    UnknownConversation(String),
+    /// Several conversations match.
+    #[error("{0} is ambiguous; use one of: {1}")]
+    AmbiguousConversation(String, String),
+    /// The server could not be reached.
+    #[error("cannot reach the server at {url}: {reason} (nothing was lost: try again later)")]
+    ServerUnreachable {
+        /// The server.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered with an error.
+    #[error("the server refused: {message}")]
+    Server {
+        /// Its code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// The server answered with something that is not valid.
+    #[error("the server sent an invalid answer: {0}")]
+    Protocol(String),
+    /// An MLS operation failed.
+    #[error("MLS: {0}")]
+    Mls(String),
+    /// A cryptographic primitive failed.
+    #[error("cryptography failed: {0}")]
+    Crypto(&'static str),
+    /// The request does not make sense (e.g. removing someone who is not a member).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn mls(e: impl std::fmt::Debug) -> Self {
+        // openmls errors carry no secrets; their Debug names the failed check.
+        Error::Mls(format!("{e:?}"))
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}

@@ -1,0 +1,153 @@
+//! What the SDK shows: conversations, history items and events. These are the shapes the command
+//! line prints with `--json`.
+
+use serde::{Deserialize, Serialize};
+
+/// Which ciphersuite a conversation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Suite {
+    /// `MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519`: post-quantum hybrid (default).
+    #[default]
+    Pq,
+    /// `MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519`.
+    Classic,
+}
+
+impl Suite {
+    /// Both suites.
+    pub const ALL: [Suite; 2] = [Suite::Pq, Suite::Classic];
+
+    /// The openmls ciphersuite.
+    pub fn ciphersuite(self) -> openmls::prelude::Ciphersuite {
+        match self {
+            Suite::Pq => {
+                openmls::prelude::Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519
+            }
+            Suite::Classic => {
+                openmls::prelude::Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519
+            }
+        }
+    }
+
+    /// The suite of an openmls ciphersuite, if it is one we use.
+    pub fn of(cs: openmls::prelude::Ciphersuite) -> Option<Suite> {
+        Suite::ALL.into_iter().find(|s| s.ciphersuite() == cs)
+    }
+}
+
+/// 1:1 or group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationKind {
+    /// A 1:1 conversation, named by the other person's `@username`.
+    Direct,
+    /// A named group.
+    Group,
+}
+
+/// One entry of a conversation's history, and one line of `sync`/`listen` output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A text message.
+    Message {
+        /// `#group` or `@user`.
+        conversation: String,
+        /// `@sender`.
+        from: String,
+        /// The text.
+        text: String,
+        /// The sender's message id.
+        id: String,
+        /// When the sender sent it (sender's clock, unix milliseconds).
+        sent_at: u64,
+    },
+    /// Someone added a member.
+    MemberAdded {
+        /// Conversation.
+        conversation: String,
+        /// `@member`.
+        member: String,
+        /// `@adder`.
+        by: String,
+    },
+    /// Someone removed a member.
+    MemberRemoved {
+        /// Conversation.
+        conversation: String,
+        /// `@member`.
+        member: String,
+        /// `@remover`.
+        by: String,
+    },
+    /// A member asked to leave.
+    MemberLeft {
+        /// Conversation.
+        conversation: String,
+        /// `@member`.
+        member: String,
+    },
+    /// This device was added to a conversation.
+    Joined {
+        /// Conversation.
+        conversation: String,
+        /// `@adder`.
+        by: String,
+    },
+    /// This device was removed from a conversation (or its leave completed).
+    Removed {
+        /// Conversation.
+        conversation: String,
+        /// `@remover`.
+        by: String,
+    },
+    /// A message could not be processed. Nothing is sent back automatically.
+    Undecryptable {
+        /// Conversation.
+        conversation: String,
+        /// The server's sequence number.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A conversation as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationInfo {
+    /// `#name` (with `~id` when names clash) or `@user`.
+    pub conversation: String,
+    /// The group id.
+    pub id: String,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// The ciphersuite.
+    pub ciphersuite: Suite,
+    /// Member count (devices).
+    pub members: usize,
+    /// False once this device left or was removed.
+    pub active: bool,
+}
+
+/// A member of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// `@username`.
+    pub member: String,
+    /// The device.
+    pub device: String,
+    /// This device.
+    pub you: bool,
+}
+
+/// Who this profile is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Whoami {
+    /// `@username`.
+    pub username: String,
+    /// This device.
+    pub device: String,
+    /// The server URL.
+    pub server: String,
+}
