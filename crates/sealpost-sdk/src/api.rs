@@ -16,7 +16,7 @@ use tls_codec::Serialize as _;
 use crate::error::Error;
 
 /// Signs authentication challenges (the device key).
-pub trait ChallengeSigner {
+pub trait ChallengeSigner: Send + Sync {
     /// Signs `message` with the device key.
     fn sign_challenge(&self, message: &[u8]) -> Result<Vec<u8>, Error>;
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openmls::prelude::{
-    BasicCredential, Capabilities, Credential, CredentialWithKey, ExtensionType,
+    BasicCredential, Capabilities, ContentType, Credential, CredentialWithKey, ExtensionType,
     GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
     MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
     MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, Proposal,
@@ -1180,7 +1180,7 @@ impl Client {
             conv.cursor = seq;
             if !own {
                 let mut g = load_group(p, group)?;
-                if let Some(pending) = pending {
+                if let Some(pending) = pending.filter(|_| is_commit(d.payload.as_slice())) {
                     tx.execute(
                         "DELETE FROM pending_commits WHERE group_id = ?1",
                         [group.as_bytes()],
@@ -1353,6 +1353,14 @@ impl Client {
     }
 }
 
+/// Whether a group-log payload is a commit (only a commit can make ours lose its epoch).
+fn is_commit(payload: &[u8]) -> bool {
+    MlsMessageIn::tls_deserialize_exact(payload)
+        .ok()
+        .and_then(|m| m.try_into_protocol_message().ok())
+        .is_some_and(|m| m.content_type() == ContentType::Commit)
+}
+
 /// Roster items for a commit, from the group state before it is merged.
 fn roster_items(g: &MlsGroup, staged: &openmls::prelude::StagedCommit, by: &str) -> Vec<Item> {
     let mut items = Vec::new();
@@ -1451,6 +1459,8 @@ fn receive(
                 .collect();
             if staged.self_removed() {
                 conv.info.active = false;
+                let me = at(me);
+                items.retain(|i| !matches!(i, Item::MemberRemoved { member, .. } if *member == me));
                 items.push(Item::Removed { by: from });
             }
             g.merge_staged_commit(p, *staged).map_err(Error::mls)?;

@@ -1,0 +1,125 @@
+//! The canary: a unique marker sent in messages and group names never appears in the server's
+//! files, in its log lines (at debug level), or in any byte it received on the wire.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{People, TestServer, texts};
+use sealpost_sdk::{Client, Suite, Username};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A TCP proxy that records every byte sent towards the server.
+async fn recording_proxy(target: std::net::SocketAddr, wire: Buffer) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let wire = wire.clone();
+            tokio::spawn(async move {
+                let mut server = TcpStream::connect(target).await.unwrap();
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = cr.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            let _ = sw.shutdown().await;
+                            break;
+                        }
+                        wire.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut sr, &mut cw);
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn marker_never_reaches_the_server() {
+    let log = Buffer::default();
+    let log_writer = log.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer(move || log_writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let server = TestServer::start().await;
+    let wire = Buffer::default();
+    let url = recording_proxy(server.addr, wire.clone()).await;
+    let people = People::new();
+    let reg = |n: &'static str| {
+        let home = people.home(n);
+        let url = url.clone();
+        async move { Client::register(&home, &url, n, None).await.unwrap() }
+    };
+    let mut alice = reg("alice").await;
+    let mut bob = reg("bob").await;
+
+    let marker = "CANARY-7f3a9c2e-5d1b";
+    alice.send("@bob", &format!("1:1 {marker}")).await.unwrap();
+    let group = format!("g{}", &marker[7..15]);
+    let info = alice
+        .create_group(&group, &[Username::new("bob").unwrap()], Suite::Classic)
+        .await
+        .unwrap();
+    alice
+        .send(&info.conversation, &format!("group {marker}"))
+        .await
+        .unwrap();
+    let events = bob.sync().await.unwrap();
+    assert_eq!(texts(&events).len(), 2, "{events:?}");
+    assert!(
+        texts(&events).iter().all(|(_, t)| t.contains(marker)),
+        "the marker went through"
+    );
+
+    drop(server); // the server stops; its files stay until `people`/the tempdir go
+    let wire = wire.0.lock().unwrap().clone();
+    assert!(wire.len() > 10_000, "the proxy saw the traffic");
+    for needle in [marker, &group] {
+        assert!(
+            !contains(&wire, needle),
+            "{needle} crossed the wire in clear"
+        );
+        assert!(
+            !contains(&log.0.lock().unwrap(), needle),
+            "{needle} reached a log line"
+        );
+    }
+    assert!(!log.0.lock().unwrap().is_empty(), "the server did log");
+}

@@ -1,0 +1,278 @@
+//! Ordering, conflicts, restarts and bad input, against a real server.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use common::{People, TestServer, texts};
+use sealpost_sdk::{Client, Error, Event, Suite, Username};
+
+fn u(name: &str) -> Username {
+    Username::new(name).unwrap()
+}
+
+#[tokio::test]
+async fn offline_recipient_catches_up_in_order() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice
+        .create_group("news", &[u("bob")], Suite::Classic)
+        .await
+        .unwrap();
+    for i in 0..30 {
+        alice.send("#news", &format!("item {i}")).await.unwrap();
+    }
+    let got: Vec<String> = texts(&bob.sync().await.unwrap())
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    let want: Vec<String> = (0..30).map(|i| format!("item {i}")).collect();
+    assert_eq!(got, want);
+    assert!(
+        bob.sync().await.unwrap().is_empty(),
+        "nothing is delivered twice"
+    );
+}
+
+#[tokio::test]
+async fn competing_commits_converge() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let mut carol = people.register(&server, "carol").await;
+    let mut dave = people.register(&server, "dave").await;
+    alice
+        .create_group("race", &[u("bob")], Suite::Classic)
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    // Both commit at the same epoch; one wins, the other re-syncs and retries on its own.
+    let (carol_name, dave_name) = ([u("carol")], [u("dave")]);
+    let (a, b) = tokio::join!(
+        alice.add_members("#race", &carol_name),
+        bob.add_members("#race", &dave_name)
+    );
+    a.unwrap();
+    b.unwrap();
+    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        c.sync().await.unwrap();
+        let mut members: Vec<String> = c
+            .members("#race")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.member)
+            .collect();
+        members.sort();
+        assert_eq!(members, ["@alice", "@bob", "@carol", "@dave"]);
+    }
+    dave.send("#race", "all in").await.unwrap();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(
+            texts(&c.sync().await.unwrap()),
+            vec![("@dave".to_string(), "all in".to_string())]
+        );
+    }
+}
+
+#[tokio::test]
+async fn server_restart_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let mut server = TestServer::start_at(&data, "127.0.0.1:0").await;
+    let addr = server.addr.to_string();
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice.send("@bob", "before restart").await.unwrap();
+    server.stop().await;
+
+    // Server down: the client says so and keeps what it has.
+    let err = alice.send("@bob", "while down").await.unwrap_err();
+    assert!(matches!(err, Error::ServerUnreachable { .. }), "{err}");
+    assert_eq!(
+        texts(&alice.messages("@bob", 10).unwrap()),
+        vec![("@alice".into(), "before restart".into())]
+    );
+
+    let _server = TestServer::start_at(&data, &addr).await;
+    alice.send("@bob", "after restart").await.unwrap();
+    let got: Vec<String> = texts(&bob.sync().await.unwrap())
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(got, ["before restart", "after restart"]);
+}
+
+#[tokio::test]
+async fn reopened_client_neither_loses_nor_duplicates() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice.send("@bob", "one").await.unwrap();
+    assert_eq!(texts(&bob.sync().await.unwrap()).len(), 1);
+    drop(bob);
+    alice.send("@bob", "two").await.unwrap();
+    let mut bob = Client::open(&people.home("bob"), None).unwrap();
+    let got = texts(&bob.sync().await.unwrap());
+    assert_eq!(got, vec![("@alice".to_string(), "two".to_string())]);
+    assert_eq!(texts(&bob.messages("@alice", 10).unwrap()).len(), 2);
+}
+
+#[tokio::test]
+async fn registration_errors() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    people.register(&server, "alice").await;
+    let taken = Client::register(&people.home("alice2"), &server.url, "alice", None).await;
+    assert!(
+        matches!(taken, Err(Error::Server { .. })),
+        "a taken username is refused"
+    );
+    let invalid = Client::register(&people.home("x"), &server.url, "Not Valid", None).await;
+    assert!(matches!(invalid, Err(Error::InvalidId(_))));
+    let again = Client::register(&people.home("alice"), &server.url, "alice", None).await;
+    assert!(matches!(
+        again,
+        Err(Error::AlreadyRegistered(_) | Error::ProfileLocked)
+    ));
+}
+
+#[tokio::test]
+async fn unknown_user_and_conversation() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let err = alice.send("@nobody", "hi").await.unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(matches!(
+        alice.send("#nothing", "hi").await,
+        Err(Error::UnknownConversation(_))
+    ));
+    assert!(
+        alice
+            .conversations()
+            .unwrap()
+            .iter()
+            .all(|c| c.members <= 1)
+    );
+}
+
+#[tokio::test]
+async fn locked_and_corrupt_profiles() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let alice = people.register(&server, "alice").await;
+    assert!(matches!(
+        Client::open(&people.home("alice"), None),
+        Err(Error::ProfileLocked)
+    ));
+    drop(alice);
+    Client::open(&people.home("alice"), None).unwrap();
+    std::fs::write(people.home("alice").join("profile.db"), vec![0x42; 8192]).unwrap();
+    let _ = std::fs::remove_file(people.home("alice").join("profile.db-wal"));
+    assert!(matches!(
+        Client::open(&people.home("alice"), None),
+        Err(Error::Store(_))
+    ));
+    assert!(matches!(
+        Client::open(&people.home("nobody"), None),
+        Err(Error::NotRegistered)
+    ));
+}
+
+#[tokio::test]
+async fn history_is_encrypted_at_rest() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let secret = "plaintext-that-must-not-be-on-disk-91c4";
+    alice.send("@bob", secret).await.unwrap();
+    bob.sync().await.unwrap();
+    for name in ["alice", "bob"] {
+        for entry in std::fs::read_dir(people.home(name)).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{name}'s store holds the plaintext"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_http_input_gets_clear_errors() {
+    let server = TestServer::start().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let post =
+        |path: &str, body: Vec<u8>| http.post(format!("{}{path}", server.url)).body(body).send();
+    let r = post("/v1/accounts", b"{not json".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "bad_request");
+    let r = post("/v1/accounts", vec![b'a'; 2 * 1024 * 1024])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = post("/v1/auth/challenge", br#"{"device_id":"zz"}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post("/v1/auth/token", br#"{"device_id":"00112233445566778899aabbccddeeff","challenge":"AAAA","signature":"AAAA"}"#.to_vec()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post(
+        "/v1/groups/00112233445566778899aabbccddeeff/messages",
+        vec![1, 2, 3],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401, "unauthenticated");
+    let r = http
+        .get(format!("{}/openapi.json", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("sealpost_requests_total"));
+}
+
+#[tokio::test]
+async fn live_push_delivers_without_polling() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice.send("@bob", "first").await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        bob.listen(|e| {
+            if let Event::Message { text, .. } = e {
+                seen.push(text.clone());
+                let _ = tx.send(text.clone());
+            }
+            seen.len() < 3
+        })
+        .await
+        .unwrap();
+        seen
+    });
+    assert_eq!(rx.recv().await.unwrap(), "first"); // caught up on connect
+    alice.send("@bob", "second").await.unwrap();
+    alice.send("@bob", "third").await.unwrap();
+    assert_eq!(listener.await.unwrap(), ["first", "second", "third"]);
+}

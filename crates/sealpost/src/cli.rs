@@ -1,0 +1,407 @@
+//! Command-line parsing and output. Errors go to stderr with a non-zero exit code; `--json`
+//! prints one JSON object per line.
+
+use std::io::{IsTerminal as _, Read as _};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sealpost_sdk::{Client, Event, Suite, Username};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Sealpost: end-to-end encrypted messaging through a server that only sees ciphertext.
+#[derive(Debug, Parser)]
+#[command(name = "sealpost", version, about, long_about = None)]
+pub struct Cli {
+    /// Client profile directory [default: $XDG_DATA_HOME/sealpost/client].
+    #[arg(long, global = true, env = "SEALPOST_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Server(ServerArgs),
+    /// Create an account and this device on a server.
+    Register {
+        /// The username (3-32 of a-z, 0-9, _; starting with a letter).
+        username: String,
+        /// The server, e.g. http://127.0.0.1:7443.
+        #[arg(long)]
+        server: String,
+    },
+    /// Show this profile's account and device.
+    Whoami(JsonFlag),
+    /// Send a message to @user or #group ('-' reads the text from stdin).
+    Send {
+        /// @user or #group.
+        to: String,
+        /// The text, or '-' for stdin.
+        text: String,
+    },
+    /// Fetch and process everything pending; print new messages and events.
+    Sync(JsonFlag),
+    /// Show a conversation's local history, oldest first.
+    Messages {
+        /// @user or #group.
+        conversation: String,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Stay connected and print messages as they arrive.
+    Listen(JsonFlag),
+    /// Manage groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// List conversations.
+    Conversations(JsonFlag),
+    /// Run a self-checking demonstration on a private loopback server.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Create a group.
+    Create {
+        /// The group's name (travels encrypted; members see it as #name).
+        name: String,
+        /// A member to add (repeatable).
+        #[arg(long = "member")]
+        members: Vec<String>,
+        /// The MLS ciphersuite.
+        #[arg(long, value_enum, default_value_t = SuiteArg::Pq)]
+        ciphersuite: SuiteArg,
+    },
+    /// Add people (all their devices).
+    Add {
+        /// The #group.
+        group: String,
+        /// @users to add.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove people (all their devices).
+    Remove {
+        /// The #group.
+        group: String,
+        /// @users to remove.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Leave a group.
+    Leave {
+        /// The #group.
+        group: String,
+    },
+    /// List a group's members.
+    Members {
+        /// The #group or @user.
+        group: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SuiteArg {
+    /// Post-quantum hybrid: MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519.
+    Pq,
+    /// Classic: MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519.
+    Classic,
+}
+
+#[derive(Debug, Args)]
+struct JsonFlag {
+    /// Print one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:7443].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory [default: $XDG_DATA_HOME/sealpost/server].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A TOML config file (see --print-config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the default configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn default_home() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("sealpost").join("client")
+}
+
+fn passphrase() -> Option<String> {
+    std::env::var("SEALPOST_PASSPHRASE")
+        .ok()
+        .filter(|p| !p.is_empty())
+}
+
+fn users(list: &[String]) -> Result<Vec<Username>> {
+    list.iter()
+        .map(|u| {
+            let name = u.strip_prefix('@').unwrap_or(u);
+            Username::new(name).with_context(|| format!("{u} is not a valid @user"))
+        })
+        .collect()
+}
+
+fn print_json(v: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+/// One line of human-readable output for an event.
+pub fn line(e: &Event) -> String {
+    match e {
+        Event::Message {
+            conversation,
+            from,
+            text,
+            ..
+        } => format!("[{conversation}] {from}: {text}"),
+        Event::MemberAdded {
+            conversation,
+            member,
+            by,
+        } => format!("[{conversation}] {by} added {member}"),
+        Event::MemberRemoved {
+            conversation,
+            member,
+            by,
+        } => format!("[{conversation}] {by} removed {member}"),
+        Event::MemberLeft {
+            conversation,
+            member,
+        } => format!("[{conversation}] {member} left"),
+        Event::Joined { conversation, by } => format!("[{conversation}] {by} added you"),
+        Event::Removed { conversation, by } => format!("[{conversation}] {by} removed you"),
+        Event::Undecryptable {
+            conversation,
+            seq,
+            reason,
+        } => {
+            format!("[{conversation}] message #{seq} could not be read: {reason}")
+        }
+    }
+}
+
+fn print_events(events: &[Event], json: bool) -> Result<()> {
+    for e in events {
+        if json {
+            print_json(e)?
+        } else {
+            println!("{}", line(e))
+        }
+    }
+    Ok(())
+}
+
+/// Runs a command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    let open = || Client::open(&home, passphrase().as_deref());
+    match cli.command {
+        Command::Server(args) => server(args).await,
+        Command::Demo => crate::demo::run().await,
+        Command::Register { username, server } => {
+            let client = Client::register(
+                &home,
+                &server,
+                username.trim_start_matches('@'),
+                passphrase().as_deref(),
+            )
+            .await?;
+            let me = client.whoami();
+            println!(
+                "registered {} (device {}) on {}",
+                me.username, me.device, me.server
+            );
+            Ok(())
+        }
+        Command::Whoami(f) => {
+            let me = open()?.whoami();
+            if f.json {
+                print_json(&me)
+            } else {
+                println!("{} (device {}) on {}", me.username, me.device, me.server);
+                Ok(())
+            }
+        }
+        Command::Send { to, text } => {
+            let text = if text == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("cannot read the message from stdin")?;
+                s.trim_end_matches('\n').to_owned()
+            } else {
+                text
+            };
+            if text.is_empty() {
+                bail!("the message is empty");
+            }
+            let mut client = open()?;
+            client.send(&to, &text).await?;
+            Ok(())
+        }
+        Command::Sync(f) => {
+            let events = open()?.sync().await?;
+            print_events(&events, f.json)
+        }
+        Command::Messages {
+            conversation,
+            limit,
+            json,
+        } => {
+            let client = open()?;
+            print_events(&client.messages(&conversation, limit)?, json.json)
+        }
+        Command::Listen(f) => {
+            let mut client = open()?;
+            let mut failed = None;
+            client
+                .listen(|e| {
+                    let out = if f.json {
+                        serde_json::to_string(e).map_err(anyhow::Error::from)
+                    } else {
+                        Ok(line(e))
+                    };
+                    match out {
+                        Ok(s) => {
+                            println!("{s}");
+                            true
+                        }
+                        Err(err) => {
+                            failed = Some(err);
+                            false
+                        }
+                    }
+                })
+                .await?;
+            failed.map_or(Ok(()), Err)
+        }
+        Command::Conversations(f) => {
+            for c in open()?.conversations()? {
+                if f.json {
+                    print_json(&c)?;
+                } else {
+                    let state = if c.active { "" } else { " (left)" };
+                    println!(
+                        "{}  {} members  {:?}{}",
+                        c.conversation, c.members, c.ciphersuite, state
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Group(g) => group(open()?, g).await,
+    }
+}
+
+async fn group(mut client: Client, cmd: GroupCommand) -> Result<()> {
+    match cmd {
+        GroupCommand::Create {
+            name,
+            members,
+            ciphersuite,
+        } => {
+            let suite = match ciphersuite {
+                SuiteArg::Pq => Suite::Pq,
+                SuiteArg::Classic => Suite::Classic,
+            };
+            let name = name.strip_prefix('#').unwrap_or(&name);
+            let info = client.create_group(name, &users(&members)?, suite).await?;
+            println!("created {} ({} members)", info.conversation, info.members);
+        }
+        GroupCommand::Add { group, users: list } => {
+            client.add_members(&group, &users(&list)?).await?
+        }
+        GroupCommand::Remove { group, users: list } => {
+            client.remove_members(&group, &users(&list)?).await?
+        }
+        GroupCommand::Leave { group } => client.leave(&group).await?,
+        GroupCommand::Members { group, json } => {
+            for m in client.members(&group)? {
+                if json.json {
+                    print_json(&m)?;
+                } else {
+                    println!(
+                        "{}  device {}{}",
+                        m.member,
+                        m.device,
+                        if m.you { "  (this device)" } else { "" }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn server(args: ServerArgs) -> Result<()> {
+    if args.print_config {
+        print!("{}", sealpost_server::Settings::default_toml());
+        return Ok(());
+    }
+    let mut settings = sealpost_server::Settings::load(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        settings.listen = l;
+    }
+    if let Some(d) = args.data {
+        settings.data = d;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    println!(
+        "sealpost server listening on http://{}",
+        listener.local_addr()?
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    sealpost_server::run(settings, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+}
