@@ -887,12 +887,7 @@ impl Client {
             .next()
             .is_some();
         if pending {
-            self.commit(group, |g, p, s| {
-                let (commit, welcome, _) =
-                    g.commit_to_pending_proposals(p, s).map_err(Error::mls)?;
-                Ok((commit, welcome))
-            })
-            .await?;
+            self.commit_pending_proposals(group).await?;
         }
         let due = self.convs.get(&group).is_some_and(|c| {
             now_ms().saturating_sub(c.info.last_self_update_ms)
@@ -1004,6 +999,15 @@ impl Client {
             }
         }
         Err(Error::Invalid("the group is busy: try again".into()))
+    }
+
+    /// Commits the proposals waiting in a group (a member's request to leave).
+    async fn commit_pending_proposals(&mut self, group: GroupId) -> Result<(), Error> {
+        self.commit(group, |g, p, s| {
+            let (commit, welcome, _) = g.commit_to_pending_proposals(p, s).map_err(Error::mls)?;
+            Ok((commit, welcome))
+        })
+        .await
     }
 
     fn drop_pending_commit(&mut self, group: GroupId) -> Result<(), Error> {
@@ -1240,12 +1244,7 @@ impl Client {
                 !leaving.is_empty() && committer == Some(g.own_leaf_index())
             };
             if due {
-                self.commit(group, |g, p, s| {
-                    let (commit, welcome, _) =
-                        g.commit_to_pending_proposals(p, s).map_err(Error::mls)?;
-                    Ok((commit, welcome))
-                })
-                .await?;
+                self.commit_pending_proposals(group).await?;
                 self.sync_inner().await?;
             }
         }

@@ -8,12 +8,8 @@
 
 mod common;
 
-use common::{People, TestServer, texts};
-use sealpost_sdk::{Client, Error, Event, Suite, Username};
-
-fn u(name: &str) -> Username {
-    Username::new(name).unwrap()
-}
+use common::{People, TestServer, texts, u};
+use sealpost_sdk::{Client, Error, Event, Suite};
 
 #[tokio::test]
 async fn offline_recipient_catches_up_in_order() {

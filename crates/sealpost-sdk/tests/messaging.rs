@@ -8,12 +8,8 @@
 
 mod common;
 
-use common::{People, TestServer, texts};
-use sealpost_sdk::{Event, Suite, Username};
-
-fn u(name: &str) -> Username {
-    Username::new(name).unwrap()
-}
+use common::{People, TestServer, texts, u};
+use sealpost_sdk::{Event, Suite};
 
 #[tokio::test]
 async fn one_to_one_both_ways() {

@@ -104,3 +104,7 @@ pub fn texts(events: &[sealpost_sdk::Event]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+pub fn u(name: &str) -> sealpost_sdk::Username {
+    sealpost_sdk::Username::new(name).unwrap()
+}
