@@ -94,6 +94,19 @@ impl ChallengeSigner for Identity {
     }
 }
 
+/// What [`Client::bench_prepare`] returns.
+#[doc(hidden)]
+pub struct BenchBatch {
+    /// Server base URL.
+    pub server: String,
+    /// Bearer token (secret).
+    pub token: String,
+    /// Group id (hex).
+    pub group: String,
+    /// Encrypted application messages, in ratchet order.
+    pub messages: Vec<Vec<u8>>,
+}
+
 /// A conversation's local record (sealed in the store).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ConvInfo {
@@ -318,6 +331,24 @@ impl Client {
         username: &str,
         passphrase: Option<&str>,
     ) -> Result<Client, Error> {
+        Self::register_with(
+            home,
+            server,
+            username,
+            passphrase,
+            ClientSettings::default(),
+        )
+        .await
+    }
+
+    /// [`register`](Self::register) with non-default settings.
+    pub async fn register_with(
+        home: &Path,
+        server: &str,
+        username: &str,
+        passphrase: Option<&str>,
+        settings: ClientSettings,
+    ) -> Result<Client, Error> {
         let username = Username::new(username)?;
         let mut profile = Profile::open(home, true, passphrase)?;
         if let Some(json) = profile.meta("identity")? {
@@ -352,7 +383,6 @@ impl Client {
                 identity.device_key.public(),
             ))
             .map_err(|_| Error::Crypto("signing failed"))?;
-        let settings = ClientSettings::default();
         let mut key_packages = Vec::new();
         for suite in Suite::ALL {
             key_packages.extend(make_key_packages(
@@ -1001,6 +1031,49 @@ impl Client {
         Err(Error::Invalid("the group is busy: try again".into()))
     }
 
+    /// For load generators only: a signed-in session (server URL, bearer token), the group
+    /// behind `target`, and `n` application messages encrypted for it but not sent. The
+    /// messages advance this device's ratchet (committed locally), so they are valid to post
+    /// once each, in order. Not for applications: the token is a secret.
+    #[doc(hidden)]
+    pub async fn bench_prepare(
+        &mut self,
+        target: &str,
+        n: usize,
+        text: &str,
+    ) -> Result<BenchBatch, Error> {
+        let group = self.resolve(target)?;
+        let token = self.api.token(&self.identity).await?;
+        let sent_at = now_ms();
+        let messages = self.profile.atomically(|_, _, p| {
+            let mut g = load_group(p, group)?;
+            (0..n)
+                .map(|i| {
+                    let msg = AppMessage::Text {
+                        id: format!("{:032x}", (sent_at as u128) << 32 | i as u128),
+                        body: text.to_owned(),
+                        sent_at,
+                    };
+                    let body = Zeroizing::new(
+                        serde_json::to_vec(&msg).map_err(|e| Error::Store(e.to_string()))?,
+                    );
+                    let padded =
+                        Zeroizing::new(pad(&body).map_err(|e| Error::Invalid(e.to_string()))?);
+                    serialize(
+                        &g.create_message(p, &self.identity.device_key, &padded)
+                            .map_err(Error::mls)?,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(BenchBatch {
+            server: self.identity.server.clone(),
+            token,
+            group: group.to_string(),
+            messages,
+        })
+    }
+
     /// Commits the proposals waiting in a group (a member's request to leave).
     async fn commit_pending_proposals(&mut self, group: GroupId) -> Result<(), Error> {
         self.commit(group, |g, p, s| {
@@ -1196,10 +1269,7 @@ impl Client {
                         }
                         g.merge_pending_commit(p).map_err(Error::mls)?;
                         put_conv(tx, sealer, group, &conv)?;
-                        for item in &items {
-                            put_item(tx, sealer, group, Some(seq), item)?;
-                        }
-                        return Ok(());
+                        return keep_new(tx, sealer, group, seq, &mut items);
                     }
                     // Someone else's message: if it is a commit, ours lost.
                     g.clear_pending_commit(p.storage()).map_err(Error::mls)?;
@@ -1207,10 +1277,7 @@ impl Client {
                 items = receive(&mut g, p, d.payload.as_slice(), seq, &mut conv, &me)?;
             }
             put_conv(tx, sealer, group, &conv)?;
-            for item in &items {
-                put_item(tx, sealer, group, Some(seq), item)?;
-            }
-            Ok(())
+            keep_new(tx, sealer, group, seq, &mut items)
         })?;
         self.convs.insert(group, conv);
         self.fresh.extend(items.into_iter().map(|i| (group, i)));
@@ -1350,6 +1417,25 @@ impl Client {
             }
         }
     }
+}
+
+/// Stores the items and keeps only those that were new: a message whose id is already in the
+/// history (a replay, or a resend after a crash) is shown once.
+fn keep_new(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    group: GroupId,
+    seq: u64,
+    items: &mut Vec<Item>,
+) -> Result<(), Error> {
+    let mut kept = Vec::with_capacity(items.len());
+    for item in items.drain(..) {
+        if put_item(tx, sealer, group, Some(seq), &item)? {
+            kept.push(item);
+        }
+    }
+    *items = kept;
+    Ok(())
 }
 
 /// Whether a group-log payload is a commit (only a commit can make ours lose its epoch).

@@ -25,7 +25,7 @@ pub enum Error {
     #[error("local store: {0}")]
     Store(String),
     /// A name on the command line is not valid.
-    #[error("{0}")]
+    #[error(transparent)]
     InvalidId(#[from] IdError),
     /// No conversation matches.
     #[error("no conversation named {0}")]

@@ -524,7 +524,7 @@ async fn push_loop(mut socket: WebSocket, device: DeviceId, state: &AppState) {
         tokio::select! {
             frame = sub.frames.recv() => {
                 let Some(frame) = frame else { break }; // dropped as too slow
-                if socket.send(Message::Binary(Bytes::from(frame.as_ref().clone()))).await.is_err() {
+                if socket.send(Message::Binary(frame)).await.is_err() {
                     break;
                 }
             }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use sealpost_proto::{Delivery, DeviceId};
 use tokio::sync::mpsc;
 
@@ -14,7 +15,7 @@ use crate::metrics::Metrics;
 /// Frames queued per connection before it counts as too slow.
 pub const QUEUE_PER_CONNECTION: usize = 1024;
 
-type Conns = HashMap<DeviceId, Vec<(u64, mpsc::Sender<Arc<Vec<u8>>>)>>;
+type Conns = HashMap<DeviceId, Vec<(u64, mpsc::Sender<Bytes>)>>;
 
 /// The push hub. Cheap to clone.
 #[derive(Clone, Default)]
@@ -30,7 +31,7 @@ pub struct Subscription {
     device: DeviceId,
     id: u64,
     /// Frames to send.
-    pub frames: mpsc::Receiver<Arc<Vec<u8>>>,
+    pub frames: mpsc::Receiver<Bytes>,
 }
 
 impl Drop for Subscription {
@@ -73,7 +74,7 @@ impl Hub {
     /// Queues `frame` for every connection of the given devices. Never blocks.
     pub fn push<'a>(&self, devices: impl Iterator<Item = &'a DeviceId>, frame: &Delivery) {
         let Ok(bytes) = frame.encode() else { return };
-        let bytes = Arc::new(bytes);
+        let bytes = Bytes::from(bytes);
         let Ok(mut conns) = self.conns.lock() else {
             return;
         };

@@ -63,6 +63,8 @@ enum Command {
     Conversations(JsonFlag),
     /// Run a self-checking demonstration on a private loopback server.
     Demo,
+    /// Measure the server with a load generator (see docs/BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +222,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Server(args) => server(args).await,
         Command::Demo => crate::demo::run().await,
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Register { username, server } => {
             let client = Client::register(
                 &home,

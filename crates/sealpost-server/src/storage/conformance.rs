@@ -307,6 +307,13 @@ async fn groups_and_delivery(store: &dyn Store) {
         .unwrap();
     assert_eq!((batch.deliveries.len(), batch.more), (2, 1));
 
+    // Cursors beyond any sequence number are fine (and find nothing).
+    let far = store
+        .fetch(carol, fetch_all(Some(u64::MAX), vec![(g, u64::MAX)]))
+        .await
+        .unwrap();
+    assert!(far.deliveries.is_empty());
+
     // Acknowledgements move the default cursor.
     store
         .ack(

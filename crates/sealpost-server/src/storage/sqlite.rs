@@ -56,9 +56,13 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS groups (
     group_id   BLOB PRIMARY KEY,
     epoch      INTEGER NOT NULL,
-    state      BLOB NOT NULL,
     next_seq   INTEGER NOT NULL,
     created_at INTEGER NOT NULL
+);
+-- Kept apart from `groups`: the state is large, and `groups` is updated on every message.
+CREATE TABLE IF NOT EXISTS group_states (
+    group_id BLOB PRIMARY KEY,
+    state    BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS group_log (
     group_id BLOB NOT NULL,
@@ -207,15 +211,22 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job").map_err(backend)?;
+    // Cached statements: these run for every request, and parsing them showed in profiles.
+    let run = |sql: &str| -> Result<(), StoreError> {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+            .map_err(backend)
+    };
+    run("SAVEPOINT job")?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE job").map_err(backend)?;
+            run("RELEASE job")?;
             Ok(v)
         }
         Err(e) => {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")
-                .map_err(backend)?;
+            run("ROLLBACK TO job")?;
+            run("RELEASE job")?;
             Err(e)
         }
     }
@@ -299,6 +310,16 @@ fn next_seq(conn: &Connection, group: &GroupId) -> Result<u64, StoreError> {
     .optional()
     .map_err(backend)?
     .ok_or(StoreError::NotFound)
+}
+
+fn put_state(conn: &Connection, group: &GroupId, state: &[u8]) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO group_states (group_id, state) VALUES (?1, ?2) ON CONFLICT(group_id) DO UPDATE SET state = excluded.state",
+    )
+    .map_err(backend)?
+    .execute(params![group.as_bytes(), state])
+    .map_err(backend)?;
+    Ok(())
 }
 
 fn insert_log(
@@ -492,14 +513,15 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let inserted = conn
                 .prepare_cached(
-                    "INSERT INTO groups (group_id, epoch, state, next_seq, created_at) VALUES (?1, 0, ?2, 1, ?3) ON CONFLICT DO NOTHING",
+                    "INSERT INTO groups (group_id, epoch, next_seq, created_at) VALUES (?1, 0, 1, ?2) ON CONFLICT DO NOTHING",
                 )
                 .map_err(backend)?
-                .execute(params![g.group_id.as_bytes(), g.state, now_ms()])
+                .execute(params![g.group_id.as_bytes(), now_ms()])
                 .map_err(backend)?;
             if inserted == 0 {
                 return Err(StoreError::Conflict);
             }
+            put_state(conn, &g.group_id, &g.state)?;
             conn.prepare_cached(
                 "INSERT INTO members (group_id, device_id, from_seq, until_seq, acked) VALUES (?1, ?2, 1, NULL, 0)",
             )
@@ -513,7 +535,9 @@ impl Store for SqliteStore {
 
     async fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached("SELECT epoch, state FROM groups WHERE group_id = ?1")
+            conn.prepare_cached(
+                "SELECT g.epoch, s.state FROM groups g JOIN group_states s USING (group_id) WHERE g.group_id = ?1",
+            )
                 .map_err(backend)?
                 .query_row([group.as_bytes()], |r| {
                     Ok(GroupRecord {
@@ -568,10 +592,11 @@ impl Store for SqliteStore {
             let seq = next_seq(conn, &w.group_id)?;
             let sent_at = now_ms();
             insert_log(conn, &w.group_id, seq, sent_at, &w.payload)?;
-            conn.prepare_cached("UPDATE groups SET epoch = ?2, state = ?3 WHERE group_id = ?1")
+            conn.prepare_cached("UPDATE groups SET epoch = ?2 WHERE group_id = ?1")
                 .map_err(backend)?
-                .execute(params![w.group_id.as_bytes(), w.new_epoch, w.state])
+                .execute(params![w.group_id.as_bytes(), w.new_epoch])
                 .map_err(backend)?;
+            put_state(conn, &w.group_id, &w.state)?;
             for d in &w.removed {
                 conn.prepare_cached(
                     "UPDATE members SET until_seq = ?3 WHERE group_id = ?1 AND device_id = ?2 AND until_seq IS NULL",
@@ -618,7 +643,7 @@ impl Store for SqliteStore {
 
     async fn ack(&self, device: DeviceId, ack: AckRequest) -> Result<(), StoreError> {
         self.write(move |conn| {
-            if let Some(seq) = ack.inbox {
+            if let Some(seq) = ack.inbox.map(cursor) {
                 conn.prepare_cached("UPDATE devices SET inbox_acked = MAX(inbox_acked, ?2) WHERE device_id = ?1")
                     .map_err(backend)?
                     .execute(params![device.as_bytes(), seq])
@@ -628,7 +653,7 @@ impl Store for SqliteStore {
                     .execute(params![device.as_bytes(), seq])
                     .map_err(backend)?;
             }
-            for (group, seq) in &ack.groups {
+            for (group, seq) in ack.groups.iter().map(|(g, s)| (g, cursor(*s))) {
                 conn.prepare_cached(
                     "UPDATE members SET acked = MAX(acked, MIN(?3, COALESCE(until_seq, ?3))) WHERE group_id = ?1 AND device_id = ?2 AND from_seq <= ?3 + 1",
                 )
@@ -705,13 +730,18 @@ fn insert_key_packages(
     Ok(())
 }
 
+/// SQLite integers are signed 64-bit: cursors from clients are clamped into that range.
+fn cursor(c: u64) -> u64 {
+    c.min(i64::MAX as u64)
+}
+
 fn fetch(conn: &Connection, device: DeviceId, req: FetchRequest) -> Result<SyncBatch, StoreError> {
     let limit = req.limit.max(1) as usize;
     let mut deliveries = Vec::new();
     let mut more = false;
 
     let inbox_after = match req.inbox_after {
-        Some(after) => after,
+        Some(after) => cursor(after),
         None => conn
             .prepare_cached("SELECT inbox_acked FROM devices WHERE device_id = ?1")
             .map_err(backend)?
@@ -784,7 +814,7 @@ fn fetch(conn: &Connection, device: DeviceId, req: FetchRequest) -> Result<SyncB
             .groups
             .iter()
             .find(|(g, _)| *g == group)
-            .map_or(acked, |(_, c)| *c);
+            .map_or(acked, |(_, c)| cursor(*c));
         let after = cursor.max(from_seq - 1);
         let until = until_seq.unwrap_or(i64::MAX as u64);
         let room = limit - deliveries.len();

@@ -1,0 +1,315 @@
+//! Bad input from a client with a valid session: each gets a clear error, nothing panics, and the
+//! server's state is unchanged (the next valid message lands right after the last one).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use common::{People, TestServer, texts, u};
+use futures_util::{SinkExt as _, StreamExt as _};
+use sealpost_proto::{CommitUpload, PostedResponse, SyncBatch, SyncRequest};
+use sealpost_sdk::{Event, Suite};
+use tls_codec::Serialize as _;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+
+struct Raw {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Raw {
+    fn new(url: &str) -> Raw {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Raw {
+            http: reqwest::Client::new(),
+            url: url.to_owned(),
+        }
+    }
+
+    async fn post(&self, token: &str, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    async fn sync_raw(&self, token: &str, group: &str) -> SyncBatch {
+        let req = SyncRequest {
+            inbox_after: Some(u64::MAX),
+            groups: vec![(group.parse().unwrap(), 0)],
+            limit: None,
+        };
+        let r = self
+            .http
+            .post(format!("{}/v1/sync", self.url))
+            .bearer_auth(token)
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut batch = SyncBatch::decode(&r.bytes().await.unwrap()).unwrap();
+        batch.deliveries.retain(|d| d.group().to_string() == group);
+        batch
+    }
+}
+
+#[tokio::test]
+async fn bad_messages_and_commits_change_nothing() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let mut carol = people.register(&server, "carol").await;
+    alice
+        .create_group("club", &[u("bob")], Suite::Classic)
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    carol.send("@alice", "hi").await.unwrap(); // carol needs a session; she is not in #club
+    let raw = Raw::new(&server.url);
+
+    let a = alice.bench_prepare("#club", 3, "valid").await.unwrap();
+    let c = carol.bench_prepare("@alice", 0, "").await.unwrap();
+    let messages = format!("/v1/groups/{}/messages", a.group);
+    let commits = format!("/v1/groups/{}/commits", a.group);
+
+    let (status, _) = raw.post(&a.token, &messages, a.messages[0].clone()).await;
+    assert_eq!(status, 200);
+    let last = |b: &SyncBatch| b.deliveries.last().map(|d| d.group_seq).unwrap();
+    let before = last(&raw.sync_raw(&a.token, &a.group).await);
+
+    // Not MLS at all; an MLS message for another group; an unknown group; a non-member.
+    let (status, body) = raw
+        .post(&a.token, &messages, vec![0xde, 0xad, 0xbe, 0xef])
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    let (status, body) = raw
+        .post(
+            &a.token,
+            &format!("/v1/groups/{}/messages", c.group),
+            a.messages[1].clone(),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = raw
+        .post(
+            &a.token,
+            "/v1/groups/00000000000000000000000000000000/messages",
+            a.messages[1].clone(),
+        )
+        .await;
+    assert_eq!(status, 400, "the message names another group");
+    let (status, body) = raw.post(&c.token, &messages, a.messages[1].clone()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "a non-member may not post"
+    );
+    let (status, _) = raw
+        .post(
+            &a.token,
+            "/v1/groups/not-hex/messages",
+            a.messages[1].clone(),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // A stale commit (the one that added bob, epoch 0) from a member and from a non-member.
+    let log = raw.sync_raw(&a.token, &a.group).await;
+    let first_commit = log.deliveries[0].payload.as_slice().to_vec();
+    let upload = |commit: Vec<u8>| {
+        CommitUpload {
+            commit: commit.into(),
+            welcome: Vec::new().into(),
+        }
+        .tls_serialize_detached()
+        .unwrap()
+    };
+    let (status, body) = raw
+        .post(&a.token, &commits, upload(first_commit.clone()))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("epoch_conflict")),
+        "{body}"
+    );
+    let (status, _) = raw
+        .post(&c.token, &commits, upload(first_commit.clone()))
+        .await;
+    assert!(status == 409 || status == 403, "{status}");
+    // A tampered commit, garbage in the upload frame, and an application message sent as a commit.
+    let mut tampered = first_commit.clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x55;
+    let (status, _) = raw.post(&a.token, &commits, upload(tampered)).await;
+    assert!(status == 400 || status == 409, "{status}");
+    let (status, _) = raw.post(&a.token, &commits, vec![1, 2, 3]).await;
+    assert_eq!(status, 400);
+    let (status, _) = raw
+        .post(&a.token, &commits, upload(a.messages[1].clone()))
+        .await;
+    assert_eq!(status, 400);
+    // A commit posted as an application message.
+    let (status, _) = raw.post(&a.token, &messages, first_commit).await;
+    assert_eq!(status, 400);
+
+    // Nothing was appended; the next valid message lands right after.
+    assert_eq!(last(&raw.sync_raw(&a.token, &a.group).await), before);
+    let (status, body) = raw.post(&a.token, &messages, a.messages[1].clone()).await;
+    assert_eq!(status, 200);
+    let posted: PostedResponse = serde_json::from_value(body).unwrap();
+    assert_eq!(posted.seq, before + 1);
+
+    // A replay (the server cannot tell) is shown once, and the duplicate as unreadable.
+    let (status, _) = raw.post(&a.token, &messages, a.messages[1].clone()).await;
+    assert_eq!(status, 200);
+    let events = bob.sync().await.unwrap();
+    let valid = ("@alice".to_string(), "valid".to_string());
+    assert_eq!(
+        texts(&events),
+        vec![valid.clone(), valid],
+        "two distinct messages, the replay not shown"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Undecryptable { .. }))
+            .count(),
+        1,
+        "{events:?}"
+    );
+    // And the group still works both ways.
+    bob.send("#club", "still fine").await.unwrap();
+    assert!(
+        texts(&alice.sync().await.unwrap())
+            .contains(&("@bob".to_string(), "still fine".to_string()))
+    );
+}
+
+#[tokio::test]
+async fn forged_key_packages_and_tokens_are_refused() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    people.register(&server, "bob").await;
+    alice.send("@bob", "hi").await.unwrap();
+    let a = alice.bench_prepare("@bob", 0, "").await.unwrap();
+    let raw = Raw::new(&server.url);
+
+    // Bob's key package uploaded as alice's, and a tampered one.
+    let (status, body) = raw
+        .post(
+            &a.token,
+            "/v1/users/bob/key-packages?ciphersuite=79",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let kp = STANDARD
+        .decode(body["key_packages"][0]["key_package"].as_str().unwrap())
+        .unwrap();
+    let mut forged = kp.clone();
+    let n = forged.len();
+    forged[n - 10] ^= 1; // inside the signature
+    for (bytes, what) in [
+        (kp, "someone else's"),
+        (forged, "a broken signature"),
+        (vec![0, 1, 2], "garbage"),
+    ] {
+        let body = serde_json::json!({ "key_packages": [STANDARD.encode(&bytes)] })
+            .to_string()
+            .into_bytes();
+        let r = raw
+            .http
+            .post(format!("{}/v1/key-packages", raw.url))
+            .bearer_auth(&a.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{what}");
+    }
+    // Unknown user, bad ciphersuite parameter, bad token.
+    let (status, _) = raw
+        .post(
+            &a.token,
+            "/v1/users/nobody/key-packages?ciphersuite=79",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = raw
+        .post(
+            &a.token,
+            "/v1/users/bob/key-packages?ciphersuite=abc",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, body) = raw.post("not-a-token", "/v1/sync", b"{}".to_vec()).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    // A malformed sync request.
+    let (status, _) = raw
+        .post(&a.token, "/v1/sync", b"{\"groups\": 7}".to_vec())
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn oversized_websocket_frames_close_the_connection_only() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    people.register(&server, "bob").await;
+    alice.send("@bob", "hi").await.unwrap();
+    let a = alice.bench_prepare("@bob", 0, "").await.unwrap();
+    let mut req = format!("{}/v1/ws", server.url.replacen("http", "ws", 1))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", a.token).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert!(
+        matches!(ws.next().await, Some(Ok(Message::Text(_)))),
+        "subscribed"
+    );
+    ws.send(Message::Binary(vec![7u8; 64 * 1024].into()))
+        .await
+        .unwrap();
+    loop {
+        match ws.next().await {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+    // The server is fine, and so is the client.
+    alice.send("@bob", "after").await.unwrap();
+    let r = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
