@@ -1357,7 +1357,13 @@ impl Client {
                 .parse()
                 .map_err(|_| Error::Protocol("bad token".into()))?;
             request.headers_mut().insert("authorization", header);
-            let (mut ws, _) = match tokio_tungstenite::connect_async(request).await {
+            let (mut ws, _) = match tokio_tungstenite::connect_async_with_config(
+                request,
+                Some(ws_config()),
+                false,
+            )
+            .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "push connection failed");
@@ -1436,6 +1442,12 @@ fn keep_new(
     }
     *items = kept;
     Ok(())
+}
+
+/// WebSocket settings: a small read buffer (tungstenite zero-fills the whole buffer on every
+/// read, and frames here are small).
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
 /// Whether a group-log payload is a commit (only a commit can make ours lose its epoch).

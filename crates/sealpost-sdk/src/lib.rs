@@ -13,7 +13,7 @@ mod model;
 mod store;
 pub mod vault;
 
-pub use client::{BenchBatch, Client, ClientSettings, MAX_ADD_BATCH, MAX_PAST_EPOCHS};
+pub use client::{BenchBatch, Client, ClientSettings, MAX_ADD_BATCH, MAX_PAST_EPOCHS, ws_config};
 pub use error::Error;
 pub use model::{ConversationInfo, ConversationKind, Event, MemberInfo, Suite, Whoami};
 pub use sealpost_proto::Username;

@@ -277,39 +277,114 @@ async fn forged_key_packages_and_tokens_are_refused() {
     assert_eq!(status, 400);
 }
 
+/// The next text or binary frame, skipping pings.
+async fn next_answer<S>(ws: &mut S, guard: std::time::Duration) -> Message
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let frame = tokio::time::timeout(guard, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if !matches!(frame, Message::Ping(_) | Message::Pong(_)) {
+            return frame;
+        }
+    }
+}
+
 #[tokio::test]
-async fn oversized_websocket_frames_close_the_connection_only() {
+async fn bad_websocket_frames_get_errors_or_close_the_connection_only() {
     let server = TestServer::start().await;
     let people = People::new();
     let mut alice = people.register(&server, "alice").await;
     people.register(&server, "bob").await;
     alice.send("@bob", "hi").await.unwrap();
     let a = alice.bench_prepare("@bob", 0, "").await.unwrap();
-    let mut req = format!("{}/v1/ws", server.url.replacen("http", "ws", 1))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", a.token).parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    assert!(
-        matches!(ws.next().await, Some(Ok(Message::Text(_)))),
-        "subscribed"
-    );
-    ws.send(Message::Binary(vec![7u8; 64 * 1024].into()))
+    let connect = || async {
+        let mut req = format!("{}/v1/ws", server.url.replacen("http", "ws", 1))
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", a.token).parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert!(
+            matches!(ws.next().await, Some(Ok(Message::Text(_)))),
+            "subscribed"
+        );
+        ws
+    };
+    // A guard against hanging, not a timing assertion.
+    let guard = std::time::Duration::from_secs(30);
+
+    // A send frame too short for its header, and one for a group that is not ours: clear errors.
+    let mut ws = connect().await;
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
         .await
         .unwrap();
-    loop {
-        match ws.next().await {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-            Some(Ok(_)) => continue,
-        }
+    let mut bad_group = 7u64.to_be_bytes().to_vec();
+    bad_group.extend_from_slice(&[0u8; 16]);
+    bad_group.extend_from_slice(b"not mls");
+    ws.send(Message::Binary(bad_group.into())).await.unwrap();
+    for _ in 0..2 {
+        let answer = next_answer(&mut ws, guard).await;
+        let Message::Text(t) = answer else {
+            panic!("expected an answer, got {answer:?}")
+        };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["error"]["code"], "bad_request", "{v}");
     }
+
+    // A valid send on the same connection: answered with its sequence number, delivered.
+    let one = alice
+        .bench_prepare("@bob", 1, "over the socket")
+        .await
+        .unwrap();
+    let mut frame = 9u64.to_be_bytes().to_vec();
+    frame.extend_from_slice(
+        one.group
+            .parse::<sealpost_proto::GroupId>()
+            .unwrap()
+            .as_bytes(),
+    );
+    frame.extend_from_slice(&one.messages[0]);
+    ws.send(Message::Binary(frame.into())).await.unwrap();
+    let answer = next_answer(&mut ws, guard).await;
+    let Message::Text(t) = answer else {
+        panic!("expected an answer, got {answer:?}")
+    };
+    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+    assert_eq!(v["id"], 9, "{v}");
+    assert!(v["seq"].as_u64().unwrap() > 0, "{v}");
+
+    // A frame over the size limit closes that connection.
+    ws.send(Message::Binary(vec![7u8; 2 * 1024 * 1024].into()))
+        .await
+        .ok();
+    tokio::time::timeout(guard, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .unwrap();
+
     // The server is fine, and so is the client.
     alice.send("@bob", "after").await.unwrap();
     let r = reqwest::get(format!("{}/healthz", server.url))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let mut bob = sealpost_sdk::Client::open(&people.home("bob"), None).unwrap();
+    let got: Vec<String> = texts(&bob.sync().await.unwrap())
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(got, ["hi", "over the socket", "after"]);
 }

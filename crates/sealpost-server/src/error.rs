@@ -56,6 +56,14 @@ impl ApiFailure {
         Self::new(ErrorCode::Internal, "internal server error")
     }
 
+    /// The JSON body of this failure.
+    pub fn to_api_error(&self) -> ApiError {
+        ApiError {
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self.code {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,

@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use futures_util::SinkExt as _;
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
 use sealpost_proto::{
     AckRequest, ChallengeRequest, CiphersuiteQuery, ClaimKeyPackagesResponse, ClaimedKeyPackage,
-    DeviceId, DeviceIdentity, DeviceInfo, GroupId, KeyPackageStock, RegisterRequest, SyncRequest,
+    DeviceIdentity, DeviceInfo, GroupId, KeyPackageStock, RegisterRequest, SyncRequest,
     TokenRequest, UploadKeyPackagesRequest, UserInfo, Username, device_certificate_message,
 };
 use serde::de::DeserializeOwned;
@@ -36,8 +37,12 @@ use crate::storage::{DeviceRecord, FetchRequest, KeyPackageRecord, NewAccount};
 pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 200;
 /// Most deliveries in one sync answer.
 pub const MAX_SYNC_LIMIT: u32 = 1000;
-/// Largest frame a client may send on the WebSocket.
-pub const MAX_WS_CLIENT_FRAME: usize = 4096;
+/// WebSocket read buffer (tungstenite's default, 128 KiB, is zero-filled on every read).
+pub const WS_READ_BUFFER: usize = 8 * 1024;
+/// Most sends in flight on one WebSocket connection; past it the server stops reading.
+pub const MAX_WS_INFLIGHT: usize = 64;
+/// Header of a send over the WebSocket: request id (8 bytes, big-endian) and group id (16 bytes).
+pub const WS_SEND_HEADER: usize = 24;
 
 /// Shared state of all handlers.
 #[derive(Clone)]
@@ -498,18 +503,26 @@ async fn websocket(
         return Err(ApiFailure::unavailable("too many connections: retry later"));
     };
     let ws = ws
-        .max_message_size(MAX_WS_CLIENT_FRAME)
-        .max_frame_size(MAX_WS_CLIENT_FRAME);
+        // tungstenite zero-fills its whole read buffer on every read: keep it small.
+        .read_buffer_size(WS_READ_BUFFER)
+        .max_message_size(state.settings.max_body_bytes + WS_SEND_HEADER)
+        .max_frame_size(state.settings.max_body_bytes + WS_SEND_HEADER);
     Ok(ws.on_upgrade(move |socket| async move {
         state.metrics.connections.inc();
-        push_loop(socket, me.device_id, &state).await;
+        push_loop(socket, me, &state).await;
         state.metrics.connections.dec();
         drop(permit);
     }))
 }
 
-async fn push_loop(mut socket: WebSocket, device: DeviceId, state: &AppState) {
-    let mut sub = state.delivery.hub().subscribe(device);
+/// The WebSocket connection: pushes deliveries to the device, and takes sends from it.
+///
+/// A send is a binary frame `request id (u64, big-endian) ‖ group id (16 bytes) ‖ MLS message`,
+/// handled exactly like `POST /v1/groups/{id}/messages`; once the message is durable (or refused)
+/// the server answers with a text frame `{"id":…,"seq":…,"sent_at":…}` or
+/// `{"id":…,"error":{"code":…,"message":…}}`. Answers may come in any order.
+async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) {
+    let mut sub = state.delivery.hub().subscribe(me.device_id);
     // Tell the client it is subscribed: anything appended from now on will be pushed, so a sync
     // started after this frame misses nothing.
     if socket
@@ -519,18 +532,43 @@ async fn push_loop(mut socket: WebSocket, device: DeviceId, state: &AppState) {
     {
         return;
     }
-    let mut keepalive = tokio::time::interval(Duration::from_secs(30));
+    let (answers_tx, mut answers) = tokio::sync::mpsc::channel::<String>(MAX_WS_INFLIGHT);
+    let inflight = Arc::new(Semaphore::new(MAX_WS_INFLIGHT));
+    let period = Duration::from_secs(30);
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             frame = sub.frames.recv() => {
                 let Some(frame) = frame else { break }; // dropped as too slow
-                if socket.send(Message::Binary(frame)).await.is_err() {
+                // Write whatever else is queued in the same flush.
+                let mut ok = socket.feed(Message::Binary(frame)).await.is_ok();
+                while ok {
+                    let Ok(more) = sub.frames.try_recv() else { break };
+                    ok = socket.feed(Message::Binary(more)).await.is_ok();
+                }
+                if !ok || socket.flush().await.is_err() {
+                    break;
+                }
+            }
+            answer = answers.recv() => {
+                let Some(answer) = answer else { break };
+                if socket.send(Message::Text(answer.into())).await.is_err() {
                     break;
                 }
             }
             incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Binary(request))) => {
+                    // Back-pressure: with MAX_WS_INFLIGHT sends pending, stop reading.
+                    let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+                    let (delivery, me, tx) = (state.delivery.clone(), me.clone(), answers_tx.clone());
+                    tokio::spawn(async move {
+                        let answer = ws_send(&delivery, &me, &request).await;
+                        let _ = tx.send(answer).await;
+                        drop(permit);
+                    });
+                }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {} // pings are answered by the library; anything else is ignored
+                Some(Ok(_)) => {} // pings are answered by the library; text is ignored
             },
             _ = keepalive.tick() => {
                 if socket.send(Message::Ping(Bytes::new())).await.is_err() {
@@ -543,4 +581,29 @@ async fn push_loop(mut socket: WebSocket, device: DeviceId, state: &AppState) {
             }
         }
     }
+}
+
+async fn ws_send(delivery: &DeliveryService, me: &DeviceIdentity, request: &[u8]) -> String {
+    let (id, result) = match request.split_at_checked(WS_SEND_HEADER) {
+        Some((header, payload)) => {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&header[..8]);
+            let group = GroupId::from_slice(&header[8..]).unwrap_or(GroupId::from_bytes([0; 16]));
+            (
+                u64::from_be_bytes(id),
+                delivery.post_message(me, group, payload.to_vec()).await,
+            )
+        }
+        None => (
+            0,
+            Err(ApiFailure::bad_request(
+                "a send frame starts with a 24-byte header",
+            )),
+        ),
+    };
+    let value = match result {
+        Ok(p) => serde_json::json!({ "id": id, "seq": p.seq, "sent_at": p.sent_at }),
+        Err(e) => serde_json::json!({ "id": id, "error": e.to_api_error() }),
+    };
+    value.to_string()
 }

@@ -49,9 +49,90 @@ pub struct BenchArgs {
     /// Run only these scenarios (comma-separated from a, rate, b, c, client).
     #[arg(long, value_delimiter = ',', default_values_t = ["a".to_string(), "rate".into(), "b".into(), "c".into(), "client".into()])]
     only: Vec<String>,
+    /// How senders post: over their WebSocket (up to 32 in flight each) or one HTTP request per
+    /// message.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
     /// Ciphersuite of the conversations.
     #[arg(long, value_enum, default_value_t = SuiteArg::Pq)]
     ciphersuite: SuiteArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    Ws,
+    Http,
+}
+
+/// Sends in flight per WebSocket sender.
+const WS_WINDOW: usize = 32;
+
+/// Posts every message of `batch` in order, recording send times; at most one per `interval`.
+async fn send_all(
+    transport: Transport,
+    http: reqwest::Client,
+    batch: BenchBatch,
+    clock: Clock,
+    interval: Option<Duration>,
+) -> Result<()> {
+    let mut tick = interval.map(|i| {
+        let mut t = tokio::time::interval(i);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    if transport == Transport::Http {
+        let sender = Sender { http, batch };
+        for m in &sender.batch.messages {
+            if let Some(t) = tick.as_mut() {
+                t.tick().await;
+            }
+            clock
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lock"))?
+                .insert(tag(m), Instant::now());
+            sender.post(m).await?;
+        }
+        return Ok(());
+    }
+    let ws = batch.server.replacen("http", "ws", 1) + "/v1/ws";
+    let mut req = ws.into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {}", batch.token).parse()?);
+    let (socket, _) =
+        tokio_tungstenite::connect_async_with_config(req, Some(sealpost_sdk::ws_config()), false)
+            .await?;
+    let (mut sink, mut stream) = socket.split();
+    let group: GroupId = batch.group.parse()?;
+    let (mut next, mut answered) = (0usize, 0usize);
+    while answered < batch.messages.len() {
+        while next < batch.messages.len() && next - answered < WS_WINDOW {
+            if let Some(t) = tick.as_mut() {
+                t.tick().await;
+            }
+            let m = &batch.messages[next];
+            let mut frame = Vec::with_capacity(24 + m.len());
+            frame.extend_from_slice(&(next as u64).to_be_bytes());
+            frame.extend_from_slice(group.as_bytes());
+            frame.extend_from_slice(m);
+            clock
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lock"))?
+                .insert(tag(m), Instant::now());
+            futures_util::SinkExt::send(&mut sink, Message::Binary(frame.into())).await?;
+            next += 1;
+        }
+        match stream.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str() != "subscribed" => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+                ensure!(v.get("error").is_none(), "a send was refused: {v}");
+                answered += 1;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("the server closed the connection"),
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -165,7 +246,9 @@ async fn receiver(
     let mut req = ws.into_client_request()?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    let (mut socket, _) = tokio_tungstenite::connect_async(req).await?;
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_with_config(req, Some(sealpost_sdk::ws_config()), false)
+            .await?;
     let mut lat = Vec::with_capacity(expect);
     while lat.len() < expect {
         let Some(frame) = socket.next().await else {
@@ -238,11 +321,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         SuiteArg::Classic => Suite::Classic,
     };
     let want = |k: &str| args.only.iter().any(|o| o == k);
+    let args_transport = args.transport;
     let http = http();
     let server = start_server(args.server.clone())?;
     let url = server.url.clone();
     let tmp = tempfile::tempdir()?;
-    println!("server {url}; ciphersuite {suite:?}; 2 cores shared by server and load generator");
+    println!(
+        "server {url}; ciphersuite {suite:?}; senders post over {:?}; 2 cores shared by server and load generator",
+        args.transport
+    );
 
     // ---- setup: pairs with a 1:1 conversation each ------------------------------------------
     let t = Instant::now();
@@ -324,20 +411,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let mut tx_tasks = Vec::new();
         for batch in batches {
             let clock = clock.clone();
-            let sender = Sender {
-                http: http.clone(),
+            tx_tasks.push(tokio::spawn(send_all(
+                args.transport,
+                http.clone(),
                 batch,
-            };
-            tx_tasks.push(tokio::spawn(async move {
-                for m in &sender.batch.messages {
-                    clock
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("lock"))?
-                        .insert(tag(m), Instant::now());
-                    sender.post(m).await?;
-                }
-                anyhow::Ok(())
-            }));
+                clock,
+                None,
+            )));
         }
         for task in tx_tasks {
             task.await??;
@@ -382,24 +462,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let interval = Duration::from_secs_f64(args.pairs as f64 / args.rate as f64);
         for (i, batch) in batches.into_iter().enumerate() {
             let clock = clock.clone();
-            let sender = Sender {
-                http: http.clone(),
-                batch,
-            };
             let offset = interval.mul_f64(i as f64 / args.pairs as f64);
+            let http = http.clone();
             tx_tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(offset).await;
-                let mut tick = tokio::time::interval(interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                for m in &sender.batch.messages {
-                    tick.tick().await;
-                    clock
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("lock"))?
-                        .insert(tag(m), Instant::now());
-                    sender.post(m).await?;
-                }
-                anyhow::Ok(())
+                send_all(args_transport, http, batch, clock, Some(interval)).await
             }));
         }
         for task in tx_tasks {
@@ -567,20 +634,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let mut tx_tasks = Vec::new();
         for batch in batches {
             let clock = clock.clone();
-            let sender = Sender {
-                http: http.clone(),
+            tx_tasks.push(tokio::spawn(send_all(
+                args.transport,
+                http.clone(),
                 batch,
-            };
-            tx_tasks.push(tokio::spawn(async move {
-                for m in &sender.batch.messages {
-                    clock
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("lock"))?
-                        .insert(tag(m), Instant::now());
-                    sender.post(m).await?;
-                }
-                anyhow::Ok(())
-            }));
+                clock,
+                None,
+            )));
         }
         for task in tx_tasks {
             task.await??;
