@@ -20,7 +20,7 @@ use openmls_traits::OpenMlsProvider;
 use openmls_traits::random::OpenMlsRand;
 use openmls_traits::signatures::Signer;
 use openmls_traits::types::SignatureScheme;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use sealpost_proto::{
     AckRequest, Delivery, DeliveryKind, DeviceId, DeviceIdentity, ErrorCode, GroupId,
     RegisterRequest, SyncRequest, Username, device_certificate_message, pad, unpad,
@@ -276,12 +276,7 @@ fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, Error> {
     msg.tls_serialize_detached().map_err(Error::mls)
 }
 
-fn put_conv(
-    tx: &Transaction<'_>,
-    sealer: &Sealer,
-    group: GroupId,
-    conv: &Conv,
-) -> Result<(), Error> {
+fn put_conv(tx: &Connection, sealer: &Sealer, group: GroupId, conv: &Conv) -> Result<(), Error> {
     let info = serde_json::to_vec(&conv.info).map_err(|e| Error::Store(e.to_string()))?;
     tx.execute(
         "INSERT INTO conversations (group_id, cursor, info) VALUES (?1, ?2, ?3)
@@ -292,7 +287,7 @@ fn put_conv(
 }
 
 fn put_item(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     sealer: &Sealer,
     group: GroupId,
     seq: Option<u64>,
@@ -1122,8 +1117,21 @@ impl Client {
             if batch.deliveries.is_empty() {
                 return Ok(());
             }
+            // One local transaction (one fsync) per batch; acknowledged only once it is durable.
+            let shown = self.fresh.len();
+            self.profile.begin_batch()?;
+            let mut result = Ok(());
             for d in batch.deliveries {
-                self.process(d)?;
+                result = self.process(d);
+                if result.is_err() {
+                    break;
+                }
+            }
+            if let Err(e) = result.and_then(|()| self.profile.commit_batch()) {
+                self.profile.abort_batch();
+                self.fresh.truncate(shown);
+                self.reload()?;
+                return Err(e);
             }
             let ack = AckRequest {
                 inbox: Some(self.inbox_cursor),
@@ -1428,7 +1436,7 @@ impl Client {
 /// Stores the items and keeps only those that were new: a message whose id is already in the
 /// history (a replay, or a resend after a crash) is shown once.
 fn keep_new(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     sealer: &Sealer,
     group: GroupId,
     seq: u64,

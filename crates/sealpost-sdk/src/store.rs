@@ -14,7 +14,7 @@ use std::path::Path;
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::Error;
 use crate::vault::StoreKey;
@@ -133,7 +133,7 @@ impl MlsState {
         Ok((upserts, deletes))
     }
 
-    fn write(&self, tx: &Transaction<'_>, sealer: &Sealer) -> Result<Changes, Error> {
+    fn write(&self, tx: &Connection, sealer: &Sealer) -> Result<Changes, Error> {
         let changes = self.changes()?;
         let mut up = tx.prepare_cached("INSERT INTO mls (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?;
         for (k, v) in &changes.0 {
@@ -170,6 +170,8 @@ pub struct Profile {
     pub sealer: Sealer,
     /// MLS state.
     pub mls: MlsState,
+    /// The committed MLS state when the current batch began.
+    batch_snapshot: Option<HashMap<Vec<u8>, Vec<u8>>>,
 }
 
 impl Profile {
@@ -217,6 +219,7 @@ impl Profile {
             _lock: lock,
             sealer,
             mls,
+            batch_snapshot: None,
         })
     }
 
@@ -231,16 +234,19 @@ impl Profile {
     }
 
     /// Runs `f` in one transaction together with the MLS changes it made. On error nothing is
-    /// written and the MLS state is rolled back.
+    /// written and the MLS state is rolled back. Inside a batch (see [`begin_batch`]) the change
+    /// becomes durable when the batch commits.
+    ///
+    /// [`begin_batch`]: Self::begin_batch
     pub fn atomically<T>(
         &mut self,
-        f: impl FnOnce(&Transaction<'_>, &Sealer, &crate::store::Provider) -> Result<T, Error>,
+        f: impl FnOnce(&Connection, &Sealer, &crate::store::Provider) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let result = (|| {
-            let tx = self.conn.transaction()?;
-            let value = f(&tx, &self.sealer, &self.mls.provider)?;
-            let changes = self.mls.write(&tx, &self.sealer)?;
-            tx.commit()?;
+            let sp = self.conn.savepoint()?;
+            let value = f(&sp, &self.sealer, &self.mls.provider)?;
+            let changes = self.mls.write(&sp, &self.sealer)?;
+            sp.commit()?;
             Ok((value, changes))
         })();
         match result {
@@ -255,6 +261,39 @@ impl Profile {
         }
     }
 
+    /// Starts a batch: the `atomically` calls that follow commit together, with one fsync, at
+    /// [`commit_batch`](Self::commit_batch).
+    pub fn begin_batch(&mut self) -> Result<(), Error> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.batch_snapshot = Some(self.mls.committed.clone());
+        Ok(())
+    }
+
+    /// Commits the batch. On failure everything in it is undone (see [`abort_batch`]).
+    ///
+    /// [`abort_batch`]: Self::abort_batch
+    pub fn commit_batch(&mut self) -> Result<(), Error> {
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                self.batch_snapshot = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.abort_batch();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Undoes the batch, in the database and in the MLS state.
+    pub fn abort_batch(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        if let Some(snapshot) = self.batch_snapshot.take() {
+            self.mls.committed = snapshot;
+        }
+        self.mls.rollback();
+    }
+
     /// Reads a sealed meta value.
     pub fn meta(&self, key: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, Error> {
         let v: Option<Vec<u8>> = self
@@ -267,12 +306,7 @@ impl Profile {
 }
 
 /// Writes a sealed meta value.
-pub fn put_meta(
-    tx: &Transaction<'_>,
-    sealer: &Sealer,
-    key: &str,
-    value: &[u8],
-) -> Result<(), Error> {
+pub fn put_meta(tx: &Connection, sealer: &Sealer, key: &str, value: &[u8]) -> Result<(), Error> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         params![key, sealer.seal(&format!("meta:{key}"), value)?],
