@@ -820,6 +820,14 @@ impl Client {
         })
     }
 
+    /// The MLS epoch of a conversation (for diagnostics: it grows with every commit).
+    pub fn epoch(&self, target: &str) -> Result<u64, Error> {
+        let group = self.resolve(target)?;
+        Ok(load_group(&self.profile.mls.provider, group)?
+            .epoch()
+            .as_u64())
+    }
+
     /// All conversations.
     pub fn conversations(&self) -> Result<Vec<ConversationInfo>, Error> {
         self.convs.keys().map(|g| self.info(*g)).collect()

@@ -272,3 +272,106 @@ async fn live_push_delivers_without_polling() {
     alice.send("@bob", "third").await.unwrap();
     assert_eq!(listener.await.unwrap(), ["first", "second", "third"]);
 }
+
+#[tokio::test]
+async fn server_limits_give_clear_errors_and_change_nothing() {
+    let server = TestServer::start_with(|s| {
+        s.key_package_claims_per_minute = 2;
+        s.max_group_size = 2;
+    })
+    .await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    people.register(&server, "carol").await;
+    people.register(&server, "dave").await;
+    alice
+        .create_group("pair", &[u("bob")], Suite::Classic)
+        .await
+        .unwrap();
+    // A third member would exceed the group limit: refused, the group unchanged.
+    let err = alice.add_members("#pair", &[u("carol")]).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Server {
+                code: sealpost_proto::ErrorCode::TooLarge,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(alice.members("#pair").unwrap().len(), 2);
+    alice.send("#pair", "still two").await.unwrap();
+    assert_eq!(
+        texts(&bob.sync().await.unwrap()),
+        vec![("@alice".to_string(), "still two".to_string())]
+    );
+    // The claim limit (2 per minute) is used up: the next claim is refused.
+    let err = alice.send("@dave", "hi").await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Server {
+                code: sealpost_proto::ErrorCode::RateLimited,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn leaves_are_renewed_on_schedule() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice.send("@bob", "first").await.unwrap();
+    bob.sync().await.unwrap();
+    let before = alice.epoch("@bob").unwrap();
+    alice.set_settings(sealpost_sdk::ClientSettings {
+        self_update_after: std::time::Duration::ZERO,
+        ..Default::default()
+    });
+    alice.send("@bob", "second").await.unwrap();
+    let after = alice.epoch("@bob").unwrap();
+    assert_eq!(after, before + 1, "a self-update commit preceded the send");
+    assert_eq!(
+        texts(&bob.sync().await.unwrap()),
+        vec![("@alice".to_string(), "second".to_string())]
+    );
+    assert_eq!(bob.epoch("@alice").unwrap(), after);
+}
+
+#[tokio::test]
+async fn key_packages_are_replenished_when_low() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let settings = sealpost_sdk::ClientSettings {
+        key_packages_target: 3,
+        key_packages_low: 2,
+        ..Default::default()
+    };
+    let mut bob = Client::register_with(&people.home("bob"), &server.url, "bob", None, settings)
+        .await
+        .unwrap();
+    for name in ["alice", "carol", "dave"] {
+        let mut c = people.register(&server, name).await;
+        c.send("@bob", "hi").await.unwrap(); // each claims one of bob's key packages
+    }
+    let events = bob.sync().await.unwrap();
+    assert_eq!(texts(&events).len(), 3);
+    let token = bob.bench_prepare("@alice", 0, "").await.unwrap().token;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/key-packages?ciphersuite=79", server.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let stock = r.json::<serde_json::Value>().await.unwrap()["stock"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(stock, 3, "bob's stock was topped up to its target");
+}

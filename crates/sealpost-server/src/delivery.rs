@@ -250,10 +250,13 @@ impl DeliveryService {
                 ));
             }
         }
+        let started = std::time::Instant::now();
         let appended = self
             .store
             .append_message(group, sender.device_id, body.clone())
-            .await?;
+            .await;
+        self.metrics.record_write(started);
+        let appended = appended?;
         self.metrics.messages_accepted.inc();
         let audience = self.audience(group).await?;
         self.push_group(
@@ -393,6 +396,7 @@ impl DeliveryService {
         }
         let new_epoch = loaded.public.group_context().epoch().as_u64();
         let state = encode_state(&loaded.storage)?;
+        let started = std::time::Instant::now();
         let result = self
             .store
             .append_handshake(HandshakeWrite {
@@ -407,6 +411,7 @@ impl DeliveryService {
                 welcome: welcome.clone(),
             })
             .await;
+        self.metrics.record_write(started);
         let appended = match result {
             Ok(a) => a,
             Err(e) => {

@@ -50,6 +50,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Records the latency of one durable write that started at `started`.
+    pub fn record_write(&self, started: std::time::Instant) {
+        self.storage_write_micros
+            .add(started.elapsed().as_micros() as u64);
+        self.storage_writes.inc();
+    }
+
     /// Renders the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();

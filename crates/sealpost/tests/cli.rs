@@ -74,3 +74,30 @@ fn every_command_has_help() {
         );
     }
 }
+
+#[test]
+fn server_stops_cleanly_on_sigterm() {
+    use std::io::BufRead as _;
+    let data = tempfile::tempdir().unwrap();
+    let mut child = sealpost()
+        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .env("SEALPOST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The server prints its address once it is listening.
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+    assert!(data.path().join("server.db").exists());
+}

@@ -34,13 +34,26 @@ impl TestServer {
 
     /// Starts a server on `data`, listening on `addr`.
     pub async fn start_at(data: &Path, addr: &str) -> TestServer {
+        Self::start_full(data, addr, |_| {}).await
+    }
+
+    /// Starts a server with adjusted settings on a temporary store.
+    pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Self::start_full(&dir.path().join("server"), "127.0.0.1:0", adjust).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    async fn start_full(data: &Path, addr: &str, adjust: impl FnOnce(&mut Settings)) -> TestServer {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let settings = Settings {
+        let mut settings = Settings {
             data: data.to_owned(),
             listen: addr,
             ..Settings::default()
         };
+        adjust(&mut settings);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
