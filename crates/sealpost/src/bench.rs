@@ -235,13 +235,12 @@ fn tag(payload: &[u8]) -> [u8; 16] {
     t
 }
 
-/// A WebSocket receiver that records latencies until it has seen `expect` frames.
-async fn receiver(
-    url: String,
-    token: String,
-    clock: Clock,
-    expect: usize,
-) -> Result<Vec<Duration>> {
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects a recipient and waits for the server's `subscribed` frame: from then on every new
+/// message for the device is pushed to this socket.
+async fn subscribe(url: &str, token: &str) -> Result<Socket> {
     let ws = url.replacen("http", "ws", 1) + "/v1/ws";
     let mut req = ws.into_client_request()?;
     req.headers_mut()
@@ -249,6 +248,18 @@ async fn receiver(
     let (mut socket, _) =
         tokio_tungstenite::connect_async_with_config(req, Some(sealpost_sdk::ws_config()), false)
             .await?;
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(_))) => return Ok(socket),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("push connection closed before subscribing"),
+        }
+    }
+}
+
+/// Records latencies until `expect` frames have arrived.
+async fn receive(mut socket: Socket, clock: Clock, expect: usize) -> Result<Vec<Duration>> {
     let mut lat = Vec::with_capacity(expect);
     while lat.len() < expect {
         let Some(frame) = socket.next().await else {
@@ -271,11 +282,39 @@ async fn receiver(
     Ok(lat)
 }
 
-async fn wait_subscribed_all(n: usize) {
-    // Receivers connect before the senders start; give the connections a moment to register.
-    // (The server answers 'subscribed' per connection; the receiver task sees it as a text frame.)
-    let _ = n;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// One measured round: every recipient subscribes (token, frames expected), then the senders
+/// post their batches (each optionally starting after an offset and paced at an interval).
+/// Returns the elapsed time from the first send to the last delivery, and the latencies.
+async fn measure(
+    url: &str,
+    transport: Transport,
+    http: &reqwest::Client,
+    recipients: Vec<(String, usize)>,
+    senders: Vec<(BenchBatch, Duration, Option<Duration>)>,
+) -> Result<(Duration, Vec<Duration>)> {
+    let clock: Clock = Arc::default();
+    let mut rx = Vec::with_capacity(recipients.len());
+    for (token, expect) in recipients {
+        let socket = subscribe(url, &token).await?;
+        rx.push(tokio::spawn(receive(socket, clock.clone(), expect)));
+    }
+    let t = Instant::now();
+    let mut tx = Vec::with_capacity(senders.len());
+    for (batch, offset, interval) in senders {
+        let (clock, http) = (clock.clone(), http.clone());
+        tx.push(tokio::spawn(async move {
+            tokio::time::sleep(offset).await;
+            send_all(transport, http, batch, clock, interval).await
+        }));
+    }
+    for task in tx {
+        task.await??;
+    }
+    let mut lat = Vec::new();
+    for task in rx {
+        lat.extend(task.await??);
+    }
+    Ok((t.elapsed(), lat))
 }
 
 fn http() -> reqwest::Client {
@@ -321,7 +360,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         SuiteArg::Classic => Suite::Classic,
     };
     let want = |k: &str| args.only.iter().any(|o| o == k);
-    let args_transport = args.transport;
     let http = http();
     let server = start_server(args.server.clone())?;
     let url = server.url.clone();
@@ -395,42 +433,23 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         );
 
         // ---- (a) 1:1 online, closed loop ------------------------------------------------------
-        let clock: Clock = Arc::default();
-        let mut rx_tasks = Vec::new();
+        let mut rx = Vec::new();
         for (i, r) in recipients.iter_mut().enumerate() {
-            let token = r.bench_prepare(&peer_target(i), 0, "").await?.token;
-            rx_tasks.push(tokio::spawn(receiver(
-                url.clone(),
-                token,
-                clock.clone(),
+            rx.push((
+                r.bench_prepare(&peer_target(i), 0, "").await?.token,
                 args.per_sender,
-            )));
+            ));
         }
-        wait_subscribed_all(args.pairs).await;
-        let t = Instant::now();
-        let mut tx_tasks = Vec::new();
-        for batch in batches {
-            let clock = clock.clone();
-            tx_tasks.push(tokio::spawn(send_all(
-                args.transport,
-                http.clone(),
-                batch,
-                clock,
-                None,
-            )));
-        }
-        for task in tx_tasks {
-            task.await??;
-        }
-        let mut lat = Vec::new();
-        for task in rx_tasks {
-            lat.extend(task.await??);
-        }
+        let tx = batches
+            .into_iter()
+            .map(|b| (b, Duration::ZERO, None))
+            .collect();
+        let (elapsed, lat) = measure(&url, args.transport, &http, rx, tx).await?;
         report(
             "(a) 1:1 online, closed loop",
             n_enc,
             lat.len(),
-            t.elapsed(),
+            elapsed,
             lat,
         );
     }
@@ -445,42 +464,29 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     .await?,
             );
         }
-        let clock: Clock = Arc::default();
-        let mut rx_tasks = Vec::new();
+        let mut rx = Vec::new();
         for (i, r) in recipients.iter_mut().enumerate() {
-            let token = r.bench_prepare(&peer_target(i), 0, "").await?.token;
-            rx_tasks.push(tokio::spawn(receiver(
-                url.clone(),
-                token,
-                clock.clone(),
-                per,
-            )));
+            rx.push((r.bench_prepare(&peer_target(i), 0, "").await?.token, per));
         }
-        wait_subscribed_all(args.pairs).await;
-        let t = Instant::now();
-        let mut tx_tasks = Vec::new();
+        // Senders spread evenly over one interval, each paced at the interval.
         let interval = Duration::from_secs_f64(args.pairs as f64 / args.rate as f64);
-        for (i, batch) in batches.into_iter().enumerate() {
-            let clock = clock.clone();
-            let offset = interval.mul_f64(i as f64 / args.pairs as f64);
-            let http = http.clone();
-            tx_tasks.push(tokio::spawn(async move {
-                tokio::time::sleep(offset).await;
-                send_all(args_transport, http, batch, clock, Some(interval)).await
-            }));
-        }
-        for task in tx_tasks {
-            task.await??;
-        }
-        let mut lat = Vec::new();
-        for task in rx_tasks {
-            lat.extend(task.await??);
-        }
+        let tx = batches
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                (
+                    b,
+                    interval.mul_f64(i as f64 / args.pairs as f64),
+                    Some(interval),
+                )
+            })
+            .collect();
+        let (elapsed, lat) = measure(&url, args.transport, &http, rx, tx).await?;
         report(
             &format!("(a') 1:1 online at {} msgs/s", args.rate),
             per * args.pairs,
             lat.len(),
-            t.elapsed(),
+            elapsed,
             lat,
         );
     }
@@ -613,47 +619,26 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     .await?,
             );
         }
-        let clock: Clock = Arc::default();
-        let mut rx_tasks = Vec::new();
+        let mut rx = Vec::new();
         for (i, m) in members.iter_mut().enumerate() {
-            let token = m.bench_prepare("#big", 0, "").await?.token;
+            // Senders do not get their own messages pushed back.
             let expect = if i < senders_n {
                 per * (senders_n - 1)
             } else {
                 per * senders_n
             };
-            rx_tasks.push(tokio::spawn(receiver(
-                url.clone(),
-                token,
-                clock.clone(),
-                expect,
-            )));
+            rx.push((m.bench_prepare("#big", 0, "").await?.token, expect));
         }
-        wait_subscribed_all(args.group_size).await;
-        let t = Instant::now();
-        let mut tx_tasks = Vec::new();
-        for batch in batches {
-            let clock = clock.clone();
-            tx_tasks.push(tokio::spawn(send_all(
-                args.transport,
-                http.clone(),
-                batch,
-                clock,
-                None,
-            )));
-        }
-        for task in tx_tasks {
-            task.await??;
-        }
-        let mut lat = Vec::new();
-        for task in rx_tasks {
-            lat.extend(task.await??);
-        }
+        let tx = batches
+            .into_iter()
+            .map(|b| (b, Duration::ZERO, None))
+            .collect();
+        let (elapsed, lat) = measure(&url, args.transport, &http, rx, tx).await?;
         report(
             &format!("(c) {}-member group, {senders_n} senders", args.group_size),
             per * senders_n,
             lat.len(),
-            t.elapsed(),
+            elapsed,
             lat,
         );
     }
