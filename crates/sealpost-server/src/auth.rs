@@ -170,3 +170,54 @@ impl Auth {
         Ok(identity)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn expired_challenges_and_sessions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let auth = Auth::new(3600);
+        let device = DeviceId::from_bytes([1; 16]);
+
+        // A challenge past its expiry is refused, even with a well-formed request.
+        let ch = auth.challenge(device).unwrap();
+        auth.challenges
+            .lock()
+            .unwrap()
+            .insert(ch.challenge.clone(), (device, now_secs() - 1));
+        let req = TokenRequest {
+            device_id: device,
+            challenge: ch.challenge.clone(),
+            signature: vec![0; 64],
+        };
+        let err = auth.token(&store, req).await.err().unwrap();
+        assert!(format!("{err:?}").contains("expired challenge"), "{err:?}");
+        // Challenges are single-use: it is gone now.
+        assert!(auth.challenges.lock().unwrap().get(&ch.challenge).is_none());
+
+        // A session past its expiry is refused, from the store and from the cache.
+        let token = "expired-token";
+        store
+            .put_session(
+                auth.sha256(token.as_bytes()).unwrap(),
+                device,
+                now_secs() - 1,
+            )
+            .await
+            .unwrap();
+        assert!(auth.authenticate(&store, token).await.is_err());
+        let id = DeviceIdentity {
+            username: sealpost_proto::Username::new("ann").unwrap(),
+            device_id: device,
+        };
+        auth.sessions
+            .lock()
+            .unwrap()
+            .insert(auth.sha256(b"cached").unwrap(), (id, now_secs() - 1));
+        assert!(auth.authenticate(&store, "cached").await.is_err());
+    }
+}

@@ -482,6 +482,138 @@ impl DeliveryService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::sqlite::SqliteStore;
+    use crate::storage::{DeviceRecord, NewAccount};
+    use openmls::prelude::{
+        CredentialWithKey, LeafNodeParameters, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup,
+        MlsGroupCreateConfig,
+    };
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    use openmls_traits::OpenMlsProvider as _;
+    use sealpost_proto::{ErrorCode, Username};
+    use tls_codec::Serialize as _;
+
+    struct Member {
+        id: DeviceIdentity,
+        signer: SignatureKeyPair,
+        provider: OpenMlsRustCrypto,
+        group: MlsGroup,
+    }
+
+    async fn member(store: &Arc<dyn Store>, name: &str, n: u8, group: [u8; 16]) -> Member {
+        let provider = OpenMlsRustCrypto::default();
+        let signer =
+            SignatureKeyPair::new(openmls_traits::types::SignatureScheme::ED25519).unwrap();
+        let id = DeviceIdentity {
+            username: Username::new(name).unwrap(),
+            device_id: DeviceId::from_bytes([n; 16]),
+        };
+        store
+            .create_account(NewAccount {
+                username: id.username.clone(),
+                account_key: vec![n; 32],
+                device: DeviceRecord {
+                    device_id: id.device_id,
+                    username: id.username.clone(),
+                    device_key: signer.public().to_vec(),
+                    certificate: vec![],
+                },
+                key_packages: vec![],
+            })
+            .await
+            .unwrap();
+        let cwk = CredentialWithKey {
+            credential: BasicCredential::new(id.to_credential_bytes()).into(),
+            signature_key: signer.public().into(),
+        };
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(ALLOWED_CIPHERSUITES[1])
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .build();
+        let group = MlsGroup::new_with_group_id(
+            &provider,
+            &signer,
+            &config,
+            MlsGroupId::from_slice(&group),
+            cwk,
+        )
+        .unwrap();
+        Member {
+            id,
+            signer,
+            provider,
+            group,
+        }
+    }
+
+    fn self_update(m: &mut Member) -> Vec<u8> {
+        let bundle = m
+            .group
+            .self_update(&m.provider, &m.signer, LeafNodeParameters::default())
+            .unwrap();
+        let commit = bundle.into_commit().tls_serialize_detached().unwrap();
+        CommitUpload {
+            commit: commit.into(),
+            welcome: Vec::new().into(),
+        }
+        .tls_serialize_detached()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn future_epochs_and_strangers_commits_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let metrics = Arc::new(Metrics::default());
+        let ds = DeliveryService::new(store.clone(), Hub::new(metrics.clone()), metrics, 100);
+        let gid = [7u8; 16];
+        let group = GroupId::from_bytes(gid);
+        let mut alice = member(&store, "alice", 1, gid).await;
+        let info = alice
+            .group
+            .export_group_info(alice.provider.crypto(), &alice.signer, true)
+            .unwrap();
+        ds.create_group(&alice.id, &info.tls_serialize_detached().unwrap())
+            .await
+            .unwrap();
+
+        // A commit the server never sees moves alice's copy to epoch 1; her next commit is for a
+        // future epoch as far as the server (at 0) knows.
+        let epoch0 = self_update(&mut alice);
+        alice.group.merge_pending_commit(&alice.provider).unwrap();
+        let epoch1 = self_update(&mut alice);
+        let err = ds.post_commit(&alice.id, group, &epoch1).await.unwrap_err();
+        assert_eq!(err.to_api_error().code, ErrorCode::EpochConflict);
+
+        // A stranger with a group of the same id, committing at the server's epoch: refused.
+        let mut mallory = member(&store, "mallory", 2, gid).await;
+        let forged = self_update(&mut mallory);
+        let err = ds
+            .post_commit(&mallory.id, group, &forged)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.to_api_error().code,
+                ErrorCode::BadRequest | ErrorCode::Forbidden
+            ),
+            "{err:?}"
+        );
+        // Alice's own epoch-0 commit, posted by mallory, is refused as someone else's.
+        let err = ds
+            .post_commit(&mallory.id, group, &epoch0)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_api_error().code, ErrorCode::Forbidden);
+
+        // Nothing changed: the group is at epoch 0, and alice's epoch-0 commit is accepted now.
+        assert_eq!(store.group(group).await.unwrap().unwrap().epoch, 0);
+        let posted = ds.post_commit(&alice.id, group, &epoch0).await.unwrap();
+        assert_eq!(posted.seq, 1);
+        assert_eq!(store.group(group).await.unwrap().unwrap().epoch, 1);
+    }
 
     #[test]
     fn state_codec_roundtrip_and_garbage() {
