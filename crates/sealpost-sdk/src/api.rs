@@ -76,7 +76,6 @@ impl Api {
                 Body::Json(json(&ChallengeRequest {
                     device_id: self.device,
                 })?),
-                false,
             )
             .await
             .and_then(decode_json)?;
@@ -88,26 +87,14 @@ impl Api {
             signature,
         };
         let tok: TokenResponse = self
-            .call(
-                Method::POST,
-                "/v1/auth/token",
-                Body::Json(json(&req)?),
-                false,
-            )
+            .call(Method::POST, "/v1/auth/token", Body::Json(json(&req)?))
             .await
             .and_then(decode_json)?;
         self.token = Some(tok.token.clone());
         Ok(tok.token)
     }
 
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Body,
-        auth: bool,
-    ) -> Result<Vec<u8>, Error> {
-        let _ = auth;
+    async fn call(&self, method: Method, path: &str, body: Body) -> Result<Vec<u8>, Error> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -157,14 +144,14 @@ impl Api {
         body: impl Fn() -> Body,
     ) -> Result<Vec<u8>, Error> {
         self.token(signer).await?;
-        match self.call(method.clone(), path, body(), true).await {
+        match self.call(method.clone(), path, body()).await {
             Err(Error::Server {
                 code: ErrorCode::Unauthorized,
                 ..
             }) => {
                 self.token = None;
                 self.token(signer).await?;
-                self.call(method, path, body(), true).await
+                self.call(method, path, body()).await
             }
             other => other,
         }
@@ -172,7 +159,7 @@ impl Api {
 
     /// Registers the account and this device.
     pub async fn register(&self, req: &RegisterRequest) -> Result<(), Error> {
-        self.call(Method::POST, "/v1/accounts", Body::Json(json(req)?), false)
+        self.call(Method::POST, "/v1/accounts", Body::Json(json(req)?))
             .await
             .map(|_| ())
     }

@@ -4,7 +4,7 @@
 //! (see `store`). Network I/O happens between transactions, never inside one. A delivery is
 //! acknowledged to the server only after the transaction that processed it has committed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -316,6 +316,8 @@ pub struct Client {
     stock_checked: bool,
     /// Events of the current sync, rendered once it is done (names may arrive mid-sync).
     fresh: Vec<(GroupId, Item)>,
+    /// Groups that may hold a pending leave proposal; `None` means all of them.
+    proposals_to_check: Option<BTreeSet<GroupId>>,
 }
 
 impl Client {
@@ -415,6 +417,7 @@ impl Client {
             settings,
             stock_checked: true,
             fresh: Vec::new(),
+            proposals_to_check: None,
         })
     }
 
@@ -434,6 +437,7 @@ impl Client {
             settings: ClientSettings::default(),
             stock_checked: false,
             fresh: Vec::new(),
+            proposals_to_check: None,
         };
         client.reload()?;
         Ok(client)
@@ -972,9 +976,7 @@ impl Client {
                 "INSERT OR IGNORE INTO sent (group_id, seq) VALUES (?1, ?2)",
                 params![group.as_bytes(), posted.seq],
             )?;
-            if let Item::Message { id, .. } =
-                item.as_ref().unwrap_or(&Item::Joined { by: String::new() })
-            {
+            if let Some(Item::Message { id, .. }) = &item {
                 tx.execute(
                     "UPDATE history SET seq = ?3 WHERE group_id = ?1 AND msg_id = ?2",
                     params![group.as_bytes(), id, posted.seq],
@@ -1296,6 +1298,11 @@ impl Client {
             keep_new(tx, sealer, group, seq, &mut items)
         })?;
         self.convs.insert(group, conv);
+        if items.iter().any(|i| matches!(i, Item::MemberLeft { .. }))
+            && let Some(set) = self.proposals_to_check.as_mut()
+        {
+            set.insert(group);
+        }
         self.fresh.extend(items.into_iter().map(|i| (group, i)));
         Ok(())
     }
@@ -1303,12 +1310,30 @@ impl Client {
     /// Work that follows a sync: commit a leaving member's proposal if this device is the one
     /// to do it, and replenish key packages.
     async fn after_sync(&mut self) -> Result<(), Error> {
-        let groups: Vec<GroupId> = self
-            .convs
-            .iter()
-            .filter(|(_, c)| c.info.active)
-            .map(|(g, _)| *g)
+        // Only groups where a leave proposal arrived can have one pending (all of them once
+        // after opening the profile).
+        let groups: Vec<GroupId> = match self.proposals_to_check.replace(BTreeSet::new()) {
+            None => self.convs.keys().copied().collect(),
+            Some(set) => set.into_iter().collect(),
+        };
+        let groups: Vec<GroupId> = groups
+            .into_iter()
+            .filter(|g| self.convs.get(g).is_some_and(|c| c.info.active))
             .collect();
+        let result = self.commit_due_proposals(groups).await;
+        if result.is_err() {
+            self.proposals_to_check = None;
+        }
+        result?;
+        if !self.stock_checked {
+            self.replenish_key_packages().await?;
+            self.stock_checked = true;
+        }
+        Ok(())
+    }
+
+    /// Commits the pending leave proposals of the groups where this device is the one to do it.
+    async fn commit_due_proposals(&mut self, groups: Vec<GroupId>) -> Result<(), Error> {
         for group in groups {
             let due = {
                 let g = load_group(&self.profile.mls.provider, group)?;
@@ -1330,10 +1355,6 @@ impl Client {
                 self.commit_pending_proposals(group).await?;
                 self.sync_inner().await?;
             }
-        }
-        if !self.stock_checked {
-            self.replenish_key_packages().await?;
-            self.stock_checked = true;
         }
         Ok(())
     }

@@ -588,11 +588,11 @@ async fn ws_send(delivery: &DeliveryService, me: &DeviceIdentity, request: &[u8]
         Some((header, payload)) => {
             let mut id = [0u8; 8];
             id.copy_from_slice(&header[..8]);
-            let group = GroupId::from_slice(&header[8..]).unwrap_or(GroupId::from_bytes([0; 16]));
-            (
-                u64::from_be_bytes(id),
-                delivery.post_message(me, group, payload.to_vec()).await,
-            )
+            let result = match GroupId::from_slice(&header[8..]) {
+                Ok(group) => delivery.post_message(me, group, payload.to_vec()).await,
+                Err(_) => Err(ApiFailure::bad_request("invalid group id")),
+            };
+            (u64::from_be_bytes(id), result)
         }
         None => (
             0,
