@@ -64,6 +64,18 @@ enum Transport {
     Http,
 }
 
+/// The text of every benchmark message (padded to the 256-byte bucket).
+const TEXT: &str = "benchmark message of about forty bytes..";
+
+/// Prints "what: n messages in s = rate msgs/s (detail)".
+fn rate_line(what: &str, n: usize, elapsed: Duration, detail: &str) {
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "{what}: {n} messages in {secs:.2} s = {:.0} msgs/s{detail}",
+        n as f64 / secs
+    );
+}
+
 /// Sends in flight per WebSocket sender.
 const WS_WINDOW: usize = 32;
 
@@ -415,21 +427,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let t = Instant::now();
         let mut batches = Vec::with_capacity(args.pairs);
         for (i, s) in senders.iter_mut().enumerate() {
-            batches.push(
-                s.bench_prepare(
-                    &target(i),
-                    args.per_sender,
-                    "benchmark message of about forty bytes..",
-                )
-                .await?,
-            );
+            batches.push(s.bench_prepare(&target(i), args.per_sender, TEXT).await?);
         }
         let enc = t.elapsed();
         let n_enc = args.pairs * args.per_sender;
-        println!(
-            "client MLS encrypt (incl. local commit): {n_enc} messages in {:.2} s = {:.0} msgs/s per core",
-            enc.as_secs_f64(),
-            n_enc as f64 / enc.as_secs_f64()
+        rate_line(
+            "client MLS encrypt (incl. local commit)",
+            n_enc,
+            enc,
+            " per core",
         );
 
         // ---- (a) 1:1 online, closed loop ------------------------------------------------------
@@ -459,10 +465,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let per = total / args.pairs;
         let mut batches = Vec::new();
         for (i, s) in senders.iter_mut().enumerate() {
-            batches.push(
-                s.bench_prepare(&target(i), per, "benchmark message of about forty bytes..")
-                    .await?,
-            );
+            batches.push(s.bench_prepare(&target(i), per, TEXT).await?);
         }
         let mut rx = Vec::new();
         for (i, r) in recipients.iter_mut().enumerate() {
@@ -493,11 +496,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if want("b") {
         // ---- (b) backlog drain ------------------------------------------------------------------
         let batch = senders[0]
-            .bench_prepare(
-                &target(0),
-                args.backlog,
-                "benchmark message of about forty bytes..",
-            )
+            .bench_prepare(&target(0), args.backlog, TEXT)
             .await?;
         let group = batch.group.clone();
         let sender = Sender {
@@ -515,12 +514,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         drop(posts);
         let fill = t.elapsed();
-        println!(
-            "(b) backlog filled: {} messages in {:.2} s = {:.0} msgs/s (32 in flight)",
-            args.backlog,
-            fill.as_secs_f64(),
-            args.backlog as f64 / fill.as_secs_f64()
-        );
+        rate_line("(b) backlog filled", args.backlog, fill, " (32 in flight)");
         let rtoken = recipients[0]
             .bench_prepare(&peer_target(0), 0, "")
             .await?
@@ -563,10 +557,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             }
         }
         let d = t.elapsed();
-        println!(
-            "(b) backlog drained by one offline recipient: {drained} messages in {:.2} s = {:.0} msgs/s (sync batches of 1,000, acknowledged)",
-            d.as_secs_f64(),
-            drained as f64 / d.as_secs_f64()
+        rate_line(
+            "(b) backlog drained by one offline recipient",
+            drained,
+            d,
+            " (sync batches of 1,000, acknowledged)",
         );
     }
     if want("client") {
@@ -575,9 +570,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         dec[0].send("@dec1", "hello").await?;
         dec[1].sync().await?;
         let n_dec = 2000;
-        let b = dec[0]
-            .bench_prepare("@dec1", n_dec, "benchmark message of about forty bytes..")
-            .await?;
+        let b = dec[0].bench_prepare("@dec1", n_dec, TEXT).await?;
         let s = Sender {
             http: http.clone(),
             batch: b,
@@ -588,11 +581,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let t = Instant::now();
         let got = dec[1].sync().await?.len();
         let d = t.elapsed();
-        println!(
-            "client MLS decrypt + local commit + sync: {got} messages in {:.2} s = {:.0} msgs/s",
-            d.as_secs_f64(),
-            got as f64 / d.as_secs_f64()
-        );
+        rate_line("client MLS decrypt + local commit + sync", got, d, "");
     }
     if want("c") {
         // ---- (c) a 100-member group -------------------------------------------------------------
@@ -614,10 +603,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let per = args.group_messages / senders_n;
         let mut batches = Vec::new();
         for m in members.iter_mut().take(senders_n) {
-            batches.push(
-                m.bench_prepare("#big", per, "benchmark message of about forty bytes..")
-                    .await?,
-            );
+            batches.push(m.bench_prepare("#big", per, TEXT).await?);
         }
         let mut rx = Vec::new();
         for (i, m) in members.iter_mut().enumerate() {
