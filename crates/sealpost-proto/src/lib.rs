@@ -10,6 +10,7 @@
 
 mod api;
 mod delivery;
+pub mod directory;
 mod ids;
 mod padding;
 

@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use sealpost_proto::directory::{
+    AuditResponse, DirectoryKeys, HistoryResponse, LookupResponse, SignedRoot,
+};
 use sealpost_proto::{
     AckRequest, ApiError, ChallengeRequest, ChallengeResponse, ClaimKeyPackagesResponse,
     CommitUpload, DeviceId, ErrorCode, GroupId, KeyPackageStock, PostedResponse, RegisterRequest,
@@ -162,6 +165,67 @@ impl Api {
         self.call(Method::POST, "/v1/accounts", Body::Json(json(req)?))
             .await
             .map(|_| ())
+    }
+
+    /// The directory's public keys (pinned at registration).
+    pub async fn directory_keys(&self) -> Result<DirectoryKeys, Error> {
+        self.call(Method::GET, "/v1/directory/keys", Body::None)
+            .await
+            .and_then(decode_json)
+    }
+
+    /// The signed root of an epoch, or the latest one.
+    pub async fn directory_root(&self, epoch: Option<u64>) -> Result<SignedRoot, Error> {
+        let path = match epoch {
+            Some(e) => format!("/v1/directory/roots/{e}"),
+            None => "/v1/directory/root".to_owned(),
+        };
+        self.call(Method::GET, &path, Body::None)
+            .await
+            .and_then(decode_json)
+    }
+
+    /// A lookup proof for `user`'s current directory entry.
+    pub async fn directory_lookup(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        user: &Username,
+    ) -> Result<LookupResponse, Error> {
+        self.authed(
+            s,
+            Method::GET,
+            &format!("/v1/directory/lookup/{user}"),
+            || Body::None,
+        )
+        .await
+        .and_then(decode_json)
+    }
+
+    /// A proof of every version of `user`'s directory entry.
+    pub async fn directory_history(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        user: &Username,
+    ) -> Result<HistoryResponse, Error> {
+        self.authed(
+            s,
+            Method::GET,
+            &format!("/v1/directory/history/{user}"),
+            || Body::None,
+        )
+        .await
+        .and_then(decode_json)
+    }
+
+    /// The append-only proof from epoch `from` to `from + 1`.
+    pub async fn directory_audit(&self, from: u64) -> Result<AuditResponse, Error> {
+        self.call(
+            Method::GET,
+            &format!("/v1/directory/audit?from={from}"),
+            Body::None,
+        )
+        .await
+        .and_then(decode_json)
     }
 
     /// Claims one key package of the suite per device of `user`.

@@ -30,8 +30,11 @@ use tls_codec::{Deserialize as _, Serialize as _};
 use zeroize::Zeroizing;
 
 use crate::api::{Api, ChallengeSigner};
+use crate::directory::{DirectoryState, Roots, Verified, parse_root_aad, root_aad, security};
 use crate::error::Error;
-use crate::model::{ConversationInfo, ConversationKind, Event, MemberInfo, Suite, Whoami};
+use crate::model::{
+    ConversationInfo, ConversationKind, Event, MemberInfo, SecurityAlert, Suite, Whoami,
+};
 use crate::store::{Profile, Provider, Sealer, put_meta};
 
 /// Past epochs whose keys are kept, so that messages sent just before a commit still decrypt.
@@ -170,6 +173,10 @@ enum Item {
         seq: u64,
         reason: String,
     },
+    Security {
+        alert: SecurityAlert,
+        detail: String,
+    },
 }
 
 impl Item {
@@ -207,6 +214,11 @@ impl Item {
                 conversation,
                 seq,
                 reason,
+            },
+            Item::Security { alert, detail } => Event::Security {
+                conversation: Some(conversation),
+                alert,
+                detail,
             },
         }
     }
@@ -318,6 +330,112 @@ pub struct Client {
     fresh: Vec<(GroupId, Item)>,
     /// Groups that may hold a pending leave proposal; `None` means all of them.
     proposals_to_check: Option<BTreeSet<GroupId>>,
+    /// What this device knows of the key directory.
+    dir: DirView,
+}
+
+/// The key directory as this device has verified it.
+#[derive(Default)]
+struct DirView {
+    /// Pinned keys and the newest verified epoch (`None` until pinned).
+    state: Option<DirectoryState>,
+    /// Verified roots by epoch.
+    roots: Roots,
+    /// Verified entries (cache).
+    entries: BTreeMap<Username, Verified>,
+    /// Users looked up during the current sync: a leaf they do not explain is refused.
+    fresh: BTreeSet<Username>,
+    /// Directory roots carried by peers' messages, to compare once the batch is stored.
+    peer_roots: Vec<PeerRoot>,
+    /// Security events outside any conversation, shown with the next sync's events.
+    alerts: Vec<Event>,
+}
+
+/// A directory root a peer's message carried.
+struct PeerRoot {
+    group: GroupId,
+    from: String,
+    epoch: u64,
+    root: [u8; 32],
+}
+
+/// What the receive path may consult about the directory.
+struct DirCheck<'a> {
+    entries: &'a BTreeMap<Username, Verified>,
+    fresh: &'a BTreeSet<Username>,
+    roots: &'a Roots,
+    peer_roots: &'a mut Vec<PeerRoot>,
+}
+
+impl DirCheck<'_> {
+    /// Checks MLS leaves (credential, signature key) against the verified directory entries.
+    fn leaves<'c>(
+        &self,
+        leaves: impl IntoIterator<Item = (&'c Credential, &'c [u8])>,
+    ) -> LeafCheck {
+        let mut need = Vec::new();
+        for (credential, key) in leaves {
+            let Some(id) = credential_user(credential) else {
+                return LeafCheck::Refused("a member has no Sealpost identity".into());
+            };
+            let listed = self
+                .entries
+                .get(&id.username)
+                .and_then(|v| v.entry.device(id.device_id))
+                .is_some_and(|d| d.device_key.as_slice() == key);
+            if listed {
+                continue;
+            }
+            if self.fresh.contains(&id.username) {
+                return LeafCheck::Refused(format!(
+                    "device {} of {} is not in their verified directory entry (or has another key)",
+                    id.device_id.short(),
+                    at(&id.username)
+                ));
+            }
+            if !need.contains(&id.username) {
+                need.push(id.username);
+            }
+        }
+        if need.is_empty() {
+            LeafCheck::Ok
+        } else {
+            LeafCheck::Need(need)
+        }
+    }
+
+    /// Compares the directory root a peer's message carries with ours for that epoch.
+    fn peer_root(&mut self, group: GroupId, from: &str, aad: &[u8]) -> Option<Item> {
+        let (epoch, root) = parse_root_aad(aad)?;
+        match self.roots.get(&epoch) {
+            Some(ours) if *ours == root => None,
+            Some(_) => Some(split_view(from, epoch)),
+            None => {
+                self.peer_roots.push(PeerRoot {
+                    group,
+                    from: from.to_owned(),
+                    epoch,
+                    root,
+                });
+                None
+            }
+        }
+    }
+}
+
+fn split_view(from: &str, epoch: u64) -> Item {
+    Item::Security {
+        alert: SecurityAlert::SplitView,
+        detail: format!(
+            "{from}'s message carries a different key directory root for epoch {epoch} than the one this device verified: the server is showing you different directories"
+        ),
+    }
+}
+
+enum LeafCheck {
+    Ok,
+    Need(Vec<Username>),
+    Refused(String),
 }
 
 impl Client {
@@ -398,14 +516,29 @@ impl Client {
             device_certificate: certificate,
             key_packages,
         };
+        // Pinned now: every later directory answer must be signed by this key.
+        let keys = match api.directory_keys().await {
+            Ok(keys) => keys,
+            Err(e) => {
+                profile.rollback_mls();
+                return Err(e);
+            }
+        };
         if let Err(e) = api.register(&req).await {
             profile.rollback_mls();
             return Err(e);
         }
+        let dir_state = DirectoryState {
+            keys,
+            epoch: 0,
+            history_checked: 0,
+        };
         let json =
             Zeroizing::new(serde_json::to_vec(&identity).map_err(|e| Error::Store(e.to_string()))?);
+        let dir_json = serde_json::to_vec(&dir_state).map_err(|e| Error::Store(e.to_string()))?;
         profile.atomically(|tx, sealer, _| {
             put_meta(tx, sealer, "identity", &json)?;
+            put_meta(tx, sealer, "directory", &dir_json)?;
             put_meta(tx, sealer, "inbox_cursor", &0u64.to_be_bytes())
         })?;
         Ok(Client {
@@ -418,6 +551,10 @@ impl Client {
             stock_checked: true,
             fresh: Vec::new(),
             proposals_to_check: None,
+            dir: DirView {
+                state: Some(dir_state),
+                ..DirView::default()
+            },
         })
     }
 
@@ -438,6 +575,7 @@ impl Client {
             stock_checked: false,
             fresh: Vec::new(),
             proposals_to_check: None,
+            dir: DirView::default(),
         };
         client.reload()?;
         Ok(client)
@@ -467,6 +605,24 @@ impl Client {
         }
         drop(stmt);
         self.convs = convs;
+        self.dir.state = match self.profile.meta("directory")? {
+            Some(json) => Some(
+                serde_json::from_slice(&json)
+                    .map_err(|e| Error::Store(format!("the directory record is damaged: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut stmt = conn.prepare("SELECT epoch, root FROM directory_roots")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut roots = Roots::new();
+        for row in rows {
+            let (epoch, root) = row?;
+            let root = <[u8; 32]>::try_from(root.as_slice())
+                .map_err(|_| Error::Store("a stored directory root is damaged".into()))?;
+            roots.insert(epoch, root);
+        }
+        drop(stmt);
+        self.dir.roots = roots;
         self.inbox_cursor = self
             .profile
             .meta("inbox_cursor")?
@@ -655,6 +811,7 @@ impl Client {
             .map(|d| d.device_id)
             .collect();
         let mut kps = Vec::new();
+        let mut refused = None;
         for user in users {
             let claimed = self
                 .api
@@ -667,19 +824,38 @@ impl Client {
                     } => Error::Invalid(format!("{} does not exist on this server", at(user))),
                     other => other,
                 })?;
+            // Every key package must belong to a device of the user's verified directory entry.
+            let verified = self.lookup_verified(user).await?;
             for c in claimed.key_packages {
                 if present.contains(&c.device_id) {
                     continue;
                 }
-                kps.push(self.check_key_package(
-                    &c.key_package,
-                    user,
-                    c.device_id,
-                    conv.info.suite,
-                )?);
+                let kp =
+                    self.check_key_package(&c.key_package, user, c.device_id, conv.info.suite)?;
+                let listed = verified.entry.device(c.device_id).is_some_and(|d| {
+                    d.device_key.as_slice() == kp.leaf_node().signature_key().as_slice()
+                });
+                if !listed {
+                    // Refused and shown; the user's verified devices are still added.
+                    let e = security(
+                        SecurityAlert::UnverifiedMember,
+                        format!(
+                            "the server handed out a key package for device {} of {} that is not in their verified directory entry; that device was not added",
+                            c.device_id.short(),
+                            at(user)
+                        ),
+                    );
+                    self.alert(&e);
+                    refused = Some(e);
+                    continue;
+                }
+                kps.push(kp);
             }
         }
         if kps.is_empty() {
+            if let Some(e) = refused {
+                return Err(e);
+            }
             return Err(Error::Invalid(
                 "nobody to add: they are members already or have no device".into(),
             ));
@@ -699,6 +875,33 @@ impl Client {
         };
         self.send_app(group, &meta, None).await?;
         Ok(())
+    }
+
+    /// Test hook: adds the device of `key_package` to a conversation with no directory check,
+    /// as a malicious or broken member would. Not built into the library otherwise.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn add_key_package_unchecked(
+        &mut self,
+        target: &str,
+        key_package: &[u8],
+    ) -> Result<(), Error> {
+        let group = self.resolve(target)?;
+        let msg = MlsMessageIn::tls_deserialize_exact(key_package)
+            .map_err(|_| Error::Invalid("not a key package".into()))?;
+        let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+            return Err(Error::Invalid("not a key package".into()));
+        };
+        let kp = kp
+            .validate(self.profile.mls.provider.crypto(), ProtocolVersion::Mls10)
+            .map_err(Error::mls)?;
+        self.commit(group, move |g, p, s| {
+            let (commit, welcome, _) = g
+                .add_members(p, s, std::slice::from_ref(&kp))
+                .map_err(Error::mls)?;
+            Ok((commit, Some(welcome)))
+        })
+        .await
     }
 
     /// A claimed key package, verified: it parses, its signature holds, and it belongs to the
@@ -880,8 +1083,17 @@ impl Client {
                             Suite::default(),
                         )
                         .await?;
-                    self.add_members_to(group, std::slice::from_ref(&user))
-                        .await?;
+                    if let Err(e) = self
+                        .add_members_to(group, std::slice::from_ref(&user))
+                        .await
+                    {
+                        // A 1:1 conversation without the peer must not linger: later sends
+                        // would reach nobody.
+                        if self.member_devices(group)?.len() <= 1 {
+                            self.forget_conversation(group)?;
+                        }
+                        return Err(e);
+                    }
                     group
                 }
                 None => return Err(Error::UnknownConversation(target.to_owned())),
@@ -915,6 +1127,23 @@ impl Client {
         };
         self.send_app(group, &msg, Some(item.clone())).await?;
         Ok(item.render(self.display(group)))
+    }
+
+    /// Deletes a conversation and its MLS state from this device.
+    fn forget_conversation(&mut self, group: GroupId) -> Result<(), Error> {
+        self.profile.atomically(|tx, _, p| {
+            let mut g = load_group(p, group)?;
+            g.delete(p.storage()).map_err(Error::mls)?;
+            for table in ["conversations", "history", "sent", "pending_commits"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE group_id = ?1"),
+                    [group.as_bytes()],
+                )?;
+            }
+            Ok(())
+        })?;
+        self.convs.remove(&group);
+        Ok(())
     }
 
     /// Commits pending proposals and renews the leaf when due, so a message can be sent.
@@ -957,8 +1186,10 @@ impl Client {
         let body =
             Zeroizing::new(serde_json::to_vec(msg).map_err(|e| Error::Store(e.to_string()))?);
         let padded = Zeroizing::new(pad(&body).map_err(|e| Error::Invalid(e.to_string()))?);
+        let aad = self.root_aad();
         let payload = self.profile.atomically(|tx, sealer, p| {
             let mut g = load_group(p, group)?;
+            g.set_aad(aad);
             let out = g
                 .create_message(p, &self.identity.device_key, &padded)
                 .map_err(Error::mls)?;
@@ -999,8 +1230,10 @@ impl Client {
     {
         for _ in 0..8 {
             self.sync_inner().await?;
+            let aad = self.root_aad();
             let (commit, welcome) = self.profile.atomically(|tx, _, p| {
                 let mut g = load_group(p, group)?;
+                g.set_aad(aad);
                 let (commit, welcome) = build(&mut g, p, &self.identity.device_key)?;
                 let commit = serialize(&commit)?;
                 let welcome = welcome.as_ref().map(serialize).transpose()?;
@@ -1100,23 +1333,267 @@ impl Client {
         })
     }
 
+    // ---- key directory ------------------------------------------------------------------
+
+    /// The pinned directory state; profiles made before pinning existed pin on first use.
+    async fn dir_state(&mut self) -> Result<DirectoryState, Error> {
+        if let Some(state) = &self.dir.state {
+            return Ok(state.clone());
+        }
+        let state = DirectoryState {
+            keys: self.api.directory_keys().await?,
+            epoch: 0,
+            history_checked: 0,
+        };
+        self.save_dir_state(state.clone())?;
+        Ok(state)
+    }
+
+    fn save_dir_state(&mut self, state: DirectoryState) -> Result<(), Error> {
+        let json = serde_json::to_vec(&state).map_err(|e| Error::Store(e.to_string()))?;
+        self.profile
+            .atomically(|tx, sealer, _| put_meta(tx, sealer, "directory", &json))?;
+        self.dir.state = Some(state);
+        Ok(())
+    }
+
+    /// Shows a security event outside any conversation.
+    fn alert(&mut self, error: &Error) {
+        if let Error::Security { alert, detail } = error {
+            tracing::warn!(?alert, "security event");
+            self.dir.alerts.push(Event::Security {
+                conversation: None,
+                alert: *alert,
+                detail: detail.clone(),
+            });
+        }
+    }
+
+    /// Records a verified root. Two different roots for one epoch are a split view; a newer
+    /// epoch becomes the oldest one accepted from now on.
+    fn note_root(&mut self, epoch: u64, root: [u8; 32]) -> Result<(), Error> {
+        match self.dir.roots.get(&epoch) {
+            Some(known) if *known == root => {}
+            Some(_) => {
+                let e = security(
+                    SecurityAlert::SplitView,
+                    format!(
+                        "the server signed two different key directory roots for epoch {epoch}"
+                    ),
+                );
+                self.alert(&e);
+                return Err(e);
+            }
+            None => {
+                self.profile.atomically(|tx, _, _| {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO directory_roots (epoch, root) VALUES (?1, ?2)",
+                        params![epoch, root.as_slice()],
+                    )?;
+                    Ok(())
+                })?;
+                self.dir.roots.insert(epoch, root);
+            }
+        }
+        if let Some(state) = self.dir.state.clone()
+            && epoch > state.epoch
+        {
+            self.save_dir_state(DirectoryState { epoch, ..state })?;
+        }
+        Ok(())
+    }
+
+    /// Looks `user` up in the directory and verifies the answer. Problems are shown as
+    /// security events and returned as errors.
+    async fn lookup_verified(&mut self, user: &Username) -> Result<Verified, Error> {
+        let state = self.dir_state().await?;
+        let resp = self
+            .api
+            .directory_lookup(&self.identity, user)
+            .await
+            .map_err(|e| match e {
+                Error::Server {
+                    code: ErrorCode::NotFound,
+                    ..
+                } => Error::Invalid(format!("{} is not in the key directory", at(user))),
+                other => other,
+            })?;
+        let verified = state
+            .verify_lookup(user, &resp)
+            .inspect_err(|e| self.alert(e))?;
+        self.note_root(verified.epoch, verified.root)?;
+        if !verified.uncertified.is_empty() {
+            self.alert(&security(
+                SecurityAlert::UnapprovedDevice,
+                format!(
+                    "the directory entry of {} lists devices their account key did not certify ({}); they are not trusted",
+                    at(user),
+                    verified.uncertified.join(", ")
+                ),
+            ));
+        }
+        self.dir.fresh.insert(user.clone());
+        self.dir.entries.insert(user.clone(), verified.clone());
+        Ok(verified)
+    }
+
+    /// Fetches the entries the receive path asked for. A user without a usable entry is
+    /// remembered as looked up, so that their leaves are refused instead of asked for again.
+    async fn fetch_entries(&mut self, users: Vec<Username>) -> Result<(), Error> {
+        for user in users {
+            match self.lookup_verified(&user).await {
+                Ok(_) => {}
+                Err(Error::Invalid(_) | Error::Security { .. }) => {
+                    self.dir.entries.remove(&user);
+                    self.dir.fresh.insert(user);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The authenticated data for outgoing messages: the newest verified directory root.
+    fn root_aad(&self) -> Vec<u8> {
+        self.dir
+            .state
+            .as_ref()
+            .and_then(|s| self.dir.roots.get(&s.epoch).map(|r| root_aad(s.epoch, r)))
+            .unwrap_or_default()
+    }
+
+    /// Compares the roots peers carried for epochs this device had not verified yet.
+    async fn check_peer_roots(&mut self) -> Result<(), Error> {
+        let pending = std::mem::take(&mut self.dir.peer_roots);
+        for peer in pending {
+            if !self.dir.roots.contains_key(&peer.epoch) {
+                let state = self.dir_state().await?;
+                match self.api.directory_root(Some(peer.epoch)).await {
+                    Ok(signed) => match signed.verify(&state.keys.signing_key) {
+                        Ok(root) if signed.epoch == peer.epoch => {
+                            if self.note_root(peer.epoch, root).is_err() {
+                                continue;
+                            }
+                        }
+                        _ => {
+                            self.alert(&security(
+                                SecurityAlert::InvalidProof,
+                                format!(
+                                    "the directory root of epoch {} does not verify",
+                                    peer.epoch
+                                ),
+                            ));
+                            continue;
+                        }
+                    },
+                    Err(Error::Server {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.dir.roots.get(&peer.epoch) != Some(&peer.root) {
+                let Item::Security { alert, detail } = split_view(&peer.from, peer.epoch) else {
+                    continue;
+                };
+                self.dir.alerts.push(Event::Security {
+                    conversation: Some(self.display(peer.group)),
+                    alert,
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks this account's own directory history: every device in it must be certified by
+    /// the account key, the account key must be ours, and this device must still be listed.
+    async fn check_own_account(&mut self) -> Result<(), Error> {
+        let state = self.dir_state().await?;
+        let latest = self.api.directory_root(None).await?;
+        let root = match state.check_root(&latest) {
+            Ok(root) => root,
+            Err(e) => {
+                self.alert(&e);
+                return Ok(());
+            }
+        };
+        if self.note_root(latest.epoch, root).is_err() || latest.epoch <= state.history_checked {
+            return Ok(());
+        }
+        let me = self.identity.username.clone();
+        let resp = self.api.directory_history(&self.identity, &me).await?;
+        let state = self.dir_state().await?;
+        let versions = match state.verify_history(&me, &resp) {
+            Ok(v) => v,
+            Err(e) => {
+                self.alert(&e);
+                return Ok(());
+            }
+        };
+        let account_key = self.identity.account_key.to_public_vec();
+        for (epoch, entry) in versions.iter().filter(|(e, _)| *e > state.history_checked) {
+            if entry.account_key.as_slice() != account_key.as_slice() {
+                self.alert(&security(
+                    SecurityAlert::UnapprovedDevice,
+                    format!("your account key was replaced in the key directory at epoch {epoch}"),
+                ));
+                continue;
+            }
+            for device in &entry.devices {
+                if !entry.certifies(&me, device) {
+                    self.alert(&security(
+                        SecurityAlert::UnapprovedDevice,
+                        format!(
+                            "device {} appeared in your account's directory entry at epoch {epoch}; none of your devices approved it",
+                            device.id().short()
+                        ),
+                    ));
+                }
+            }
+        }
+        let listed = versions
+            .first()
+            .is_some_and(|(_, e)| e.device(self.identity.device_id).is_some());
+        if !listed {
+            self.alert(&security(
+                SecurityAlert::DeviceMissing,
+                "this device is not in your account's current directory entry",
+            ));
+        }
+        if let Ok(root) = resp.root.verify(&state.keys.signing_key) {
+            self.note_root(resp.root.epoch, root)?;
+        }
+        let epoch = resp.root.epoch;
+        let state = self.dir_state().await?;
+        self.save_dir_state(DirectoryState {
+            history_checked: epoch,
+            ..state
+        })
+    }
+
     // ---- receiving ----------------------------------------------------------------------
 
     /// Fetches and processes everything pending; returns what happened, in server order.
     pub async fn sync(&mut self) -> Result<Vec<Event>, Error> {
         self.sync_inner().await?;
         self.after_sync().await?;
+        self.check_own_account().await?;
         Ok(self.take_events())
     }
 
     fn take_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.fresh)
+        let mut events: Vec<Event> = std::mem::take(&mut self.fresh)
             .into_iter()
             .map(|(group, item)| item.render(self.display(group)))
-            .collect()
+            .collect();
+        events.append(&mut self.dir.alerts);
+        events
     }
 
     async fn sync_inner(&mut self) -> Result<(), Error> {
+        self.dir.fresh.clear();
         loop {
             let req = SyncRequest {
                 inbox_after: Some(self.inbox_cursor),
@@ -1140,9 +1617,16 @@ impl Client {
             if let Err(e) = result.and_then(|()| self.profile.commit_batch()) {
                 self.profile.abort_batch();
                 self.fresh.truncate(shown);
+                self.dir.peer_roots.clear();
                 self.reload()?;
+                if let Error::NeedDirectory(users) = e {
+                    // Verify the entries the batch needs, then process it again.
+                    self.fetch_entries(users).await?;
+                    continue;
+                }
                 return Err(e);
             }
+            self.check_peer_roots().await?;
             let ack = AckRequest {
                 inbox: Some(self.inbox_cursor),
                 groups: self.convs.iter().map(|(g, c)| (*g, c.cursor)).collect(),
@@ -1169,6 +1653,12 @@ impl Client {
         let group = d.group();
         let inbox_seq = d.inbox_seq;
         let known = self.convs.contains_key(&group);
+        let check = DirCheck {
+            entries: &self.dir.entries,
+            fresh: &self.dir.fresh,
+            roots: &self.dir.roots,
+            peer_roots: &mut self.dir.peer_roots,
+        };
         let joined = self.profile.atomically(|tx, sealer, p| {
             put_meta(tx, sealer, "inbox_cursor", &inbox_seq.to_be_bytes())?;
             if known {
@@ -1199,6 +1689,21 @@ impl Client {
                     "a group has a member without a Sealpost identity".into(),
                 ));
             }
+            let members: Vec<_> = mls.members().collect();
+            match check.leaves(
+                members
+                    .iter()
+                    .map(|m| (&m.credential, m.signature_key.as_slice())),
+            ) {
+                LeafCheck::Ok => {}
+                LeafCheck::Need(users) => return Err(Error::NeedDirectory(users)),
+                LeafCheck::Refused(why) => {
+                    return Err(security(
+                        SecurityAlert::UnverifiedMember,
+                        format!("refused to join a conversation: {why}"),
+                    ));
+                }
+            }
             let suite = Suite::of(mls.ciphersuite())
                 .ok_or_else(|| Error::Protocol("unsupported ciphersuite".into()))?;
             let conv = Conv {
@@ -1226,7 +1731,14 @@ impl Client {
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(e @ Error::Store(_)) => Err(e),
+            Err(e @ (Error::Store(_) | Error::NeedDirectory(_))) => Err(e),
+            Err(Error::Security { alert, detail }) => {
+                self.profile.atomically(|tx, sealer, _| {
+                    put_meta(tx, sealer, "inbox_cursor", &inbox_seq.to_be_bytes())
+                })?;
+                self.fresh.push((group, Item::Security { alert, detail }));
+                Ok(())
+            }
             Err(e) => {
                 // A Welcome we cannot use (e.g. its key package is gone): skip it, say so.
                 tracing::warn!(error = %e, "could not join a group");
@@ -1256,6 +1768,12 @@ impl Client {
         }
         let me = self.identity.username.clone();
         let mut items: Vec<Item> = Vec::new();
+        let mut check = DirCheck {
+            entries: &self.dir.entries,
+            fresh: &self.dir.fresh,
+            roots: &self.dir.roots,
+            peer_roots: &mut self.dir.peer_roots,
+        };
         self.profile.atomically(|tx, sealer, p| {
             let own: bool = tx
                 .query_row(
@@ -1292,7 +1810,12 @@ impl Client {
                     // Someone else's message: if it is a commit, ours lost.
                     g.clear_pending_commit(p.storage()).map_err(Error::mls)?;
                 }
-                items = receive(&mut g, p, d.payload.as_slice(), seq, &mut conv, &me)?;
+                let msg = Received {
+                    group,
+                    payload: d.payload.as_slice(),
+                    seq,
+                };
+                items = receive(&mut g, p, msg, &mut conv, &me, &mut check)?;
             }
             put_conv(tx, sealer, group, &conv)?;
             keep_new(tx, sealer, group, seq, &mut items)
@@ -1523,15 +2046,27 @@ fn roster_items(g: &MlsGroup, staged: &openmls::prelude::StagedCommit, by: &str)
     items
 }
 
+/// One message of a group's log.
+struct Received<'a> {
+    group: GroupId,
+    payload: &'a [u8],
+    seq: u64,
+}
+
 /// Processes one MLS message from the group's log.
 fn receive(
     g: &mut MlsGroup,
     p: &Provider,
-    payload: &[u8],
-    seq: u64,
+    msg: Received<'_>,
     conv: &mut Conv,
     me: &Username,
+    check: &mut DirCheck<'_>,
 ) -> Result<Vec<Item>, Error> {
+    let Received {
+        group,
+        payload,
+        seq,
+    } = msg;
     let undecryptable = |reason: String| Ok(vec![Item::Undecryptable { seq, reason }]);
     let Ok(msg) = MlsMessageIn::tls_deserialize_exact(payload) else {
         return undecryptable("not an MLS message".into());
@@ -1550,6 +2085,34 @@ fn receive(
         return undecryptable("the sender has no Sealpost identity".into());
     };
     let from = at(&sender.username);
+    let mut alerts: Vec<Item> = check
+        .peer_root(group, &from, processed.aad())
+        .into_iter()
+        .collect();
+    let mut items = receive_content(g, p, processed, seq, conv, me, check, &from)?;
+    alerts.append(&mut items);
+    Ok(alerts)
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the receive path's context, split in two"
+)]
+fn receive_content(
+    g: &mut MlsGroup,
+    p: &Provider,
+    processed: openmls::prelude::ProcessedMessage,
+    seq: u64,
+    conv: &mut Conv,
+    me: &Username,
+    check: &mut DirCheck<'_>,
+    from: &str,
+) -> Result<Vec<Item>, Error> {
+    let undecryptable = |reason: String| Ok(vec![Item::Undecryptable { seq, reason }]);
+    let Some(sender) = credential_user(processed.credential()) else {
+        return undecryptable("the sender has no Sealpost identity".into());
+    };
+    let from = from.to_owned();
     match processed.into_content() {
         ProcessedMessageContent::ApplicationMessage(app) => {
             let bytes = Zeroizing::new(app.into_bytes());
@@ -1587,6 +2150,31 @@ fn receive(
             Ok(vec![Item::MemberLeft { member: from }])
         }
         ProcessedMessageContent::StagedCommitMessage(staged) => {
+            // Every leaf the commit adds or changes must be in its account's directory entry.
+            let leaves = staged
+                .add_proposals()
+                .map(|a| a.add_proposal().key_package().leaf_node().clone())
+                .chain(
+                    staged
+                        .update_proposals()
+                        .map(|u| u.update_proposal().leaf_node().clone()),
+                )
+                .chain(staged.update_path_leaf_node().cloned())
+                .collect::<Vec<_>>();
+            match check.leaves(
+                leaves
+                    .iter()
+                    .map(|l| (l.credential(), l.signature_key().as_slice())),
+            ) {
+                LeafCheck::Ok => {}
+                LeafCheck::Need(users) => return Err(Error::NeedDirectory(users)),
+                LeafCheck::Refused(why) => {
+                    return Ok(vec![Item::Security {
+                        alert: SecurityAlert::UnverifiedMember,
+                        detail: format!("a commit by {from} was refused: {why}"),
+                    }]);
+                }
+            }
             let mut items: Vec<Item> = roster_items(g, &staged, &from)
                 .into_iter()
                 .filter(|i| !matches!(i, Item::MemberLeft { .. }))

@@ -58,6 +58,18 @@ pub enum Error {
     /// A cryptographic primitive failed.
     #[error("cryptography failed: {0}")]
     Crypto(&'static str),
+    /// Something the server sent failed a security check and was refused.
+    #[error("security check failed ({alert:?}): {detail}")]
+    Security {
+        /// What kind of problem.
+        alert: crate::model::SecurityAlert,
+        /// What exactly.
+        detail: String,
+    },
+    /// Internal: processing must stop until these users' directory entries are fetched.
+    #[doc(hidden)]
+    #[error("directory entries needed for {0:?}")]
+    NeedDirectory(Vec<sealpost_proto::Username>),
     /// The request does not make sense (e.g. removing someone who is not a member).
     #[error("{0}")]
     Invalid(String),

@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 mod api;
+pub mod audit;
 mod client;
+mod directory;
 mod error;
 mod model;
 mod store;
@@ -15,5 +17,7 @@ pub mod vault;
 
 pub use client::{BenchBatch, Client, ClientSettings, MAX_ADD_BATCH, MAX_PAST_EPOCHS, ws_config};
 pub use error::Error;
-pub use model::{ConversationInfo, ConversationKind, Event, MemberInfo, Suite, Whoami};
+pub use model::{
+    ConversationInfo, ConversationKind, Event, MemberInfo, SecurityAlert, Suite, Whoami,
+};
 pub use sealpost_proto::Username;

@@ -102,6 +102,16 @@ pub enum Event {
         /// `@remover`.
         by: String,
     },
+    /// Something that may be an attack: see [`SecurityAlert`]. Nothing was applied.
+    Security {
+        /// The conversation it happened in; `None` for the account or the directory.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        conversation: Option<String>,
+        /// What kind of problem.
+        alert: SecurityAlert,
+        /// What exactly, for a person.
+        detail: String,
+    },
     /// A message could not be processed. Nothing is sent back automatically.
     Undecryptable {
         /// Conversation.
@@ -111,6 +121,29 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+}
+
+/// What a security event is about. Each one means the server (or someone who controls it) may
+/// be trying to add a reader or to show different people different keys; see
+/// `docs/threat-model.md` for what to do about each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityAlert {
+    /// An account's directory entry lists a device its account key did not certify (for your
+    /// own account: a device none of your devices approved).
+    UnapprovedDevice,
+    /// A key package, commit or Welcome named a device that is not in its account's verified
+    /// directory entry, or with another key. It was refused.
+    UnverifiedMember,
+    /// A peer's message carries a different directory root for the same epoch than the one this
+    /// device verified: the server shows different people different directories.
+    SplitView,
+    /// The server answered with an older directory epoch than one already verified.
+    DirectoryRollback,
+    /// A directory proof or root signature did not verify.
+    InvalidProof,
+    /// This device is no longer in its own account's directory entry.
+    DeviceMissing,
 }
 
 /// A conversation as listed.

@@ -27,6 +27,9 @@ pub struct Settings {
     pub max_inflight_requests: usize,
     /// Lifetime of a session token, seconds.
     pub token_ttl_secs: u64,
+    /// Key directory: shortest time between two published epochs, milliseconds. Changes that
+    /// arrive meanwhile go into the next epoch together; a registration waits for its epoch.
+    pub directory_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -41,6 +44,7 @@ impl Default for Settings {
             max_connections: 10_000,
             max_inflight_requests: 4096,
             token_ttl_secs: 24 * 3600,
+            directory_interval_ms: 200,
         }
     }
 }
@@ -122,6 +126,7 @@ impl Settings {
             max_connections => "SEALPOST_MAX_CONNECTIONS",
             max_inflight_requests => "SEALPOST_MAX_INFLIGHT_REQUESTS",
             token_ttl_secs => "SEALPOST_TOKEN_TTL_SECS",
+            directory_interval_ms => "SEALPOST_DIRECTORY_INTERVAL_MS",
         );
         Ok(())
     }

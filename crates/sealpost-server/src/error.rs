@@ -80,6 +80,20 @@ impl ApiFailure {
     }
 }
 
+impl From<crate::directory::DirectoryError> for ApiFailure {
+    fn from(e: crate::directory::DirectoryError) -> Self {
+        match e {
+            crate::directory::DirectoryError::NotFound => {
+                Self::not_found("not in the key directory")
+            }
+            other => {
+                tracing::error!(error = %other, "key directory failure");
+                Self::internal()
+            }
+        }
+    }
+}
+
 impl From<StoreError> for ApiFailure {
     fn from(e: StoreError) -> Self {
         match e {

@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::SinkExt as _;
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
+use sealpost_proto::directory::AuditQuery;
 use sealpost_proto::{
     AckRequest, ChallengeRequest, CiphersuiteQuery, ClaimKeyPackagesResponse, ClaimedKeyPackage,
     DeviceIdentity, DeviceInfo, GroupId, KeyPackageStock, RegisterRequest, SyncRequest,
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::delivery::{ALLOWED_CIPHERSUITES, DeliveryService, credential_device};
+use crate::directory::KeyDirectory;
 use crate::error::ApiFailure;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -63,6 +65,8 @@ pub struct AppState {
     pub claims: Arc<RateLimiter>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// The key directory.
+    pub directory: Arc<KeyDirectory>,
 }
 
 /// A JSON body whose rejection is one of our errors.
@@ -161,6 +165,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sync", post(sync))
         .route("/v1/ack", post(ack))
         .route("/v1/ws", get(websocket))
+        .route("/v1/directory/keys", get(directory_keys))
+        .route("/v1/directory/root", get(directory_latest_root))
+        .route("/v1/directory/roots/{epoch}", get(directory_root))
+        .route("/v1/directory/lookup/{username}", get(directory_lookup))
+        .route("/v1/directory/history/{username}", get(directory_history))
+        .route("/v1/directory/audit", get(directory_audit))
         .fallback(|| async { ApiFailure::not_found("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), limit_and_log))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -293,7 +303,53 @@ async fn register(
             ),
             other => other.into(),
         })?;
+    // The account exists for others once its directory entry is published.
+    state.directory.wait_published().await;
     Ok((StatusCode::CREATED, Json(serde_json::json!({}))))
+}
+
+async fn directory_keys(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.directory.keys().clone())
+}
+
+async fn directory_latest_root(
+    State(state): State<AppState>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    Ok(Json(state.directory.root(None).await?))
+}
+
+async fn directory_root(
+    State(state): State<AppState>,
+    Path(epoch): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let epoch: u64 = parse_path(&epoch, "epoch")?;
+    Ok(Json(state.directory.root(Some(epoch)).await?))
+}
+
+async fn directory_lookup(
+    State(state): State<AppState>,
+    _who: Authenticated,
+    Path(username): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let username: Username = parse_path(&username, "username")?;
+    Ok(Json(state.directory.lookup(&username).await?))
+}
+
+async fn directory_history(
+    State(state): State<AppState>,
+    _who: Authenticated,
+    Path(username): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let username: Username = parse_path(&username, "username")?;
+    Ok(Json(state.directory.history(&username).await?))
+}
+
+async fn directory_audit(
+    State(state): State<AppState>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let Query(q) = query.map_err(|_| ApiFailure::bad_request("give ?from=EPOCH"))?;
+    Ok(Json(state.directory.audit(q.from).await?))
 }
 
 async fn challenge(

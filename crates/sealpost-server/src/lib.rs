@@ -11,6 +11,7 @@
 mod auth;
 pub mod config;
 mod delivery;
+pub mod directory;
 mod error;
 mod http;
 pub mod metrics;
@@ -45,9 +46,99 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error("cannot open the database: {0}")]
     Store(#[from] storage::StoreError),
+    /// The key directory could not be opened.
+    #[error("cannot open the key directory: {0}")]
+    Directory(#[from] directory::DirectoryError),
     /// Serving failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// An opened server: its store and key directory, ready to serve.
+pub struct Server {
+    settings: Settings,
+    store: Arc<dyn Store>,
+    directory: Arc<directory::KeyDirectory>,
+}
+
+impl Server {
+    /// Opens the store and the key directory in `settings.data`.
+    pub async fn open(settings: Settings) -> Result<Self, ServerError> {
+        std::fs::create_dir_all(&settings.data).map_err(|source| ServerError::DataDir {
+            path: settings.data.clone(),
+            source,
+        })?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.data.join("server.db"))?);
+        let directory = Arc::new(
+            directory::KeyDirectory::open(store.clone(), &settings.data.join("directory.key"))
+                .await?,
+        );
+        Ok(Self {
+            settings,
+            store,
+            directory,
+        })
+    }
+
+    /// The store (tests use it to play a compromised server).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// The key directory (tests use it to play a compromised server).
+    pub fn directory(&self) -> Arc<directory::KeyDirectory> {
+        self.directory.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServerError> {
+        let Server {
+            settings,
+            store,
+            directory: key_directory,
+        } = self;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let hub = push::Hub::new(metrics.clone());
+        let delivery = Arc::new(delivery::DeliveryService::new(
+            store.clone(),
+            hub,
+            metrics.clone(),
+            settings.max_group_size,
+        ));
+        let state = http::AppState {
+            delivery,
+            auth: Arc::new(auth::Auth::new(settings.token_ttl_secs)),
+            ws_slots: Arc::new(Semaphore::new(settings.max_connections)),
+            request_slots: Arc::new(Semaphore::new(settings.max_inflight_requests)),
+            claims: Arc::new(ratelimit::RateLimiter::new(
+                settings.key_package_claims_per_minute,
+                Duration::from_secs(60),
+            )),
+            metrics,
+            shutdown: shutdown.clone(),
+            settings: Arc::new(settings.clone()),
+            directory: key_directory.clone(),
+        };
+        let publisher = tokio::spawn(key_directory.run(
+            Duration::from_millis(settings.directory_interval_ms),
+            shutdown.clone(),
+        ));
+        let retention_ms = settings.retention_days.saturating_mul(24 * 3600 * 1000);
+        let purger = tokio::spawn(purge_loop(store, retention_ms, shutdown.clone()));
+        tracing::info!(addr = %listener.local_addr()?, "listening");
+        let served = axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        shutdown.cancel();
+        let _ = purger.await;
+        let _ = publisher.await;
+        tracing::info!("stopped");
+        Ok(served?)
+    }
 }
 
 /// Opens the store in `settings.data` and serves on `listener` until `shutdown` is cancelled.
@@ -56,42 +147,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    std::fs::create_dir_all(&settings.data).map_err(|source| ServerError::DataDir {
-        path: settings.data.clone(),
-        source,
-    })?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.data.join("server.db"))?);
-    let metrics = Arc::new(metrics::Metrics::default());
-    let hub = push::Hub::new(metrics.clone());
-    let delivery = Arc::new(delivery::DeliveryService::new(
-        store.clone(),
-        hub,
-        metrics.clone(),
-        settings.max_group_size,
-    ));
-    let state = http::AppState {
-        delivery,
-        auth: Arc::new(auth::Auth::new(settings.token_ttl_secs)),
-        ws_slots: Arc::new(Semaphore::new(settings.max_connections)),
-        request_slots: Arc::new(Semaphore::new(settings.max_inflight_requests)),
-        claims: Arc::new(ratelimit::RateLimiter::new(
-            settings.key_package_claims_per_minute,
-            Duration::from_secs(60),
-        )),
-        metrics,
-        shutdown: shutdown.clone(),
-        settings: Arc::new(settings.clone()),
-    };
-    let retention_ms = settings.retention_days.saturating_mul(24 * 3600 * 1000);
-    let purger = tokio::spawn(purge_loop(store, retention_ms, shutdown.clone()));
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    let served = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    shutdown.cancel();
-    let _ = purger.await;
-    tracing::info!("stopped");
-    Ok(served?)
+    Server::open(settings)
+        .await?
+        .serve(listener, shutdown)
+        .await
 }
 
 async fn purge_loop(store: Arc<dyn Store>, retention_ms: u64, shutdown: CancellationToken) {

@@ -42,7 +42,8 @@ enum Command {
         /// The text, or '-' for stdin.
         text: String,
     },
-    /// Fetch and process everything pending; print new messages and events.
+    /// Fetch and process everything pending; print new messages and events. Also checks this
+    /// account's key-directory history. Exits with status 3 if a security event was shown.
     Sync(JsonFlag),
     /// Show a conversation's local history, oldest first.
     Messages {
@@ -61,6 +62,9 @@ enum Command {
     Group(GroupCommand),
     /// List conversations.
     Conversations(JsonFlag),
+    /// Verify that a server's key directory only ever appended (akd audit proofs), epoch by
+    /// epoch, from where the last run stopped. Exits with status 3 if a check fails.
+    Audit(AuditArgs),
     /// Run a self-checking demonstration on a private loopback server.
     Demo,
     /// Measure the server with a load generator (see docs/BENCHMARKS.md).
@@ -123,6 +127,47 @@ struct JsonFlag {
     /// Print one JSON object per line.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// The server, e.g. http://127.0.0.1:7443.
+    #[arg(long)]
+    server: String,
+    /// Start at this epoch instead of where the last run stopped.
+    #[arg(long)]
+    from: Option<u64>,
+    /// Where to remember progress [default: <home>/audit-<server>.json].
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Keep running: audit new epochs as they are published.
+    #[arg(long)]
+    follow: bool,
+    /// With --follow: seconds between checks.
+    #[arg(long, default_value_t = 10)]
+    interval: u64,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+/// The process exits with status 3: a security check failed or a security event was shown.
+#[derive(Debug)]
+pub struct SecurityExit(pub String);
+
+impl std::fmt::Display for SecurityExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SecurityExit {}
+
+/// Turns an SDK security error into a [`SecurityExit`]; other errors pass through.
+fn security_exit(e: sealpost_sdk::Error) -> anyhow::Error {
+    match e {
+        e @ sealpost_sdk::Error::Security { .. } => SecurityExit(e.to_string()).into(),
+        other => other.into(),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -201,7 +246,36 @@ pub fn line(e: &Event) -> String {
         } => {
             format!("[{conversation}] message #{seq} could not be read: {reason}")
         }
+        Event::Security {
+            conversation,
+            alert,
+            detail,
+        } => {
+            let alert = serde_json::to_value(alert)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            match conversation {
+                Some(c) => format!("[{c}] SECURITY ({alert}): {detail}"),
+                None => format!("SECURITY ({alert}): {detail}"),
+            }
+        }
     }
+}
+
+/// Fails with [`SecurityExit`] if any event is a security event (after they were printed).
+fn exit_on_alerts(events: &[Event]) -> Result<()> {
+    let n = events
+        .iter()
+        .filter(|e| matches!(e, Event::Security { .. }))
+        .count();
+    if n > 0 {
+        return Err(SecurityExit(format!(
+            "{n} security event(s): see docs/threat-model.md for what each means"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 fn print_events(events: &[Event], json: bool) -> Result<()> {
@@ -261,13 +335,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 bail!("the message is empty");
             }
             let mut client = open()?;
-            client.send(&to, &text).await?;
+            client.send(&to, &text).await.map_err(security_exit)?;
             Ok(())
         }
         Command::Sync(f) => {
-            let events = open()?.sync().await?;
-            print_events(&events, f.json)
+            let events = open()?.sync().await.map_err(security_exit)?;
+            print_events(&events, f.json)?;
+            exit_on_alerts(&events)
         }
+        Command::Audit(args) => audit(&home, args).await,
         Command::Messages {
             conversation,
             limit,
@@ -318,6 +394,33 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+async fn audit(home: &std::path::Path, args: AuditArgs) -> Result<()> {
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| sealpost_sdk::audit::default_state_file(home, &args.server));
+    let mut from = args.from;
+    loop {
+        let report = sealpost_sdk::audit::audit(&args.server, &state, from.take())
+            .await
+            .map_err(security_exit)?;
+        if args.json.json {
+            print_json(&report)?;
+        } else if report.verified > 0 {
+            println!(
+                "verified epochs {} to {}: the directory only appended",
+                report.from, report.to
+            );
+        } else {
+            println!("up to date: epochs up to {} verified", report.to);
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(args.interval.max(1))).await;
+    }
+}
+
 async fn group(mut client: Client, cmd: GroupCommand) -> Result<()> {
     match cmd {
         GroupCommand::Create {
@@ -330,12 +433,16 @@ async fn group(mut client: Client, cmd: GroupCommand) -> Result<()> {
                 SuiteArg::Classic => Suite::Classic,
             };
             let name = name.strip_prefix('#').unwrap_or(&name);
-            let info = client.create_group(name, &users(&members)?, suite).await?;
+            let info = client
+                .create_group(name, &users(&members)?, suite)
+                .await
+                .map_err(security_exit)?;
             println!("created {} ({} members)", info.conversation, info.members);
         }
-        GroupCommand::Add { group, users: list } => {
-            client.add_members(&group, &users(&list)?).await?
-        }
+        GroupCommand::Add { group, users: list } => client
+            .add_members(&group, &users(&list)?)
+            .await
+            .map_err(security_exit)?,
         GroupCommand::Remove { group, users: list } => {
             client.remove_members(&group, &users(&list)?).await?
         }

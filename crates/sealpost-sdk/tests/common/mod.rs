@@ -9,8 +9,12 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, Mutex};
+
 use sealpost_sdk::Client;
 use sealpost_server::Settings;
+use sealpost_server::directory::KeyDirectory;
+use sealpost_server::storage::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +22,10 @@ pub struct TestServer {
     pub url: String,
     pub data: PathBuf,
     pub addr: std::net::SocketAddr,
+    /// The server's store: tests use it to play a compromised server.
+    pub store: Arc<dyn Store>,
+    /// The server's key directory: likewise.
+    pub directory: Arc<KeyDirectory>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
@@ -51,20 +59,22 @@ impl TestServer {
         let mut settings = Settings {
             data: data.to_owned(),
             listen: addr,
+            directory_interval_ms: 5,
             ..Settings::default()
         };
         adjust(&mut settings);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let task = tokio::spawn(async move {
-            sealpost_server::run(settings, listener, token)
-                .await
-                .unwrap()
-        });
+        let server = sealpost_server::Server::open(settings).await.unwrap();
+        let store = server.store();
+        let directory = server.directory();
+        let task = tokio::spawn(async move { server.serve(listener, token).await.unwrap() });
         TestServer {
             url: format!("http://{addr}"),
             data: data.to_owned(),
             addr,
+            store,
+            directory,
             shutdown,
             task: Some(task),
             _dir: None,
@@ -102,7 +112,12 @@ impl People {
     }
 
     pub async fn register(&self, server: &TestServer, name: &str) -> Client {
-        Client::register(&self.home(name), &server.url, name, None)
+        self.register_at(&server.url, name).await
+    }
+
+    /// Registers through any URL (e.g. an [`Interceptor`]'s).
+    pub async fn register_at(&self, url: &str, name: &str) -> Client {
+        Client::register(&self.home(name), url, name, None)
             .await
             .unwrap()
     }
@@ -120,4 +135,135 @@ pub fn texts(events: &[sealpost_sdk::Event]) -> Vec<(String, String)> {
 
 pub fn u(name: &str) -> sealpost_sdk::Username {
     sealpost_sdk::Username::new(name).unwrap()
+}
+
+/// What the interceptor does with the answers to requests whose path starts with a prefix.
+type Rewrite = Arc<dyn Fn(&str, Vec<u8>) -> Vec<u8> + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct Rules {
+    /// `(path prefix, other upstream)`: such requests go to another server.
+    routes: Vec<(String, String)>,
+    /// `(path prefix, rewrite)`: the answer body is rewritten.
+    rewrites: Vec<(String, Rewrite)>,
+}
+
+/// A man in the middle between a client and a server, for playing a malicious server: it can
+/// send some requests to another server and rewrite any answer. HTTP only (no WebSocket).
+pub struct Interceptor {
+    pub url: String,
+    rules: Arc<Mutex<Rules>>,
+    shutdown: CancellationToken,
+}
+
+impl Interceptor {
+    pub async fn start(upstream: &str) -> Interceptor {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rules = Arc::new(Mutex::new(Rules::default()));
+        let shutdown = CancellationToken::new();
+        let http = reqwest::Client::new();
+        let upstream = upstream.to_owned();
+        let shared = rules.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let rules = shared.lock().unwrap().clone();
+            let http = http.clone();
+            let upstream = upstream.clone();
+            async move { forward(http, &upstream, rules, req).await }
+        });
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .unwrap()
+        });
+        Interceptor {
+            url: format!("http://{addr}"),
+            rules,
+            shutdown,
+        }
+    }
+
+    /// Sends requests under `prefix` to `upstream` instead.
+    pub fn route(&self, prefix: &str, upstream: &str) {
+        let mut rules = self.rules.lock().unwrap();
+        rules.routes.push((prefix.to_owned(), upstream.to_owned()));
+    }
+
+    /// Rewrites the answers to requests under `prefix`.
+    pub fn rewrite(
+        &self,
+        prefix: &str,
+        f: impl Fn(&str, Vec<u8>) -> Vec<u8> + Send + Sync + 'static,
+    ) {
+        let mut rules = self.rules.lock().unwrap();
+        rules.rewrites.push((prefix.to_owned(), Arc::new(f)));
+    }
+
+    /// Back to an honest relay.
+    pub fn clear(&self) {
+        *self.rules.lock().unwrap() = Rules::default();
+    }
+}
+
+impl Drop for Interceptor {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn forward(
+    http: reqwest::Client,
+    upstream: &str,
+    rules: Rules,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let base = rules
+        .routes
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+        .map_or(upstream, |(_, other)| other.as_str());
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let mut out = http
+        .request(method, format!("{base}{path}"))
+        .body(body.to_vec());
+    for name in [
+        axum::http::header::AUTHORIZATION,
+        axum::http::header::CONTENT_TYPE,
+    ] {
+        if let Some(v) = headers.get(&name) {
+            out = out.header(name, v);
+        }
+    }
+    let answer = out.send().await.unwrap();
+    let status = answer.status().as_u16();
+    let content_type = answer
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut bytes = answer.bytes().await.unwrap().to_vec();
+    for (prefix, f) in &rules.rewrites {
+        if path.starts_with(prefix.as_str()) {
+            bytes = f(&path, bytes);
+        }
+    }
+    let mut response = (axum::http::StatusCode::from_u16(status).unwrap(), bytes).into_response();
+    if let Some(ct) = content_type {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_TYPE, ct.parse().unwrap());
+    }
+    response
 }

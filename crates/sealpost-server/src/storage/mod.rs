@@ -149,6 +149,43 @@ pub struct FetchRequest {
     pub limit: u32,
 }
 
+/// A version of a directory value, as akd keeps it: one row per label and epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryValueRow {
+    /// The akd label (the username's bytes).
+    pub label: Vec<u8>,
+    /// The epoch it was published in.
+    pub epoch: u64,
+    /// Its version number for this label (1, 2, ...).
+    pub version: u64,
+    /// The VRF-derived tree label's length in bits.
+    pub node_label_len: u32,
+    /// The VRF-derived tree label.
+    pub node_label_val: [u8; 32],
+    /// The value (an encoded `DirectoryEntry`).
+    pub value: Vec<u8>,
+}
+
+/// One akd write, applied atomically: tree nodes (and the tree's header) by key, and values.
+#[derive(Debug, Clone, Default)]
+pub struct DirectoryWrite {
+    /// `(akd binary key, encoded record)`, inserted or replaced.
+    pub nodes: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Value versions, inserted or replaced.
+    pub values: Vec<DirectoryValueRow>,
+}
+
+/// A published epoch's root hash with the directory key's signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootRecord {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its root hash.
+    pub root: [u8; 32],
+    /// The directory key's signature over it.
+    pub signature: Vec<u8>,
+}
+
 /// The server's durable state.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -206,6 +243,38 @@ pub trait Store: Send + Sync + 'static {
     async fn ack(&self, device: DeviceId, ack: AckRequest) -> Result<(), StoreError>;
     /// The devices that currently receive a group's messages.
     async fn group_devices(&self, group: GroupId) -> Result<Vec<DeviceId>, StoreError>;
+    /// Adds a device to an existing account, with its key packages, and queues the account's
+    /// directory entry for the next epoch. `NotFound` without the account, `Conflict` if the
+    /// device id or key is taken.
+    async fn add_device(
+        &self,
+        device: DeviceRecord,
+        key_packages: Vec<KeyPackageRecord>,
+    ) -> Result<(), StoreError>;
+    /// Usernames whose directory entry changed since it was last published, each with a ticket
+    /// to hand back to [`directory_finish_epoch`](Self::directory_finish_epoch).
+    async fn directory_pending(&self) -> Result<Vec<(Username, u64)>, StoreError>;
+    /// Writes akd records (one publish, atomically).
+    async fn directory_write(&self, write: DirectoryWrite) -> Result<(), StoreError>;
+    /// Reads akd records by key; missing keys are left out.
+    async fn directory_nodes(
+        &self,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Every stored version of the given labels, ordered by label then epoch.
+    async fn directory_values(
+        &self,
+        labels: Vec<Vec<u8>>,
+    ) -> Result<Vec<DirectoryValueRow>, StoreError>;
+    /// Records an epoch's signed root and clears the pending entries it published (those whose
+    /// ticket did not change meanwhile).
+    async fn directory_finish_epoch(
+        &self,
+        root: RootRecord,
+        published: Vec<(Username, u64)>,
+    ) -> Result<(), StoreError>;
+    /// A signed root: of the given epoch, or the latest one.
+    async fn directory_root(&self, epoch: Option<u64>) -> Result<Option<RootRecord>, StoreError>;
     /// Deletes what every recipient acknowledged, and what is older than the retention limit.
     /// Returns how many items it deleted.
     async fn purge(&self, older_than_ms: u64) -> Result<u64, StoreError>;

@@ -16,8 +16,9 @@ use sealpost_proto::{AckRequest, Delivery, DeliveryKind, DeviceId, GroupId, Sync
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, DeviceRecord, FetchRequest, GroupRecord, HandshakeWrite, KeyPackageRecord,
-    NewAccount, NewGroup, Store, StoreError, UserRecord,
+    Appended, DeviceRecord, DirectoryValueRow, DirectoryWrite, FetchRequest, GroupRecord,
+    HandshakeWrite, KeyPackageRecord, NewAccount, NewGroup, RootRecord, Store, StoreError,
+    UserRecord,
 };
 
 /// Most jobs committed in one transaction.
@@ -89,7 +90,31 @@ CREATE TABLE IF NOT EXISTS inbox (
     payload   BLOB NOT NULL,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
-PRAGMA user_version = 1;
+-- The key directory (akd): tree nodes and the tree header by akd's binary key, value versions
+-- by label and epoch, the signed root of every epoch, and the entries waiting to be published.
+CREATE TABLE IF NOT EXISTS directory_nodes (
+    key   BLOB PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS directory_values (
+    label          BLOB NOT NULL,
+    epoch          INTEGER NOT NULL,
+    version        INTEGER NOT NULL,
+    node_label_len INTEGER NOT NULL,
+    node_label_val BLOB NOT NULL,
+    value          BLOB NOT NULL,
+    PRIMARY KEY (label, epoch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS directory_roots (
+    epoch     INTEGER PRIMARY KEY,
+    root      BLOB NOT NULL,
+    signature BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS directory_pending (
+    username TEXT PRIMARY KEY,
+    ticket   INTEGER NOT NULL
+);
+PRAGMA user_version = 2;
 "#;
 
 type Completion = Box<dyn FnOnce(bool) + Send>;
@@ -366,7 +391,8 @@ impl Store for SqliteStore {
                 params![a.device.device_id.as_bytes(), a.username.as_str(), a.device.device_key, a.device.certificate, now],
             )
             .map_err(backend)?;
-            insert_key_packages(conn, &a.device.device_id, &a.key_packages)
+            insert_key_packages(conn, &a.device.device_id, &a.key_packages)?;
+            queue_directory_update(conn, &a.username)
         })
         .await
     }
@@ -681,6 +707,189 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn add_device(
+        &self,
+        device: DeviceRecord,
+        key_packages: Vec<KeyPackageRecord>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM accounts WHERE username = ?1")
+                .map_err(backend)?
+                .exists([device.username.as_str()])
+                .map_err(backend)?;
+            if !exists {
+                return Err(StoreError::NotFound);
+            }
+            let taken = conn
+                .prepare_cached("SELECT 1 FROM devices WHERE device_id = ?1 OR device_key = ?2")
+                .map_err(backend)?
+                .exists(params![device.device_id.as_bytes(), device.device_key])
+                .map_err(backend)?;
+            if taken {
+                return Err(StoreError::Conflict);
+            }
+            conn.execute(
+                "INSERT INTO devices (device_id, username, device_key, certificate, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![device.device_id.as_bytes(), device.username.as_str(), device.device_key, device.certificate, now_ms()],
+            )
+            .map_err(backend)?;
+            insert_key_packages(conn, &device.device_id, &key_packages)?;
+            queue_directory_update(conn, &device.username)
+        })
+        .await
+    }
+
+    async fn directory_pending(&self) -> Result<Vec<(Username, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT username, ticket FROM directory_pending ORDER BY ticket")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))
+                .map_err(backend)?;
+            rows.map(|row| {
+                let (name, ticket) = row.map_err(backend)?;
+                Ok((Username::new(&name).map_err(backend)?, ticket))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn directory_write(&self, write: DirectoryWrite) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let mut node = conn
+                .prepare_cached("INSERT OR REPLACE INTO directory_nodes (key, value) VALUES (?1, ?2)")
+                .map_err(backend)?;
+            for (key, value) in &write.nodes {
+                node.execute(params![key, value]).map_err(backend)?;
+            }
+            let mut value = conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO directory_values (label, epoch, version, node_label_len, node_label_val, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(backend)?;
+            for v in &write.values {
+                value
+                    .execute(params![
+                        v.label,
+                        v.epoch,
+                        v.version,
+                        v.node_label_len,
+                        v.node_label_val.as_slice(),
+                        v.value
+                    ])
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn directory_nodes(
+        &self,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT value FROM directory_nodes WHERE key = ?1")
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                let value: Option<Vec<u8>> = stmt
+                    .query_row([&key], |r| r.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(value) = value {
+                    out.push((key, value));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn directory_values(
+        &self,
+        labels: Vec<Vec<u8>>,
+    ) -> Result<Vec<DirectoryValueRow>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT label, epoch, version, node_label_len, node_label_val, value FROM directory_values WHERE label = ?1 ORDER BY epoch",
+                )
+                .map_err(backend)?;
+            let mut labels = labels;
+            labels.sort();
+            labels.dedup();
+            let mut out = Vec::new();
+            for label in labels {
+                let rows = stmt.query_map([&label], value_row).map_err(backend)?;
+                for row in rows {
+                    out.push(row.map_err(backend)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn directory_finish_epoch(
+        &self,
+        root: RootRecord,
+        published: Vec<(Username, u64)>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO directory_roots (epoch, root, signature) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(backend)?
+            .execute(params![root.epoch, root.root.as_slice(), root.signature])
+            .map_err(backend)?;
+            let mut clear = conn
+                .prepare_cached("DELETE FROM directory_pending WHERE username = ?1 AND ticket = ?2")
+                .map_err(backend)?;
+            for (user, ticket) in &published {
+                clear
+                    .execute(params![user.as_str(), ticket])
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn directory_root(&self, epoch: Option<u64>) -> Result<Option<RootRecord>, StoreError> {
+        self.read(move |conn| {
+            let row = match epoch {
+                Some(e) => conn
+                    .prepare_cached(
+                        "SELECT epoch, root, signature FROM directory_roots WHERE epoch = ?1",
+                    )
+                    .map_err(backend)?
+                    .query_row([e], root_row),
+                None => conn
+                    .prepare_cached(
+                        "SELECT epoch, root, signature FROM directory_roots ORDER BY epoch DESC LIMIT 1",
+                    )
+                    .map_err(backend)?
+                    .query_row([], root_row),
+            }
+            .optional()
+            .map_err(backend)?;
+            row.map(|(epoch, root, signature)| {
+                Ok(RootRecord {
+                    epoch,
+                    root: <[u8; 32]>::try_from(root.as_slice()).map_err(backend)?,
+                    signature,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn purge(&self, older_than_ms: u64) -> Result<u64, StoreError> {
         self.write(move |conn| {
             let mut n = conn
@@ -704,6 +913,38 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// Marks a username's directory entry as changed. The ticket grows with every change, so that a
+/// publish that read an older state does not clear a newer one.
+fn queue_directory_update(conn: &Connection, username: &Username) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO directory_pending (username, ticket) VALUES (?1, (SELECT COALESCE(MAX(ticket), 0) + 1 FROM directory_pending))
+         ON CONFLICT(username) DO UPDATE SET ticket = (SELECT MAX(ticket) + 1 FROM directory_pending)",
+    )
+    .map_err(backend)?
+    .execute([username.as_str()])
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn value_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DirectoryValueRow> {
+    let val: Vec<u8> = r.get(4)?;
+    let node_label_val = <[u8; 32]>::try_from(val.as_slice()).map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Blob, "label".into())
+    })?;
+    Ok(DirectoryValueRow {
+        label: r.get(0)?,
+        epoch: r.get(1)?,
+        version: r.get(2)?,
+        node_label_len: r.get(3)?,
+        node_label_val,
+        value: r.get(5)?,
+    })
+}
+
+fn root_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Vec<u8>, Vec<u8>)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
 fn insert_key_packages(

@@ -1,0 +1,180 @@
+//! Checking what the server's key directory says, without trusting the server.
+//!
+//! A device pins the directory's keys when it registers. From then on it accepts a directory
+//! answer only if the epoch root is signed by the pinned key, the epoch is not older than one it
+//! has already verified, and the akd proof verifies against that root. Devices whose certificate
+//! does not verify under the account key are never trusted.
+
+use std::collections::BTreeMap;
+
+use sealpost_proto::Username;
+use sealpost_proto::directory::{
+    DirectoryConfig, DirectoryEntry, DirectoryKeys, HistoryResponse, LookupResponse, SignedRoot,
+    decode_history_proof, decode_lookup_proof, directory_label,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::model::SecurityAlert;
+
+/// What a device remembers of the directory (public data, kept sealed in the profile).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DirectoryState {
+    /// The pinned keys.
+    pub keys: DirectoryKeys,
+    /// The newest epoch verified; answers for older epochs are refused.
+    pub epoch: u64,
+    /// The newest epoch at which this device checked its own account's history.
+    pub history_checked: u64,
+}
+
+/// A verified directory entry: the devices whose certificate holds, and those whose does not.
+#[derive(Debug, Clone)]
+pub(crate) struct Verified {
+    pub epoch: u64,
+    pub root: [u8; 32],
+    pub entry: DirectoryEntry,
+    pub uncertified: Vec<String>,
+}
+
+pub(crate) fn security(alert: SecurityAlert, detail: impl Into<String>) -> Error {
+    Error::Security {
+        alert,
+        detail: detail.into(),
+    }
+}
+
+/// The server went back to an older epoch than one already verified.
+pub(crate) fn rollback(got: u64, verified: u64) -> Error {
+    security(
+        SecurityAlert::DirectoryRollback,
+        format!(
+            "the server answered with directory epoch {got} after epoch {verified} was verified"
+        ),
+    )
+}
+
+/// A directory proof about `user` that did not verify.
+fn bad_proof(user: &Username, what: &str, why: impl std::fmt::Display) -> Error {
+    security(
+        SecurityAlert::InvalidProof,
+        format!("the directory {what} of @{user} does not verify: {why}"),
+    )
+}
+
+impl DirectoryState {
+    /// Checks a signed root: the pinned key signed it and it is not older than what we saw.
+    pub fn check_root(&self, root: &SignedRoot) -> Result<[u8; 32], Error> {
+        let hash = root
+            .verify(&self.keys.signing_key)
+            .map_err(|e| security(SecurityAlert::InvalidProof, e.to_string()))?;
+        if root.epoch < self.epoch {
+            return Err(rollback(root.epoch, self.epoch));
+        }
+        Ok(hash)
+    }
+
+    /// Verifies a lookup answer for `user`.
+    pub fn verify_lookup(&self, user: &Username, resp: &LookupResponse) -> Result<Verified, Error> {
+        let root = self.check_root(&resp.root)?;
+        let bad = |why: String| bad_proof(user, "entry", why);
+        let proof = decode_lookup_proof(&resp.proof).map_err(|e| bad(e.to_string()))?;
+        let result = akd_core::verify::lookup_verify::<DirectoryConfig>(
+            &self.keys.vrf_key,
+            root,
+            resp.root.epoch,
+            directory_label(user),
+            proof,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let entry = DirectoryEntry::decode(&result.value.0).map_err(|e| bad(e.to_string()))?;
+        Ok(certified(user, resp.root.epoch, root, entry))
+    }
+
+    /// Verifies a key-history answer for `user`: every version, newest first.
+    pub fn verify_history(
+        &self,
+        user: &Username,
+        resp: &HistoryResponse,
+    ) -> Result<Vec<(u64, DirectoryEntry)>, Error> {
+        let root = self.check_root(&resp.root)?;
+        let bad = |why: String| bad_proof(user, "history", why);
+        let proof = decode_history_proof(&resp.proof).map_err(|e| bad(e.to_string()))?;
+        let versions = akd_core::verify::key_history_verify::<DirectoryConfig>(
+            &self.keys.vrf_key,
+            root,
+            resp.root.epoch,
+            directory_label(user),
+            proof,
+            akd_core::verify::history::HistoryVerificationParams::default(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        versions
+            .into_iter()
+            .map(|v| {
+                DirectoryEntry::decode(&v.value.0)
+                    .map(|e| (v.epoch, e))
+                    .map_err(|e| bad(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// Splits an entry's devices into certified ones (kept) and the others (reported).
+fn certified(user: &Username, epoch: u64, root: [u8; 32], mut entry: DirectoryEntry) -> Verified {
+    let mut uncertified = Vec::new();
+    let all = std::mem::take(&mut entry.devices);
+    for d in all {
+        if entry.certifies(user, &d) {
+            entry.devices.push(d);
+        } else {
+            uncertified.push(d.id().to_string());
+        }
+    }
+    Verified {
+        epoch,
+        root,
+        entry,
+        uncertified,
+    }
+}
+
+/// Prefix of the directory root a message carries in its MLS authenticated data.
+const AAD_TAG: &[u8; 4] = b"SPd1";
+
+/// The authenticated data of an outgoing message: the newest verified directory root.
+pub(crate) fn root_aad(epoch: u64, root: &[u8; 32]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(44);
+    aad.extend_from_slice(AAD_TAG);
+    aad.extend_from_slice(&epoch.to_be_bytes());
+    aad.extend_from_slice(root);
+    aad
+}
+
+/// The directory root a peer's message carries, if it carries one.
+pub(crate) fn parse_root_aad(aad: &[u8]) -> Option<(u64, [u8; 32])> {
+    let rest = aad.strip_prefix(AAD_TAG.as_slice())?;
+    let (epoch, root) = rest.split_first_chunk::<8>()?;
+    let root: [u8; 32] = root.try_into().ok()?;
+    Some((u64::from_be_bytes(*epoch), root))
+}
+
+/// Verified roots by epoch, to compare with what peers carry.
+pub(crate) type Roots = BTreeMap<u64, [u8; 32]>;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn root_aad_round_trips_and_refuses_junk() {
+        let aad = root_aad(7, &[1; 32]);
+        assert_eq!(parse_root_aad(&aad), Some((7, [1; 32])));
+        assert_eq!(parse_root_aad(&aad[..43]), None);
+        assert_eq!(parse_root_aad(b""), None);
+        let mut longer = aad.clone();
+        longer.push(0);
+        assert_eq!(parse_root_aad(&longer), None);
+    }
+}

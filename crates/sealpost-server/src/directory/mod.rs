@@ -1,0 +1,549 @@
+//! The key directory: an akd tree mapping each username to its account key and device set.
+//!
+//! Changes (a new account, a device added or removed) are queued in the store in the same
+//! transaction as the change itself, and published in batches: one akd epoch per round, at most
+//! one round per `directory_interval_ms`. Each epoch's root hash is signed with the server's
+//! directory key; clients pin its public half when they register, and refuse proofs for roots it
+//! did not sign or for epochs older than one they have already seen.
+//!
+//! The server is not trusted to run this honestly: clients verify every proof, each device checks
+//! its own account's history, peers compare roots, and auditors check that epochs only append.
+
+pub mod akd_store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use akd::append_only_zks::AzksParallelismConfig;
+use akd::ecvrf::{VRFKeyStorage, VrfError};
+use akd::storage::{Database as _, StorageManager};
+use akd::{AkdValue, EpochHash, HistoryParams};
+use async_trait::async_trait;
+use ed25519_dalek::{Signer as _, SigningKey};
+use openmls_traits::random::OpenMlsRand;
+use sealpost_proto::Username;
+use sealpost_proto::directory::{
+    AuditResponse, DirectoryConfig, DirectoryDevice, DirectoryEntry, DirectoryKeys,
+    HistoryResponse, LookupResponse, SignedRoot, directory_label, directory_root_message,
+    encode_audit_proof, encode_history_proof, encode_lookup_proof,
+};
+use tokio::sync::{Mutex, Notify, watch};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::storage::{RootRecord, Store, StoreError, UserRecord};
+use akd_store::AkdStore;
+
+/// What can go wrong in the directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// The label has no entry (or the epoch does not exist yet).
+    #[error("not in the key directory")]
+    NotFound,
+    /// The server's directory key file is unusable.
+    #[error("directory key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// akd or the store failed.
+    #[error("key directory failure: {0}")]
+    Backend(String),
+}
+
+impl From<StoreError> for DirectoryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound,
+            other => Self::Backend(other.to_string()),
+        }
+    }
+}
+
+fn akd_error(e: akd::errors::AkdError) -> DirectoryError {
+    use akd::errors::{AkdError, StorageError};
+    match e {
+        AkdError::Storage(StorageError::NotFound(_)) => DirectoryError::NotFound,
+        other => DirectoryError::Backend(other.to_string()),
+    }
+}
+
+/// The VRF's private key, held in memory for akd.
+#[derive(Clone)]
+struct VrfKey(Arc<Zeroizing<[u8; 32]>>);
+
+#[async_trait]
+impl VRFKeyStorage for VrfKey {
+    async fn retrieve(&self) -> Result<Vec<u8>, VrfError> {
+        Ok(self.0.to_vec())
+    }
+}
+
+type Akd = akd::Directory<DirectoryConfig, AkdStore, VrfKey>;
+
+/// The server's side of the key directory.
+pub struct KeyDirectory {
+    akd: Akd,
+    db: AkdStore,
+    store: Arc<dyn Store>,
+    signing: SigningKey,
+    keys: DirectoryKeys,
+    /// Rounds begun and rounds finished: a change is published once a round that began after
+    /// it has finished.
+    begun: AtomicU64,
+    finished: watch::Sender<u64>,
+    wake: Notify,
+    publishing: Mutex<()>,
+    running: AtomicBool,
+}
+
+impl std::fmt::Debug for KeyDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyDirectory").finish_non_exhaustive()
+    }
+}
+
+/// Reads the directory's two private keys (signing, VRF) from `path`, creating them on first use.
+fn load_or_create_keys(path: &Path) -> Result<Zeroizing<[u8; 64]>, DirectoryError> {
+    let key_error = |reason: String| DirectoryError::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let bytes = Zeroizing::new(bytes);
+            let mut keys = Zeroizing::new([0u8; 64]);
+            if bytes.len() != 64 {
+                return Err(key_error(format!(
+                    "expected 64 bytes, found {}; restore it from a backup (clients pinned its public key)",
+                    bytes.len()
+                )));
+            }
+            keys.copy_from_slice(&bytes);
+            Ok(keys)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let random = openmls_rust_crypto::RustCrypto::default()
+                .random_vec(64)
+                .map_err(|_| key_error("no randomness".into()))?;
+            let random = Zeroizing::new(random);
+            let mut keys = Zeroizing::new([0u8; 64]);
+            keys.copy_from_slice(&random);
+            write_private(path, keys.as_slice()).map_err(|e| key_error(e.to_string()))?;
+            Ok(keys)
+        }
+        Err(e) => Err(key_error(e.to_string())),
+    }
+}
+
+/// Writes a private file atomically (temporary file, fsync, rename), readable by the owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The directory value for an account: its key and every device with its certificate.
+pub fn entry_of(user: &UserRecord) -> DirectoryEntry {
+    DirectoryEntry {
+        account_key: user.account_key.clone().into(),
+        devices: user
+            .devices
+            .iter()
+            .map(|d| DirectoryDevice {
+                device_id: *d.device_id.as_bytes(),
+                device_key: d.device_key.clone().into(),
+                certificate: d.certificate.clone().into(),
+            })
+            .collect(),
+    }
+}
+
+impl KeyDirectory {
+    /// Opens the directory kept in `store`, with its keys in `key_file`.
+    pub async fn open(store: Arc<dyn Store>, key_file: &Path) -> Result<Self, DirectoryError> {
+        let keys = load_or_create_keys(key_file)?;
+        let mut seed = Zeroizing::new([0u8; 32]);
+        seed.copy_from_slice(&keys[..32]);
+        let signing = SigningKey::from_bytes(&seed);
+        seed.copy_from_slice(&keys[32..]);
+        let vrf = VrfKey(Arc::new(seed));
+        let vrf_public = vrf
+            .get_vrf_public_key()
+            .await
+            .map_err(|e| DirectoryError::Backend(e.to_string()))?;
+        let manager = StorageManager::new(
+            AkdStore::new(store.clone()),
+            Some(Duration::from_secs(3600)),
+            Some(256 << 20),
+            Some(Duration::from_secs(60)),
+        );
+        let akd = Akd::new(manager, vrf, AzksParallelismConfig::default())
+            .await
+            .map_err(akd_error)?;
+        let dir = Self {
+            akd,
+            db: AkdStore::new(store.clone()),
+            store,
+            keys: DirectoryKeys {
+                signing_key: signing.verifying_key().to_bytes().to_vec(),
+                vrf_key: vrf_public.as_bytes().to_vec(),
+            },
+            signing,
+            begun: AtomicU64::new(0),
+            finished: watch::Sender::new(0),
+            wake: Notify::new(),
+            publishing: Mutex::new(()),
+            running: AtomicBool::new(false),
+        };
+        // A crash between an akd publish and the root's record leaves the newest epoch unsigned.
+        let EpochHash(epoch, root) = dir.akd.get_epoch_hash().await.map_err(akd_error)?;
+        if dir.store.directory_root(Some(epoch)).await?.is_none() {
+            dir.store
+                .directory_finish_epoch(dir.sign(epoch, root), Vec::new())
+                .await?;
+        }
+        Ok(dir)
+    }
+
+    fn sign(&self, epoch: u64, root: [u8; 32]) -> RootRecord {
+        RootRecord {
+            epoch,
+            root,
+            signature: self
+                .signing
+                .sign(&directory_root_message(epoch, &root))
+                .to_vec(),
+        }
+    }
+
+    /// The public keys clients pin.
+    pub fn keys(&self) -> &DirectoryKeys {
+        &self.keys
+    }
+
+    /// Publishes whatever is pending, one round at a time, until `shutdown`; then one last round,
+    /// so that nobody waits for a publisher that has stopped.
+    pub async fn run(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        self.running.store(true, Ordering::SeqCst);
+        // Anything queued before a restart is published at once.
+        self.wake.notify_one();
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                // Changes written by another process sharing the store.
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                () = shutdown.cancelled() => break,
+            }
+            if let Err(e) = self.publish_round().await {
+                tracing::warn!(error = %e, "directory publish failed; retrying");
+            }
+            // Batching: changes that arrive meanwhile wait for the next round.
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        self.running.store(false, Ordering::SeqCst);
+        if let Err(e) = self.publish_round().await {
+            tracing::warn!(error = %e, "directory publish at shutdown failed");
+        }
+    }
+
+    /// Publishes every pending change as one epoch (none if nothing changed).
+    pub async fn publish_round(&self) -> Result<(), DirectoryError> {
+        let _one_at_a_time = self.publishing.lock().await;
+        let round = self.begun.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = self.publish_pending().await;
+        self.finished.send_replace(round);
+        result
+    }
+
+    async fn publish_pending(&self) -> Result<(), DirectoryError> {
+        let pending = self.store.directory_pending().await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let labels: Vec<_> = pending.iter().map(|(u, _)| directory_label(u)).collect();
+        let current = self
+            .db
+            .get_user_state_versions(
+                &labels,
+                akd::storage::types::ValueStateRetrievalFlag::MaxEpoch,
+            )
+            .await
+            .map_err(|e| DirectoryError::Backend(e.to_string()))?;
+        let mut updates = Vec::new();
+        for ((user, _), label) in pending.iter().zip(labels) {
+            let Some(record) = self.store.user(user).await? else {
+                continue;
+            };
+            let value = entry_of(&record).encode();
+            // Re-publishing an unchanged value (after a crash mid-round) would add a version.
+            if current.get(&label).is_some_and(|(_, v)| v.0 == value) {
+                continue;
+            }
+            updates.push((label, AkdValue(value)));
+        }
+        let EpochHash(epoch, root) = if updates.is_empty() {
+            self.akd.get_epoch_hash().await.map_err(akd_error)?
+        } else {
+            let started = std::time::Instant::now();
+            let published = self.akd.publish(updates).await.map_err(akd_error)?;
+            tracing::debug!(
+                epoch = published.0,
+                ms = started.elapsed().as_millis() as u64,
+                "directory epoch published"
+            );
+            published
+        };
+        self.store
+            .directory_finish_epoch(self.sign(epoch, root), pending)
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until every change committed before this call is published (publishing it here
+    /// if the publisher is not running).
+    pub async fn wait_published(&self) {
+        let needed = self.begun.load(Ordering::SeqCst) + 1;
+        if !self.running.load(Ordering::SeqCst) {
+            if let Err(e) = self.publish_round().await {
+                tracing::warn!(error = %e, "directory publish failed");
+            }
+            return;
+        }
+        let mut finished = self.finished.subscribe();
+        self.wake.notify_one();
+        let _ = finished.wait_for(|done| *done >= needed).await;
+    }
+
+    fn signed(record: RootRecord) -> SignedRoot {
+        SignedRoot {
+            epoch: record.epoch,
+            root: record.root.to_vec(),
+            signature: record.signature,
+        }
+    }
+
+    /// The signed root of an epoch, or of the latest one.
+    pub async fn root(&self, epoch: Option<u64>) -> Result<SignedRoot, DirectoryError> {
+        self.store
+            .directory_root(epoch)
+            .await?
+            .map(Self::signed)
+            .ok_or(DirectoryError::NotFound)
+    }
+
+    /// The signed root matching a proof's epoch hash.
+    async fn root_of(&self, epoch_hash: &EpochHash) -> Result<SignedRoot, DirectoryError> {
+        match self.store.directory_root(Some(epoch_hash.0)).await? {
+            Some(r) if r.root == epoch_hash.1 => Ok(Self::signed(r)),
+            // Published but not yet recorded (a round in progress): sign it now; same bytes.
+            _ => Ok(Self::signed(self.sign(epoch_hash.0, epoch_hash.1))),
+        }
+    }
+
+    /// A lookup proof for a user's latest entry.
+    pub async fn lookup(&self, user: &Username) -> Result<LookupResponse, DirectoryError> {
+        let (proof, epoch_hash) = self
+            .akd
+            .lookup(directory_label(user))
+            .await
+            .map_err(akd_error)?;
+        Ok(LookupResponse {
+            root: self.root_of(&epoch_hash).await?,
+            proof: encode_lookup_proof(&proof),
+        })
+    }
+
+    /// A proof of every version of a user's entry.
+    pub async fn history(&self, user: &Username) -> Result<HistoryResponse, DirectoryError> {
+        let (proof, epoch_hash) = self
+            .akd
+            .key_history(&directory_label(user), HistoryParams::Complete)
+            .await
+            .map_err(akd_error)?;
+        Ok(HistoryResponse {
+            root: self.root_of(&epoch_hash).await?,
+            proof: encode_history_proof(&proof),
+        })
+    }
+
+    /// The append-only proof from epoch `from` to `from + 1`.
+    pub async fn audit(&self, from: u64) -> Result<AuditResponse, DirectoryError> {
+        let to = from.checked_add(1).ok_or(DirectoryError::NotFound)?;
+        let (Some(start), Some(end)) = (
+            self.store.directory_root(Some(from)).await?,
+            self.store.directory_root(Some(to)).await?,
+        ) else {
+            return Err(DirectoryError::NotFound);
+        };
+        let proof = self.akd.audit(from, to).await.map_err(akd_error)?;
+        Ok(AuditResponse {
+            from: Self::signed(start),
+            to: Self::signed(end),
+            proof: encode_audit_proof(&proof),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        reason = "tests"
+    )]
+
+    use super::*;
+    use crate::storage::sqlite::SqliteStore;
+    use crate::storage::{DeviceRecord, NewAccount};
+    use sealpost_proto::DeviceId;
+    use sealpost_proto::directory::{
+        decode_audit_proof, decode_history_proof, decode_lookup_proof,
+    };
+
+    fn account(name: &str, n: u8) -> NewAccount {
+        let username = Username::new(name).unwrap();
+        NewAccount {
+            username: username.clone(),
+            account_key: vec![n; 32],
+            device: DeviceRecord {
+                device_id: DeviceId::from_bytes([n; 16]),
+                username,
+                device_key: vec![n + 100; 32],
+                certificate: vec![0; 64],
+            },
+            key_packages: Vec::new(),
+        }
+    }
+
+    async fn open(dir: &Path) -> (Arc<dyn Store>, KeyDirectory) {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("server.db")).unwrap());
+        let kd = KeyDirectory::open(store.clone(), &dir.join("directory.key"))
+            .await
+            .unwrap();
+        (store, kd)
+    }
+
+    async fn verified_root(kd: &KeyDirectory, epoch: u64) -> [u8; 32] {
+        kd.root(Some(epoch))
+            .await
+            .unwrap()
+            .verify(&kd.keys().signing_key)
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn proofs_verify_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = {
+            let (store, kd) = open(dir.path()).await;
+            store.create_account(account("alice", 1)).await.unwrap();
+            store.create_account(account("bob", 2)).await.unwrap();
+            kd.publish_round().await.unwrap();
+            assert!(store.directory_pending().await.unwrap().is_empty());
+            let found = kd.lookup(&Username::new("bob").unwrap()).await.unwrap();
+            assert_eq!(found.root.epoch, 1);
+            let root = found.root.verify(&kd.keys().signing_key).unwrap();
+            let result = akd_core::verify::lookup_verify::<DirectoryConfig>(
+                &kd.keys().vrf_key,
+                root,
+                found.root.epoch,
+                directory_label(&Username::new("bob").unwrap()),
+                decode_lookup_proof(&found.proof).unwrap(),
+            )
+            .unwrap();
+            let entry = DirectoryEntry::decode(&result.value.0).unwrap();
+            assert_eq!(entry.account_key.as_slice(), &[2; 32]);
+            assert_eq!(entry.devices.len(), 1);
+            // Nothing pending: no new epoch.
+            kd.publish_round().await.unwrap();
+            assert_eq!(kd.root(None).await.unwrap().epoch, 1);
+            kd.keys().clone()
+        };
+        // Restart: same keys, same directory; a new device makes epoch 2.
+        let (store, kd) = open(dir.path()).await;
+        assert_eq!(kd.keys(), &keys);
+        let bob = Username::new("bob").unwrap();
+        store
+            .add_device(
+                DeviceRecord {
+                    device_id: DeviceId::from_bytes([9; 16]),
+                    username: bob.clone(),
+                    device_key: vec![99; 32],
+                    certificate: vec![0; 64],
+                },
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        kd.publish_round().await.unwrap();
+        let history = kd.history(&bob).await.unwrap();
+        assert_eq!(history.root.epoch, 2);
+        let versions = akd_core::verify::key_history_verify::<DirectoryConfig>(
+            &keys.vrf_key,
+            verified_root(&kd, 2).await,
+            2,
+            directory_label(&bob),
+            decode_history_proof(&history.proof).unwrap(),
+            akd_core::verify::history::HistoryVerificationParams::default(),
+        )
+        .unwrap();
+        let counts: Vec<usize> = versions
+            .iter()
+            .map(|v| DirectoryEntry::decode(&v.value.0).unwrap().devices.len())
+            .collect();
+        assert_eq!(counts, vec![2, 1], "newest first");
+        // The audit proofs across the restart verify, epoch by epoch.
+        for from in 0..2 {
+            let audit = kd.audit(from).await.unwrap();
+            let start = audit.from.verify(&keys.signing_key).unwrap();
+            let end = audit.to.verify(&keys.signing_key).unwrap();
+            akd::auditor::audit_verify::<DirectoryConfig>(
+                vec![start, end],
+                decode_audit_proof(&audit.proof).unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+        assert!(matches!(kd.audit(2).await, Err(DirectoryError::NotFound)));
+        assert!(matches!(
+            kd.lookup(&Username::new("nobody").unwrap()).await,
+            Err(DirectoryError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_key_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("directory.key"), b"short").unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("server.db")).unwrap());
+        let err = KeyDirectory::open(store, &dir.path().join("directory.key"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("expected 64 bytes"), "{err}");
+    }
+}
