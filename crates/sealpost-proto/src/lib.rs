@@ -12,6 +12,7 @@ mod api;
 mod delivery;
 pub mod directory;
 mod ids;
+pub mod link;
 mod padding;
 
 pub use api::{

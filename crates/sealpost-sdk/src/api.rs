@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode};
 use sealpost_proto::directory::{
     AuditResponse, DirectoryKeys, HistoryResponse, LookupResponse, SignedRoot,
 };
+use sealpost_proto::link::{LinkApproval, LinkRequest};
 use sealpost_proto::{
     AckRequest, ApiError, ChallengeRequest, ChallengeResponse, ClaimKeyPackagesResponse,
     CommitUpload, DeviceId, ErrorCode, GroupId, KeyPackageStock, PostedResponse, RegisterRequest,
@@ -226,6 +227,73 @@ impl Api {
         )
         .await
         .and_then(decode_json)
+    }
+
+    /// Files a new device's link request.
+    pub async fn link_request(&self, req: &LinkRequest) -> Result<(), Error> {
+        self.call(Method::POST, "/v1/links", Body::Json(json(req)?))
+            .await
+            .map(|_| ())
+    }
+
+    /// Reads a waiting link request of this account.
+    pub async fn link_pending(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        link_id: &str,
+    ) -> Result<LinkRequest, Error> {
+        self.authed(s, Method::GET, &format!("/v1/links/{link_id}"), || {
+            Body::None
+        })
+        .await
+        .and_then(decode_json)
+    }
+
+    /// Approves a waiting link request.
+    pub async fn link_approve(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        link_id: &str,
+        approval: &LinkApproval,
+    ) -> Result<(), Error> {
+        let body = json(approval)?;
+        self.authed(
+            s,
+            Method::POST,
+            &format!("/v1/links/{link_id}/approve"),
+            || Body::Json(body.clone()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The approval of this (new) device's link request.
+    pub async fn link_approval(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        link_id: &str,
+    ) -> Result<LinkApproval, Error> {
+        self.authed(
+            s,
+            Method::GET,
+            &format!("/v1/links/{link_id}/approval"),
+            || Body::None,
+        )
+        .await
+        .and_then(decode_json)
+    }
+
+    /// Removes another device of this account.
+    pub async fn remove_device(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        device: DeviceId,
+    ) -> Result<(), Error> {
+        self.authed(s, Method::DELETE, &format!("/v1/devices/{device}"), || {
+            Body::None
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Claims one key package of the suite per device of `user`.

@@ -29,11 +29,18 @@ use serde::{Deserialize, Serialize};
 use tls_codec::{Deserialize as _, Serialize as _};
 use zeroize::Zeroizing;
 
+mod link;
+mod verify;
+
+pub use link::{LinkStep, PendingLink};
+pub use verify::{Verification, safety_number};
+
 use crate::api::{Api, ChallengeSigner};
 use crate::directory::{DirectoryState, Roots, Verified, parse_root_aad, root_aad, security};
 use crate::error::Error;
 use crate::model::{
-    ConversationInfo, ConversationKind, Event, MemberInfo, SecurityAlert, Suite, Whoami,
+    ConversationInfo, ConversationKind, DeviceChange, Event, MemberInfo, SecurityAlert, Suite,
+    Whoami,
 };
 use crate::store::{Profile, Provider, Sealer, put_meta};
 
@@ -82,10 +89,7 @@ impl Identity {
     }
 
     fn credential_with_key(&self) -> CredentialWithKey {
-        CredentialWithKey {
-            credential: BasicCredential::new(self.device_identity().to_credential_bytes()).into(),
-            signature_key: self.device_key.public().into(),
-        }
+        credential_for(&self.device_identity(), &self.device_key)
     }
 }
 
@@ -163,6 +167,16 @@ enum Item {
     MemberLeft {
         member: String,
     },
+    DeviceAdded {
+        member: String,
+        device: String,
+        by: String,
+    },
+    DeviceRemoved {
+        member: String,
+        device: String,
+        by: String,
+    },
     Joined {
         by: String,
     },
@@ -207,6 +221,18 @@ impl Item {
             Item::MemberLeft { member } => Event::MemberLeft {
                 conversation,
                 member,
+            },
+            Item::DeviceAdded { member, device, by } => Event::DeviceAdded {
+                conversation,
+                member,
+                device,
+                by,
+            },
+            Item::DeviceRemoved { member, device, by } => Event::DeviceRemoved {
+                conversation,
+                member,
+                device,
+                by,
             },
             Item::Joined { by } => Event::Joined { conversation, by },
             Item::Removed { by } => Event::Removed { conversation, by },
@@ -332,6 +358,8 @@ pub struct Client {
     proposals_to_check: Option<BTreeSet<GroupId>>,
     /// What this device knows of the key directory.
     dir: DirView,
+    /// For a linked device: the conversations the approving device is adding it to.
+    linked: BTreeMap<GroupId, link::LinkedConversation>,
 }
 
 /// The key directory as this device has verified it.
@@ -347,8 +375,9 @@ struct DirView {
     fresh: BTreeSet<Username>,
     /// Directory roots carried by peers' messages, to compare once the batch is stored.
     peer_roots: Vec<PeerRoot>,
-    /// Security events outside any conversation, shown with the next sync's events.
-    alerts: Vec<Event>,
+    /// Events outside any conversation (security, account devices), shown with the next sync's
+    /// events.
+    outside: Vec<Event>,
 }
 
 /// A directory root a peer's message carried.
@@ -465,12 +494,7 @@ impl Client {
         settings: ClientSettings,
     ) -> Result<Client, Error> {
         let username = Username::new(username)?;
-        let mut profile = Profile::open(home, true, passphrase)?;
-        if let Some(json) = profile.meta("identity")? {
-            let existing: Identity =
-                serde_json::from_slice(&json).map_err(|e| Error::Store(e.to_string()))?;
-            return Err(Error::AlreadyRegistered(at(&existing.username)));
-        }
+        let mut profile = new_profile(home, passphrase)?;
         let provider = &profile.mls.provider;
         let device_id = DeviceId::from_slice(
             &provider
@@ -498,16 +522,12 @@ impl Client {
                 identity.device_key.public(),
             ))
             .map_err(|_| Error::Crypto("signing failed"))?;
-        let mut key_packages = Vec::new();
-        for suite in Suite::ALL {
-            key_packages.extend(make_key_packages(
-                provider,
-                &identity,
-                suite,
-                settings.key_packages_target as usize,
-            )?);
-            key_packages.push(make_key_package(provider, &identity, suite, true)?);
-        }
+        let key_packages = initial_key_packages(
+            provider,
+            &identity.device_key,
+            &identity.device_identity(),
+            settings.key_packages_target as usize,
+        )?;
         let req = RegisterRequest {
             username: username.clone(),
             account_key: identity.account_key.to_public_vec(),
@@ -555,6 +575,7 @@ impl Client {
                 state: Some(dir_state),
                 ..DirView::default()
             },
+            linked: BTreeMap::new(),
         })
     }
 
@@ -565,6 +586,10 @@ impl Client {
         let identity: Identity = serde_json::from_slice(&json)
             .map_err(|e| Error::Store(format!("the identity record is damaged: {e}")))?;
         let api = Api::new(&identity.server, identity.device_id)?;
+        Self::from_parts(profile, identity, api)
+    }
+
+    fn from_parts(profile: Profile, identity: Identity, api: Api) -> Result<Client, Error> {
         let mut client = Client {
             profile,
             identity,
@@ -576,6 +601,7 @@ impl Client {
             fresh: Vec::new(),
             proposals_to_check: None,
             dir: DirView::default(),
+            linked: BTreeMap::new(),
         };
         client.reload()?;
         Ok(client)
@@ -623,6 +649,11 @@ impl Client {
         }
         drop(stmt);
         self.dir.roots = roots;
+        if let Some(json) = self.profile.meta("linked_conversations")? {
+            let list: Vec<link::LinkedConversation> = serde_json::from_slice(&json)
+                .map_err(|e| Error::Store(format!("the linked conversations are damaged: {e}")))?;
+            self.linked = list.into_iter().map(|c| (c.group, c)).collect();
+        }
         self.inbox_cursor = self
             .profile
             .meta("inbox_cursor")?
@@ -904,6 +935,28 @@ impl Client {
         .await
     }
 
+    /// Test hook: runs the receive path on a raw group message, as if the server delivered it
+    /// at `seq` in the conversation's log. Not built into the library otherwise.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn receive_unchecked(
+        &mut self,
+        target: &str,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<Vec<Event>, Error> {
+        let group = self.resolve(target)?;
+        self.process(Delivery {
+            kind: DeliveryKind::Group,
+            inbox_seq: 0,
+            group_id: *group.as_bytes(),
+            group_seq: seq,
+            sent_at: 0,
+            payload: payload.to_vec().into(),
+        })?;
+        Ok(self.take_events())
+    }
+
     /// A claimed key package, verified: it parses, its signature holds, and it belongs to the
     /// device and user it was claimed for, in the conversation's suite.
     fn check_key_package(
@@ -1104,6 +1157,8 @@ impl Client {
                 "you are no longer a member of {target}"
             )));
         }
+        self.refresh_verified(group).await?;
+        self.check_not_blocked(group)?;
         self.before_send(group).await?;
         let id = hex::encode(
             self.profile
@@ -1127,6 +1182,15 @@ impl Client {
         };
         self.send_app(group, &msg, Some(item.clone())).await?;
         Ok(item.render(self.display(group)))
+    }
+
+    /// The conversations this device is still a member of.
+    fn active_groups(&self) -> Vec<GroupId> {
+        self.convs
+            .iter()
+            .filter(|(_, c)| c.info.active)
+            .map(|(g, _)| *g)
+            .collect()
     }
 
     /// Deletes a conversation and its MLS state from this device.
@@ -1361,7 +1425,7 @@ impl Client {
     fn alert(&mut self, error: &Error) {
         if let Error::Security { alert, detail } = error {
             tracing::warn!(?alert, "security event");
-            self.dir.alerts.push(Event::Security {
+            self.dir.outside.push(Event::Security {
                 conversation: None,
                 alert: *alert,
                 detail: detail.clone(),
@@ -1432,6 +1496,7 @@ impl Client {
                 ),
             ));
         }
+        self.check_contact_key(user, verified.entry.account_key.as_slice())?;
         self.dir.fresh.insert(user.clone());
         self.dir.entries.insert(user.clone(), verified.clone());
         Ok(verified)
@@ -1497,7 +1562,7 @@ impl Client {
                 let Item::Security { alert, detail } = split_view(&peer.from, peer.epoch) else {
                     continue;
                 };
-                self.dir.alerts.push(Event::Security {
+                self.dir.outside.push(Event::Security {
                     conversation: Some(self.display(peer.group)),
                     alert,
                     detail,
@@ -1533,6 +1598,29 @@ impl Client {
             }
         };
         let account_key = self.identity.account_key.to_public_vec();
+        // Device changes, oldest first: each version against the one before it.
+        for pair in versions.windows(2).rev() {
+            let ((epoch, newer), (_, older)) = (&pair[0], &pair[1]);
+            if *epoch <= state.history_checked {
+                continue;
+            }
+            let ids = |e: &sealpost_proto::directory::DirectoryEntry| -> BTreeSet<[u8; 16]> {
+                e.devices.iter().map(|d| d.device_id).collect()
+            };
+            let (now, before) = (ids(newer), ids(older));
+            for (set, other, change) in [
+                (&now, &before, DeviceChange::Added),
+                (&before, &now, DeviceChange::Removed),
+            ] {
+                for id in set.difference(other) {
+                    self.dir.outside.push(Event::AccountDevice {
+                        device: DeviceId::from_bytes(*id).short(),
+                        change,
+                        epoch: *epoch,
+                    });
+                }
+            }
+        }
         for (epoch, entry) in versions.iter().filter(|(e, _)| *e > state.history_checked) {
             if entry.account_key.as_slice() != account_key.as_slice() {
                 self.alert(&security(
@@ -1588,7 +1676,7 @@ impl Client {
             .into_iter()
             .map(|(group, item)| item.render(self.display(group)))
             .collect();
-        events.append(&mut self.dir.alerts);
+        events.append(&mut self.dir.outside);
         events
     }
 
@@ -1653,6 +1741,7 @@ impl Client {
         let group = d.group();
         let inbox_seq = d.inbox_seq;
         let known = self.convs.contains_key(&group);
+        let linked = self.linked.get(&group).cloned();
         let check = DirCheck {
             entries: &self.dir.entries,
             fresh: &self.dir.fresh,
@@ -1706,11 +1795,15 @@ impl Client {
             }
             let suite = Suite::of(mls.ciphersuite())
                 .ok_or_else(|| Error::Protocol("unsupported ciphersuite".into()))?;
+            let (kind, name, peer) = linked
+                .map_or((ConversationKind::Group, String::new(), None), |l| {
+                    (l.kind, l.name, l.peer)
+                });
             let conv = Conv {
                 info: ConvInfo {
-                    kind: ConversationKind::Group,
-                    name: String::new(),
-                    peer: None,
+                    kind,
+                    name,
+                    peer,
                     suite,
                     active: true,
                     last_self_update_ms: now_ms(),
@@ -1892,7 +1985,13 @@ impl Client {
                 continue;
             }
             let n = (self.settings.key_packages_target - stock) as usize;
-            let kps = make_key_packages(&self.profile.mls.provider, &self.identity, suite, n)?;
+            let kps = make_key_packages(
+                &self.profile.mls.provider,
+                &self.identity.device_key,
+                &self.identity.device_identity(),
+                suite,
+                n,
+            )?;
             // The private halves must be durable before the public halves are handed out.
             self.profile.atomically(|_, _, _| Ok(()))?;
             self.api.upload_key_packages(&self.identity, kps).await?;
@@ -2021,20 +2120,48 @@ fn is_commit(payload: &[u8]) -> bool {
 /// Roster items for a commit, from the group state before it is merged.
 fn roster_items(g: &MlsGroup, staged: &openmls::prelude::StagedCommit, by: &str) -> Vec<Item> {
     let mut items = Vec::new();
+    let removed_leaves: Vec<LeafNodeIndex> = staged
+        .remove_proposals()
+        .map(|r| r.remove_proposal().removed())
+        .collect();
+    // Whether `user` keeps a device in the group besides the given leaf (and those removed).
+    let stays = |user: &Username, except: Option<LeafNodeIndex>| {
+        g.members().any(|m| {
+            Some(m.index) != except
+                && !removed_leaves.contains(&m.index)
+                && credential_user(&m.credential).is_some_and(|d| d.username == *user)
+        })
+    };
     for add in staged.add_proposals() {
-        let member = who(add.add_proposal().key_package().leaf_node().credential());
-        items.push(Item::MemberAdded {
-            member,
-            by: by.to_owned(),
-        });
+        let credential = add.add_proposal().key_package().leaf_node().credential();
+        let member = who(credential);
+        match credential_user(credential) {
+            Some(d) if stays(&d.username, None) => items.push(Item::DeviceAdded {
+                member,
+                device: d.device_id.short(),
+                by: by.to_owned(),
+            }),
+            _ => items.push(Item::MemberAdded {
+                member,
+                by: by.to_owned(),
+            }),
+        }
     }
     for rem in staged.remove_proposals() {
         let removed = rem.remove_proposal().removed();
-        let member = g
-            .member_at(removed)
+        let leaf = g.member_at(removed);
+        let member = leaf
+            .as_ref()
             .map_or_else(|| "@unknown".to_owned(), |m| who(&m.credential));
+        let device = leaf.as_ref().and_then(|m| credential_user(&m.credential));
         let self_removal = matches!(rem.sender(), Sender::Member(i) if *i == removed);
-        if self_removal {
+        if let Some(d) = device.filter(|d| !self_removal && stays(&d.username, Some(removed))) {
+            items.push(Item::DeviceRemoved {
+                member,
+                device: d.device_id.short(),
+                by: by.to_owned(),
+            });
+        } else if self_removal {
             items.push(Item::MemberLeft { member });
         } else {
             items.push(Item::MemberRemoved {
@@ -2192,9 +2319,29 @@ fn receive_content(
     }
 }
 
+/// Opens the profile for a new device; refuses one that already has an account.
+fn new_profile(home: &Path, passphrase: Option<&str>) -> Result<Profile, Error> {
+    let profile = Profile::open(home, true, passphrase)?;
+    if let Some(json) = profile.meta("identity")? {
+        let existing: Identity =
+            serde_json::from_slice(&json).map_err(|e| Error::Store(e.to_string()))?;
+        return Err(Error::AlreadyRegistered(at(&existing.username)));
+    }
+    Ok(profile)
+}
+
+/// The MLS credential of a device.
+pub(crate) fn credential_for(who: &DeviceIdentity, key: &SignatureKeyPair) -> CredentialWithKey {
+    CredentialWithKey {
+        credential: BasicCredential::new(who.to_credential_bytes()).into(),
+        signature_key: key.public().into(),
+    }
+}
+
 fn make_key_package(
     p: &Provider,
-    identity: &Identity,
+    key: &SignatureKeyPair,
+    who: &DeviceIdentity,
     suite: Suite,
     last_resort: bool,
 ) -> Result<Vec<u8>, Error> {
@@ -2203,25 +2350,36 @@ fn make_key_package(
         builder = builder.mark_as_last_resort();
     }
     let bundle = builder
-        .build(
-            suite.ciphersuite(),
-            p,
-            &identity.device_key,
-            identity.credential_with_key(),
-        )
+        .build(suite.ciphersuite(), p, key, credential_for(who, key))
         .map_err(Error::mls)?;
     serialize(&MlsMessageOut::from(bundle.key_package().clone()))
 }
 
 fn make_key_packages(
     p: &Provider,
-    identity: &Identity,
+    key: &SignatureKeyPair,
+    who: &DeviceIdentity,
     suite: Suite,
     n: usize,
 ) -> Result<Vec<Vec<u8>>, Error> {
     (0..n)
-        .map(|_| make_key_package(p, identity, suite, false))
+        .map(|_| make_key_package(p, key, who, suite, false))
         .collect()
+}
+
+/// A new device's key packages: `n` single-use ones and a last-resort one per suite.
+pub(crate) fn initial_key_packages(
+    p: &Provider,
+    key: &SignatureKeyPair,
+    who: &DeviceIdentity,
+    n: usize,
+) -> Result<Vec<Vec<u8>>, Error> {
+    let mut all = Vec::new();
+    for suite in Suite::ALL {
+        all.extend(make_key_packages(p, key, who, suite, n)?);
+        all.push(make_key_package(p, key, who, suite, true)?);
+    }
+    Ok(all)
 }
 
 impl Api {

@@ -15,9 +15,13 @@ mod model;
 mod store;
 pub mod vault;
 
-pub use client::{BenchBatch, Client, ClientSettings, MAX_ADD_BATCH, MAX_PAST_EPOCHS, ws_config};
+pub use client::{
+    BenchBatch, Client, ClientSettings, LinkStep, MAX_ADD_BATCH, MAX_PAST_EPOCHS, PendingLink,
+    Verification, safety_number, ws_config,
+};
 pub use error::Error;
 pub use model::{
-    ConversationInfo, ConversationKind, Event, MemberInfo, SecurityAlert, Suite, Whoami,
+    ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, MemberInfo,
+    SecurityAlert, Suite, Whoami,
 };
 pub use sealpost_proto::Username;

@@ -81,6 +81,38 @@ pub enum Event {
         /// `@remover`.
         by: String,
     },
+    /// A member added one more of their devices (e.g. a linked phone) to the conversation.
+    DeviceAdded {
+        /// Conversation.
+        conversation: String,
+        /// `@member`.
+        member: String,
+        /// The device (short id).
+        device: String,
+        /// `@adder`.
+        by: String,
+    },
+    /// One device of a member was removed; the member's other devices stay.
+    DeviceRemoved {
+        /// Conversation.
+        conversation: String,
+        /// `@member`.
+        member: String,
+        /// The device (short id).
+        device: String,
+        /// `@remover`.
+        by: String,
+    },
+    /// A device of this account was added to or removed from the key directory (seen by the
+    /// account's other devices when they check its history).
+    AccountDevice {
+        /// The device (short id).
+        device: String,
+        /// Added or removed.
+        change: DeviceChange,
+        /// The directory epoch of the change.
+        epoch: u64,
+    },
     /// A member asked to leave.
     MemberLeft {
         /// Conversation.
@@ -123,6 +155,16 @@ pub enum Event {
     },
 }
 
+/// What happened to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChange {
+    /// Linked to the account.
+    Added,
+    /// Removed from the account.
+    Removed,
+}
+
 /// What a security event is about. Each one means the server (or someone who controls it) may
 /// be trying to add a reader or to show different people different keys; see
 /// `docs/threat-model.md` for what to do about each.
@@ -144,6 +186,9 @@ pub enum SecurityAlert {
     InvalidProof,
     /// This device is no longer in its own account's directory entry.
     DeviceMissing,
+    /// A contact you verified has another account key now; sending to them is blocked until
+    /// you compare and confirm the new safety number.
+    VerifiedKeyChanged,
 }
 
 /// A conversation as listed.
@@ -172,6 +217,17 @@ pub struct MemberInfo {
     pub device: String,
     /// This device.
     pub you: bool,
+}
+
+/// A device of this account, as `sealpost device list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEntry {
+    /// The device id.
+    pub device: String,
+    /// This device.
+    pub you: bool,
+    /// Whether the account key certified it (an uncertified one is an attack).
+    pub certified: bool,
 }
 
 /// Who this profile is.

@@ -132,6 +132,13 @@ impl Auth {
         Ok(TokenResponse { token, expires_at })
     }
 
+    /// Drops the cached sessions of a removed device (its stored ones are deleted with it).
+    pub fn forget_device(&self, device: sealpost_proto::DeviceId) {
+        if let Ok(mut cache) = self.sessions.lock() {
+            cache.retain(|_, (d, _)| d.device_id != device);
+        }
+    }
+
     /// The device a bearer token belongs to.
     pub async fn authenticate(
         &self,

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::SinkExt as _;
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
 use sealpost_proto::directory::AuditQuery;
+use sealpost_proto::link::{LinkApproval, LinkRequest};
 use sealpost_proto::{
     AckRequest, ChallengeRequest, CiphersuiteQuery, ClaimKeyPackagesResponse, ClaimedKeyPackage,
     DeviceIdentity, DeviceInfo, GroupId, KeyPackageStock, RegisterRequest, SyncRequest,
@@ -67,6 +68,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The key directory.
     pub directory: Arc<KeyDirectory>,
+    /// New devices waiting to be linked.
+    pub links: Arc<crate::links::LinkBook>,
 }
 
 /// A JSON body whose rejection is one of our errors.
@@ -165,6 +168,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sync", post(sync))
         .route("/v1/ack", post(ack))
         .route("/v1/ws", get(websocket))
+        .route("/v1/links", post(link_request))
+        .route("/v1/links/{link}", get(link_pending))
+        .route("/v1/links/{link}/approve", post(link_approve))
+        .route("/v1/links/{link}/approval", get(link_approval))
+        .route("/v1/devices/{device}", axum::routing::delete(remove_device))
         .route("/v1/directory/keys", get(directory_keys))
         .route("/v1/directory/root", get(directory_latest_root))
         .route("/v1/directory/roots/{epoch}", get(directory_root))
@@ -246,6 +254,53 @@ fn validate_key_package(
     }
 }
 
+/// Checks the account key's certificate over a device key.
+fn check_certificate(
+    auth: &Auth,
+    account_key: &[u8],
+    username: &Username,
+    device_id: sealpost_proto::DeviceId,
+    device_key: &[u8],
+    certificate: &[u8],
+) -> Result<(), ApiFailure> {
+    let message = device_certificate_message(username, &device_id, device_key);
+    if auth.verify(account_key, &message, certificate) {
+        Ok(())
+    } else {
+        Err(ApiFailure::bad_request(
+            "the device certificate does not verify under the account key",
+        ))
+    }
+}
+
+/// Checks a new device's first key packages: at most [`MAX_KEY_PACKAGES_PER_UPLOAD`], each
+/// signed by the device for its own identity, and a last-resort one among them.
+fn validate_first_key_packages(
+    auth: &Auth,
+    username: &Username,
+    device_id: sealpost_proto::DeviceId,
+    device_key: &[u8],
+    key_packages: &[Vec<u8>],
+) -> Result<Vec<KeyPackageRecord>, ApiFailure> {
+    if key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+        return Err(ApiFailure::too_large(
+            "too many key packages in one request",
+        ));
+    }
+    let owner = DeviceIdentity {
+        username: username.clone(),
+        device_id,
+    };
+    let records = key_packages
+        .iter()
+        .map(|kp| validate_key_package(auth, kp, &owner, device_key))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !records.iter().any(|kp| kp.last_resort) {
+        return Err(ApiFailure::bad_request("include a last-resort key package"));
+    }
+    Ok(records)
+}
+
 async fn register(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,
@@ -255,32 +310,21 @@ async fn register(
             "keys must be 32-byte Ed25519 public keys",
         ));
     }
-    if req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
-        return Err(ApiFailure::too_large(
-            "too many key packages in one request",
-        ));
-    }
-    let cert_msg = device_certificate_message(&req.username, &req.device_id, &req.device_key);
-    if !state
-        .auth
-        .verify(&req.account_key, &cert_msg, &req.device_certificate)
-    {
-        return Err(ApiFailure::bad_request(
-            "the device certificate does not verify",
-        ));
-    }
-    let owner = DeviceIdentity {
-        username: req.username.clone(),
-        device_id: req.device_id,
-    };
-    let key_packages = req
-        .key_packages
-        .iter()
-        .map(|kp| validate_key_package(&state.auth, kp, &owner, &req.device_key))
-        .collect::<Result<Vec<_>, _>>()?;
-    if !key_packages.iter().any(|kp| kp.last_resort) {
-        return Err(ApiFailure::bad_request("include a last-resort key package"));
-    }
+    check_certificate(
+        &state.auth,
+        &req.account_key,
+        &req.username,
+        req.device_id,
+        &req.device_key,
+        &req.device_certificate,
+    )?;
+    let key_packages = validate_first_key_packages(
+        &state.auth,
+        &req.username,
+        req.device_id,
+        &req.device_key,
+        &req.key_packages,
+    )?;
     state
         .delivery
         .store()
@@ -306,6 +350,147 @@ async fn register(
     // The account exists for others once its directory entry is published.
     state.directory.wait_published().await;
     Ok((StatusCode::CREATED, Json(serde_json::json!({}))))
+}
+
+/// A new device asks to join an account; it waits for one of the account's devices.
+async fn link_request(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<LinkRequest>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    if req.device_key.len() != 32 || req.link_id.len() != 20 || req.tag.len() != 32 {
+        return Err(ApiFailure::bad_request(
+            "a link request has a 32-byte Ed25519 key, a 20-character id and a 32-byte tag",
+        ));
+    }
+    if req.hpke_key.is_empty() || req.hpke_key.len() > 2048 {
+        return Err(ApiFailure::bad_request("invalid HPKE key"));
+    }
+    let store = state.delivery.store();
+    if store.user(&req.username).await?.is_none() {
+        return Err(ApiFailure::not_found("no such account"));
+    }
+    if store.device(req.device_id).await?.is_some() {
+        return Err(ApiFailure::new(
+            sealpost_proto::ErrorCode::Conflict,
+            "this device is registered already",
+        ));
+    }
+    validate_first_key_packages(
+        &state.auth,
+        &req.username,
+        req.device_id,
+        &req.device_key,
+        &req.key_packages,
+    )?;
+    state.links.put(req)?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({}))))
+}
+
+/// A device of the account reads a waiting request.
+async fn link_pending(
+    State(state): State<AppState>,
+    Authenticated(who): Authenticated,
+    Path(link): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let req = state.links.request(&link)?;
+    if req.username != who.username {
+        return Err(ApiFailure::not_found(
+            "no device is waiting to be linked with this code (wrong code, or it expired)",
+        ));
+    }
+    Ok(Json(req))
+}
+
+/// A device of the account approves: the new device is registered and published.
+async fn link_approve(
+    State(state): State<AppState>,
+    Authenticated(who): Authenticated,
+    Path(link): Path<String>,
+    ApiJson(approval): ApiJson<LinkApproval>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let req = state.links.request(&link)?;
+    if req.username != who.username {
+        return Err(ApiFailure::forbidden(
+            "only a device of the account can approve",
+        ));
+    }
+    let store = state.delivery.store();
+    let account = store
+        .user(&req.username)
+        .await?
+        .ok_or_else(|| ApiFailure::not_found("no such account"))?;
+    check_certificate(
+        &state.auth,
+        &account.account_key,
+        &req.username,
+        req.device_id,
+        &req.device_key,
+        &approval.certificate,
+    )?;
+    let key_packages = validate_first_key_packages(
+        &state.auth,
+        &req.username,
+        req.device_id,
+        &req.device_key,
+        &req.key_packages,
+    )?;
+    store
+        .add_device(
+            DeviceRecord {
+                device_id: req.device_id,
+                username: req.username.clone(),
+                device_key: req.device_key.clone(),
+                certificate: approval.certificate.clone(),
+            },
+            key_packages,
+        )
+        .await?;
+    state.links.approve(&link, approval)?;
+    state.directory.wait_published().await;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// The new device fetches its approval.
+async fn link_approval(
+    State(state): State<AppState>,
+    Authenticated(who): Authenticated,
+    Path(link): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let (req, approval) = state.links.approval(&link)?;
+    if req.device_id != who.device_id {
+        return Err(ApiFailure::forbidden("this approval is for another device"));
+    }
+    approval
+        .map(Json)
+        .ok_or_else(|| ApiFailure::not_found("not approved yet"))
+}
+
+/// A device of the account removes another one (never itself).
+async fn remove_device(
+    State(state): State<AppState>,
+    Authenticated(who): Authenticated,
+    Path(device): Path<String>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    let device: sealpost_proto::DeviceId = parse_path(&device, "device id")?;
+    if device == who.device_id {
+        return Err(ApiFailure::bad_request(
+            "a device cannot remove itself: remove it from another device of the account",
+        ));
+    }
+    state
+        .delivery
+        .store()
+        .remove_device(&who.username, device)
+        .await
+        .map_err(|e| match e {
+            crate::storage::StoreError::NotFound => {
+                ApiFailure::not_found("your account has no such device")
+            }
+            other => other.into(),
+        })?;
+    state.auth.forget_device(device);
+    state.directory.wait_published().await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn directory_keys(State(state): State<AppState>) -> impl IntoResponse {

@@ -14,6 +14,7 @@ mod delivery;
 pub mod directory;
 mod error;
 mod http;
+mod links;
 pub mod metrics;
 mod openapi;
 mod push;
@@ -122,6 +123,7 @@ impl Server {
             shutdown: shutdown.clone(),
             settings: Arc::new(settings.clone()),
             directory: key_directory.clone(),
+            links: Arc::new(links::LinkBook::default()),
         };
         let publisher = tokio::spawn(key_directory.run(
             Duration::from_millis(settings.directory_interval_ms),

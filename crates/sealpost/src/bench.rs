@@ -343,12 +343,17 @@ async fn users(url: &str, home: &std::path::Path, prefix: &str, n: usize) -> Res
         key_packages_low: 1,
         ..ClientSettings::default()
     };
+    // Concurrently: registrations answer once their directory epoch is published, and
+    // concurrent ones share an epoch.
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
     let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let name = format!("{prefix}{i}");
-        out.push(
-            Client::register_with(&home.join(&name), url, &name, None, settings.clone()).await?,
-        );
+    for chunk in names.chunks(64) {
+        let batch = chunk.iter().map(|name| {
+            let dir = home.join(name);
+            let settings = settings.clone();
+            async move { Client::register_with(&dir, url, name, None, settings).await }
+        });
+        out.extend(futures_util::future::try_join_all(batch).await?);
     }
     Ok(out)
 }

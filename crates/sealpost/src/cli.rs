@@ -60,6 +60,21 @@ enum Command {
     /// Manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Link, list and remove this account's devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Show the safety number with @user (compare it with them in person or by phone), or
+    /// confirm it with --confirm. Sending to a verified contact whose key changes is blocked
+    /// until you confirm again.
+    Verify {
+        /// The @user.
+        user: String,
+        /// The number they read to you (spaces are ignored).
+        #[arg(long)]
+        confirm: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// List conversations.
     Conversations(JsonFlag),
     /// Verify that a server's key directory only ever appended (akd audit proofs), epoch by
@@ -111,6 +126,32 @@ enum GroupCommand {
         group: String,
         #[command(flatten)]
         json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// On a NEW device: ask to join an account. Prints a code (and a QR code) to enter on a
+    /// device of the account with `sealpost device approve`, then waits up to 10 minutes.
+    Link {
+        /// The account's username.
+        username: String,
+        /// The server, e.g. http://127.0.0.1:7443.
+        #[arg(long)]
+        server: String,
+    },
+    /// On a device of the account: approve the new device showing this code. It gets the
+    /// account key and is added to every conversation.
+    Approve {
+        /// The code the new device shows (XXXX-XXXX-XXXX-XXXX).
+        code: String,
+    },
+    /// List this account's devices (from the verified key directory).
+    List(JsonFlag),
+    /// Remove another device: it can no longer sign in or read new messages.
+    Remove {
+        /// The device id (see `sealpost device list`).
+        device: String,
     },
 }
 
@@ -237,6 +278,30 @@ pub fn line(e: &Event) -> String {
             conversation,
             member,
         } => format!("[{conversation}] {member} left"),
+        Event::DeviceAdded {
+            conversation,
+            member,
+            device,
+            by,
+        } => format!("[{conversation}] {by} added device {device} of {member}"),
+        Event::DeviceRemoved {
+            conversation,
+            member,
+            device,
+            by,
+        } => format!("[{conversation}] {by} removed device {device} of {member}"),
+        Event::AccountDevice {
+            device,
+            change,
+            epoch,
+        } => match change {
+            sealpost_sdk::DeviceChange::Added => {
+                format!("device {device} was linked to your account (directory epoch {epoch})")
+            }
+            sealpost_sdk::DeviceChange::Removed => {
+                format!("device {device} was removed from your account (directory epoch {epoch})")
+            }
+        },
         Event::Joined { conversation, by } => format!("[{conversation}] {by} added you"),
         Event::Removed { conversation, by } => format!("[{conversation}] {by} removed you"),
         Event::Undecryptable {
@@ -391,6 +456,115 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Group(g) => group(open()?, g).await,
+        Command::Device(DeviceCommand::Link { username, server }) => {
+            link(&home, &server, username.trim_start_matches('@')).await
+        }
+        Command::Device(d) => device(open()?, d).await,
+        Command::Verify {
+            user,
+            confirm,
+            json,
+        } => {
+            let user = users(std::slice::from_ref(&user))?.remove(0);
+            let mut client = open()?;
+            let v = match confirm {
+                Some(number) => client.confirm_verification(&user, &number).await,
+                None => client.verification(&user).await,
+            }
+            .map_err(security_exit)?;
+            if json.json {
+                return print_json(&v);
+            }
+            println!(
+                "safety number with {}:\n\n    {}\n",
+                v.contact, v.safety_number
+            );
+            println!("{}", qr(&v.safety_number.replace(' ', "")));
+            if v.verified {
+                println!("{} is verified.", v.contact);
+            } else {
+                if v.changed {
+                    println!("{}'s account key CHANGED since you verified it.", v.contact);
+                }
+                println!(
+                    "Compare it with {} (in person, or by a call you trust), then run\n    sealpost verify {} --confirm '<the number>'",
+                    v.contact, v.contact
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A QR code for a terminal (two rows of modules per line).
+fn qr(data: &str) -> String {
+    match qrcode::QrCode::new(data.as_bytes()) {
+        Ok(code) => code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn link(home: &std::path::Path, server: &str, username: &str) -> Result<()> {
+    let mut pending =
+        sealpost_sdk::PendingLink::start(home, server, username, passphrase().as_deref()).await?;
+    let code = pending.code();
+    println!("On a device of @{username}, run:\n\n    sealpost device approve {code}\n");
+    println!("{}", qr(&format!("sealpost-link:{code}")));
+    println!("Waiting for approval (up to 10 minutes; Ctrl-C to give up)...");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10 * 60);
+    loop {
+        match pending.try_finish().await? {
+            sealpost_sdk::LinkStep::Linked(client) => {
+                let me = client.whoami();
+                println!(
+                    "linked: this device ({}) is now part of {}; run `sealpost sync` to receive its conversations",
+                    me.device, me.username
+                );
+                return Ok(());
+            }
+            sealpost_sdk::LinkStep::Waiting(p) => pending = *p,
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "nobody approved this device within 10 minutes: run `sealpost device link` again"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn device(mut client: Client, cmd: DeviceCommand) -> Result<()> {
+    match cmd {
+        DeviceCommand::Link { .. } => Ok(()),
+        DeviceCommand::Approve { code } => {
+            let id = client.approve_link(&code).await.map_err(security_exit)?;
+            println!("approved device {id}; it was added to your conversations");
+            Ok(())
+        }
+        DeviceCommand::List(f) => {
+            for d in client.devices().await.map_err(security_exit)? {
+                if f.json {
+                    print_json(&d)?;
+                } else {
+                    let you = if d.you { "  (this device)" } else { "" };
+                    let bad = if d.certified {
+                        ""
+                    } else {
+                        "  NOT CERTIFIED BY YOUR ACCOUNT KEY: not trusted"
+                    };
+                    println!("{}{you}{bad}", d.device);
+                }
+            }
+            Ok(())
+        }
+        DeviceCommand::Remove { device } => {
+            client.remove_device(&device).await?;
+            println!("removed device {device} from your account and your conversations");
+            Ok(())
+        }
     }
 }
 

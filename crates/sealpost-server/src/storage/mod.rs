@@ -251,6 +251,9 @@ pub trait Store: Send + Sync + 'static {
         device: DeviceRecord,
         key_packages: Vec<KeyPackageRecord>,
     ) -> Result<(), StoreError>;
+    /// Removes a device of `username` (with its key packages and sessions) and queues the
+    /// account's directory entry. `NotFound` if the account has no such device.
+    async fn remove_device(&self, username: &Username, device: DeviceId) -> Result<(), StoreError>;
     /// Usernames whose directory entry changed since it was last published, each with a ticket
     /// to hand back to [`directory_finish_epoch`](Self::directory_finish_epoch).
     async fn directory_pending(&self) -> Result<Vec<(Username, u64)>, StoreError>;

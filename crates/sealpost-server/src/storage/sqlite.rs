@@ -740,6 +740,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn remove_device(&self, username: &Username, device: DeviceId) -> Result<(), StoreError> {
+        let username = username.clone();
+        self.write(move |conn| {
+            let removed = conn
+                .execute(
+                    "DELETE FROM devices WHERE device_id = ?1 AND username = ?2",
+                    params![device.as_bytes(), username.as_str()],
+                )
+                .map_err(backend)?;
+            if removed == 0 {
+                return Err(StoreError::NotFound);
+            }
+            for table in ["key_packages", "sessions"] {
+                conn.execute(
+                    &format!("DELETE FROM {table} WHERE device_id = ?1"),
+                    [device.as_bytes()],
+                )
+                .map_err(backend)?;
+            }
+            queue_directory_update(conn, &username)
+        })
+        .await
+    }
+
     async fn directory_pending(&self) -> Result<Vec<(Username, u64)>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn

@@ -1,0 +1,314 @@
+//! Linked devices and out-of-band verification, against a real server.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use common::{People, TestServer, texts, u};
+use sealpost_proto::{DeliveryKind, GroupId};
+use sealpost_sdk::{
+    Client, DeviceChange, Error, Event, LinkStep, PendingLink, SecurityAlert, Suite,
+};
+use sealpost_server::storage::FetchRequest;
+
+fn linked(step: LinkStep) -> Client {
+    match step {
+        LinkStep::Linked(c) => *c,
+        LinkStep::Waiting(_) => panic!("expected the link to be approved"),
+    }
+}
+
+#[tokio::test]
+async fn a_linked_device_receives_new_messages_and_a_removed_one_reads_nothing_after() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice
+        .create_group("team", &[u("bob")], Suite::Pq)
+        .await
+        .unwrap();
+    alice.send("@bob", "before the phone").await.unwrap();
+    bob.sync().await.unwrap();
+
+    let pending = PendingLink::start(&people.home("alice-phone"), &server.url, "alice", None)
+        .await
+        .unwrap();
+    let phone_id = pending.device_id();
+    // A wrong code changes nothing: the account still has one device, the phone still waits.
+    let wrong = alice.approve_link("ABCD-EFGH-JKMN-PQRS").await;
+    assert!(matches!(wrong, Err(Error::Invalid(_))), "{wrong:?}");
+    assert_eq!(alice.devices().await.unwrap().len(), 1);
+    let pending = match pending.try_finish().await.unwrap() {
+        LinkStep::Waiting(p) => *p,
+        LinkStep::Linked(_) => panic!("linked without approval"),
+    };
+    let code = pending.code();
+    assert_eq!(alice.approve_link(&code).await.unwrap(), phone_id);
+    let mut phone = linked(pending.try_finish().await.unwrap());
+    assert_eq!(alice.devices().await.unwrap().len(), 2);
+    // The phone joins both conversations, under the names alice's first device uses.
+    let joined: Vec<String> = phone
+        .sync()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Joined { conversation, .. } => Some(conversation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(joined.len(), 2, "{joined:?}");
+    let names: Vec<String> = phone
+        .conversations()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.conversation)
+        .collect();
+    assert!(
+        names.contains(&"#team".to_owned()) && names.contains(&"@bob".to_owned()),
+        "{names:?}"
+    );
+
+    // Bob is told, and new messages reach both of alice's devices.
+    let at_bob = bob.sync().await.unwrap();
+    assert!(
+        at_bob
+            .iter()
+            .any(|e| matches!(e, Event::DeviceAdded { member, .. } if member == "@alice")),
+        "{at_bob:?}"
+    );
+    bob.send("#team", "hello both").await.unwrap();
+    bob.send("@alice", "just you").await.unwrap();
+    let mut at_alice = Vec::new();
+    for device in [&mut alice, &mut phone] {
+        let events = device.sync().await.unwrap();
+        let got = texts(&events);
+        assert!(
+            got.contains(&("@bob".into(), "hello both".into())),
+            "{got:?}"
+        );
+        assert!(got.contains(&("@bob".into(), "just you".into())), "{got:?}");
+        if at_alice.is_empty() {
+            at_alice = events;
+        }
+    }
+    // The first device sees the link in its account's directory history.
+    assert!(
+        at_alice.iter().any(|e| matches!(
+            e,
+            Event::AccountDevice {
+                change: DeviceChange::Added,
+                ..
+            }
+        )),
+        "{at_alice:?}"
+    );
+    phone.send("#team", "from the phone").await.unwrap();
+    assert_eq!(
+        texts(&bob.sync().await.unwrap()),
+        vec![("@alice".into(), "from the phone".into())]
+    );
+    assert_eq!(
+        texts(&alice.sync().await.unwrap()),
+        vec![("@alice".into(), "from the phone".into())]
+    );
+
+    // Removing the phone: gone from the directory and from every conversation.
+    alice.remove_device(&phone_id.to_string()).await.unwrap();
+    assert_eq!(alice.devices().await.unwrap().len(), 1);
+    assert!(
+        bob.sync()
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::DeviceRemoved { member, .. } if member == "@alice"))
+    );
+    bob.send("#team", "after removal").await.unwrap();
+    assert!(
+        phone.sync().await.is_err(),
+        "a removed device cannot sign in"
+    );
+    // Even handed the ciphertext, the phone cannot read it.
+    let team = alice
+        .conversations()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.conversation == "#team")
+        .unwrap();
+    let group: GroupId = team.id.parse().unwrap();
+    let alice_device = alice.whoami().device.parse().unwrap();
+    let batch = server
+        .store
+        .fetch(
+            alice_device,
+            FetchRequest {
+                inbox_after: Some(u64::MAX >> 1),
+                groups: vec![(group, 0)],
+                limit: 1000,
+            },
+        )
+        .await
+        .unwrap();
+    let last = batch
+        .deliveries
+        .iter()
+        .rev()
+        .find(|d| d.kind == DeliveryKind::Group)
+        .unwrap();
+    let events = phone
+        .receive_unchecked("#team", last.group_seq, last.payload.as_slice())
+        .unwrap();
+    assert!(texts(&events).is_empty(), "{events:?}");
+    assert!(
+        matches!(events.as_slice(), [Event::Undecryptable { .. }]),
+        "{events:?}"
+    );
+    assert_eq!(
+        texts(&alice.sync().await.unwrap()),
+        vec![("@bob".into(), "after removal".into())]
+    );
+}
+
+#[tokio::test]
+async fn removing_unknown_or_own_devices_is_refused() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let me = alice.whoami().device;
+    for bad in [me.as_str(), "00000000000000000000000000000000", "nope"] {
+        assert!(
+            matches!(alice.remove_device(bad).await, Err(Error::Invalid(_))),
+            "{bad}"
+        );
+    }
+    assert_eq!(alice.devices().await.unwrap().len(), 1);
+    // A link request for an account that does not exist is refused up front.
+    assert!(matches!(
+        PendingLink::start(&people.home("x"), &server.url, "nobody", None).await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_verified_contacts_new_account_key_blocks_sending_until_confirmed() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let at_alice = alice.verification(&u("bob")).await.unwrap();
+    let at_bob = bob.verification(&u("alice")).await.unwrap();
+    assert_eq!(at_alice.safety_number, at_bob.safety_number);
+    assert!(!at_alice.verified);
+    let wrong = alice.confirm_verification(&u("bob"), "12345").await;
+    assert!(matches!(wrong, Err(Error::Invalid(_))));
+    assert!(!alice.verification(&u("bob")).await.unwrap().verified);
+    let confirmed = alice
+        .confirm_verification(&u("bob"), &at_bob.safety_number)
+        .await
+        .unwrap();
+    assert!(confirmed.verified);
+    alice.send("@bob", "verified hello").await.unwrap();
+
+    // The compromised server gives bob another account key in the directory.
+    let db = rusqlite::Connection::open(server.data.join("server.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    db.execute(
+        "UPDATE accounts SET account_key = ?1 WHERE username = 'bob'",
+        [vec![9u8; 32]],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO directory_pending (username, ticket) VALUES ('bob', 1000000)",
+        [],
+    )
+    .unwrap();
+    server.directory.wait_published().await;
+    alice.sync().await.unwrap();
+    let blocked = alice.send("@bob", "are you still you?").await;
+    assert!(
+        matches!(
+            blocked,
+            Err(Error::Security {
+                alert: SecurityAlert::VerifiedKeyChanged,
+                ..
+            })
+        ),
+        "{blocked:?}"
+    );
+    let again = alice.verification(&u("bob")).await.unwrap();
+    assert!(again.changed && !again.verified);
+    assert_ne!(again.safety_number, at_alice.safety_number);
+    // Still blocked until the new number is confirmed; then sending works again.
+    assert!(alice.send("@bob", "still blocked").await.is_err());
+    alice
+        .confirm_verification(&u("bob"), &again.safety_number)
+        .await
+        .unwrap();
+    alice.send("@bob", "confirmed again").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_that_swaps_the_link_request_or_the_approval_is_caught() {
+    let server = TestServer::start().await;
+    let mitm = common::Interceptor::start(&server.url).await;
+    let people = People::new();
+    let mut alice = people.register_at(&mitm.url, "alice").await;
+
+    // The server hands alice its own HPKE key instead of the new device's.
+    let pending = PendingLink::start(&people.home("phone"), &mitm.url, "alice", None)
+        .await
+        .unwrap();
+    mitm.rewrite("/v1/links/", |path, body| {
+        if path.ends_with("/approval") {
+            return body;
+        }
+        let mut req: sealpost_proto::link::LinkRequest = serde_json::from_slice(&body).unwrap();
+        req.hpke_key[0] ^= 1;
+        serde_json::to_vec(&req).unwrap()
+    });
+    let swapped = alice.approve_link(&pending.code()).await;
+    assert!(
+        matches!(
+            swapped,
+            Err(Error::Security {
+                alert: SecurityAlert::InvalidProof,
+                ..
+            })
+        ),
+        "{swapped:?}"
+    );
+    assert_eq!(
+        alice.devices().await.unwrap().len(),
+        1,
+        "nothing was approved"
+    );
+
+    // Honest request, but the server alters the approval on its way to the new device.
+    mitm.clear();
+    mitm.rewrite("/v1/links/", |path, body| {
+        if !path.ends_with("/approval") {
+            return body;
+        }
+        let mut a: sealpost_proto::link::LinkApproval = serde_json::from_slice(&body).unwrap();
+        a.ciphertext[0] ^= 1;
+        serde_json::to_vec(&a).unwrap()
+    });
+    alice.approve_link(&pending.code()).await.unwrap();
+    let forged = pending.try_finish().await;
+    assert!(
+        matches!(
+            forged,
+            Err(Error::Security {
+                alert: SecurityAlert::InvalidProof,
+                ..
+            })
+        ),
+        "{}",
+        forged.err().map(|e| e.to_string()).unwrap_or_default()
+    );
+}
