@@ -174,6 +174,37 @@ pub struct LookupResponse {
     pub proof: Vec<u8>,
 }
 
+/// Most usernames in one batch lookup.
+pub const MAX_BATCH_LOOKUP: usize = 256;
+
+/// `POST /v1/directory/lookups`: several users' lookup proofs at one epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchLookupRequest {
+    /// At most [`MAX_BATCH_LOOKUP`].
+    pub usernames: Vec<Username>,
+}
+
+/// One user's proof in a batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamedProof {
+    /// The user.
+    pub username: Username,
+    /// akd `LookupProof`, protobuf.
+    #[serde(with = "b64")]
+    pub proof: Vec<u8>,
+}
+
+/// The answer to [`BatchLookupRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchLookupResponse {
+    /// The epoch every proof is for.
+    pub root: SignedRoot,
+    /// The proofs of the users in the directory.
+    pub proofs: Vec<NamedProof>,
+    /// The users not in the directory.
+    pub missing: Vec<Username>,
+}
+
 /// `GET /v1/directory/history/{username}`: every version's proof at the latest epoch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryResponse {

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use sealpost_proto::directory::{
-    AuditResponse, DirectoryKeys, HistoryResponse, LookupResponse, SignedRoot,
+    AuditResponse, BatchLookupRequest, BatchLookupResponse, DirectoryKeys, HistoryResponse,
+    LookupResponse, SignedRoot,
 };
 use sealpost_proto::link::{LinkApproval, LinkRequest};
 use sealpost_proto::{
@@ -198,6 +199,22 @@ impl Api {
             &format!("/v1/directory/lookup/{user}"),
             || Body::None,
         )
+        .await
+        .and_then(decode_json)
+    }
+
+    /// Lookup proofs for several users at one epoch.
+    pub async fn directory_batch_lookup(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        users: &[Username],
+    ) -> Result<BatchLookupResponse, Error> {
+        let body = json(&BatchLookupRequest {
+            usernames: users.to_vec(),
+        })?;
+        self.authed(s, Method::POST, "/v1/directory/lookups", || {
+            Body::Json(body.clone())
+        })
         .await
         .and_then(decode_json)
     }

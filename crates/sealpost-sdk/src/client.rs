@@ -36,13 +36,16 @@ pub use link::{LinkStep, PendingLink};
 pub use verify::{Verification, safety_number};
 
 use crate::api::{Api, ChallengeSigner};
-use crate::directory::{DirectoryState, Roots, Verified, parse_root_aad, root_aad, security};
+use crate::directory::{
+    DirectoryState, Roots, Verified, parse_root_aad, root_aad, security, verify_proof,
+};
 use crate::error::Error;
 use crate::model::{
     ConversationInfo, ConversationKind, DeviceChange, Event, MemberInfo, SecurityAlert, Suite,
     Whoami,
 };
 use crate::store::{Profile, Provider, Sealer, put_meta};
+use sealpost_proto::directory::MAX_BATCH_LOOKUP;
 
 /// Past epochs whose keys are kept, so that messages sent just before a commit still decrypt.
 pub const MAX_PAST_EPOCHS: usize = 5;
@@ -1486,6 +1489,13 @@ impl Client {
             .verify_lookup(user, &resp)
             .inspect_err(|e| self.alert(e))?;
         self.note_root(verified.epoch, verified.root)?;
+        self.accept_verified(user, verified.clone())?;
+        Ok(verified)
+    }
+
+    /// Keeps a verified entry: reports its uncertified devices and a verified contact's changed
+    /// key, and remembers it as looked up in this sync.
+    fn accept_verified(&mut self, user: &Username, verified: Verified) -> Result<(), Error> {
         if !verified.uncertified.is_empty() {
             self.alert(&security(
                 SecurityAlert::UnapprovedDevice,
@@ -1498,21 +1508,41 @@ impl Client {
         }
         self.check_contact_key(user, verified.entry.account_key.as_slice())?;
         self.dir.fresh.insert(user.clone());
-        self.dir.entries.insert(user.clone(), verified.clone());
-        Ok(verified)
+        self.dir.entries.insert(user.clone(), verified);
+        Ok(())
     }
 
-    /// Fetches the entries the receive path asked for. A user without a usable entry is
-    /// remembered as looked up, so that their leaves are refused instead of asked for again.
+    /// Fetches the entries the receive path asked for, in batches at one epoch. A user without
+    /// a usable entry is remembered as looked up, so that their leaves are refused instead of
+    /// asked for again.
     async fn fetch_entries(&mut self, users: Vec<Username>) -> Result<(), Error> {
-        for user in users {
-            match self.lookup_verified(&user).await {
-                Ok(_) => {}
-                Err(Error::Invalid(_) | Error::Security { .. }) => {
-                    self.dir.entries.remove(&user);
-                    self.dir.fresh.insert(user);
+        let state = self.dir_state().await?;
+        for chunk in users.chunks(MAX_BATCH_LOOKUP) {
+            for user in chunk {
+                self.dir.entries.remove(user);
+                self.dir.fresh.insert(user.clone());
+            }
+            let resp = self
+                .api
+                .directory_batch_lookup(&self.identity, chunk)
+                .await?;
+            let root = match state.check_root(&resp.root) {
+                Ok(root) => root,
+                Err(e) => {
+                    self.alert(&e);
+                    continue;
                 }
-                Err(e) => return Err(e),
+            };
+            self.note_root(resp.root.epoch, root)?;
+            for named in resp.proofs {
+                if !chunk.contains(&named.username) {
+                    continue;
+                }
+                let epoch = resp.root.epoch;
+                match verify_proof(&state.keys, &named.username, epoch, root, &named.proof) {
+                    Ok(v) => self.accept_verified(&named.username, v)?,
+                    Err(e) => self.alert(&e),
+                }
             }
         }
         Ok(())

@@ -77,18 +77,7 @@ impl DirectoryState {
     /// Verifies a lookup answer for `user`.
     pub fn verify_lookup(&self, user: &Username, resp: &LookupResponse) -> Result<Verified, Error> {
         let root = self.check_root(&resp.root)?;
-        let bad = |why: String| bad_proof(user, "entry", why);
-        let proof = decode_lookup_proof(&resp.proof).map_err(|e| bad(e.to_string()))?;
-        let result = akd_core::verify::lookup_verify::<DirectoryConfig>(
-            &self.keys.vrf_key,
-            root,
-            resp.root.epoch,
-            directory_label(user),
-            proof,
-        )
-        .map_err(|e| bad(e.to_string()))?;
-        let entry = DirectoryEntry::decode(&result.value.0).map_err(|e| bad(e.to_string()))?;
-        Ok(certified(user, resp.root.epoch, root, entry))
+        verify_proof(&self.keys, user, resp.root.epoch, root, &resp.proof)
     }
 
     /// Verifies a key-history answer for `user`: every version, newest first.
@@ -118,6 +107,28 @@ impl DirectoryState {
             })
             .collect()
     }
+}
+
+/// Verifies a lookup proof for `user` against a root already checked.
+pub(crate) fn verify_proof(
+    keys: &DirectoryKeys,
+    user: &Username,
+    epoch: u64,
+    root: [u8; 32],
+    proof: &[u8],
+) -> Result<Verified, Error> {
+    let bad = |why: String| bad_proof(user, "entry", why);
+    let proof = decode_lookup_proof(proof).map_err(|e| bad(e.to_string()))?;
+    let result = akd_core::verify::lookup_verify::<DirectoryConfig>(
+        &keys.vrf_key,
+        root,
+        epoch,
+        directory_label(user),
+        proof,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let entry = DirectoryEntry::decode(&result.value.0).map_err(|e| bad(e.to_string()))?;
+    Ok(certified(user, epoch, root, entry))
 }
 
 /// Splits an entry's devices into certified ones (kept) and the others (reported).

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::SinkExt as _;
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
-use sealpost_proto::directory::AuditQuery;
+use sealpost_proto::directory::{AuditQuery, BatchLookupRequest, MAX_BATCH_LOOKUP};
 use sealpost_proto::link::{LinkApproval, LinkRequest};
 use sealpost_proto::{
     AckRequest, ChallengeRequest, CiphersuiteQuery, ClaimKeyPackagesResponse, ClaimedKeyPackage,
@@ -177,6 +177,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/directory/root", get(directory_latest_root))
         .route("/v1/directory/roots/{epoch}", get(directory_root))
         .route("/v1/directory/lookup/{username}", get(directory_lookup))
+        .route("/v1/directory/lookups", post(directory_batch_lookup))
         .route("/v1/directory/history/{username}", get(directory_history))
         .route("/v1/directory/audit", get(directory_audit))
         .fallback(|| async { ApiFailure::not_found("no such endpoint") })
@@ -518,6 +519,22 @@ async fn directory_lookup(
 ) -> Result<impl IntoResponse, ApiFailure> {
     let username: Username = parse_path(&username, "username")?;
     Ok(Json(state.directory.lookup(&username).await?))
+}
+
+async fn directory_batch_lookup(
+    State(state): State<AppState>,
+    _who: Authenticated,
+    ApiJson(req): ApiJson<BatchLookupRequest>,
+) -> Result<impl IntoResponse, ApiFailure> {
+    if req.usernames.is_empty() || req.usernames.len() > MAX_BATCH_LOOKUP {
+        return Err(ApiFailure::bad_request(&format!(
+            "give 1 to {MAX_BATCH_LOOKUP} usernames"
+        )));
+    }
+    let mut users = req.usernames;
+    users.sort();
+    users.dedup();
+    Ok(Json(state.directory.batch_lookup(&users).await?))
 }
 
 async fn directory_history(

@@ -46,9 +46,13 @@ pub struct BenchArgs {
     /// Messages posted to the group.
     #[arg(long, default_value_t = 500)]
     group_messages: usize,
-    /// Run only these scenarios (comma-separated from a, rate, b, c, client).
+    /// Run only these scenarios (comma-separated from a, rate, b, c, client; `directory` runs
+    /// the key-directory measurements on their own).
     #[arg(long, value_delimiter = ',', default_values_t = ["a".to_string(), "rate".into(), "b".into(), "c".into(), "client".into()])]
     only: Vec<String>,
+    /// Directory sizes (accounts) for `--only directory`.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000usize, 100_000])]
+    accounts: Vec<usize>,
     /// How senders post: over their WebSocket (up to 32 in flight each) or one HTTP request per
     /// message.
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
@@ -377,6 +381,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         SuiteArg::Classic => Suite::Classic,
     };
     let want = |k: &str| args.only.iter().any(|o| o == k);
+    if want("directory") {
+        return crate::bench_directory::run(&args.accounts).await;
+    }
     let http = http();
     let server = start_server(args.server.clone())?;
     let url = server.url.clone();

@@ -25,9 +25,9 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use openmls_traits::random::OpenMlsRand;
 use sealpost_proto::Username;
 use sealpost_proto::directory::{
-    AuditResponse, DirectoryConfig, DirectoryDevice, DirectoryEntry, DirectoryKeys,
-    HistoryResponse, LookupResponse, SignedRoot, directory_label, directory_root_message,
-    encode_audit_proof, encode_history_proof, encode_lookup_proof,
+    AuditResponse, BatchLookupResponse, DirectoryConfig, DirectoryDevice, DirectoryEntry,
+    DirectoryKeys, HistoryResponse, LookupResponse, NamedProof, SignedRoot, directory_label,
+    directory_root_message, encode_audit_proof, encode_history_proof, encode_lookup_proof,
 };
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -373,6 +373,49 @@ impl KeyDirectory {
         Ok(LookupResponse {
             root: self.root_of(&epoch_hash).await?,
             proof: encode_lookup_proof(&proof),
+        })
+    }
+
+    /// Lookup proofs for several users at one epoch; users without an entry are listed apart.
+    pub async fn batch_lookup(
+        &self,
+        users: &[Username],
+    ) -> Result<BatchLookupResponse, DirectoryError> {
+        let labels: Vec<_> = users.iter().map(directory_label).collect();
+        let present = self
+            .db
+            .get_user_state_versions(
+                &labels,
+                akd::storage::types::ValueStateRetrievalFlag::MaxEpoch,
+            )
+            .await
+            .map_err(|e| DirectoryError::Backend(e.to_string()))?;
+        let (found, missing): (Vec<&Username>, Vec<&Username>) = users
+            .iter()
+            .partition(|u| present.contains_key(&directory_label(u)));
+        let found_labels: Vec<_> = found.iter().map(|u| directory_label(u)).collect();
+        let (proofs, epoch_hash) = if found_labels.is_empty() {
+            (
+                Vec::new(),
+                self.akd.get_epoch_hash().await.map_err(akd_error)?,
+            )
+        } else {
+            self.akd
+                .batch_lookup(&found_labels)
+                .await
+                .map_err(akd_error)?
+        };
+        Ok(BatchLookupResponse {
+            root: self.root_of(&epoch_hash).await?,
+            proofs: found
+                .into_iter()
+                .zip(proofs.iter())
+                .map(|(u, p)| NamedProof {
+                    username: u.clone(),
+                    proof: encode_lookup_proof(p),
+                })
+                .collect(),
+            missing: missing.into_iter().cloned().collect(),
         })
     }
 

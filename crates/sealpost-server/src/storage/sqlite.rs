@@ -114,6 +114,8 @@ CREATE TABLE IF NOT EXISTS directory_pending (
     username TEXT PRIMARY KEY,
     ticket   INTEGER NOT NULL
 );
+-- The next ticket is MAX(ticket) + 1: indexed, or every queued change would scan the queue.
+CREATE INDEX IF NOT EXISTS directory_pending_ticket ON directory_pending(ticket);
 PRAGMA user_version = 2;
 "#;
 
