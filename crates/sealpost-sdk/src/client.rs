@@ -2088,18 +2088,27 @@ impl Client {
                                 .is_some_and(|c| c.cursor + 1 == d.group_seq) =>
                     {
                         let (group, seq) = (d.group(), d.group_seq);
-                        self.process(d)?;
-                        self.api
-                            .ack(
-                                &self.identity,
-                                &AckRequest {
-                                    inbox: None,
-                                    groups: vec![(group, seq)],
-                                },
-                            )
-                            .await?;
-                        self.after_sync().await?;
-                        self.take_events()
+                        // Directory entries are looked up afresh for what this message needs.
+                        self.dir.fresh.clear();
+                        match self.process(d) {
+                            // Nothing was applied: catch up by cursor, which fetches them.
+                            Err(Error::NeedDirectory(_)) => self.sync().await?,
+                            done => {
+                                done?;
+                                self.api
+                                    .ack(
+                                        &self.identity,
+                                        &AckRequest {
+                                            inbox: None,
+                                            groups: vec![(group, seq)],
+                                        },
+                                    )
+                                    .await?;
+                                self.check_peer_roots().await?;
+                                self.after_sync().await?;
+                                self.take_events()
+                            }
+                        }
                     }
                     // Anything else (a gap, a Welcome, garbage): catch up by cursor.
                     _ => self.sync().await?,

@@ -420,3 +420,38 @@ async fn lookups_of_unknown_users_and_damaged_bodies_are_clear_errors() {
     assert_eq!(key.len(), 32);
     let _: Username = u("alice");
 }
+
+#[tokio::test]
+async fn commits_pushed_to_a_listening_device_are_verified_too() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let _carol = people.register(&server, "carol").await;
+    bob.create_group("team", &[u("alice")], Suite::Pq)
+        .await
+        .unwrap();
+    // Alice listens; her first event (caught up on connect) says she is connected.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let result = alice
+            .listen(|e| {
+                seen.push(e.clone());
+                let _ = tx.send(());
+                !matches!(e, Event::MemberAdded { .. })
+            })
+            .await;
+        (result, seen)
+    });
+    rx.recv().await.unwrap();
+    // Carol's leaf arrives over the push connection and needs her directory entry.
+    bob.add_members("#team", &[u("carol")]).await.unwrap();
+    let (result, seen) = listener.await.unwrap();
+    result.unwrap();
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::MemberAdded { member, .. } if member == "@carol")),
+        "{seen:?}"
+    );
+}
