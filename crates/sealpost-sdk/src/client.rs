@@ -775,7 +775,8 @@ impl Client {
             .new_conversation(ConversationKind::Group, name, None, suite)
             .await?;
         if !members.is_empty() {
-            self.add_members_to(group, members).await?;
+            let users = self.with_my_other_devices(members);
+            self.add_members_to(group, &users).await?;
         }
         self.info(group)
     }
@@ -1139,10 +1140,8 @@ impl Client {
                             Suite::default(),
                         )
                         .await?;
-                    if let Err(e) = self
-                        .add_members_to(group, std::slice::from_ref(&user))
-                        .await
-                    {
+                    let users = self.with_my_other_devices(std::slice::from_ref(&user));
+                    if let Err(e) = self.add_members_to(group, &users).await {
                         // A 1:1 conversation without the peer must not linger: later sends
                         // would reach nobody.
                         if self.member_devices(group)?.len() <= 1 {
@@ -1185,6 +1184,22 @@ impl Client {
         };
         self.send_app(group, &msg, Some(item.clone())).await?;
         Ok(item.render(self.display(group)))
+    }
+
+    /// `users`, plus this account when it has other devices (or when that is not known yet), so
+    /// that a conversation this device starts reaches the account's other devices too.
+    fn with_my_other_devices(&self, users: &[Username]) -> Vec<Username> {
+        let me = &self.identity.username;
+        let others = self
+            .dir
+            .entries
+            .get(me)
+            .is_none_or(|v| v.entry.devices.len() > 1);
+        let mut all = users.to_vec();
+        if others && !all.contains(me) {
+            all.push(me.clone());
+        }
+        all
     }
 
     /// The conversations this device is still a member of.
@@ -1674,6 +1689,12 @@ impl Client {
         let listed = versions
             .first()
             .is_some_and(|(_, e)| e.device(self.identity.device_id).is_some());
+        if let (Some((_, newest)), Ok(root)) =
+            (versions.first(), resp.root.verify(&state.keys.signing_key))
+        {
+            let verified = crate::directory::certified(&me, resp.root.epoch, root, newest.clone());
+            self.dir.entries.insert(me.clone(), verified);
+        }
         if !listed {
             self.alert(&security(
                 SecurityAlert::DeviceMissing,

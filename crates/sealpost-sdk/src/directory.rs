@@ -132,7 +132,12 @@ pub(crate) fn verify_proof(
 }
 
 /// Splits an entry's devices into certified ones (kept) and the others (reported).
-fn certified(user: &Username, epoch: u64, root: [u8; 32], mut entry: DirectoryEntry) -> Verified {
+pub(crate) fn certified(
+    user: &Username,
+    epoch: u64,
+    root: [u8; 32],
+    mut entry: DirectoryEntry,
+) -> Verified {
     let mut uncertified = Vec::new();
     let all = std::mem::take(&mut entry.devices);
     for d in all {

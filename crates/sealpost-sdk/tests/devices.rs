@@ -118,6 +118,19 @@ async fn a_linked_device_receives_new_messages_and_a_removed_one_reads_nothing_a
         vec![("@alice".into(), "from the phone".into())]
     );
 
+    // Conversations started after the link include the account's other devices.
+    alice
+        .create_group("later", &[u("bob")], Suite::Pq)
+        .await
+        .unwrap();
+    let joined = phone.sync().await.unwrap();
+    assert!(
+        joined
+            .iter()
+            .any(|e| matches!(e, Event::Joined { conversation, .. } if conversation == "#later")),
+        "{joined:?}"
+    );
+
     // Removing the phone: gone from the directory and from every conversation.
     alice.remove_device(&phone_id.to_string()).await.unwrap();
     assert_eq!(alice.devices().await.unwrap().len(), 1);
