@@ -771,11 +771,11 @@ impl Client {
                 "a group name is 1 to 64 letters, digits, '-', '_' or '.'".into(),
             ));
         }
+        let users = self.with_my_other_devices(members).await?;
         let group = self
             .new_conversation(ConversationKind::Group, name, None, suite)
             .await?;
-        if !members.is_empty() {
-            let users = self.with_my_other_devices(members);
+        if !users.is_empty() {
             self.add_members_to(group, &users).await?;
         }
         self.info(group)
@@ -831,7 +831,8 @@ impl Client {
     /// Adds users (all their devices) to a group.
     pub async fn add_members(&mut self, target: &str, users: &[Username]) -> Result<(), Error> {
         let group = self.resolve(target)?;
-        self.add_members_to(group, users).await
+        let users = self.with_my_other_devices(users).await?;
+        self.add_members_to(group, &users).await
     }
 
     async fn add_members_to(&mut self, group: GroupId, users: &[Username]) -> Result<(), Error> {
@@ -848,6 +849,16 @@ impl Client {
         let mut kps = Vec::new();
         let mut refused = None;
         for user in users {
+            // This account's devices that are all in already: nothing to claim.
+            let all_present = *user == self.identity.username
+                && self
+                    .dir
+                    .entries
+                    .get(user)
+                    .is_some_and(|v| v.entry.devices.iter().all(|d| present.contains(&d.id())));
+            if all_present {
+                continue;
+            }
             let claimed = self
                 .api
                 .claim_key_packages_for(&self.identity, user, conv.info.suite)
@@ -1132,6 +1143,9 @@ impl Client {
                             "you cannot open a conversation with yourself".into(),
                         ));
                     }
+                    let users = self
+                        .with_my_other_devices(std::slice::from_ref(&user))
+                        .await?;
                     let group = self
                         .new_conversation(
                             ConversationKind::Direct,
@@ -1140,7 +1154,6 @@ impl Client {
                             Suite::default(),
                         )
                         .await?;
-                    let users = self.with_my_other_devices(std::slice::from_ref(&user));
                     if let Err(e) = self.add_members_to(group, &users).await {
                         // A 1:1 conversation without the peer must not linger: later sends
                         // would reach nobody.
@@ -1186,20 +1199,23 @@ impl Client {
         Ok(item.render(self.display(group)))
     }
 
-    /// `users`, plus this account when it has other devices (or when that is not known yet), so
-    /// that a conversation this device starts reaches the account's other devices too.
-    fn with_my_other_devices(&self, users: &[Username]) -> Vec<Username> {
-        let me = &self.identity.username;
+    /// `users`, plus this account when it has other devices, so that a conversation this
+    /// device starts reaches the account's other devices too.
+    async fn with_my_other_devices(&mut self, users: &[Username]) -> Result<Vec<Username>, Error> {
+        let me = self.identity.username.clone();
+        if !self.dir.entries.contains_key(&me) {
+            self.lookup_verified(&me).await?;
+        }
         let others = self
             .dir
             .entries
-            .get(me)
-            .is_none_or(|v| v.entry.devices.len() > 1);
+            .get(&me)
+            .is_some_and(|v| v.entry.devices.len() > 1);
         let mut all = users.to_vec();
-        if others && !all.contains(me) {
-            all.push(me.clone());
+        if others && !all.contains(&me) {
+            all.push(me);
         }
-        all
+        Ok(all)
     }
 
     /// The conversations this device is still a member of.

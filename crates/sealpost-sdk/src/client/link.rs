@@ -372,6 +372,8 @@ impl Client {
             .link_approve(&self.identity, &keys.link_id, &approval)
             .await?;
         let me = self.identity.username.clone();
+        // The entry now lists the new device (the approval waited for its epoch).
+        self.lookup_verified(&me).await?;
         for group in self.active_groups() {
             self.add_members_to(group, std::slice::from_ref(&me))
                 .await?;
@@ -425,6 +427,8 @@ impl Client {
                 } => Error::Invalid(format!("your account has no device {device}")),
                 other => other,
             })?;
+        let me = self.identity.username.clone();
+        self.lookup_verified(&me).await?;
         for group in self.active_groups() {
             let leaves: Vec<LeafNodeIndex> = load_group(&self.profile.mls.provider, group)?
                 .members()
