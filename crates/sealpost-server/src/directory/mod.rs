@@ -284,14 +284,7 @@ impl KeyDirectory {
             return Ok(());
         }
         let labels: Vec<_> = pending.iter().map(|(u, _)| directory_label(u)).collect();
-        let current = self
-            .db
-            .get_user_state_versions(
-                &labels,
-                akd::storage::types::ValueStateRetrievalFlag::MaxEpoch,
-            )
-            .await
-            .map_err(|e| DirectoryError::Backend(e.to_string()))?;
+        let current = self.latest_values(&labels).await?;
         let mut updates = Vec::new();
         for ((user, _), label) in pending.iter().zip(labels) {
             let Some(record) = self.store.user(user).await? else {
@@ -376,20 +369,27 @@ impl KeyDirectory {
         })
     }
 
+    /// The latest published version and value of each label that has one.
+    async fn latest_values(
+        &self,
+        labels: &[akd::AkdLabel],
+    ) -> Result<std::collections::HashMap<akd::AkdLabel, (u64, AkdValue)>, DirectoryError> {
+        self.db
+            .get_user_state_versions(
+                labels,
+                akd::storage::types::ValueStateRetrievalFlag::MaxEpoch,
+            )
+            .await
+            .map_err(|e| DirectoryError::Backend(e.to_string()))
+    }
+
     /// Lookup proofs for several users at one epoch; users without an entry are listed apart.
     pub async fn batch_lookup(
         &self,
         users: &[Username],
     ) -> Result<BatchLookupResponse, DirectoryError> {
         let labels: Vec<_> = users.iter().map(directory_label).collect();
-        let present = self
-            .db
-            .get_user_state_versions(
-                &labels,
-                akd::storage::types::ValueStateRetrievalFlag::MaxEpoch,
-            )
-            .await
-            .map_err(|e| DirectoryError::Backend(e.to_string()))?;
+        let present = self.latest_values(&labels).await?;
         let (found, missing): (Vec<&Username>, Vec<&Username>) = users
             .iter()
             .partition(|u| present.contains_key(&directory_label(u)));
