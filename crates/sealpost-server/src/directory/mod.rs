@@ -578,6 +578,23 @@ mod tests {
         ));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn accounts_from_before_the_directory_are_published() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path()).await;
+            store.create_account(account("alice", 1)).await.unwrap();
+        }
+        // Make it look like a database of the previous schema version.
+        let conn = rusqlite::Connection::open(dir.path().join("server.db")).unwrap();
+        conn.execute_batch("DELETE FROM directory_pending; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(conn);
+        let (_store, kd) = open(dir.path()).await;
+        kd.publish_round().await.unwrap();
+        kd.lookup(&Username::new("alice").unwrap()).await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_damaged_key_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();

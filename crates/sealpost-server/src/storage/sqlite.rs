@@ -166,7 +166,18 @@ impl SqliteStore {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        if version == 1 {
+            // Accounts from before the key directory: publish them all in the first epoch.
+            conn.execute(
+                "INSERT OR IGNORE INTO directory_pending (username, ticket) SELECT username, rowid FROM accounts",
+                [],
+            )
+            .map_err(backend)?;
+        }
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?);
