@@ -441,7 +441,10 @@ impl DirCheck<'_> {
         let (epoch, root) = parse_root_aad(aad)?;
         match self.roots.get(&epoch) {
             Some(ours) if *ours == root => None,
-            Some(_) => Some(split_view(from, epoch)),
+            Some(_) => Some(Item::Security {
+                alert: SecurityAlert::SplitView,
+                detail: split_view(from, epoch),
+            }),
             None => {
                 self.peer_roots.push(PeerRoot {
                     group,
@@ -455,13 +458,10 @@ impl DirCheck<'_> {
     }
 }
 
-fn split_view(from: &str, epoch: u64) -> Item {
-    Item::Security {
-        alert: SecurityAlert::SplitView,
-        detail: format!(
-            "{from}'s message carries a different key directory root for epoch {epoch} than the one this device verified: the server is showing you different directories"
-        ),
-    }
+fn split_view(from: &str, epoch: u64) -> String {
+    format!(
+        "{from}'s message carries a different key directory root for epoch {epoch} than the one this device verified: the server is showing you different directories"
+    )
 }
 
 enum LeafCheck {
@@ -1620,13 +1620,10 @@ impl Client {
                 }
             }
             if self.dir.roots.get(&peer.epoch) != Some(&peer.root) {
-                let Item::Security { alert, detail } = split_view(&peer.from, peer.epoch) else {
-                    continue;
-                };
                 self.dir.outside.push(Event::Security {
                     conversation: Some(self.display(peer.group)),
-                    alert,
-                    detail,
+                    alert: SecurityAlert::SplitView,
+                    detail: split_view(&peer.from, peer.epoch),
                 });
             }
         }
@@ -1650,8 +1647,7 @@ impl Client {
         }
         let me = self.identity.username.clone();
         let resp = self.api.directory_history(&self.identity, &me).await?;
-        let state = self.dir_state().await?;
-        let versions = match state.verify_history(&me, &resp) {
+        let (root, versions) = match state.verify_history(&me, &resp) {
             Ok(v) => v,
             Err(e) => {
                 self.alert(&e);
@@ -1705,9 +1701,7 @@ impl Client {
         let listed = versions
             .first()
             .is_some_and(|(_, e)| e.device(self.identity.device_id).is_some());
-        if let (Some((_, newest)), Ok(root)) =
-            (versions.first(), resp.root.verify(&state.keys.signing_key))
-        {
+        if let Some((_, newest)) = versions.first() {
             let verified = crate::directory::certified(&me, resp.root.epoch, root, newest.clone());
             self.dir.entries.insert(me.clone(), verified);
         }
@@ -1717,13 +1711,10 @@ impl Client {
                 "this device is not in your account's current directory entry",
             ));
         }
-        if let Ok(root) = resp.root.verify(&state.keys.signing_key) {
-            self.note_root(resp.root.epoch, root)?;
-        }
-        let epoch = resp.root.epoch;
+        self.note_root(resp.root.epoch, root)?;
         let state = self.dir_state().await?;
         self.save_dir_state(DirectoryState {
-            history_checked: epoch,
+            history_checked: resp.root.epoch,
             ..state
         })
     }

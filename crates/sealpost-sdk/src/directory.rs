@@ -80,12 +80,13 @@ impl DirectoryState {
         verify_proof(&self.keys, user, resp.root.epoch, root, &resp.proof)
     }
 
-    /// Verifies a key-history answer for `user`: every version, newest first.
+    /// Verifies a key-history answer for `user`: the root it is for, and every version, newest
+    /// first.
     pub fn verify_history(
         &self,
         user: &Username,
         resp: &HistoryResponse,
-    ) -> Result<Vec<(u64, DirectoryEntry)>, Error> {
+    ) -> Result<([u8; 32], Versions), Error> {
         let root = self.check_root(&resp.root)?;
         let bad = |why: String| bad_proof(user, "history", why);
         let proof = decode_history_proof(&resp.proof).map_err(|e| bad(e.to_string()))?;
@@ -98,14 +99,15 @@ impl DirectoryState {
             akd_core::verify::history::HistoryVerificationParams::default(),
         )
         .map_err(|e| bad(e.to_string()))?;
-        versions
+        let versions = versions
             .into_iter()
             .map(|v| {
                 DirectoryEntry::decode(&v.value.0)
                     .map(|e| (v.epoch, e))
                     .map_err(|e| bad(e.to_string()))
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((root, versions))
     }
 }
 
@@ -174,6 +176,9 @@ pub(crate) fn parse_root_aad(aad: &[u8]) -> Option<(u64, [u8; 32])> {
     let root: [u8; 32] = root.try_into().ok()?;
     Some((u64::from_be_bytes(*epoch), root))
 }
+
+/// An entry's versions with their epochs, newest first.
+pub(crate) type Versions = Vec<(u64, DirectoryEntry)>;
 
 /// Verified roots by epoch, to compare with what peers carry.
 pub(crate) type Roots = BTreeMap<u64, [u8; 32]>;

@@ -17,7 +17,7 @@ use openmls::prelude::{BasicCredential, CredentialWithKey, KeyPackage, MlsMessag
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::types::SignatureScheme;
 use sealpost_proto::directory::{LookupResponse, SignedRoot};
-use sealpost_proto::{ClaimKeyPackagesResponse, DeviceId, DeviceIdentity, Username};
+use sealpost_proto::{ClaimKeyPackagesResponse, DeviceId, DeviceIdentity};
 use sealpost_sdk::{Client, Error, Event, SecurityAlert, Suite};
 use sealpost_server::storage::{DeviceRecord, KeyPackageRecord};
 use tls_codec::Serialize as _;
@@ -418,7 +418,6 @@ async fn lookups_of_unknown_users_and_damaged_bodies_are_clear_errors() {
         .decode(keys["signing_key"].as_str().unwrap())
         .unwrap();
     assert_eq!(key.len(), 32);
-    let _: Username = u("alice");
 }
 
 #[tokio::test]

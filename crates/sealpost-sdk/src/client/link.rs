@@ -54,10 +54,11 @@ fn mac_ok(crypto: &impl OpenMlsCrypto, key: &[u8], message: &[u8], tag: &[u8]) -
     mac(crypto, key, message).is_ok_and(|t| bool::from(t.as_slice().ct_eq(tag)))
 }
 
-/// The account's key material and conversation list, sealed to the new device.
+/// The account's key material and conversation list, sealed to the new device. The approver
+/// serializes a borrowed key (no copy of it is left behind); the new device reads an owned one.
 #[derive(Serialize, Deserialize)]
-struct LinkPayload {
-    account_key: SignatureKeyPair,
+struct LinkPayload<K> {
+    account_key: K,
     directory: DirectoryState,
     conversations: Vec<LinkedConversation>,
 }
@@ -231,7 +232,8 @@ impl PendingLink {
                 )
                 .map_err(|_| forged())?,
         );
-        let payload: LinkPayload = serde_json::from_slice(&plain).map_err(|_| forged())?;
+        let payload: LinkPayload<SignatureKeyPair> =
+            serde_json::from_slice(&plain).map_err(|_| forged())?;
         let certified = crypto
             .verify_signature(
                 SignatureScheme::ED25519,
@@ -326,13 +328,10 @@ impl Client {
                 &req.device_key,
             ))
             .map_err(|_| Error::Crypto("signing failed"))?;
+        let directory = self.dir_state().await?;
         let payload = LinkPayload {
-            account_key: serde_json::from_slice(
-                &serde_json::to_vec(&self.identity.account_key)
-                    .map_err(|e| Error::Store(e.to_string()))?,
-            )
-            .map_err(|e| Error::Store(e.to_string()))?,
-            directory: self.dir_state().await?,
+            account_key: &self.identity.account_key,
+            directory,
             conversations: self
                 .convs
                 .iter()
