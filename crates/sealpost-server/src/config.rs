@@ -30,6 +30,49 @@ pub struct Settings {
     /// Key directory: shortest time between two published epochs, milliseconds. Changes that
     /// arrive meanwhile go into the next epoch together; a registration waits for its epoch.
     pub directory_interval_ms: u64,
+    /// Where the server keeps its state: empty for the embedded SQLite database in `data`, or a
+    /// PostgreSQL URL (`postgres://user:password@host:5432/db`) that several nodes share.
+    pub database: ConnectionUrl,
+    /// A NATS server (`nats://host:4222`) through which nodes sharing a database wake each
+    /// other to push messages to devices connected elsewhere; empty for a single node.
+    pub nats: ConnectionUrl,
+}
+
+/// A URL that may carry a password: `Debug` shows it without the password.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectionUrl(pub String);
+
+impl ConnectionUrl {
+    /// The URL, or `None` when unset.
+    pub fn get(&self) -> Option<&str> {
+        Some(self.0.trim()).filter(|s| !s.is_empty())
+    }
+}
+
+impl std::fmt::Debug for ConnectionUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `scheme://user:password@host…`: everything between the first ':' after the scheme
+        // and the '@' is the password.
+        match self.0.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((user, host)) => {
+                    let user = user.split(':').next().unwrap_or_default();
+                    write!(f, "\"{scheme}://{user}:…@{host}\"")
+                }
+                None => write!(f, "{:?}", self.0),
+            },
+            None if self.0.is_empty() => f.write_str("\"\""),
+            None => f.write_str("\"…\""),
+        }
+    }
+}
+
+impl std::str::FromStr for ConnectionUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
 }
 
 impl Default for Settings {
@@ -45,6 +88,8 @@ impl Default for Settings {
             max_inflight_requests: 4096,
             token_ttl_secs: 24 * 3600,
             directory_interval_ms: 200,
+            database: ConnectionUrl::default(),
+            nats: ConnectionUrl::default(),
         }
     }
 }
@@ -127,6 +172,8 @@ impl Settings {
             max_inflight_requests => "SEALPOST_MAX_INFLIGHT_REQUESTS",
             token_ttl_secs => "SEALPOST_TOKEN_TTL_SECS",
             directory_interval_ms => "SEALPOST_DIRECTORY_INTERVAL_MS",
+            database => "SEALPOST_DATABASE",
+            nats => "SEALPOST_NATS",
         );
         Ok(())
     }
@@ -166,6 +213,25 @@ mod tests {
             Settings::load(Some(&path)),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug() {
+        let s = Settings {
+            database: ConnectionUrl("postgres://sp:hunter2@db:5432/sealpost".into()),
+            nats: ConnectionUrl("nats://n:secret@nats:4222".into()),
+            ..Settings::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("secret"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://sp:…@db:5432/sealpost"),
+            "{shown}"
+        );
+        assert_eq!(Settings::default().database.get(), None);
     }
 
     #[test]

@@ -258,7 +258,7 @@ impl DeliveryService {
         self.metrics.record_write(started);
         let appended = appended?;
         self.metrics.messages_accepted.inc();
-        let audience = self.audience(group).await?;
+        let audience = self.audience(group, appended.epoch).await?;
         self.push_group(
             group,
             &appended,
@@ -316,18 +316,34 @@ impl DeliveryService {
     ) -> Result<PostedResponse, ApiFailure> {
         let slot = self.slot(group)?;
         let mut guard = slot.lock().await;
-        self.load(group, &mut guard).await?;
+        // The cached state may be behind when other nodes share the store: a message that does
+        // not fit it is checked once more against the stored state before it is refused.
+        let mut fresh = guard.is_none();
+        let (epoch, processed) = loop {
+            self.load(group, &mut guard).await?;
+            let Some(loaded) = guard.as_mut() else {
+                return Err(ApiFailure::internal());
+            };
+            let epoch = loaded.public.group_context().epoch().as_u64();
+            let failure: ApiFailure = if msg.epoch().as_u64() != epoch {
+                StoreError::EpochConflict { current: epoch }.into()
+            } else {
+                match loaded.public.process_message(&self.crypto, msg.clone()) {
+                    Ok(processed) => break (epoch, processed),
+                    Err(_) => {
+                        bad("the handshake message does not validate against the group state")
+                    }
+                }
+            };
+            if fresh {
+                return Err(failure);
+            }
+            *guard = None;
+            fresh = true;
+        };
         let Some(loaded) = guard.as_mut() else {
             return Err(ApiFailure::internal());
         };
-        let epoch = loaded.public.group_context().epoch().as_u64();
-        if msg.epoch().as_u64() != epoch {
-            return Err(StoreError::EpochConflict { current: epoch }.into());
-        }
-        let processed = loaded
-            .public
-            .process_message(&self.crypto, msg)
-            .map_err(|_| bad("the handshake message does not validate against the group state"))?;
         let Sender::Member(sender_leaf) = *processed.sender() else {
             return Err(ApiFailure::forbidden(
                 "only members may send handshake messages",
@@ -450,9 +466,17 @@ impl DeliveryService {
         })
     }
 
-    async fn audience(&self, group: GroupId) -> Result<Arc<Vec<DeviceId>>, ApiFailure> {
+    /// The group's member devices at `epoch`: another node may have moved the group on since
+    /// this one cached it.
+    async fn audience(&self, group: GroupId, epoch: u64) -> Result<Arc<Vec<DeviceId>>, ApiFailure> {
         let slot = self.slot(group)?;
         let mut guard = slot.lock().await;
+        if guard
+            .as_ref()
+            .is_some_and(|g| g.public.group_context().epoch().as_u64() < epoch)
+        {
+            *guard = None;
+        }
         self.load(group, &mut guard).await?;
         guard
             .as_ref()
@@ -465,7 +489,7 @@ impl DeliveryService {
         group: GroupId,
         appended: &Appended,
         payload: Vec<u8>,
-        to: impl Iterator<Item = &'a DeviceId>,
+        to: impl Iterator<Item = &'a DeviceId> + Clone,
     ) {
         let frame = Delivery {
             kind: DeliveryKind::Group,

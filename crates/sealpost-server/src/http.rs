@@ -781,6 +781,8 @@ async fn websocket(
 /// `{"id":…,"error":{"code":…,"message":…}}`. Answers may come in any order.
 async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) {
     let mut sub = state.delivery.hub().subscribe(me.device_id);
+    // Frames accepted by other nodes (several nodes sharing the database).
+    let mut remote = state.delivery.hub().subscribe_remote(&me.device_id).await;
     // Tell the client it is subscribed: anything appended from now on will be pushed, so a sync
     // started after this frame misses nothing.
     if socket
@@ -805,6 +807,14 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
                     ok = socket.feed(Message::Binary(more)).await.is_ok();
                 }
                 if !ok || socket.flush().await.is_err() {
+                    break;
+                }
+            }
+            frame = next_remote(&mut remote) => {
+                // NATS ended the subscription: reconnecting makes the client catch up.
+                let Some(frame) = frame else { break };
+                state.metrics.frames_pushed.inc();
+                if socket.send(Message::Binary(frame.payload)).await.is_err() {
                     break;
                 }
             }
@@ -838,6 +848,15 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
                 break;
             }
         }
+    }
+}
+
+/// The next frame from another node; never, on a single node.
+async fn next_remote(remote: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    use futures_util::StreamExt as _;
+    match remote {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
     }
 }
 

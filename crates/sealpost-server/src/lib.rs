@@ -13,6 +13,7 @@ pub mod config;
 mod delivery;
 pub mod directory;
 mod error;
+pub mod fanout;
 mod http;
 mod links;
 pub mod metrics;
@@ -30,6 +31,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::storage::Store;
+use crate::storage::postgres::PostgresStore;
 use crate::storage::sqlite::SqliteStore;
 
 /// The server failed to start or to serve.
@@ -50,6 +52,12 @@ pub enum ServerError {
     /// The key directory could not be opened.
     #[error("cannot open the key directory: {0}")]
     Directory(#[from] directory::DirectoryError),
+    /// A setting is unusable.
+    #[error("invalid setting: {0}")]
+    Settings(String),
+    /// NATS could not be used.
+    #[error(transparent)]
+    Fanout(#[from] fanout::FanoutError),
     /// Serving failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -69,7 +77,18 @@ impl Server {
             path: settings.data.clone(),
             source,
         })?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.data.join("server.db"))?);
+        let store: Arc<dyn Store> = match settings.database.get() {
+            None => Arc::new(SqliteStore::open(&settings.data.join("server.db"))?),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Arc::new(PostgresStore::open(url).await?)
+            }
+            Some(_) => {
+                return Err(ServerError::Settings(
+                    "database must be empty (the embedded SQLite database) or a postgres:// URL"
+                        .into(),
+                ));
+            }
+        };
         let directory = Arc::new(
             directory::KeyDirectory::open(store.clone(), &settings.data.join("directory.key"))
                 .await?,
@@ -103,7 +122,13 @@ impl Server {
             directory: key_directory,
         } = self;
         let metrics = Arc::new(metrics::Metrics::default());
-        let hub = push::Hub::new(metrics.clone());
+        let mut hub = push::Hub::new(metrics.clone());
+        if let Some(url) = settings.nats.get() {
+            let closer = hub.clone();
+            let fanout =
+                fanout::Fanout::connect(url, metrics.clone(), move || closer.close_all()).await?;
+            hub = hub.with_fanout(Arc::new(fanout));
+        }
         let delivery = Arc::new(delivery::DeliveryService::new(
             store.clone(),
             hub,

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub storage_write_micros: Counter,
     /// Number of durable writes timed.
     pub storage_writes: Counter,
+    /// Frames published to NATS for devices connected to other nodes.
+    pub frames_published: Counter,
+    /// Frames that could not be published to NATS (their recipients catch up by cursor).
+    pub frames_unpublished: Counter,
 }
 
 impl Metrics {
@@ -60,7 +64,19 @@ impl Metrics {
     /// Renders the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &Counter); 9] = [
+        let rows: [(&str, &str, &str, &Counter); 11] = [
+            (
+                "sealpost_frames_published_total",
+                "counter",
+                "Frames published to NATS for other nodes.",
+                &self.frames_published,
+            ),
+            (
+                "sealpost_frames_unpublished_total",
+                "counter",
+                "Frames that could not be published to NATS.",
+                &self.frames_unpublished,
+            ),
             (
                 "sealpost_messages_accepted_total",
                 "counter",

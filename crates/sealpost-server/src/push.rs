@@ -10,6 +10,7 @@ use bytes::Bytes;
 use sealpost_proto::{Delivery, DeviceId};
 use tokio::sync::mpsc;
 
+use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 
 /// Frames queued per connection before it counts as too slow.
@@ -23,6 +24,8 @@ pub struct Hub {
     conns: Arc<Mutex<Conns>>,
     next_id: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// Other nodes, when several share the database.
+    remote: Option<Arc<Fanout>>,
 }
 
 /// A registered connection; unregisters itself when dropped.
@@ -56,6 +59,28 @@ impl Hub {
         }
     }
 
+    /// Also publishes every frame to the other nodes through `fanout`.
+    pub fn with_fanout(mut self, fanout: Arc<Fanout>) -> Self {
+        self.remote = Some(fanout);
+        self
+    }
+
+    /// Subscribes to the device's frames from other nodes; `None` on a single node (or while
+    /// NATS is away).
+    pub async fn subscribe_remote(&self, device: &DeviceId) -> Option<async_nats::Subscriber> {
+        match &self.remote {
+            Some(fanout) => fanout.subscribe(device).await,
+            None => None,
+        }
+    }
+
+    /// Ends every push connection on this node: their clients reconnect and catch up by cursor.
+    pub fn close_all(&self) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.clear();
+        }
+    }
+
     /// Registers a connection for `device`.
     pub fn subscribe(&self, device: DeviceId) -> Subscription {
         let (tx, rx) = mpsc::channel(QUEUE_PER_CONNECTION);
@@ -71,10 +96,14 @@ impl Hub {
         }
     }
 
-    /// Queues `frame` for every connection of the given devices. Never blocks.
-    pub fn push<'a>(&self, devices: impl Iterator<Item = &'a DeviceId>, frame: &Delivery) {
+    /// Queues `frame` for every connection of the given devices, here and (through NATS) on
+    /// other nodes. Never blocks.
+    pub fn push<'a>(&self, devices: impl Iterator<Item = &'a DeviceId> + Clone, frame: &Delivery) {
         let Ok(bytes) = frame.encode() else { return };
         let bytes = Bytes::from(bytes);
+        if let Some(remote) = &self.remote {
+            remote.publish(devices.clone(), &bytes);
+        }
         let Ok(mut conns) = self.conns.lock() else {
             return;
         };

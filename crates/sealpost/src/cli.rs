@@ -219,6 +219,15 @@ struct ServerArgs {
     /// Data directory [default: $XDG_DATA_HOME/sealpost/server].
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Database URL: unset for the embedded SQLite database in the data directory, or
+    /// postgres://user:password@host:5432/db for a PostgreSQL database that several server
+    /// nodes share (see docs/deploy.md).
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// NATS URL (nats://host:4222) through which server nodes sharing a database push messages
+    /// to devices connected to other nodes.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
     /// A TOML config file (see --print-config).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -650,6 +659,12 @@ async fn server(args: ServerArgs) -> Result<()> {
     }
     if let Some(d) = args.data {
         settings.data = d;
+    }
+    if let Some(url) = args.database {
+        settings.database = sealpost_server::config::ConnectionUrl(url);
+    }
+    if let Some(url) = args.nats {
+        settings.nats = sealpost_server::config::ConnectionUrl(url);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

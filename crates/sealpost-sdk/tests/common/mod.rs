@@ -53,7 +53,11 @@ impl TestServer {
         s
     }
 
-    async fn start_full(data: &Path, addr: &str, adjust: impl FnOnce(&mut Settings)) -> TestServer {
+    pub async fn start_full(
+        data: &Path,
+        addr: &str,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestServer {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut settings = Settings {

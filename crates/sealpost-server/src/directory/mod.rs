@@ -84,11 +84,21 @@ impl VRFKeyStorage for VrfKey {
     }
 }
 
+/// How long a node that does not publish waits for the publisher to take a change.
+pub const FOLLOWER_WAIT: Duration = Duration::from_secs(10);
+
 type Akd = akd::Directory<DirectoryConfig, AkdStore, VrfKey>;
 
 /// The server's side of the key directory.
+///
+/// Several server nodes may share one store. Exactly one of them publishes (the store says which:
+/// [`Store::directory_lead`]); the others serve proofs from the same tree, and drop their cache
+/// of tree nodes whenever the store holds a newer epoch than the one they cached.
 pub struct KeyDirectory {
     akd: Akd,
+    manager: StorageManager<AkdStore>,
+    /// Whether this node published last time it tried (its cache is then authoritative).
+    leading: AtomicBool,
     db: AkdStore,
     store: Arc<dyn Store>,
     signing: SigningKey,
@@ -134,17 +144,28 @@ fn load_or_create_keys(path: &Path) -> Result<Zeroizing<[u8; 64]>, DirectoryErro
             let random = Zeroizing::new(random);
             let mut keys = Zeroizing::new([0u8; 64]);
             keys.copy_from_slice(&random);
-            write_private(path, keys.as_slice()).map_err(|e| key_error(e.to_string()))?;
-            Ok(keys)
+            match create_private(path, keys.as_slice()) {
+                Ok(()) => Ok(keys),
+                // Another node sharing the data directory created it first: use that one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create_keys(path)
+                }
+                Err(e) => Err(key_error(e.to_string())),
+            }
         }
         Err(e) => Err(key_error(e.to_string())),
     }
 }
 
-/// Writes a private file atomically (temporary file, fsync, rename), readable by the owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates a private file atomically (temporary file, fsync, link into place), readable by the
+/// owner only; `AlreadyExists` if it is there already (never replaced).
+fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
+    // A name of its own, so that two servers creating the file at once do not share it.
+    let unique = openmls_rust_crypto::RustCrypto::default()
+        .random_vec(8)
+        .map_err(|_| std::io::Error::other("no randomness"))?;
+    let tmp = path.with_extension(format!("tmp-{}", hex::encode(unique)));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -155,7 +176,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -197,11 +220,23 @@ impl KeyDirectory {
             Some(256 << 20),
             Some(Duration::from_secs(60)),
         );
-        let akd = Akd::new(manager, vrf, AzksParallelismConfig::default())
+        // A node that does not publish waits for the publisher to have created the tree.
+        let deadline = tokio::time::Instant::now() + FOLLOWER_WAIT;
+        while !store.directory_lead().await? && store.directory_root(None).await?.is_none() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(DirectoryError::Backend(
+                    "another server node holds the key directory but has not created it".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let akd = Akd::new(manager.clone(), vrf, AzksParallelismConfig::default())
             .await
             .map_err(akd_error)?;
         let dir = Self {
             akd,
+            manager,
+            leading: AtomicBool::new(false),
             db: AkdStore::new(store.clone()),
             store,
             keys: DirectoryKeys {
@@ -215,6 +250,18 @@ impl KeyDirectory {
             publishing: Mutex::new(()),
             running: AtomicBool::new(false),
         };
+        // Every node sharing a store must sign with the same key, or clients refuse its roots.
+        if let Some(latest) = dir.store.directory_root(None).await?
+            && Self::signed(latest).verify(&dir.keys.signing_key).is_err()
+        {
+            return Err(DirectoryError::KeyFile {
+                path: key_file.to_owned(),
+                reason: "this key did not sign the directory in the database; every server \
+                         node sharing a database needs the same directory.key (copy it from \
+                         the first node)"
+                    .into(),
+            });
+        }
         // A crash between an akd publish and the root's record leaves the newest epoch unsigned.
         let EpochHash(epoch, root) = dir.akd.get_epoch_hash().await.map_err(akd_error)?;
         if dir.store.directory_root(Some(epoch)).await?.is_none() {
@@ -269,13 +316,48 @@ impl KeyDirectory {
         }
     }
 
-    /// Publishes every pending change as one epoch (none if nothing changed).
+    /// Publishes every pending change as one epoch (none if nothing changed), if this node is
+    /// the one that publishes.
     pub async fn publish_round(&self) -> Result<(), DirectoryError> {
         let _one_at_a_time = self.publishing.lock().await;
         let round = self.begun.fetch_add(1, Ordering::SeqCst) + 1;
-        let result = self.publish_pending().await;
+        let result = match self.store.directory_lead().await {
+            Ok(true) => {
+                if !self.leading.swap(true, Ordering::SeqCst) {
+                    // Another node may have published while this one did not: start afresh.
+                    self.manager.flush_cache().await;
+                }
+                self.publish_pending().await
+            }
+            Ok(false) => {
+                self.leading.store(false, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                self.leading.store(false, Ordering::SeqCst);
+                Err(e.into())
+            }
+        };
         self.finished.send_replace(round);
         result
+    }
+
+    /// On a node that does not publish: forgets cached tree nodes once the store holds a newer
+    /// epoch than the cached one, so that proofs are of the latest epoch.
+    async fn refresh(&self) -> Result<(), DirectoryError> {
+        if self.leading.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let stored = self
+            .store
+            .directory_root(None)
+            .await?
+            .map_or(0, |r| r.epoch);
+        let EpochHash(cached, _) = self.akd.get_epoch_hash().await.map_err(akd_error)?;
+        if stored > cached {
+            self.manager.flush_cache().await;
+        }
+        Ok(())
     }
 
     async fn publish_pending(&self) -> Result<(), DirectoryError> {
@@ -316,8 +398,32 @@ impl KeyDirectory {
     }
 
     /// Waits until every change committed before this call is published (publishing it here
-    /// if the publisher is not running).
+    /// if the publisher is not running). On a node that does not publish, waits (at most
+    /// [`FOLLOWER_WAIT`]) until the changes queued now have left the queue.
     pub async fn wait_published(&self) {
+        if !self.leading.load(Ordering::SeqCst) && self.running.load(Ordering::SeqCst) {
+            self.wake.notify_one();
+            let Ok(queued) = self.store.directory_pending().await else {
+                return;
+            };
+            let deadline = tokio::time::Instant::now() + FOLLOWER_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                // This node may have become the publisher meanwhile.
+                if self.leading.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(pending) = self.store.directory_pending().await else {
+                    return;
+                };
+                if !queued.iter().any(|q| pending.contains(q)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if !self.leading.load(Ordering::SeqCst) {
+                return;
+            }
+        }
         let needed = self.begun.load(Ordering::SeqCst) + 1;
         if !self.running.load(Ordering::SeqCst) {
             if let Err(e) = self.publish_round().await {
@@ -358,6 +464,7 @@ impl KeyDirectory {
 
     /// A lookup proof for a user's latest entry.
     pub async fn lookup(&self, user: &Username) -> Result<LookupResponse, DirectoryError> {
+        self.refresh().await?;
         let (proof, epoch_hash) = self
             .akd
             .lookup(directory_label(user))
@@ -388,6 +495,7 @@ impl KeyDirectory {
         &self,
         users: &[Username],
     ) -> Result<BatchLookupResponse, DirectoryError> {
+        self.refresh().await?;
         let labels: Vec<_> = users.iter().map(directory_label).collect();
         let present = self.latest_values(&labels).await?;
         let (found, missing): (Vec<&Username>, Vec<&Username>) = users
@@ -421,6 +529,7 @@ impl KeyDirectory {
 
     /// A proof of every version of a user's entry.
     pub async fn history(&self, user: &Username) -> Result<HistoryResponse, DirectoryError> {
+        self.refresh().await?;
         let (proof, epoch_hash) = self
             .akd
             .key_history(&directory_label(user), HistoryParams::Complete)
@@ -435,6 +544,7 @@ impl KeyDirectory {
     /// The append-only proof from epoch `from` to `from + 1`.
     pub async fn audit(&self, from: u64) -> Result<AuditResponse, DirectoryError> {
         let to = from.checked_add(1).ok_or(DirectoryError::NotFound)?;
+        self.refresh().await?;
         let (Some(start), Some(end)) = (
             self.store.directory_root(Some(from)).await?,
             self.store.directory_root(Some(to)).await?,

@@ -65,6 +65,197 @@ pub async fn run_all(store: &dyn Store) {
     key_packages(store).await;
     sessions(store).await;
     groups_and_delivery(store).await;
+    devices_and_directory_queue(store).await;
+}
+
+async fn devices_and_directory_queue(store: &dyn Store) {
+    store
+        .create_account(account("dir_fred", 7, 0))
+        .await
+        .unwrap();
+    let fred = Username::new("dir_fred").unwrap();
+    let second = DeviceRecord {
+        device_id: device(8),
+        username: fred.clone(),
+        device_key: vec![108; 32],
+        certificate: vec![8; 64],
+    };
+    store.add_device(second.clone(), vec![]).await.unwrap();
+    // Taken id or key, or an unknown account: refused.
+    assert!(matches!(
+        store.add_device(second.clone(), vec![]).await,
+        Err(StoreError::Conflict)
+    ));
+    let stranger = DeviceRecord {
+        username: Username::new("dir_nobody").unwrap(),
+        device_id: device(9),
+        ..second.clone()
+    };
+    assert!(matches!(
+        store.add_device(stranger, vec![]).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.user(&fred).await.unwrap().unwrap().devices.len(), 2);
+
+    // Every change is queued once per name, with a ticket that grows.
+    let pending = store.directory_pending().await.unwrap();
+    let fred_ticket = pending.iter().find(|(u, _)| *u == fred).unwrap().1;
+    assert_eq!(pending.iter().filter(|(u, _)| *u == fred).count(), 1);
+    store.remove_device(&fred, device(8)).await.unwrap();
+    assert!(matches!(
+        store.remove_device(&fred, device(8)).await,
+        Err(StoreError::NotFound)
+    ));
+    let newer = store.directory_pending().await.unwrap();
+    let newer_ticket = newer.iter().find(|(u, _)| *u == fred).unwrap().1;
+    assert!(newer_ticket > fred_ticket);
+    // Finishing an epoch that published the old ticket keeps the newer change queued; the
+    // current ticket clears it.
+    let root = super::RootRecord {
+        epoch: 1,
+        root: [1; 32],
+        signature: vec![2; 64],
+    };
+    store
+        .directory_finish_epoch(root.clone(), vec![(fred.clone(), fred_ticket)])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .directory_pending()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(u, _)| *u == fred)
+    );
+    store
+        .directory_finish_epoch(root.clone(), vec![(fred.clone(), newer_ticket)])
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .directory_pending()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(u, _)| *u == fred)
+    );
+    assert_eq!(
+        store.directory_root(None).await.unwrap(),
+        Some(root.clone())
+    );
+    assert_eq!(store.directory_root(Some(1)).await.unwrap(), Some(root));
+    assert_eq!(store.directory_root(Some(2)).await.unwrap(), None);
+    assert!(store.directory_lead().await.unwrap());
+}
+
+/// Two handles on one store (two server nodes): competing commits for one epoch, sent at the
+/// same moment, are accepted exactly once; messages from both get distinct sequence numbers; a
+/// key package is handed out once. With `one_publisher`, only one of them may publish the key
+/// directory.
+pub async fn competing_nodes(a: &dyn Store, b: &dyn Store, one_publisher: bool) {
+    a.create_account(account("race_gina", 10, 1)).await.unwrap();
+    b.create_account(account("race_hank", 11, 1)).await.unwrap();
+    let (gina, hank) = (device(10), device(11));
+    let g = GroupId::from_bytes([77; 16]);
+    a.create_group(NewGroup {
+        group_id: g,
+        creator: gina,
+        state: vec![0],
+    })
+    .await
+    .unwrap();
+    let add = HandshakeWrite {
+        group_id: g,
+        sender: gina,
+        epoch: 0,
+        new_epoch: 1,
+        payload: b"add".to_vec(),
+        state: vec![1],
+        added: vec![hank],
+        removed: vec![],
+        welcome: Some(b"w".to_vec()),
+    };
+    b.append_handshake(add).await.unwrap();
+    for round in 1..=20u64 {
+        let commit = |sender, tag: u8| HandshakeWrite {
+            group_id: g,
+            sender,
+            epoch: round,
+            new_epoch: round + 1,
+            payload: vec![tag; 4],
+            state: vec![tag],
+            added: vec![],
+            removed: vec![],
+            welcome: None,
+        };
+        let (x, y) = tokio::join!(
+            a.append_handshake(commit(gina, 1)),
+            b.append_handshake(commit(hank, 2))
+        );
+        let won = [x.is_ok(), y.is_ok()];
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: {x:?} {y:?}"
+        );
+        for lost in [x, y].into_iter().filter_map(Result::err) {
+            assert!(
+                matches!(lost, StoreError::EpochConflict { current } if current == round + 1),
+                "{lost:?}"
+            );
+        }
+        let state = a.group(g).await.unwrap().unwrap();
+        assert_eq!(state.epoch, round + 1);
+        assert_eq!(state.state, if won[0] { vec![1] } else { vec![2] });
+    }
+    let mut sends = Vec::new();
+    for i in 0..50u8 {
+        sends.push(async move {
+            let (store, sender) = if i % 2 == 0 { (a, gina) } else { (b, hank) };
+            store.append_message(g, sender, vec![i]).await.unwrap().seq
+        });
+    }
+    let mut seqs = futures_util::future::join_all(sends).await;
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 50, "every message has its own sequence number");
+    let batch = a
+        .fetch(
+            hank,
+            FetchRequest {
+                inbox_after: Some(0),
+                groups: vec![(g, 0)],
+                limit: 1000,
+            },
+        )
+        .await
+        .unwrap();
+    let logged: Vec<u64> = batch
+        .deliveries
+        .iter()
+        .filter(|d| d.kind == DeliveryKind::Group)
+        .map(|d| d.group_seq)
+        .collect();
+    assert_eq!(logged, (2..=71).collect::<Vec<_>>(), "no gaps, in order");
+
+    // Gina has one single-use package and a last-resort one: claimed at once from both nodes,
+    // the single-use one goes to exactly one of them.
+    let name = Username::new("race_gina").unwrap();
+    let (x, y) = tokio::join!(
+        a.claim_key_packages(&name, SUITE),
+        b.claim_key_packages(&name, SUITE)
+    );
+    let mut got = vec![x.unwrap()[0].1.clone(), y.unwrap()[0].1.clone()];
+    got.sort();
+    assert_eq!(got, vec![vec![10, 0, 1], vec![10, 255]]);
+    // The first to ask holds the right to publish the directory.
+    let (la, lb) = (
+        a.directory_lead().await.unwrap(),
+        b.directory_lead().await.unwrap(),
+    );
+    assert!(la);
+    assert_eq!(lb, !one_publisher);
 }
 
 async fn accounts(store: &dyn Store) {

@@ -5,6 +5,7 @@
 //! the server can acknowledge it to the client.
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -134,6 +135,9 @@ pub struct Appended {
     pub seq: u64,
     /// Acceptance time, unix milliseconds.
     pub sent_at: u64,
+    /// The group's epoch after the write. A server node whose cached copy of the group is at
+    /// another epoch (another node accepted a commit) reloads it.
+    pub epoch: u64,
     /// For a commit that adds devices: the inbox sequence number of each Welcome.
     pub welcomes: Vec<(DeviceId, u64)>,
 }
@@ -276,6 +280,12 @@ pub trait Store: Send + Sync + 'static {
         root: RootRecord,
         published: Vec<(Username, u64)>,
     ) -> Result<(), StoreError>;
+    /// Takes, or confirms, the right to publish the key directory: `true` while this handle
+    /// holds it. Among all servers sharing one store, one holds it at a time. A backend that only
+    /// one process can open holds it always.
+    async fn directory_lead(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     /// A signed root: of the given epoch, or the latest one.
     async fn directory_root(&self, epoch: Option<u64>) -> Result<Option<RootRecord>, StoreError>;
     /// Deletes what every recipient acknowledged, and what is older than the retention limit.

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     device_id  BLOB NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions(expires_at);
 CREATE TABLE IF NOT EXISTS groups (
     group_id   BLOB PRIMARY KEY,
     epoch      INTEGER NOT NULL,
@@ -116,8 +117,10 @@ CREATE TABLE IF NOT EXISTS directory_pending (
 );
 -- The next ticket is MAX(ticket) + 1: indexed, or every queued change would scan the queue.
 CREATE INDEX IF NOT EXISTS directory_pending_ticket ON directory_pending(ticket);
-PRAGMA user_version = 2;
 "#;
+
+/// The schema version (SQLite's `user_version`; the PostgreSQL backend records the same).
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 type Completion = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
@@ -169,7 +172,14 @@ impl SqliteStore {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(backend)?;
+        if version > i64::from(SCHEMA_VERSION) {
+            return Err(StoreError::Backend(format!(
+                "the database has schema version {version}, newer than this server's {SCHEMA_VERSION}: upgrade the server"
+            )));
+        }
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
+            .map_err(backend)?;
         if version == 1 {
             // Accounts from before the key directory: publish them all in the first epoch.
             conn.execute(
@@ -339,12 +349,13 @@ fn is_member(conn: &Connection, group: &GroupId, device: &DeviceId) -> Result<bo
     .map_err(backend)
 }
 
-fn next_seq(conn: &Connection, group: &GroupId) -> Result<u64, StoreError> {
+/// Takes the group's next sequence number; also returns its epoch.
+fn next_seq(conn: &Connection, group: &GroupId) -> Result<(u64, u64), StoreError> {
     conn.prepare_cached(
-        "UPDATE groups SET next_seq = next_seq + 1 WHERE group_id = ?1 RETURNING next_seq - 1",
+        "UPDATE groups SET next_seq = next_seq + 1 WHERE group_id = ?1 RETURNING next_seq - 1, epoch",
     )
     .map_err(backend)?
-    .query_row([group.as_bytes()], |r| r.get(0))
+    .query_row([group.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
     .optional()
     .map_err(backend)?
     .ok_or(StoreError::NotFound)
@@ -601,12 +612,13 @@ impl Store for SqliteStore {
             if !is_member(conn, &group, &sender)? {
                 return Err(StoreError::NotMember);
             }
-            let seq = next_seq(conn, &group)?;
+            let (seq, epoch) = next_seq(conn, &group)?;
             let sent_at = now_ms();
             insert_log(conn, &group, seq, sent_at, &payload)?;
             Ok(Appended {
                 seq,
                 sent_at,
+                epoch,
                 welcomes: Vec::new(),
             })
         })
@@ -628,7 +640,7 @@ impl Store for SqliteStore {
             if !is_member(conn, &w.group_id, &w.sender)? {
                 return Err(StoreError::NotMember);
             }
-            let seq = next_seq(conn, &w.group_id)?;
+            let (seq, _) = next_seq(conn, &w.group_id)?;
             let sent_at = now_ms();
             insert_log(conn, &w.group_id, seq, sent_at, &w.payload)?;
             conn.prepare_cached("UPDATE groups SET epoch = ?2 WHERE group_id = ?1")
@@ -671,7 +683,7 @@ impl Store for SqliteStore {
                     welcomes.push((*d, inbox_seq));
                 }
             }
-            Ok(Appended { seq, sent_at, welcomes })
+            Ok(Appended { seq, sent_at, epoch: w.new_epoch, welcomes })
         })
         .await
     }
@@ -1139,6 +1151,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("server.db")).unwrap();
         super::super::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn two_handles_compete() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SqliteStore::open(&dir.path().join("server.db")).unwrap();
+        let b = SqliteStore::open(&dir.path().join("server.db")).unwrap();
+        super::super::conformance::competing_nodes(&a, &b, false).await;
     }
 
     #[tokio::test]
