@@ -14,8 +14,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{People, TestServer, texts, u};
-use sealpost_sdk::{Client, Event, Suite};
+use common::{Interceptor, People, TestServer, texts, u};
+use sealpost_sdk::{Client, Event, LinkStep, PendingLink, Suite};
 use tokio::sync::mpsc;
 
 /// How long a test waits for something that should happen at once, before it fails instead
@@ -181,6 +181,42 @@ async fn competing_commits_at_two_nodes_leave_one_group_state() {
             vec![("@ann".to_string(), "after the race".to_string())]
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_and_device_linking_span_nodes() {
+    let data = tempfile::tempdir().unwrap();
+    let Some(nodes) = cluster(data.path(), 2, &machine_nats()).await else {
+        return;
+    };
+    // Alice's challenge comes from one node and her answer goes to the other.
+    let split = Interceptor::start(&nodes[0].url).await;
+    split.route("/v1/auth/token", &nodes[1].url);
+    let people = People::new();
+    let mut alice = people.register_at(&split.url, "alice").await;
+    let mut bob = people.register(&nodes[1], "bob").await;
+    alice.send("@bob", "signed in across nodes").await.unwrap();
+    assert_eq!(
+        texts(&bob.sync().await.unwrap()),
+        vec![("@alice".to_string(), "signed in across nodes".to_string())]
+    );
+
+    // A new device files its link request at one node; alice approves through the other.
+    let pending = PendingLink::start(&people.home("alice-phone"), &nodes[1].url, "alice", None)
+        .await
+        .unwrap();
+    let code = pending.code();
+    alice.approve_link(&code).await.unwrap();
+    let mut phone = match pending.try_finish().await.unwrap() {
+        LinkStep::Linked(c) => *c,
+        LinkStep::Waiting(_) => panic!("the approval did not reach the other node"),
+    };
+    phone.sync().await.unwrap();
+    bob.send("@alice", "to both devices").await.unwrap();
+    assert_eq!(
+        texts(&phone.sync().await.unwrap()),
+        vec![("@bob".to_string(), "to both devices".to_string())]
+    );
 }
 
 /// A NATS server of this test's own, so that it can be stopped without disturbing other tests.

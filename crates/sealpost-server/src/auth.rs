@@ -17,12 +17,14 @@ use sealpost_proto::{
 };
 
 use crate::error::ApiFailure;
-use crate::storage::Store;
+use crate::storage::{PendingKind, PendingRecord, Store};
 
 /// How long a challenge may be answered, seconds.
 pub const CHALLENGE_TTL_SECS: u64 = 60;
-const MAX_PENDING_CHALLENGES: usize = 100_000;
 const SESSION_CACHE: usize = 100_000;
+/// How long a node trusts a session it has looked up, seconds: a device removed through another
+/// node loses access here within this time.
+const SESSION_CACHE_SECS: u64 = 60;
 
 /// Unix seconds now.
 pub fn now_secs() -> u64 {
@@ -32,10 +34,10 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Challenges and sessions.
+/// Challenges (kept in the store, so that any node can check the answer) and a cache of
+/// sessions.
 pub struct Auth {
     crypto: RustCrypto,
-    challenges: Mutex<HashMap<Vec<u8>, (DeviceId, u64)>>,
     sessions: Mutex<HashMap<[u8; 32], (DeviceIdentity, u64)>>,
     token_ttl_secs: u64,
 }
@@ -45,7 +47,6 @@ impl Auth {
     pub fn new(token_ttl_secs: u64) -> Self {
         Self {
             crypto: RustCrypto::default(),
-            challenges: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             token_ttl_secs,
         }
@@ -75,21 +76,27 @@ impl Auth {
     }
 
     /// A fresh challenge for `device`.
-    pub fn challenge(&self, device: DeviceId) -> Result<ChallengeResponse, ApiFailure> {
+    pub async fn challenge(
+        &self,
+        store: &dyn Store,
+        device: DeviceId,
+    ) -> Result<ChallengeResponse, ApiFailure> {
         let challenge = self
             .crypto
             .random_vec(32)
             .map_err(|_| ApiFailure::internal())?;
-        let now = now_secs();
-        let expires_at = now + CHALLENGE_TTL_SECS;
-        let mut pending = self.challenges.lock().map_err(|_| ApiFailure::internal())?;
-        if pending.len() >= MAX_PENDING_CHALLENGES {
-            pending.retain(|_, (_, exp)| *exp >= now);
-            if pending.len() >= MAX_PENDING_CHALLENGES {
-                return Err(ApiFailure::rate_limited("too many sign-ins in progress"));
-            }
-        }
-        pending.insert(challenge.clone(), (device, expires_at));
+        let expires_at = now_secs() + CHALLENGE_TTL_SECS;
+        store
+            .put_pending(
+                PendingRecord {
+                    kind: PendingKind::Challenge,
+                    key: challenge.clone(),
+                    value: device.as_bytes().to_vec(),
+                    expires_at,
+                },
+                None,
+            )
+            .await?;
         Ok(ChallengeResponse {
             challenge,
             expires_at,
@@ -102,13 +109,12 @@ impl Auth {
         store: &dyn Store,
         req: TokenRequest,
     ) -> Result<TokenResponse, ApiFailure> {
-        let entry = self
-            .challenges
-            .lock()
-            .map_err(|_| ApiFailure::internal())?
-            .remove(&req.challenge);
-        let fresh =
-            matches!(entry, Some((device, exp)) if device == req.device_id && exp >= now_secs());
+        // Taken (deleted) whatever the outcome: a challenge is answered once.
+        let entry = store
+            .pending(PendingKind::Challenge, req.challenge.clone(), true)
+            .await?;
+        let fresh = matches!(&entry, Some((device, exp))
+            if device.as_slice() == req.device_id.as_bytes().as_slice() && *exp >= now_secs());
         if !fresh {
             return Err(ApiFailure::unauthorized("unknown or expired challenge"));
         }
@@ -173,7 +179,8 @@ impl Auth {
         if cache.len() >= SESSION_CACHE {
             cache.clear();
         }
-        cache.insert(hash, (identity.clone(), expires_at));
+        let cached_until = expires_at.min(now + SESSION_CACHE_SECS);
+        cache.insert(hash, (identity.clone(), cached_until));
         Ok(identity)
     }
 }
@@ -191,20 +198,44 @@ mod tests {
         let device = DeviceId::from_bytes([1; 16]);
 
         // A challenge past its expiry is refused, even with a well-formed request.
-        let ch = auth.challenge(device).unwrap();
-        auth.challenges
-            .lock()
-            .unwrap()
-            .insert(ch.challenge.clone(), (device, now_secs() - 1));
+        let stale = vec![7; 32];
+        store
+            .put_pending(
+                PendingRecord {
+                    kind: PendingKind::Challenge,
+                    key: stale.clone(),
+                    value: device.as_bytes().to_vec(),
+                    expires_at: now_secs() - 1,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let req = TokenRequest {
+            device_id: device,
+            challenge: stale,
+            signature: vec![0; 64],
+        };
+        let err = auth.token(&store, req).await.err().unwrap();
+        assert!(format!("{err:?}").contains("expired challenge"), "{err:?}");
+        // Challenges are single-use: after a failed answer, the fresh one is gone too.
+        let ch = auth.challenge(&store, device).await.unwrap();
         let req = TokenRequest {
             device_id: device,
             challenge: ch.challenge.clone(),
             signature: vec![0; 64],
         };
-        let err = auth.token(&store, req).await.err().unwrap();
-        assert!(format!("{err:?}").contains("expired challenge"), "{err:?}");
-        // Challenges are single-use: it is gone now.
-        assert!(auth.challenges.lock().unwrap().get(&ch.challenge).is_none());
+        assert!(
+            format!("{:?}", auth.token(&store, req).await.err().unwrap())
+                .contains("unknown device")
+        );
+        assert!(
+            store
+                .pending(PendingKind::Challenge, ch.challenge, false)
+                .await
+                .unwrap()
+                .is_none()
+        );
 
         // A session past its expiry is refused, from the store and from the cache.
         let token = "expired-token";

@@ -104,6 +104,7 @@ impl From<StoreError> for ApiFailure {
             ),
             StoreError::NotMember => Self::forbidden("not a member of this group"),
             StoreError::NotFound => Self::not_found("not found"),
+            StoreError::Full => Self::unavailable("too many requests are waiting: retry later"),
             StoreError::Backend(detail) => {
                 tracing::warn!(%detail, "storage failure");
                 Self::unavailable("storage is unavailable")

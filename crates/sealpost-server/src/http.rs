@@ -383,7 +383,7 @@ async fn link_request(
         &req.device_key,
         &req.key_packages,
     )?;
-    state.links.put(req)?;
+    state.links.put(req).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({}))))
 }
 
@@ -393,7 +393,7 @@ async fn link_pending(
     Authenticated(who): Authenticated,
     Path(link): Path<String>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    let req = state.links.request(&link)?;
+    let req = state.links.request(&link).await?;
     if req.username != who.username {
         return Err(ApiFailure::not_found(
             "no device is waiting to be linked with this code (wrong code, or it expired)",
@@ -409,7 +409,7 @@ async fn link_approve(
     Path(link): Path<String>,
     ApiJson(approval): ApiJson<LinkApproval>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    let req = state.links.request(&link)?;
+    let req = state.links.request(&link).await?;
     if req.username != who.username {
         return Err(ApiFailure::forbidden(
             "only a device of the account can approve",
@@ -446,7 +446,7 @@ async fn link_approve(
             key_packages,
         )
         .await?;
-    state.links.approve(&link, approval)?;
+    state.links.approve(&link, approval).await?;
     state.directory.wait_published().await;
     Ok(Json(serde_json::json!({})))
 }
@@ -457,7 +457,7 @@ async fn link_approval(
     Authenticated(who): Authenticated,
     Path(link): Path<String>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    let (req, approval) = state.links.approval(&link)?;
+    let (req, approval) = state.links.approval(&link).await?;
     if req.device_id != who.device_id {
         return Err(ApiFailure::forbidden("this approval is for another device"));
     }
@@ -558,7 +558,12 @@ async fn challenge(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<ChallengeRequest>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    Ok(Json(state.auth.challenge(req.device_id)?))
+    Ok(Json(
+        state
+            .auth
+            .challenge(state.delivery.store().as_ref(), req.device_id)
+            .await?,
+    ))
 }
 
 async fn token(

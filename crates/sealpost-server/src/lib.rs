@@ -148,7 +148,7 @@ impl Server {
             shutdown: shutdown.clone(),
             settings: Arc::new(settings.clone()),
             directory: key_directory.clone(),
-            links: Arc::new(links::LinkBook::default()),
+            links: Arc::new(links::LinkBook::new(store.clone())),
         };
         let publisher = tokio::spawn(key_directory.run(
             Duration::from_millis(settings.directory_interval_ms),

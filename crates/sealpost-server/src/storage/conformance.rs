@@ -66,6 +66,109 @@ pub async fn run_all(store: &dyn Store) {
     sessions(store).await;
     groups_and_delivery(store).await;
     devices_and_directory_queue(store).await;
+    pending_records(store).await;
+}
+
+async fn pending_records(store: &dyn Store) {
+    use super::{PendingKind, PendingRecord};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let record = |kind, key: &[u8], value: &[u8], expires_at| PendingRecord {
+        kind,
+        key: key.to_vec(),
+        value: value.to_vec(),
+        expires_at,
+    };
+    store
+        .put_pending(record(PendingKind::Link, b"l1", b"v1", now + 60), Some(2))
+        .await
+        .unwrap();
+    // A live key is taken; the same key of another kind is not.
+    assert!(matches!(
+        store
+            .put_pending(record(PendingKind::Link, b"l1", b"v2", now + 60), Some(2))
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    store
+        .put_pending(record(PendingKind::Challenge, b"l1", b"c", now + 60), None)
+        .await
+        .unwrap();
+    store
+        .put_pending(record(PendingKind::Link, b"l2", b"v", now + 60), Some(2))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .put_pending(record(PendingKind::Link, b"l3", b"v", now + 60), Some(2))
+            .await,
+        Err(StoreError::Full)
+    ));
+    // Compare-and-swap: only from the value it holds.
+    let l1 = b"l1".to_vec();
+    assert!(
+        !store
+            .swap_pending(PendingKind::Link, l1.clone(), b"no".to_vec(), b"x".to_vec())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .swap_pending(
+                PendingKind::Link,
+                l1.clone(),
+                b"v1".to_vec(),
+                b"v3".to_vec()
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .pending(PendingKind::Link, l1.clone(), false)
+            .await
+            .unwrap(),
+        Some((b"v3".to_vec(), now + 60))
+    );
+    // Taking removes it.
+    let c = store
+        .pending(PendingKind::Challenge, l1.clone(), true)
+        .await
+        .unwrap();
+    assert_eq!(c, Some((b"c".to_vec(), now + 60)));
+    assert_eq!(
+        store
+            .pending(PendingKind::Challenge, l1.clone(), true)
+            .await
+            .unwrap(),
+        None
+    );
+    // An expired record is gone for readers, and its key can be used again.
+    store
+        .put_pending(record(PendingKind::Challenge, b"old", b"o", now - 5), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .pending(PendingKind::Challenge, b"old".to_vec(), false)
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .put_pending(record(PendingKind::Challenge, b"old", b"n", now + 60), None)
+        .await
+        .unwrap();
+    store.purge(0).await.unwrap();
+    assert!(
+        store
+            .pending(PendingKind::Challenge, b"old".to_vec(), false)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 async fn devices_and_directory_queue(store: &dyn Store) {

@@ -30,6 +30,9 @@ pub enum StoreError {
     /// No such group, user or device.
     #[error("not found")]
     NotFound,
+    /// Too many short-lived records of one kind are waiting.
+    #[error("too many waiting")]
+    Full,
     /// The backend failed (I/O, corruption, shutdown).
     #[error("storage backend failed: {0}")]
     Backend(String),
@@ -190,6 +193,30 @@ pub struct RootRecord {
     pub signature: Vec<u8>,
 }
 
+/// What a short-lived record is for; each kind has its own key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PendingKind {
+    /// A sign-in challenge, by the challenge bytes; the value is the device id.
+    Challenge = 1,
+    /// A device-link request, by link id; the value is the request and its approval.
+    Link = 2,
+}
+
+/// A short-lived record that every server node must see (a sign-in challenge answered at
+/// another node than the one that issued it, a link request approved through another node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRecord {
+    /// What it is for.
+    pub kind: PendingKind,
+    /// Its key within the kind.
+    pub key: Vec<u8>,
+    /// The record.
+    pub value: Vec<u8>,
+    /// Unix seconds after which it is gone.
+    pub expires_at: u64,
+}
+
 /// The server's durable state.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -288,7 +315,31 @@ pub trait Store: Send + Sync + 'static {
     }
     /// A signed root: of the given epoch, or the latest one.
     async fn directory_root(&self, epoch: Option<u64>) -> Result<Option<RootRecord>, StoreError>;
-    /// Deletes what every recipient acknowledged, and what is older than the retention limit.
+    /// Stores a short-lived record. `Conflict` if an unexpired one has its key; `Full` if
+    /// `max_of_kind` unexpired records of its kind exist already.
+    async fn put_pending(
+        &self,
+        record: PendingRecord,
+        max_of_kind: Option<u64>,
+    ) -> Result<(), StoreError>;
+    /// An unexpired short-lived record's value and expiry; `take` also deletes it (so that two
+    /// nodes never both take one).
+    async fn pending(
+        &self,
+        kind: PendingKind,
+        key: Vec<u8>,
+        take: bool,
+    ) -> Result<Option<(Vec<u8>, u64)>, StoreError>;
+    /// Replaces an unexpired record's value if it is still `old`; whether it did.
+    async fn swap_pending(
+        &self,
+        kind: PendingKind,
+        key: Vec<u8>,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError>;
+    /// Deletes what every recipient acknowledged, what is older than the retention limit, and
+    /// expired short-lived records.
     /// Returns how many items it deleted.
     async fn purge(&self, older_than_ms: u64) -> Result<u64, StoreError>;
 }

@@ -34,8 +34,8 @@ use tokio_postgres::{NoTls, Row, Statement};
 
 use super::{
     Appended, DeviceRecord, DirectoryValueRow, DirectoryWrite, FetchRequest, GroupRecord,
-    HandshakeWrite, KeyPackageRecord, NewAccount, NewGroup, RootRecord, Store, StoreError,
-    UserRecord,
+    HandshakeWrite, KeyPackageRecord, NewAccount, NewGroup, PendingKind, PendingRecord, RootRecord,
+    Store, StoreError, UserRecord,
 };
 
 /// Most jobs committed in one transaction.
@@ -141,6 +141,14 @@ CREATE TABLE IF NOT EXISTS directory_pending (
 );
 CREATE INDEX IF NOT EXISTS directory_pending_ticket ON directory_pending(ticket);
 CREATE SEQUENCE IF NOT EXISTS directory_ticket;
+CREATE TABLE IF NOT EXISTS pending (
+    kind       INTEGER NOT NULL,
+    key        BYTEA NOT NULL,
+    value      BYTEA NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE INDEX IF NOT EXISTS pending_expiry ON pending(expires_at);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 "#;
 
@@ -1421,9 +1429,118 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn put_pending(
+        &self,
+        record: PendingRecord,
+        max_of_kind: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let record = Arc::new(record);
+        self.write(move |c| {
+            let record = record.clone();
+            Box::pin(async move {
+                let now = now_ms() / 1000;
+                let kind = i32::from(record.kind as u8);
+                if let Some(max) = max_of_kind {
+                    let waiting: i64 = c
+                        .query_opt(
+                            "SELECT COUNT(*) FROM pending WHERE kind = $1 AND expires_at >= $2",
+                            &[&kind, &now],
+                        )
+                        .await?
+                        .map_or(0, |r| r.get(0));
+                    if uint(waiting) >= max {
+                        return Err(StoreError::Full.into());
+                    }
+                }
+                // An expired record under the key is replaced; a live one is a conflict.
+                let stored = c
+                    .execute(
+                        "INSERT INTO pending (kind, key, value, expires_at) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+                         WHERE pending.expires_at < $5",
+                        &[&kind, &record.key, &record.value, &int(record.expires_at), &now],
+                    )
+                    .await?;
+                if stored == 0 {
+                    return Err(StoreError::Conflict.into());
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn pending(
+        &self,
+        kind: PendingKind,
+        key: Vec<u8>,
+        take: bool,
+    ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        let kind = i32::from(kind as u8);
+        let key = Arc::new(key);
+        if take {
+            self.write(move |c| {
+                let key = key.clone();
+                Box::pin(async move {
+                    let row = c
+                        .query_opt(
+                            "DELETE FROM pending WHERE kind = $1 AND key = $2 AND expires_at >= $3 RETURNING value, expires_at",
+                            &[&kind, &key.as_slice(), &(now_ms() / 1000)],
+                        )
+                        .await?;
+                    Ok(row.map(|r| (r.get(0), uint(r.get(1)))))
+                })
+            })
+            .await
+        } else {
+            self.read(move |c| {
+                Box::pin(async move {
+                    let row = c
+                        .query_opt(
+                            "SELECT value, expires_at FROM pending WHERE kind = $1 AND key = $2 AND expires_at >= $3",
+                            &[&kind, &key.as_slice(), &(now_ms() / 1000)],
+                        )
+                        .await?;
+                    Ok(row.map(|r| (r.get(0), uint(r.get(1)))))
+                })
+            })
+            .await
+        }
+    }
+
+    async fn swap_pending(
+        &self,
+        kind: PendingKind,
+        key: Vec<u8>,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let kind = i32::from(kind as u8);
+        let parts = Arc::new((key, old, new));
+        self.write(move |c| {
+            let parts = parts.clone();
+            Box::pin(async move {
+                let (key, old, new) = &*parts;
+                let changed = c
+                    .execute(
+                        "UPDATE pending SET value = $4 WHERE kind = $1 AND key = $2 AND value = $3 AND expires_at >= $5",
+                        &[&kind, key, old, new, &(now_ms() / 1000)],
+                    )
+                    .await?;
+                Ok(changed == 1)
+            })
+        })
+        .await
+    }
+
     async fn purge(&self, older_than_ms: u64) -> Result<u64, StoreError> {
         self.write(move |c| {
             Box::pin(async move {
+                c.execute(
+                    "DELETE FROM pending WHERE expires_at < $1",
+                    &[&(now_ms() / 1000)],
+                )
+                .await?;
                 let cutoff = int(older_than_ms);
                 let mut n = c
                     .execute("DELETE FROM group_log WHERE sent_at < $1", &[&cutoff])

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Appended, DeviceRecord, DirectoryValueRow, DirectoryWrite, FetchRequest, GroupRecord,
-    HandshakeWrite, KeyPackageRecord, NewAccount, NewGroup, RootRecord, Store, StoreError,
-    UserRecord,
+    HandshakeWrite, KeyPackageRecord, NewAccount, NewGroup, PendingKind, PendingRecord, RootRecord,
+    Store, StoreError, UserRecord,
 };
 
 /// Most jobs committed in one transaction.
@@ -117,6 +117,15 @@ CREATE TABLE IF NOT EXISTS directory_pending (
 );
 -- The next ticket is MAX(ticket) + 1: indexed, or every queued change would scan the queue.
 CREATE INDEX IF NOT EXISTS directory_pending_ticket ON directory_pending(ticket);
+-- Short-lived records every node must see: sign-in challenges, device-link requests.
+CREATE TABLE IF NOT EXISTS pending (
+    kind       INTEGER NOT NULL,
+    key        BLOB NOT NULL,
+    value      BLOB NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_expiry ON pending(expires_at);
 "#;
 
 /// The schema version (SQLite's `user_version`; the PostgreSQL backend records the same).
@@ -939,8 +948,96 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_pending(
+        &self,
+        record: PendingRecord,
+        max_of_kind: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let now = now_ms() / 1000;
+            let kind = record.kind as u8;
+            conn.prepare_cached("DELETE FROM pending WHERE kind = ?1 AND key = ?2 AND expires_at < ?3")
+                .map_err(backend)?
+                .execute(params![kind, record.key, now])
+                .map_err(backend)?;
+            if let Some(max) = max_of_kind {
+                let waiting: u64 = conn
+                    .prepare_cached("SELECT COUNT(*) FROM pending WHERE kind = ?1 AND expires_at >= ?2")
+                    .map_err(backend)?
+                    .query_row(params![kind, now], |r| r.get(0))
+                    .map_err(backend)?;
+                if waiting >= max {
+                    return Err(StoreError::Full);
+                }
+            }
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO pending (kind, key, value, expires_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )
+                .map_err(backend)?
+                .execute(params![kind, record.key, record.value, record.expires_at])
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pending(
+        &self,
+        kind: PendingKind,
+        key: Vec<u8>,
+        take: bool,
+    ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        let sql = if take {
+            "DELETE FROM pending WHERE kind = ?1 AND key = ?2 AND expires_at >= ?3 RETURNING value, expires_at"
+        } else {
+            "SELECT value, expires_at FROM pending WHERE kind = ?1 AND key = ?2 AND expires_at >= ?3"
+        };
+        let run = move |conn: &Connection| {
+            conn.prepare_cached(sql)
+                .map_err(backend)?
+                .query_row(params![kind as u8, key, now_ms() / 1000], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(backend)
+        };
+        if take {
+            self.write(run).await
+        } else {
+            self.read(run).await
+        }
+    }
+
+    async fn swap_pending(
+        &self,
+        kind: PendingKind,
+        key: Vec<u8>,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE pending SET value = ?4 WHERE kind = ?1 AND key = ?2 AND value = ?3 AND expires_at >= ?5",
+                )
+                .map_err(backend)?
+                .execute(params![kind as u8, key, old, new, now_ms() / 1000])
+                .map_err(backend)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     async fn purge(&self, older_than_ms: u64) -> Result<u64, StoreError> {
         self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM pending WHERE expires_at < ?1")
+                .map_err(backend)?
+                .execute([now_ms() / 1000])
+                .map_err(backend)?;
             let mut n = conn
                 .execute("DELETE FROM group_log WHERE sent_at < ?1", [older_than_ms])
                 .map_err(backend)?;
