@@ -25,6 +25,17 @@ pub struct BenchArgs {
     /// Use this server instead of starting one.
     #[arg(long)]
     server: Option<String>,
+    /// Start the servers on this PostgreSQL database (a fresh schema is made in it for the run)
+    /// instead of the embedded SQLite store, e.g. postgres://postgres@127.0.0.1:5432/test.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// Server nodes to start on the --database, pushing to each other through --nats. Senders
+    /// use the first node and recipients the last, so every message crosses nodes.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// NATS for several nodes.
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
     /// Sender/recipient pairs for the 1:1 scenarios.
     #[arg(long, default_value_t = 50)]
     pairs: usize,
@@ -47,7 +58,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 500)]
     group_messages: usize,
     /// Run only these scenarios (comma-separated from a, rate, b, c, client; `directory` runs
-    /// the key-directory measurements on their own).
+    /// the key-directory measurements on their own; `ceilings` measures the machine: disk
+    /// fsyncs, PostgreSQL commits with --database, NATS pub/sub with --nats).
     #[arg(long, value_delimiter = ',', default_values_t = ["a".to_string(), "rate".into(), "b".into(), "c".into(), "client".into()])]
     only: Vec<String>,
     /// Directory sizes (accounts) for `--only directory`.
@@ -57,6 +69,9 @@ pub struct BenchArgs {
     /// message.
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     transport: Transport,
+    /// Idle push connections to hold for `--only idle`.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
     /// Ciphersuite of the conversations.
     #[arg(long, value_enum, default_value_t = SuiteArg::Pq)]
     ciphersuite: SuiteArg,
@@ -160,7 +175,7 @@ enum SuiteArg {
 struct ServerProcess {
     child: Option<std::process::Child>,
     url: String,
-    _dir: Option<tempfile::TempDir>,
+    _dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl Drop for ServerProcess {
@@ -172,41 +187,185 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(url: Option<String>) -> Result<ServerProcess> {
-    if let Some(url) = url {
-        return Ok(ServerProcess {
-            child: None,
-            url,
-            _dir: None,
+/// The servers of a run: senders use the first, recipients the last.
+struct Servers {
+    nodes: Vec<ServerProcess>,
+}
+
+impl Servers {
+    fn send_url(&self) -> &str {
+        self.nodes.first().map_or("", |n| n.url.as_str())
+    }
+    fn recv_url(&self) -> &str {
+        self.nodes.last().map_or("", |n| n.url.as_str())
+    }
+}
+
+async fn start_servers(args: &BenchArgs) -> Result<Servers> {
+    if let Some(url) = &args.server {
+        return Ok(Servers {
+            nodes: vec![ServerProcess {
+                child: None,
+                url: url.clone(),
+                _dir: None,
+            }],
         });
     }
-    let dir = tempfile::tempdir()?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["server", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("data"))
-        .env("SEALPOST_LOG", "warn")
-        .env("SEALPOST_KEY_PACKAGE_CLAIMS_PER_MINUTE", "1000000")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("cannot start the server process")?;
-    let stdout = child.stdout.take().context("no server stdout")?;
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    ensure!(args.nodes >= 1, "--nodes must be at least 1");
     ensure!(
-        url.starts_with("http://"),
-        "the server did not report its address: {line:?}"
+        args.nodes == 1 || args.database.is_some(),
+        "several nodes need a shared --database"
     );
-    Ok(ServerProcess {
-        child: Some(child),
-        url,
-        _dir: Some(dir),
-    })
+    let database = match &args.database {
+        Some(base) => Some(sealpost_server::storage::postgres::scratch_schema(base).await?),
+        None => None,
+    };
+    // One data directory (it holds the directory key, which every node must share).
+    let dir = Arc::new(tempfile::tempdir()?);
+    let mut nodes = Vec::with_capacity(args.nodes);
+    for _ in 0..args.nodes {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command
+            .args(["server", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .env("SEALPOST_LOG", "warn")
+            .env("SEALPOST_KEY_PACKAGE_CLAIMS_PER_MINUTE", "1000000")
+            .stdout(std::process::Stdio::piped());
+        if let Some(db) = &database {
+            command.args(["--database", db]);
+        }
+        if args.nodes > 1 {
+            command.args(["--nats", &args.nats]);
+        }
+        let mut child = command.spawn().context("cannot start the server process")?;
+        let stdout = child.stdout.take().context("no server stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        ensure!(
+            url.starts_with("http://"),
+            "the server did not report its address: {line:?}"
+        );
+        nodes.push(ServerProcess {
+            child: Some(child),
+            url,
+            _dir: Some(dir.clone()),
+        });
+    }
+    Ok(Servers { nodes })
+}
+
+/// CPU seconds (user + system) used so far by the server processes, and by every `postgres`
+/// process of the machine. Linux only; `None` elsewhere.
+fn cpu_seconds(servers: &Servers) -> Option<(f64, f64)> {
+    fn of(pid: &str) -> Option<(String, f64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(") ")?;
+        let name = head.split_once(" (")?.1.to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, in clock ticks (100 per second).
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some((name, ticks / 100.0))
+    }
+    let mut server = 0.0;
+    for node in &servers.nodes {
+        server += of(&node.child.as_ref()?.id().to_string())?.1;
+    }
+    let mut postgres = 0.0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some((comm, secs)) = of(pid)
+            && comm == "postgres"
+        {
+            postgres += secs;
+        }
+    }
+    Some((server, postgres))
+}
+
+/// Resident memory of a process, bytes.
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+async fn recipients_tokens(
+    recipients: &mut [Client],
+    peer_target: &impl Fn(usize) -> String,
+) -> Result<Vec<String>> {
+    let mut tokens = Vec::with_capacity(recipients.len());
+    for (i, r) in recipients.iter_mut().enumerate() {
+        tokens.push(r.bench_prepare(&peer_target(i), 0, "").await?.token);
+    }
+    Ok(tokens)
+}
+
+/// Opens `n` idle push connections (spread over the devices of `tokens`, from several loopback
+/// source addresses) and reports the server's resident memory per connection.
+async fn idle_connections(url: &str, pid: u32, tokens: &[String], n: usize) -> Result<()> {
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .context("the server address")?;
+    let ws = url.replacen("http", "ws", 1) + "/v1/ws";
+    let before = rss_bytes(pid)?;
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(n);
+    for i in 0..n {
+        // 127.0.0.2, .3, …: each source address has its own range of ports.
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i / 20_000) as u8);
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((source, 0).into())?;
+        let stream = socket.connect(addr).await?;
+        let mut req = ws.as_str().into_client_request()?;
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", tokens[i % tokens.len()]).parse()?,
+        );
+        let (mut socket, _) = tokio_tungstenite::client_async_with_config(
+            req,
+            stream,
+            Some(sealpost_sdk::ws_config()),
+        )
+        .await?;
+        // Subscribed: the server holds everything this connection needs.
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(_))) => break,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("the server closed connection {i}"),
+            }
+        }
+        sockets.push(socket);
+    }
+    let after = rss_bytes(pid)?;
+    println!(
+        "idle: {n} push connections opened in {:.1} s; server RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per idle connection",
+        started.elapsed().as_secs_f64(),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        (after.saturating_sub(before)) as f64 / n as f64 / 1024.0
+    );
+    drop(sockets);
+    Ok(())
 }
 
 /// Percentile of sorted samples.
@@ -301,17 +460,17 @@ async fn receive(mut socket: Socket, clock: Clock, expect: usize) -> Result<Vec<
 /// One measured round: every recipient subscribes (token, frames expected), then the senders
 /// post their batches (each optionally starting after an offset and paced at an interval).
 /// Returns the elapsed time from the first send to the last delivery, and the latencies.
+/// Recipients are `(their server, token, messages expected)`.
 async fn measure(
-    url: &str,
     transport: Transport,
     http: &reqwest::Client,
-    recipients: Vec<(String, usize)>,
+    recipients: Vec<(String, String, usize)>,
     senders: Vec<(BenchBatch, Duration, Option<Duration>)>,
 ) -> Result<(Duration, Vec<Duration>)> {
     let clock: Clock = Arc::default();
     let mut rx = Vec::with_capacity(recipients.len());
-    for (token, expect) in recipients {
-        let socket = subscribe(url, &token).await?;
+    for (url, token, expect) in recipients {
+        let socket = subscribe(&url, &token).await?;
         rx.push(tokio::spawn(receive(socket, clock.clone(), expect)));
     }
     let t = Instant::now();
@@ -341,7 +500,13 @@ fn http() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-async fn users(url: &str, home: &std::path::Path, prefix: &str, n: usize) -> Result<Vec<Client>> {
+/// Registers `prefix{i}` for each i in `ids` at `url`.
+async fn users(
+    url: &str,
+    home: &std::path::Path,
+    prefix: &str,
+    ids: std::ops::Range<usize>,
+) -> Result<Vec<Client>> {
     let settings = ClientSettings {
         key_packages_target: 2,
         key_packages_low: 1,
@@ -349,8 +514,8 @@ async fn users(url: &str, home: &std::path::Path, prefix: &str, n: usize) -> Res
     };
     // Concurrently: registrations answer once their directory epoch is published, and
     // concurrent ones share an epoch.
-    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
-    let mut out = Vec::with_capacity(n);
+    let names: Vec<String> = ids.map(|i| format!("{prefix}{i}")).collect();
+    let mut out = Vec::with_capacity(names.len());
     for chunk in names.chunks(64) {
         let batch = chunk.iter().map(|name| {
             let dir = home.join(name);
@@ -384,19 +549,34 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if want("directory") {
         return crate::bench_directory::run(&args.accounts).await;
     }
+    if want("ceilings") {
+        return crate::bench_ceilings::run(args.database.as_deref(), &args.nats).await;
+    }
     let http = http();
-    let server = start_server(args.server.clone())?;
-    let url = server.url.clone();
+    let servers = start_servers(&args).await?;
+    let url = servers.send_url().to_owned();
+    let rurl = servers.recv_url().to_owned();
     let tmp = tempfile::tempdir()?;
     println!(
-        "server {url}; ciphersuite {suite:?}; senders post over {:?}; 2 cores shared by server and load generator",
+        "servers {}; store {}; ciphersuite {suite:?}; senders post over {:?}; 2 cores shared by servers, database and load generator",
+        servers
+            .nodes
+            .iter()
+            .map(|n| n.url.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if args.database.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
         args.transport
     );
 
     // ---- setup: pairs with a 1:1 conversation each ------------------------------------------
     let t = Instant::now();
-    let mut senders = users(&url, tmp.path(), "snd", args.pairs).await?;
-    let mut recipients = users(&url, tmp.path(), "rcv", args.pairs).await?;
+    let mut senders = users(&url, tmp.path(), "snd", 0..args.pairs).await?;
+    let mut recipients = users(&rurl, tmp.path(), "rcv", 0..args.pairs).await?;
     for (i, s) in senders.iter_mut().enumerate() {
         if suite == Suite::Classic {
             s.create_group(
@@ -434,6 +614,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
+    if want("idle") {
+        // ---- memory per idle connected device -------------------------------------------------
+        let pid = servers
+            .nodes
+            .last()
+            .and_then(|n| n.child.as_ref())
+            .map(|c| c.id())
+            .context("--only idle needs a server started by the bench")?;
+        let tokens = recipients_tokens(&mut recipients, &peer_target).await?;
+        idle_connections(&rurl, pid, &tokens, args.idle).await?;
+    }
+    let cpu_before = cpu_seconds(&servers);
     if want("a") {
         // ---- client-side MLS cost -------------------------------------------------------------
         let t = Instant::now();
@@ -453,16 +645,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         // ---- (a) 1:1 online, closed loop ------------------------------------------------------
         let mut rx = Vec::new();
         for (i, r) in recipients.iter_mut().enumerate() {
-            rx.push((
-                r.bench_prepare(&peer_target(i), 0, "").await?.token,
-                args.per_sender,
-            ));
+            let b = r.bench_prepare(&peer_target(i), 0, "").await?;
+            rx.push((b.server, b.token, args.per_sender));
         }
         let tx = batches
             .into_iter()
             .map(|b| (b, Duration::ZERO, None))
             .collect();
-        let (elapsed, lat) = measure(&url, args.transport, &http, rx, tx).await?;
+        let (elapsed, lat) = measure(args.transport, &http, rx, tx).await?;
         report(
             "(a) 1:1 online, closed loop",
             n_enc,
@@ -470,6 +660,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             elapsed,
             lat,
         );
+        if let (Some(before), Some(after)) = (cpu_before, cpu_seconds(&servers)) {
+            println!(
+                "(a) CPU per delivered message: {:.1} µs in the server process(es){}",
+                (after.0 - before.0) / n_enc as f64 * 1e6,
+                if args.database.is_some() {
+                    format!(
+                        ", {:.1} µs in PostgreSQL",
+                        (after.1 - before.1) / n_enc as f64 * 1e6
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     if want("rate") {
         // ---- (a') 1:1 online at a fixed rate ----------------------------------------------------
@@ -481,7 +685,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         let mut rx = Vec::new();
         for (i, r) in recipients.iter_mut().enumerate() {
-            rx.push((r.bench_prepare(&peer_target(i), 0, "").await?.token, per));
+            let b = r.bench_prepare(&peer_target(i), 0, "").await?;
+            rx.push((b.server, b.token, per));
         }
         // Senders spread evenly over one interval, each paced at the interval.
         let interval = Duration::from_secs_f64(args.pairs as f64 / args.rate as f64);
@@ -496,7 +701,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 )
             })
             .collect();
-        let (elapsed, lat) = measure(&url, args.transport, &http, rx, tx).await?;
+        let (elapsed, lat) = measure(args.transport, &http, rx, tx).await?;
         report(
             &format!("(a') 1:1 online at {} msgs/s", args.rate),
             per * args.pairs,
@@ -542,7 +747,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 limit: Some(1000),
             };
             let r = http
-                .post(format!("{url}/v1/sync"))
+                .post(format!("{rurl}/v1/sync"))
                 .bearer_auth(&rtoken)
                 .json(&req)
                 .send()
@@ -559,7 +764,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 inbox: None,
                 groups: vec![(gid, cursor)],
             };
-            http.post(format!("{url}/v1/ack"))
+            http.post(format!("{rurl}/v1/ack"))
                 .bearer_auth(&rtoken)
                 .json(&ack)
                 .send()
@@ -578,7 +783,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if want("client") {
         // ---- client-side decrypt cost -------------------------------------------------------------
-        let mut dec = users(&url, tmp.path(), "dec", 2).await?;
+        let mut dec = users(&url, tmp.path(), "dec", 0..2).await?;
         dec[0].send("@dec1", "hello").await?;
         dec[1].sync().await?;
         let n_dec = 2000;
@@ -598,7 +803,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if want("c") {
         // ---- (c) a 100-member group -------------------------------------------------------------
         let t = Instant::now();
-        let mut members = users(&url, tmp.path(), "mem", args.group_size).await?;
+        // With several nodes, the second half of the group is on the last node.
+        let half = args.group_size.div_ceil(2);
+        let mut members = users(&url, tmp.path(), "mem", 0..half).await?;
+        members.extend(users(&rurl, tmp.path(), "mem", half..args.group_size).await?);
         let names: Vec<Username> = (1..args.group_size)
             .map(|i| Username::new(&format!("mem{i}")))
             .collect::<Result<_, _>>()?;
@@ -625,13 +833,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             } else {
                 per * senders_n
             };
-            rx.push((m.bench_prepare("#big", 0, "").await?.token, expect));
+            let b = m.bench_prepare("#big", 0, "").await?;
+            rx.push((b.server, b.token, expect));
         }
         let tx = batches
             .into_iter()
             .map(|b| (b, Duration::ZERO, None))
             .collect();
-        let (elapsed, lat) = measure(&url, args.transport, &http, rx, tx).await?;
+        let (elapsed, lat) = measure(args.transport, &http, rx, tx).await?;
         report(
             &format!("(c) {}-member group, {senders_n} senders", args.group_size),
             per * senders_n,

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_ceilings;
 mod bench_directory;
 mod cli;
 mod demo;
