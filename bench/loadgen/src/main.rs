@@ -9,6 +9,8 @@
 //! messages marks the moment it has processed them (it handles a session's stanzas in order).
 #![forbid(unsafe_code)]
 
+mod matrix;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,10 +54,21 @@ struct Args {
     /// Only register the benchmark users (in-band, XEP-0077) and exit.
     #[arg(long)]
     register: bool,
+    /// The protocol the server speaks.
+    #[arg(long, value_enum, default_value_t = Protocol::Xmpp)]
+    protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    /// XMPP (ejabberd, Prosody).
+    Xmpp,
+    /// The Matrix client-server API (Synapse).
+    Matrix,
 }
 
 /// The same size class as Sealpost's benchmark message (its ciphertext is padded to 256 bytes).
-const BODY: &str = "benchmark message of about forty bytes..benchmark message of about forty bytes..benchmark message of about forty bytes..benchmark message of about forty bytes..benchmark message of about forty bytes..";
+pub(crate) const BODY: &str = "benchmark message of about forty bytes..benchmark message of about forty bytes..benchmark message of about forty bytes..benchmark message of about forty bytes..benchmark message of about forty bytes..";
 
 struct Reader {
     half: OwnedReadHalf,
@@ -223,7 +236,7 @@ fn message(domain: &str, to: &str, id: &str) -> String {
 
 type Clock = Arc<Mutex<HashMap<String, Instant>>>;
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted
         .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
@@ -362,6 +375,10 @@ async fn offline(args: &Args) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.protocol == Protocol::Matrix {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        return matrix::run(&args).await;
+    }
     if args.register {
         let mut users = vec!["off0".to_string()];
         for i in 0..args.pairs {
