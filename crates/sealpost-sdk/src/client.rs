@@ -1798,7 +1798,10 @@ impl Client {
         }
         let group = d.group();
         let inbox_seq = d.inbox_seq;
-        let known = self.convs.contains_key(&group);
+        // A Welcome for a conversation this device is in is a replay, and ignored; one for a
+        // conversation it was removed from (or left) is a re-add: it joins again.
+        let previous = self.convs.get(&group).cloned();
+        let known = previous.as_ref().is_some_and(|c| c.info.active);
         let linked = self.linked.get(&group).cloned();
         let check = DirCheck {
             entries: &self.dir.entries,
@@ -1816,12 +1819,30 @@ impl Client {
             let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
                 return Err(Error::Protocol("expected a Welcome".into()));
             };
+            // Rejoining: the state of the epoch this device was removed in gives way to the new
+            // one (in this transaction: if joining fails, it stays as it was).
+            let mut old_epoch = None;
+            if previous.is_some()
+                && let Some(mut old) =
+                    MlsGroup::load(p.storage(), &mls_id(group)).map_err(Error::mls)?
+            {
+                old_epoch = Some(old.epoch().as_u64());
+                old.delete(p.storage()).map_err(Error::mls)?;
+            }
             let staged = StagedWelcome::new_from_welcome(p, &join_config(), welcome, None)
                 .map_err(Error::mls)?;
             let by = staged
                 .welcome_sender()
                 .map(|l| who(l.credential()))
                 .unwrap_or_else(|_| "@unknown".into());
+            if let Some(old) = old_epoch
+                && staged.group_context().epoch().as_u64() <= old
+            {
+                // A Welcome into an epoch this device already knew is an old one replayed.
+                return Err(Error::Protocol(
+                    "an old Welcome to a conversation this device left was replayed".into(),
+                ));
+            }
             let mls = staged.into_group(p).map_err(Error::mls)?;
             if mls.group_id().as_slice() != group.as_bytes() {
                 return Err(Error::Protocol(
@@ -1853,10 +1874,11 @@ impl Client {
             }
             let suite = Suite::of(mls.ciphersuite())
                 .ok_or_else(|| Error::Protocol("unsupported ciphersuite".into()))?;
-            let (kind, name, peer) = linked
-                .map_or((ConversationKind::Group, String::new(), None), |l| {
-                    (l.kind, l.name, l.peer)
-                });
+            let (kind, name, peer) = match (&previous, linked) {
+                (Some(c), _) => (c.info.kind, c.info.name.clone(), c.info.peer.clone()),
+                (None, Some(l)) => (l.kind, l.name, l.peer),
+                (None, None) => (ConversationKind::Group, String::new(), None),
+            };
             let conv = Conv {
                 info: ConvInfo {
                     kind,

@@ -110,3 +110,42 @@ async fn group_add_remove_leave_on_both_suites() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_removed_member_added_again_rejoins_and_reads_what_follows() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut ann = people.register(&server, "ann").await;
+    let mut ben = people.register(&server, "ben").await;
+    ann.create_group("crew", &[u("ben")], Suite::Classic)
+        .await
+        .unwrap();
+    ben.sync().await.unwrap();
+    ann.remove_members("#crew", &[u("ben")]).await.unwrap();
+    ben.sync().await.unwrap();
+    ann.send("#crew", "while ben is out").await.unwrap();
+    ann.add_members("#crew", &[u("ben")]).await.unwrap();
+    let events = ben.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Joined { conversation, .. } if conversation == "#crew")),
+        "{events:?}"
+    );
+    assert!(
+        texts(&events).is_empty(),
+        "nothing from while he was out: {events:?}"
+    );
+    assert_eq!(ben.epoch("#crew").unwrap(), ann.epoch("#crew").unwrap());
+    assert_eq!(ben.members("#crew").unwrap().len(), 2);
+    ann.send("#crew", "welcome back").await.unwrap();
+    assert_eq!(
+        texts(&ben.sync().await.unwrap()),
+        vec![("@ann".to_string(), "welcome back".to_string())]
+    );
+    ben.send("#crew", "glad to be back").await.unwrap();
+    assert_eq!(
+        texts(&ann.sync().await.unwrap()),
+        vec![("@ben".to_string(), "glad to be back".to_string())]
+    );
+}
