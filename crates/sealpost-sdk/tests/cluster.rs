@@ -237,18 +237,19 @@ impl PrivateNats {
         }
     }
 
+    /// A free port for one, not started yet.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
     /// Starts on `port` (0: a free one) and returns once it accepts connections.
     fn start(port: u16) -> Option<PrivateNats> {
         let binary = Self::binary()?;
-        let port = if port == 0 {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        } else {
-            port
-        };
+        let port = if port == 0 { Self::free_port() } else { port };
         let mut child = Command::new(binary)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -315,4 +316,35 @@ async fn with_nats_away_delivery_falls_back_to_catch_up_and_loses_nothing() {
         .map(|(_, t)| t)
         .collect();
     assert_eq!(got, vec!["before", "during", "after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_before_nats_push_once_it_comes() {
+    if PrivateNats::binary().is_none() {
+        return;
+    }
+    // The nodes start while nothing answers at the NATS address.
+    let port = PrivateNats::free_port();
+    let data = tempfile::tempdir().unwrap();
+    let Some(nodes) = cluster(data.path(), 2, &format!("nats://127.0.0.1:{port}")).await else {
+        return;
+    };
+    let people = People::new();
+    let mut alice = people.register(&nodes[0], "alice").await;
+    let bob = people.register(&nodes[1], "bob").await;
+    alice.send("@bob", "before nats").await.unwrap();
+    let (mut events, task) = listen(bob, "pushed");
+    assert_eq!(next_text(&mut events).await, "before nats");
+    // NATS comes: bob's node closes the push connection made without it (which has no
+    // subscription, so nothing from the other node would ever reach it); bob reconnects, catches
+    // up, and is subscribed from then on.
+    let _nats = PrivateNats::start(port).unwrap();
+    alice.send("@bob", "probe").await.unwrap();
+    assert_eq!(next_text(&mut events).await, "probe");
+    alice.send("@bob", "pushed").await.unwrap();
+    assert_eq!(next_text(&mut events).await, "pushed");
+    tokio::time::timeout(HANG_GUARD, task)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -60,7 +60,9 @@ impl Fanout {
         on_reconnect: impl Fn() + Send + Sync + 'static,
     ) -> Result<Self, FanoutError> {
         let on_reconnect = Arc::new(on_reconnect);
-        let was_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Until the first connection, too, pushes to other nodes are lost, and push connections
+        // made meanwhile have no subscription: the first connection closes them as well.
+        let was_lost = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let client = async_nats::ConnectOptions::new()
             .no_echo()
             .name("sealpost-server")
