@@ -39,7 +39,7 @@ use crate::storage::sqlite::SqliteStore;
 #[non_exhaustive]
 pub enum ServerError {
     /// The data directory could not be created.
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}")]
     DataDir {
         /// The directory.
         path: std::path::PathBuf,
@@ -47,10 +47,10 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The store could not be opened.
-    #[error("cannot open the database: {0}")]
+    #[error("cannot open the database")]
     Store(#[from] storage::StoreError),
     /// The key directory could not be opened.
-    #[error("cannot open the key directory: {0}")]
+    #[error("cannot open the key directory")]
     Directory(#[from] directory::DirectoryError),
     /// A setting is unusable.
     #[error("invalid setting: {0}")]
@@ -59,7 +59,7 @@ pub enum ServerError {
     #[error(transparent)]
     Fanout(#[from] fanout::FanoutError),
     /// Serving failed.
-    #[error("server I/O error: {0}")]
+    #[error("server I/O error")]
     Io(#[from] std::io::Error),
 }
 
