@@ -319,16 +319,21 @@ impl DeliveryService {
         // The cached state may be behind when other nodes share the store: a message that does
         // not fit it is checked once more against the stored state before it is refused.
         let mut fresh = guard.is_none();
+        let mut msg = Some(msg);
         let (epoch, processed) = loop {
             self.load(group, &mut guard).await?;
             let Some(loaded) = guard.as_mut() else {
                 return Err(ApiFailure::internal());
             };
             let epoch = loaded.public.group_context().epoch().as_u64();
-            let failure: ApiFailure = if msg.epoch().as_u64() != epoch {
+            let built_on = msg.as_ref().map(|m| m.epoch().as_u64());
+            let failure: ApiFailure = if built_on != Some(epoch) {
                 StoreError::EpochConflict { current: epoch }.into()
             } else {
-                match loaded.public.process_message(&self.crypto, msg.clone()) {
+                // A copy is kept only while a second try against the stored state is possible.
+                let attempt = if fresh { msg.take() } else { msg.clone() }
+                    .ok_or_else(ApiFailure::internal)?;
+                match loaded.public.process_message(&self.crypto, attempt) {
                     Ok(processed) => break (epoch, processed),
                     Err(_) => {
                         bad("the handshake message does not validate against the group state")
