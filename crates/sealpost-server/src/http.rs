@@ -24,7 +24,7 @@ use sealpost_proto::{
 };
 use serde::de::DeserializeOwned;
 use tls_codec::Deserialize as _;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
@@ -805,13 +805,7 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
         tokio::select! {
             frame = sub.frames.recv() => {
                 let Some(frame) = frame else { break }; // dropped as too slow
-                // Write whatever else is queued in the same flush.
-                let mut ok = socket.feed(Message::Binary(frame)).await.is_ok();
-                while ok {
-                    let Ok(more) = sub.frames.try_recv() else { break };
-                    ok = socket.feed(Message::Binary(more)).await.is_ok();
-                }
-                if !ok || socket.flush().await.is_err() {
+                if write_queued(&mut socket, Message::Binary(frame), &mut sub.frames, &mut answers).await.is_err() {
                     break;
                 }
             }
@@ -825,7 +819,7 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
             }
             answer = answers.recv() => {
                 let Some(answer) = answer else { break };
-                if socket.send(Message::Text(answer.into())).await.is_err() {
+                if write_queued(&mut socket, Message::Text(answer.into()), &mut sub.frames, &mut answers).await.is_err() {
                     break;
                 }
             }
@@ -852,6 +846,26 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
                 let _ = socket.send(Message::Close(None)).await;
                 break;
             }
+        }
+    }
+}
+
+/// Writes `first`, then every delivery and answer already queued, in one flush: one system call
+/// for a burst instead of one a frame.
+async fn write_queued(
+    socket: &mut WebSocket,
+    first: Message,
+    frames: &mut mpsc::Receiver<Bytes>,
+    answers: &mut mpsc::Receiver<String>,
+) -> Result<(), axum::Error> {
+    socket.feed(first).await?;
+    loop {
+        if let Ok(frame) = frames.try_recv() {
+            socket.feed(Message::Binary(frame)).await?;
+        } else if let Ok(answer) = answers.try_recv() {
+            socket.feed(Message::Text(answer.into())).await?;
+        } else {
+            return socket.flush().await;
         }
     }
 }
