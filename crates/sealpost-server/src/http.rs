@@ -850,8 +850,12 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
     }
 }
 
-/// Writes `first`, then every delivery and answer already queued, in one flush: one system call
-/// for a burst instead of one a frame.
+/// Frames written in one flush at most, so that a connection whose queue refills as fast as it
+/// drains still reads its incoming frames, pings and shutdown in between.
+const MAX_BURST: usize = 256;
+
+/// Writes `first`, then the deliveries and answers already queued (up to [`MAX_BURST`]), in one
+/// flush: one system call for a burst instead of one a frame.
 async fn write_queued(
     socket: &mut WebSocket,
     first: Message,
@@ -859,15 +863,16 @@ async fn write_queued(
     answers: &mut mpsc::Receiver<String>,
 ) -> Result<(), axum::Error> {
     socket.feed(first).await?;
-    loop {
+    for _ in 1..MAX_BURST {
         if let Ok(frame) = frames.try_recv() {
             socket.feed(Message::Binary(frame)).await?;
         } else if let Ok(answer) = answers.try_recv() {
             socket.feed(Message::Text(answer.into())).await?;
         } else {
-            return socket.flush().await;
+            break;
         }
     }
+    socket.flush().await
 }
 
 /// The next frame from another node; never, on a single node.
