@@ -13,7 +13,7 @@ use openmls::prelude::{
     GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
     MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
     MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, Proposal,
-    ProtocolVersion, Sender, StagedWelcome,
+    ProtocolMessage, ProtocolVersion, Sender, StagedWelcome,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider;
@@ -35,10 +35,9 @@ mod verify;
 pub use link::{LinkStep, PendingLink};
 pub use verify::{Verification, safety_number};
 
+use crate::aad::{Aad, FORK_CHECK_LABEL, FORK_CHECK_LEN};
 use crate::api::{Api, ChallengeSigner};
-use crate::directory::{
-    DirectoryState, Roots, Verified, parse_root_aad, root_aad, security, verify_proof,
-};
+use crate::directory::{DirectoryState, Roots, Verified, security, verify_proof};
 use crate::error::Error;
 use crate::model::{
     ConversationInfo, ConversationKind, DeviceChange, Event, MemberInfo, SecurityAlert, Suite,
@@ -126,6 +125,19 @@ struct ConvInfo {
     suite: Suite,
     active: bool,
     last_self_update_ms: u64,
+    /// How many texts this device has sent here: each carries the next number, so that
+    /// recipients can tell a dropped or a held-back message.
+    #[serde(default)]
+    sent: u64,
+    /// The newest number seen from each other device (`user:device`).
+    #[serde(default)]
+    senders: BTreeMap<String, u64>,
+    /// The MLS epoch a fork alert was last shown for (one alert per epoch, not one per message).
+    #[serde(default)]
+    fork_alerted: Option<u64>,
+    /// The epoch at which this device refused a commit (and so stays behind its members).
+    #[serde(default)]
+    refused_at: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +154,9 @@ enum AppMessage {
         id: String,
         body: String,
         sent_at: u64,
+        /// The sender device's number for this text in this conversation, from 1; 0: none.
+        #[serde(default)]
+        n: u64,
     },
     Meta {
         kind: ConversationKind,
@@ -158,6 +173,12 @@ enum Item {
         text: String,
         id: String,
         sent_at: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        late: bool,
+    },
+    Gap {
+        from: String,
+        missing: u64,
     },
     MemberAdded {
         member: String,
@@ -204,12 +225,19 @@ impl Item {
                 text,
                 id,
                 sent_at,
+                late,
             } => Event::Message {
                 conversation,
                 from,
                 text,
                 id,
                 sent_at,
+                late,
+            },
+            Item::Gap { from, missing } => Event::Gap {
+                conversation,
+                from,
+                missing,
             },
             Item::MemberAdded { member, by } => Event::MemberAdded {
                 conversation,
@@ -363,6 +391,8 @@ pub struct Client {
     dir: DirView,
     /// For a linked device: the conversations the approving device is adding it to.
     linked: BTreeMap<GroupId, link::LinkedConversation>,
+    /// This device's own commits merged by the current operation's syncs, `(group, seq)`.
+    merged_commits: Vec<(GroupId, u64)>,
 }
 
 /// The key directory as this device has verified it.
@@ -438,7 +468,7 @@ impl DirCheck<'_> {
 
     /// Compares the directory root a peer's message carries with ours for that epoch.
     fn peer_root(&mut self, group: GroupId, from: &str, aad: &[u8]) -> Option<Item> {
-        let (epoch, root) = parse_root_aad(aad)?;
+        let (epoch, root) = Aad::parse(aad).root?;
         match self.roots.get(&epoch) {
             Some(ours) if *ours == root => None,
             Some(_) => Some(Item::Security {
@@ -579,6 +609,7 @@ impl Client {
                 ..DirView::default()
             },
             linked: BTreeMap::new(),
+            merged_commits: Vec::new(),
         })
     }
 
@@ -605,6 +636,7 @@ impl Client {
             proposals_to_check: None,
             dir: DirView::default(),
             linked: BTreeMap::new(),
+            merged_commits: Vec::new(),
         };
         client.reload()?;
         Ok(client)
@@ -819,6 +851,10 @@ impl Client {
                 suite,
                 active: true,
                 last_self_update_ms: now_ms(),
+                sent: 0,
+                senders: BTreeMap::new(),
+                fork_alerted: None,
+                refused_at: None,
             },
             cursor: 0,
         };
@@ -895,6 +931,13 @@ impl Client {
                     refused = Some(e);
                     continue;
                 }
+                if let Err(e) = self.note_key_package_use(&kp, user, c.device_id) {
+                    if matches!(e, Error::Security { .. }) {
+                        self.alert(&e);
+                    }
+                    refused = Some(e);
+                    continue;
+                }
                 kps.push(kp);
             }
         }
@@ -919,7 +962,7 @@ impl Client {
             kind: conv.info.kind,
             name: conv.info.name.clone(),
         };
-        self.send_app(group, &meta, None).await?;
+        self.send_app(group, meta, None).await?;
         Ok(())
     }
 
@@ -970,6 +1013,56 @@ impl Client {
             payload: payload.to_vec().into(),
         })?;
         Ok(self.take_events())
+    }
+
+    /// For tests that play a member leaking a conversation's state: its current MLS GroupInfo
+    /// with the ratchet tree, signed by this device (what an outsider needs to try an external
+    /// join). Changes nothing. Not for applications.
+    #[doc(hidden)]
+    pub fn export_group_info_unchecked(&mut self, target: &str) -> Result<Vec<u8>, Error> {
+        let group = self.resolve(target)?;
+        self.profile.atomically(|_, _, p| {
+            let g = load_group(p, group)?;
+            let info = g
+                .export_group_info(p.crypto(), &self.identity.device_key, true)
+                .map_err(Error::mls)?;
+            serialize(&info)
+        })
+    }
+
+    /// Records that a claimed key package is being used; refuses one this device used before.
+    /// A one-time key package handed out twice means the server keeps and replays them: the
+    /// device it belongs to already spent its private key and cannot join. Last-resort key
+    /// packages are reusable by design and are not recorded.
+    fn note_key_package_use(
+        &mut self,
+        kp: &KeyPackage,
+        user: &Username,
+        device: DeviceId,
+    ) -> Result<(), Error> {
+        if kp.last_resort() {
+            return Ok(());
+        }
+        let hash = kp
+            .hash_ref(self.profile.mls.provider.crypto())
+            .map_err(Error::mls)?;
+        let fresh = self.profile.atomically(|tx, _, _| {
+            Ok(tx.execute(
+                "INSERT OR IGNORE INTO used_key_packages (ref) VALUES (?1)",
+                [hash.as_slice()],
+            )? == 1)
+        })?;
+        if fresh {
+            return Ok(());
+        }
+        Err(security(
+            SecurityAlert::ReusedKeyPackage,
+            format!(
+                "the server handed out a key package of device {} of {} that this device has used before; that device was not added",
+                device.short(),
+                at(user)
+            ),
+        ))
     }
 
     /// A claimed key package, verified: it parses, its signature holds, and it belongs to the
@@ -1188,14 +1281,16 @@ impl Client {
             id: id.clone(),
             body: text.to_owned(),
             sent_at,
+            n: 0,
         };
         let item = Item::Message {
             from: at(&self.identity.username),
             text: text.to_owned(),
             id,
             sent_at,
+            late: false,
         };
-        self.send_app(group, &msg, Some(item.clone())).await?;
+        self.send_app(group, msg, Some(item.clone())).await?;
         Ok(item.render(self.display(group)))
     }
 
@@ -1275,31 +1370,56 @@ impl Client {
         Ok(())
     }
 
+    /// Encrypts and posts one application message. A text gets this device's next number in
+    /// the conversation, in the same transaction as the ratchet step, so no number is used twice
+    /// (a crash after encrypting and before posting leaves a gap the recipients are shown).
     async fn send_app(
         &mut self,
         group: GroupId,
-        msg: &AppMessage,
+        mut msg: AppMessage,
         item: Option<Item>,
     ) -> Result<(), Error> {
+        let mut conv = self
+            .convs
+            .get(&group)
+            .cloned()
+            .ok_or_else(|| Error::Invalid("no such conversation".into()))?;
+        if let AppMessage::Text { n, .. } = &mut msg {
+            conv.info.sent += 1;
+            *n = conv.info.sent;
+        }
         let body =
-            Zeroizing::new(serde_json::to_vec(msg).map_err(|e| Error::Store(e.to_string()))?);
+            Zeroizing::new(serde_json::to_vec(&msg).map_err(|e| Error::Store(e.to_string()))?);
         let padded = Zeroizing::new(pad(&body).map_err(|e| Error::Invalid(e.to_string()))?);
-        let aad = self.root_aad();
+        let root = self.root_record();
         let payload = self.profile.atomically(|tx, sealer, p| {
             let mut g = load_group(p, group)?;
-            g.set_aad(aad);
+            g.set_aad(message_aad(&g, p, root)?);
             let out = g
                 .create_message(p, &self.identity.device_key, &padded)
                 .map_err(Error::mls)?;
             if let Some(item) = &item {
                 put_item(tx, sealer, group, None, item)?;
             }
+            put_conv(tx, sealer, group, &conv)?;
             serialize(&out)
         })?;
-        let posted = self
-            .api
-            .post_message(&self.identity, group, payload)
-            .await?;
+        self.convs.insert(group, conv.clone());
+        let posted = match self.api.post_message(&self.identity, group, payload).await {
+            Ok(posted) => posted,
+            Err(e @ Error::Server { .. }) => {
+                // Refused for certain: nobody will see this number, so the next text reuses it
+                // rather than showing recipients a gap.
+                if matches!(msg, AppMessage::Text { .. }) {
+                    conv.info.sent -= 1;
+                    self.profile
+                        .atomically(|tx, sealer, _| put_conv(tx, sealer, group, &conv))?;
+                    self.convs.insert(group, conv);
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.profile.atomically(|tx, _, _| {
             tx.execute(
                 "INSERT OR IGNORE INTO sent (group_id, seq) VALUES (?1, ?2)",
@@ -1328,10 +1448,15 @@ impl Client {
     {
         for _ in 0..8 {
             self.sync_inner().await?;
-            let aad = self.root_aad();
+            let root = self.root_record();
             let (commit, welcome) = self.profile.atomically(|tx, _, p| {
                 let mut g = load_group(p, group)?;
-                g.set_aad(aad);
+                if g.pending_commit().is_some() {
+                    return Err(Error::Invalid(
+                        "an earlier change to this conversation has not come back from the server yet: sync, then try again".into(),
+                    ));
+                }
+                g.set_aad(message_aad(&g, p, root)?);
                 let (commit, welcome) = build(&mut g, p, &self.identity.device_key)?;
                 let commit = serialize(&commit)?;
                 let welcome = welcome.as_ref().map(serialize).transpose()?;
@@ -1341,14 +1466,15 @@ impl Client {
                 )?;
                 Ok((commit, welcome))
             })?;
+            self.merged_commits.clear();
             match self
                 .api
                 .post_commit(&self.identity, group, commit, welcome)
                 .await
             {
-                Ok(_) => {
+                Ok(posted) => {
                     self.sync_inner().await?;
-                    return Ok(());
+                    return self.check_commit_came_back(group, posted.seq);
                 }
                 Err(Error::Server {
                     code: ErrorCode::EpochConflict,
@@ -1389,6 +1515,7 @@ impl Client {
                         id: format!("{:032x}", (sent_at as u128) << 32 | i as u128),
                         body: text.to_owned(),
                         sent_at,
+                        n: 0,
                     };
                     let body = Zeroizing::new(
                         serde_json::to_vec(&msg).map_err(|e| Error::Store(e.to_string()))?,
@@ -1429,6 +1556,34 @@ impl Client {
             )?;
             Ok(())
         })
+    }
+
+    /// After the server acknowledged this device's commit at `seq` and a sync: unless the
+    /// commit came back at that place in the log, the server is withholding it (from this
+    /// device at least) or put something else there. Said as an alert; the commit stays
+    /// pending, so if it does arrive later it is merged then.
+    fn check_commit_came_back(&mut self, group: GroupId, seq: u64) -> Result<(), Error> {
+        if std::mem::take(&mut self.merged_commits).contains(&(group, seq)) {
+            return Ok(());
+        }
+        let cursor = self.convs.get(&group).map_or(0, |c| c.cursor);
+        let detail = if cursor < seq {
+            format!(
+                "the server acknowledged this device's change to the conversation as #{seq} but has not delivered it back: it may be withholding it from members"
+            )
+        } else {
+            format!(
+                "the server acknowledged this device's change to the conversation as #{seq} but delivered something else in its place"
+            )
+        };
+        let item = Item::Security {
+            alert: SecurityAlert::WithheldCommit,
+            detail: detail.clone(),
+        };
+        self.profile
+            .atomically(|tx, sealer, _| put_item(tx, sealer, group, None, &item))?;
+        self.fresh.push((group, item));
+        Err(security(SecurityAlert::WithheldCommit, detail))
     }
 
     // ---- key directory ------------------------------------------------------------------
@@ -1579,13 +1734,12 @@ impl Client {
         Ok(())
     }
 
-    /// The authenticated data for outgoing messages: the newest verified directory root.
-    fn root_aad(&self) -> Vec<u8> {
+    /// The newest verified directory root, which outgoing messages carry.
+    fn root_record(&self) -> Option<(u64, [u8; 32])> {
         self.dir
             .state
             .as_ref()
-            .and_then(|s| self.dir.roots.get(&s.epoch).map(|r| root_aad(s.epoch, r)))
-            .unwrap_or_default()
+            .and_then(|s| self.dir.roots.get(&s.epoch).map(|r| (s.epoch, *r)))
     }
 
     /// Compares the roots peers carried for epochs this device had not verified yet.
@@ -1887,6 +2041,10 @@ impl Client {
                     suite,
                     active: true,
                     last_self_update_ms: now_ms(),
+                    sent: 0,
+                    senders: BTreeMap::new(),
+                    fork_alerted: None,
+                    refused_at: None,
                 },
                 cursor: d.group_seq,
             };
@@ -1941,6 +2099,7 @@ impl Client {
         }
         let me = self.identity.username.clone();
         let mut items: Vec<Item> = Vec::new();
+        let mut merged_own = false;
         let mut check = DirCheck {
             entries: &self.dir.entries,
             fresh: &self.dir.fresh,
@@ -1977,6 +2136,7 @@ impl Client {
                             items.extend(roster_items(&g, staged, &at(&me)));
                         }
                         g.merge_pending_commit(p).map_err(Error::mls)?;
+                        merged_own = true;
                         put_conv(tx, sealer, group, &conv)?;
                         return keep_new(tx, sealer, group, seq, &mut items);
                     }
@@ -1994,6 +2154,9 @@ impl Client {
             keep_new(tx, sealer, group, seq, &mut items)
         })?;
         self.convs.insert(group, conv);
+        if merged_own {
+            self.merged_commits.push((group, seq));
+        }
         if items.iter().any(|i| matches!(i, Item::MemberLeft { .. }))
             && let Some(set) = self.proposals_to_check.as_mut()
         {
@@ -2293,10 +2456,36 @@ fn receive(
     if pm.group_id() != g.group_id() {
         return undecryptable("a message for another group".into());
     }
+    let sent_in = pm.epoch().as_u64();
+    // Unverified until decrypted; read now because a message from a fork does not decrypt.
+    let unverified = match &pm {
+        ProtocolMessage::PrivateMessage(m) => Aad::parse(m.aad()),
+        ProtocolMessage::PublicMessage(_) => Aad::default(),
+    };
     let processed = match g.process_message(p, pm) {
         Ok(m) => m,
-        Err(e) => return undecryptable(format!("{e}")),
+        Err(e) => {
+            let mut items: Vec<Item> = fork_alert(g, p, sent_in, &unverified, conv)
+                .into_iter()
+                .collect();
+            items.push(Item::Undecryptable {
+                seq,
+                reason: format!("{e}"),
+            });
+            return Ok(items);
+        }
     };
+    if matches!(processed.sender(), Sender::NewMemberCommit) {
+        // Nobody joins a Sealpost conversation on their own: members are added by members.
+        // An external commit means someone holds the group's public state (the server does).
+        return Ok(vec![Item::Security {
+            alert: SecurityAlert::ExternalJoin,
+            detail: format!(
+                "{} tried to join the conversation without being added by a member; refused",
+                who(processed.credential())
+            ),
+        }]);
+    }
     let Some(sender) = credential_user(processed.credential()) else {
         return undecryptable("the sender has no Sealpost identity".into());
     };
@@ -2336,12 +2525,33 @@ fn receive_content(
                 return undecryptable("bad padding".into());
             };
             match serde_json::from_slice::<AppMessage>(body) {
-                Ok(AppMessage::Text { id, body, sent_at }) => Ok(vec![Item::Message {
-                    from,
-                    text: body,
+                Ok(AppMessage::Text {
                     id,
+                    body,
                     sent_at,
-                }]),
+                    n,
+                }) => {
+                    let mut items = Vec::new();
+                    let late = match sender_order(conv, &sender, n) {
+                        Order::Next => false,
+                        Order::After(missing) => {
+                            items.push(Item::Gap {
+                                from: from.clone(),
+                                missing,
+                            });
+                            false
+                        }
+                        Order::Late => true,
+                    };
+                    items.push(Item::Message {
+                        from,
+                        text: body,
+                        id,
+                        sent_at,
+                        late,
+                    });
+                    Ok(items)
+                }
                 Ok(AppMessage::Meta { kind, name }) => {
                     conv.info.kind = kind;
                     if kind == ConversationKind::Direct {
@@ -2385,6 +2595,7 @@ fn receive_content(
                 LeafCheck::Ok => {}
                 LeafCheck::Need(users) => return Err(Error::NeedDirectory(users)),
                 LeafCheck::Refused(why) => {
+                    conv.info.refused_at = Some(g.epoch().as_u64());
                     return Ok(vec![Item::Security {
                         alert: SecurityAlert::UnverifiedMember,
                         detail: format!("a commit by {from} was refused: {why}"),
@@ -2406,6 +2617,95 @@ fn receive_content(
         }
         _ => undecryptable("an unexpected message type was ignored".into()),
     }
+}
+
+/// Where a numbered text stands among its sender's texts.
+enum Order {
+    /// The next one, the first one seen, or unnumbered.
+    Next,
+    /// After `missing` texts this device has not seen (dropped, or held back).
+    After(u64),
+    /// Before one already shown: held back and delivered late.
+    Late,
+}
+
+/// Notes text number `n` of `sender` in the conversation and says where it stands.
+fn sender_order(conv: &mut Conv, sender: &DeviceIdentity, n: u64) -> Order {
+    if n == 0 {
+        return Order::Next;
+    }
+    let last = conv.info.senders.entry(sender.to_string()).or_insert(0);
+    let order = if *last == 0 || n == *last + 1 {
+        // The first text seen from a device (e.g. one that joined later) sets where it stands.
+        Order::Next
+    } else if n > *last {
+        Order::After(n - *last - 1)
+    } else {
+        return Order::Late;
+    };
+    *last = n;
+    order
+}
+
+/// This device's fork check for its current epoch of `g` (an MLS exporter value).
+fn fork_check(g: &MlsGroup, p: &Provider) -> Result<[u8; FORK_CHECK_LEN], Error> {
+    let value = g
+        .export_secret(p.crypto(), FORK_CHECK_LABEL, &[], FORK_CHECK_LEN)
+        .map_err(Error::mls)?;
+    value
+        .try_into()
+        .map_err(|_| Error::Crypto("exporter value of the wrong length"))
+}
+
+/// The authenticated data for a message sent in `g`'s current epoch.
+fn message_aad(
+    g: &MlsGroup,
+    p: &Provider,
+    root: Option<(u64, [u8; 32])>,
+) -> Result<Vec<u8>, Error> {
+    Ok(Aad {
+        root,
+        fork: Some(fork_check(g, p)?),
+    }
+    .encode())
+}
+
+/// For a message that did not decrypt: an alert if it shows the group forked — it was sent in
+/// this device's epoch from another state of it (another fork check), or in a later epoch,
+/// which an honest server never delivers before the commit that leads there (unless this
+/// device refused that commit or was removed). Once per epoch.
+fn fork_alert(
+    g: &MlsGroup,
+    p: &Provider,
+    sent_in: u64,
+    aad: &Aad,
+    conv: &mut Conv,
+) -> Option<Item> {
+    let ours = g.epoch().as_u64();
+    let detail = if sent_in == ours {
+        let theirs = aad.fork?;
+        if fork_check(g, p).ok()? == theirs {
+            return None;
+        }
+        format!(
+            "a message of epoch {sent_in} comes from another state of this conversation than this device's: the server has split the group in two (a fork), and messages across the split cannot be read"
+        )
+    } else if sent_in > ours && conv.info.active && conv.info.refused_at != Some(ours) {
+        // A device that was removed, or refused a commit, is behind on purpose.
+        format!(
+            "a message of epoch {sent_in} arrived while this device is in epoch {ours}: the server withheld a change of the conversation from this device, or split the group"
+        )
+    } else {
+        return None;
+    };
+    if conv.info.fork_alerted == Some(sent_in) {
+        return None;
+    }
+    conv.info.fork_alerted = Some(sent_in);
+    Some(Item::Security {
+        alert: SecurityAlert::Fork,
+        detail,
+    })
 }
 
 /// Opens the profile for a new device; refuses one that already has an account.
@@ -2485,5 +2785,40 @@ impl Api {
     async fn key_package_stock_for(&mut self, s: &Identity, suite: Suite) -> Result<u64, Error> {
         self.key_package_stock(s, u16::from(suite.ciphersuite()))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_holding_secrets_cannot_be_printed_with_debug() {
+        // The probe itself: a type with `Debug` is seen as one.
+        assert!(implements_debug!(String));
+        assert!(implements_debug!(Event));
+        // Device and account keys, the store key and what seals with it, the session token,
+        // a device link in progress (its code), and whatever holds them.
+        assert!(!implements_debug!(Identity));
+        assert!(!implements_debug!(Client));
+        assert!(!implements_debug!(PendingLink));
+        assert!(!implements_debug!(crate::vault::StoreKey));
+        assert!(!implements_debug!(crate::store::Sealer));
+        assert!(!implements_debug!(crate::store::Profile));
+        assert!(!implements_debug!(crate::api::Api));
+        assert!(!implements_debug!(BenchBatch));
+    }
+
+    #[test]
+    fn a_key_pairs_debug_output_leaves_the_private_key_out() {
+        // openmls's key pair has a `Debug` of its own; it must stay redacted.
+        let key = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+        let json = serde_json::to_value(&key).unwrap();
+        let private: Vec<u8> = serde_json::from_value(json["private"].clone()).unwrap();
+        assert_eq!(private.len(), 32);
+        let shown = format!("{key:?}");
+        assert!(shown.contains("***"), "{shown}");
+        assert!(!shown.contains(&format!("{private:?}")), "{shown}");
+        assert!(!shown.contains(&hex::encode(&private)), "{shown}");
     }
 }

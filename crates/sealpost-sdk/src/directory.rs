@@ -157,45 +157,8 @@ pub(crate) fn certified(
     }
 }
 
-/// Prefix of the directory root a message carries in its MLS authenticated data.
-const AAD_TAG: &[u8; 4] = b"SPd1";
-
-/// The authenticated data of an outgoing message: the newest verified directory root.
-pub(crate) fn root_aad(epoch: u64, root: &[u8; 32]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(44);
-    aad.extend_from_slice(AAD_TAG);
-    aad.extend_from_slice(&epoch.to_be_bytes());
-    aad.extend_from_slice(root);
-    aad
-}
-
-/// The directory root a peer's message carries, if it carries one.
-pub(crate) fn parse_root_aad(aad: &[u8]) -> Option<(u64, [u8; 32])> {
-    let rest = aad.strip_prefix(AAD_TAG.as_slice())?;
-    let (epoch, root) = rest.split_first_chunk::<8>()?;
-    let root: [u8; 32] = root.try_into().ok()?;
-    Some((u64::from_be_bytes(*epoch), root))
-}
-
 /// An entry's versions with their epochs, newest first.
 pub(crate) type Versions = Vec<(u64, DirectoryEntry)>;
 
 /// Verified roots by epoch, to compare with what peers carry.
 pub(crate) type Roots = BTreeMap<u64, [u8; 32]>;
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
-    use super::*;
-
-    #[test]
-    fn root_aad_round_trips_and_refuses_junk() {
-        let aad = root_aad(7, &[1; 32]);
-        assert_eq!(parse_root_aad(&aad), Some((7, [1; 32])));
-        assert_eq!(parse_root_aad(&aad[..43]), None);
-        assert_eq!(parse_root_aad(b""), None);
-        let mut longer = aad.clone();
-        longer.push(0);
-        assert_eq!(parse_root_aad(&longer), None);
-    }
-}

@@ -6,6 +6,31 @@
 //! and the application state so that one transaction covers both.
 #![forbid(unsafe_code)]
 
+/// Whether a type implements `Debug`, decided at compile time: for the tests that keep types
+/// holding secrets (keys, tokens, link codes) from ever being printed by a `{:?}`.
+#[cfg(test)]
+macro_rules! implements_debug {
+    ($t:ty) => {{
+        struct Probe<T: ?Sized>(std::marker::PhantomData<T>);
+        #[allow(dead_code, reason = "one of the two traits is picked")]
+        trait No {
+            fn debug(&self) -> bool {
+                false
+            }
+        }
+        impl<T: ?Sized> No for &Probe<T> {}
+        #[allow(dead_code, reason = "one of the two traits is picked")]
+        trait Yes {
+            fn debug(&self) -> bool {
+                true
+            }
+        }
+        impl<T: ?Sized + std::fmt::Debug> Yes for Probe<T> {}
+        (&Probe::<$t>(std::marker::PhantomData)).debug()
+    }};
+}
+
+mod aad;
 mod api;
 pub mod audit;
 mod client;

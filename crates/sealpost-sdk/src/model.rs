@@ -62,6 +62,21 @@ pub enum Event {
         id: String,
         /// When the sender sent it (sender's clock, unix milliseconds).
         sent_at: u64,
+        /// The sender sent it before a message of theirs already shown: it was held back on
+        /// the way (by the server or the network) and arrives out of order.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        late: bool,
+    },
+    /// Texts from a sender are missing before the next one: each of a device's texts is
+    /// numbered (inside the encryption), and this many numbers were skipped. They were dropped
+    /// on the way, or are held back and will arrive flagged `late`.
+    Gap {
+        /// Conversation.
+        conversation: String,
+        /// `@sender`.
+        from: String,
+        /// How many texts are missing.
+        missing: u64,
     },
     /// Someone added a member.
     MemberAdded {
@@ -189,6 +204,20 @@ pub enum SecurityAlert {
     /// A contact you verified has another account key now; sending to them is blocked until
     /// you compare and confirm the new safety number.
     VerifiedKeyChanged,
+    /// The conversation was split: a message came from another state of the same epoch (its
+    /// fork check differs), or from an epoch this device was never shown the way to. The
+    /// server is showing different members different histories.
+    Fork,
+    /// The server acknowledged this device's change to a conversation (adding, removing,
+    /// renewing keys) but did not deliver it back: it may be withholding it from members.
+    WithheldCommit,
+    /// Someone tried to join a conversation on their own from its public state (an MLS
+    /// external commit) instead of being added by a member. Refused.
+    ExternalJoin,
+    /// The server handed out a one-time key package this device had already used to add
+    /// someone: it keeps and replays key packages. That device was not added (it spent the
+    /// key and could not have joined).
+    ReusedKeyPackage,
 }
 
 /// A conversation as listed.

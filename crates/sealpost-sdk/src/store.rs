@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS sent (group_id BLOB NOT NULL, seq INTEGER NOT NULL, P
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, payload BLOB NOT NULL);
 -- Key directory roots this device verified (public data), to compare with what peers carry.
 CREATE TABLE IF NOT EXISTS directory_roots (epoch INTEGER PRIMARY KEY, root BLOB NOT NULL);
+-- Key packages this device used to add someone (their hash references): a server that hands
+-- one out again is caught. Last-resort key packages are meant to be reused and are not kept.
+CREATE TABLE IF NOT EXISTS used_key_packages (ref BLOB PRIMARY KEY) WITHOUT ROWID;
 PRAGMA user_version = 2;
 "#;
 

@@ -12,7 +12,7 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{Interceptor, People, TestServer, texts, u};
+use common::{Interceptor, People, TestServer, alerts, texts, u};
 use openmls::prelude::{BasicCredential, CredentialWithKey, KeyPackage, MlsMessageOut};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::types::SignatureScheme;
@@ -21,16 +21,6 @@ use sealpost_proto::{ClaimKeyPackagesResponse, DeviceId, DeviceIdentity};
 use sealpost_sdk::{Client, Error, Event, SecurityAlert, Suite};
 use sealpost_server::storage::{DeviceRecord, KeyPackageRecord};
 use tls_codec::Serialize as _;
-
-fn alerts(events: &[Event]) -> Vec<SecurityAlert> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Security { alert, .. } => Some(*alert),
-            _ => None,
-        })
-        .collect()
-}
 
 fn device_of(client: &Client) -> DeviceId {
     client.whoami().device.parse().unwrap()

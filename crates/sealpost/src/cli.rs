@@ -271,8 +271,23 @@ pub fn line(e: &Event) -> String {
             conversation,
             from,
             text,
+            late,
             ..
-        } => format!("[{conversation}] {from}: {text}"),
+        } => {
+            if *late {
+                format!("[{conversation}] {from} (late, sent before earlier lines): {text}")
+            } else {
+                format!("[{conversation}] {from}: {text}")
+            }
+        }
+        Event::Gap {
+            conversation,
+            from,
+            missing,
+        } => format!(
+            "[{conversation}] {missing} message(s) from {from} are missing here: \
+             the server dropped or is holding them back"
+        ),
         Event::MemberAdded {
             conversation,
             member,

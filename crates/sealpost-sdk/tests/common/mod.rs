@@ -137,6 +137,17 @@ pub fn texts(events: &[sealpost_sdk::Event]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The security alerts among `events`, in order.
+pub fn alerts(events: &[sealpost_sdk::Event]) -> Vec<sealpost_sdk::SecurityAlert> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            sealpost_sdk::Event::Security { alert, .. } => Some(*alert),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn u(name: &str) -> sealpost_sdk::Username {
     sealpost_sdk::Username::new(name).unwrap()
 }
@@ -144,12 +155,27 @@ pub fn u(name: &str) -> sealpost_sdk::Username {
 /// What the interceptor does with the answers to requests whose path starts with a prefix.
 type Rewrite = Arc<dyn Fn(&str, Vec<u8>) -> Vec<u8> + Send + Sync>;
 
+/// An answer made up by the interceptor from the request body: `(status, JSON body)`.
+type Answer = Arc<dyn Fn(&[u8]) -> (u16, Vec<u8>) + Send + Sync>;
+
 #[derive(Clone, Default)]
 struct Rules {
     /// `(path prefix, other upstream)`: such requests go to another server.
     routes: Vec<(String, String)>,
     /// `(path prefix, rewrite)`: the answer body is rewritten.
     rewrites: Vec<(String, Rewrite)>,
+    /// `(method, path prefix, answer)`: answered here; the server never sees the request.
+    answers: Vec<(String, String, Answer)>,
+}
+
+/// One request that went through the interceptor.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// The request body's length.
+    pub len: usize,
 }
 
 /// A man in the middle between a client and a server, for playing a malicious server: it can
@@ -157,6 +183,7 @@ struct Rules {
 pub struct Interceptor {
     pub url: String,
     rules: Arc<Mutex<Rules>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     shutdown: CancellationToken,
 }
 
@@ -170,11 +197,14 @@ impl Interceptor {
         let http = reqwest::Client::new();
         let upstream = upstream.to_owned();
         let shared = rules.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
             let rules = shared.lock().unwrap().clone();
             let http = http.clone();
             let upstream = upstream.clone();
-            async move { forward(http, &upstream, rules, req).await }
+            let log = log.clone();
+            async move { forward(http, &upstream, rules, req, &log).await }
         });
         let token = shutdown.clone();
         tokio::spawn(async move {
@@ -186,8 +216,39 @@ impl Interceptor {
         Interceptor {
             url: format!("http://{addr}"),
             rules,
+            seen,
             shutdown,
         }
+    }
+
+    /// Answers `method` requests under `prefix` itself, from the request body.
+    pub fn answer(
+        &self,
+        method: &str,
+        prefix: &str,
+        f: impl Fn(&[u8]) -> (u16, Vec<u8>) + Send + Sync + 'static,
+    ) {
+        let mut rules = self.rules.lock().unwrap();
+        rules
+            .answers
+            .push((method.to_owned(), prefix.to_owned(), Arc::new(f)));
+    }
+
+    /// Rewrites the deliveries of every `/v1/sync` answer.
+    pub fn rewrite_sync(
+        &self,
+        f: impl Fn(&mut Vec<sealpost_proto::Delivery>) + Send + Sync + 'static,
+    ) {
+        self.rewrite("/v1/sync", move |_, body| {
+            let mut batch = sealpost_proto::SyncBatch::decode(&body).unwrap();
+            f(&mut batch.deliveries);
+            batch.encode().unwrap()
+        });
+    }
+
+    /// The requests seen since the last call, oldest first.
+    pub fn take_seen(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
     }
 
     /// Sends requests under `prefix` to `upstream` instead.
@@ -223,6 +284,7 @@ async fn forward(
     upstream: &str,
     rules: Rules,
     req: axum::extract::Request,
+    seen: &Mutex<Vec<Seen>>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = req
@@ -240,6 +302,30 @@ async fn forward(
     let body = axum::body::to_bytes(req.into_body(), usize::MAX)
         .await
         .unwrap();
+    let method_name = method.to_string();
+    let note = |status: u16| {
+        seen.lock().unwrap().push(Seen {
+            method: method_name.clone(),
+            path: path.clone(),
+            status,
+            len: body.len(),
+        });
+    };
+    if let Some((_, _, answer)) = rules
+        .answers
+        .iter()
+        .find(|(m, prefix, _)| *m == method_name && path.starts_with(prefix.as_str()))
+    {
+        let (status, bytes) = answer(&body);
+        note(status);
+        let mut response =
+            (axum::http::StatusCode::from_u16(status).unwrap(), bytes).into_response();
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            "application/json".parse().unwrap(),
+        );
+        return response;
+    }
     let mut out = http
         .request(method, format!("{base}{path}"))
         .body(body.to_vec());
@@ -253,6 +339,7 @@ async fn forward(
     }
     let answer = out.send().await.unwrap();
     let status = answer.status().as_u16();
+    note(status);
     let content_type = answer
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
