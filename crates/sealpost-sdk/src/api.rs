@@ -129,6 +129,13 @@ impl Api {
                 code: e.code,
                 message: e.message,
             }),
+            // Not the server's own answer: a proxy or load balancer in front of it (a 502 when
+            // the node behind died mid-request, a 503 or 504 when none answered). Whether the
+            // server took the request is unknown, as when the connection breaks.
+            Err(_) if status.is_server_error() => Err(Error::ServerUnreachable {
+                url: self.base.clone(),
+                reason: format!("HTTP {status} from something in front of the server"),
+            }),
             Err(_) => Err(Error::Server {
                 code: if status == StatusCode::UNAUTHORIZED {
                     ErrorCode::Unauthorized

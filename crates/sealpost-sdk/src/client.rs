@@ -345,6 +345,21 @@ fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, Error> {
     msg.tls_serialize_detached().map_err(Error::mls)
 }
 
+/// A commit as posted, with its Welcome if it adds members.
+type UnsettledCommit = (Vec<u8>, Option<Vec<u8>>);
+
+/// Forgets this device's pending commit to `group` (and its Welcome): it came back, lost its
+/// epoch, or was refused.
+fn forget_pending_commit(tx: &Connection, group: GroupId) -> Result<(), Error> {
+    for table in ["pending_commits", "pending_welcomes"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE group_id = ?1"),
+            [group.as_bytes()],
+        )?;
+    }
+    Ok(())
+}
+
 fn put_conv(tx: &Connection, sealer: &Sealer, group: GroupId, conv: &Conv) -> Result<(), Error> {
     let info = serde_json::to_vec(&conv.info).map_err(|e| Error::Store(e.to_string()))?;
     tx.execute(
@@ -957,13 +972,21 @@ impl Client {
             })
             .await?;
         }
-        // Tell the new members what this conversation is (encrypted, like any message).
+        self.send_meta(group).await
+    }
+
+    /// Tells new members what this conversation is (encrypted, like any message).
+    async fn send_meta(&mut self, group: GroupId) -> Result<(), Error> {
+        let info = &self
+            .convs
+            .get(&group)
+            .ok_or_else(|| Error::UnknownConversation(self.display(group)))?
+            .info;
         let meta = AppMessage::Meta {
-            kind: conv.info.kind,
-            name: conv.info.name.clone(),
+            kind: info.kind,
+            name: info.name.clone(),
         };
-        self.send_app(group, meta, None).await?;
-        Ok(())
+        self.send_app(group, meta, None).await
     }
 
     /// Test hook: adds the device of `key_package` to a conversation with no directory check,
@@ -1327,7 +1350,13 @@ impl Client {
         self.profile.atomically(|tx, _, p| {
             let mut g = load_group(p, group)?;
             g.delete(p.storage()).map_err(Error::mls)?;
-            for table in ["conversations", "history", "sent", "pending_commits"] {
+            for table in [
+                "conversations",
+                "history",
+                "sent",
+                "pending_commits",
+                "pending_welcomes",
+            ] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE group_id = ?1"),
                     [group.as_bytes()],
@@ -1448,6 +1477,17 @@ impl Client {
     {
         for _ in 0..8 {
             self.sync_inner().await?;
+            if let Some((commit, welcome)) = self.unsettled_commit(group)? {
+                // An earlier commit whose post broke off (the server may or may not have taken
+                // it) and that has not come back: post the same bytes again. A server that
+                // never got it takes it now; one that did, or saw another member's commit take
+                // the epoch, refuses it as late, and the next sync says which it was.
+                let adds = welcome.is_some();
+                if self.post_staged(group, commit, welcome).await? && adds {
+                    self.send_meta(group).await?;
+                }
+                continue;
+            }
             let root = self.root_record();
             let (commit, welcome) = self.profile.atomically(|tx, _, p| {
                 let mut g = load_group(p, group)?;
@@ -1464,31 +1504,23 @@ impl Client {
                     "INSERT INTO pending_commits (group_id, payload) VALUES (?1, ?2) ON CONFLICT(group_id) DO UPDATE SET payload = excluded.payload",
                     params![group.as_bytes(), commit],
                 )?;
+                tx.execute(
+                    "DELETE FROM pending_welcomes WHERE group_id = ?1",
+                    [group.as_bytes()],
+                )?;
+                if let Some(welcome) = &welcome {
+                    tx.execute(
+                        "INSERT INTO pending_welcomes (group_id, welcome) VALUES (?1, ?2)",
+                        params![group.as_bytes(), welcome],
+                    )?;
+                }
                 Ok((commit, welcome))
             })?;
-            self.merged_commits.clear();
-            match self
-                .api
-                .post_commit(&self.identity, group, commit, welcome)
-                .await
-            {
-                Ok(posted) => {
-                    self.sync_inner().await?;
-                    return self.check_commit_came_back(group, posted.seq);
-                }
-                Err(Error::Server {
-                    code: ErrorCode::EpochConflict,
-                    ..
-                }) => {
-                    self.drop_pending_commit(group)?;
-                }
-                Err(e @ Error::Server { .. }) => {
-                    self.drop_pending_commit(group)?;
-                    return Err(e);
-                }
-                // Unknown outcome: keep the pending commit; the next sync sees whether it won.
-                Err(e) => return Err(e),
+            if self.post_staged(group, commit, welcome).await? {
+                return Ok(());
             }
+            // Another member's commit took the epoch: catch up and build ours again.
+            self.drop_pending_commit(group)?;
         }
         Err(Error::Invalid("the group is busy: try again".into()))
     }
@@ -1546,15 +1578,74 @@ impl Client {
         .await
     }
 
+    /// Posts this device's staged commit to `group`. `true`: it took its epoch and came back.
+    /// `false`: the epoch was taken already, by another member's commit or by this very commit
+    /// posted before; the next sync says which. A refusal drops the commit; when the outcome is
+    /// unknown (the connection broke) it stays staged, and the next commit posts it again.
+    async fn post_staged(
+        &mut self,
+        group: GroupId,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+    ) -> Result<bool, Error> {
+        self.merged_commits.clear();
+        match self
+            .api
+            .post_commit(&self.identity, group, commit, welcome)
+            .await
+        {
+            Ok(posted) => {
+                self.sync_inner().await?;
+                self.check_commit_came_back(group, posted.seq)?;
+                Ok(true)
+            }
+            Err(Error::Server {
+                code: ErrorCode::EpochConflict,
+                ..
+            }) => Ok(false),
+            Err(e @ Error::Server { .. }) => {
+                self.drop_pending_commit(group)?;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn drop_pending_commit(&mut self, group: GroupId) -> Result<(), Error> {
         self.profile.atomically(|tx, _, p| {
             let mut g = load_group(p, group)?;
             g.clear_pending_commit(p.storage()).map_err(Error::mls)?;
-            tx.execute(
-                "DELETE FROM pending_commits WHERE group_id = ?1",
-                [group.as_bytes()],
-            )?;
-            Ok(())
+            forget_pending_commit(tx, group)
+        })
+    }
+
+    /// This device's commit to `group` that was posted without an answer and has not come
+    /// back in a sync since, with its Welcome: its outcome is unknown.
+    fn unsettled_commit(&mut self, group: GroupId) -> Result<Option<UnsettledCommit>, Error> {
+        let staged = load_group(&self.profile.mls.provider, group)?
+            .pending_commit()
+            .is_some();
+        self.profile.atomically(|tx, _, _| {
+            let commit: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT payload FROM pending_commits WHERE group_id = ?1",
+                    [group.as_bytes()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(commit) = commit.filter(|_| staged) else {
+                // Nothing staged to merge it into: a row left alone is of no use.
+                forget_pending_commit(tx, group)?;
+                return Ok(None);
+            };
+            let welcome = tx
+                .query_row(
+                    "SELECT welcome FROM pending_welcomes WHERE group_id = ?1",
+                    [group.as_bytes()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(Some((commit, welcome)))
         })
     }
 
@@ -2126,10 +2217,7 @@ impl Client {
             if !own {
                 let mut g = load_group(p, group)?;
                 if let Some(pending) = pending.filter(|_| is_commit(d.payload.as_slice())) {
-                    tx.execute(
-                        "DELETE FROM pending_commits WHERE group_id = ?1",
-                        [group.as_bytes()],
-                    )?;
+                    forget_pending_commit(tx, group)?;
                     if pending == d.payload.as_slice() {
                         // Our own commit came back: it won its epoch.
                         if let Some(staged) = g.pending_commit() {
@@ -2475,6 +2563,16 @@ fn receive(
             return Ok(items);
         }
     };
+    if matches!(
+        processed.content(),
+        ProcessedMessageContent::OwnPrivateMessage
+    ) {
+        // This device's own message, which it cannot decrypt: the server took it, but the
+        // device stopped (crashed, was killed) before it noted the answer. It is already in
+        // the history, from when it was sent. (The claim of being ours is not authenticated;
+        // either way there is nothing to show.)
+        return Ok(Vec::new());
+    }
     if matches!(processed.sender(), Sender::NewMemberCommit) {
         // Nobody joins a Sealpost conversation on their own: members are added by members.
         // An external commit means someone holds the group's public state (the server does).

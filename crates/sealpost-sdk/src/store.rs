@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_group ON history(group_id, id);
 CREATE TABLE IF NOT EXISTS sent (group_id BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (group_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, payload BLOB NOT NULL);
+-- The Welcome that goes with a pending commit that adds members, to post both again when the
+-- first post's outcome is unknown.
+CREATE TABLE IF NOT EXISTS pending_welcomes (group_id BLOB PRIMARY KEY, welcome BLOB NOT NULL);
 -- Key directory roots this device verified (public data), to compare with what peers carry.
 CREATE TABLE IF NOT EXISTS directory_roots (epoch INTEGER PRIMARY KEY, root BLOB NOT NULL);
 -- Key packages this device used to add someone (their hash references): a server that hands

@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::{People, TestServer, texts, u};
-use sealpost_sdk::{Client, Error, Event, Suite};
+use common::{Interceptor, People, TestServer, alerts, texts, u};
+use sealpost_sdk::{Client, ClientSettings, Error, Event, Suite};
 
 #[tokio::test]
 async fn offline_recipient_catches_up_in_order() {
@@ -371,4 +371,118 @@ async fn key_packages_are_replenished_when_low() {
         .as_u64()
         .unwrap();
     assert_eq!(stock, 3, "bob's stock was topped up to its target");
+}
+
+/// Alice (through an interceptor) and Bob in `#crew`; Alice renews her leaf before each send,
+/// so every send of hers starts with a commit.
+async fn crew_through(people: &People, server: &TestServer) -> (Client, Client, Interceptor) {
+    let mitm = Interceptor::start(&server.url).await;
+    let mut alice = people.register_at(&mitm.url, "alice").await;
+    let mut bob = people.register(server, "bob").await;
+    alice
+        .create_group("crew", &[u("bob")], Suite::Classic)
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    alice.set_settings(ClientSettings {
+        self_update_after: std::time::Duration::ZERO,
+        ..Default::default()
+    });
+    (alice, bob, mitm)
+}
+
+/// Nothing in `client`'s history of `#crew` that it could not read or that alarmed it.
+fn all_readable(client: &Client) {
+    for event in client.messages("#crew", 1_000).unwrap() {
+        assert!(
+            !matches!(event, Event::Undecryptable { .. } | Event::Security { .. }),
+            "{event:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_never_reached_the_server_is_posted_again() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let (mut alice, mut bob, mitm) = crew_through(&people, &server).await;
+    // A load balancer whose node behind died: 502, and the server never saw the commit.
+    mitm.answer("POST", "/v1/groups/", |_| (502, b"Bad Gateway".to_vec()));
+    let epoch = alice.epoch("#crew").unwrap();
+    let err = alice.send("#crew", "first").await.unwrap_err();
+    assert!(
+        matches!(err, Error::ServerUnreachable { .. }),
+        "a proxy's 502 leaves the outcome unknown, not refused: {err}"
+    );
+    mitm.clear();
+    // The next send posts the staged commit again, then sends.
+    alice.send("#crew", "second").await.unwrap();
+    assert_eq!(
+        texts(&bob.sync().await.unwrap()),
+        vec![("@alice".into(), "second".into())]
+    );
+    assert!(alice.epoch("#crew").unwrap() > epoch);
+    assert_eq!(bob.epoch("#crew").unwrap(), alice.epoch("#crew").unwrap());
+    all_readable(&alice);
+    all_readable(&bob);
+}
+
+#[tokio::test]
+async fn a_lost_answer_leaves_nothing_unreadable_or_doubled() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let (mut alice, mut bob, mitm) = crew_through(&people, &server).await;
+    // The server takes the messages; the answers are lost on the way back.
+    mitm.rewrite("/v1/groups/", |path, body| {
+        if path.ends_with("/messages") {
+            b"\x00".to_vec()
+        } else {
+            body
+        }
+    });
+    assert!(alice.send("#crew", "first").await.is_err());
+    assert!(alice.send("#crew", "second").await.is_err());
+    // Then a commit's answer (the send's leaf renewal) is lost too.
+    mitm.rewrite("/v1/groups/", |_, _| b"\x00".to_vec());
+    assert!(alice.send("#crew", "third").await.is_err());
+    mitm.clear();
+    alice.send("#crew", "fourth").await.unwrap();
+    let got = bob.sync().await.unwrap();
+    assert!(alerts(&got).is_empty(), "{got:?}");
+    let shown: Vec<String> = texts(&got).into_iter().map(|(_, t)| t).collect();
+    // "third" failed at its commit, before the text was encrypted.
+    assert_eq!(shown, ["first", "second", "fourth"]);
+    assert!(
+        !got.iter().any(|e| matches!(e, Event::Gap { .. })),
+        "{got:?}"
+    );
+    assert_eq!(bob.epoch("#crew").unwrap(), alice.epoch("#crew").unwrap());
+    alice.sync().await.unwrap();
+    all_readable(&alice);
+    all_readable(&bob);
+}
+
+#[tokio::test]
+async fn an_add_that_never_reached_the_server_is_posted_again_with_its_welcome() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let (mut alice, mut bob, mitm) = crew_through(&people, &server).await;
+    let mut carol = people.register(&server, "carol").await;
+    mitm.answer("POST", "/v1/groups/", |_| (502, b"Bad Gateway".to_vec()));
+    let err = alice.add_members("#crew", &[u("carol")]).await.unwrap_err();
+    assert!(matches!(err, Error::ServerUnreachable { .. }), "{err}");
+    mitm.clear();
+    // Alice's next commit (her leaf renewal before a send) first posts the add again, with the
+    // Welcome that lets Carol in.
+    alice.send("#crew", "welcome, carol").await.unwrap();
+    let got = carol.sync().await.unwrap();
+    assert!(
+        texts(&got).contains(&("@alice".into(), "welcome, carol".into())),
+        "{got:?}"
+    );
+    bob.sync().await.unwrap();
+    let epoch = alice.epoch("#crew").unwrap();
+    assert_eq!(bob.epoch("#crew").unwrap(), epoch);
+    assert_eq!(carol.epoch("#crew").unwrap(), epoch);
+    all_readable(&carol);
 }
