@@ -10,82 +10,14 @@
     reason = "tests"
 )]
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::BufRead as _;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{Front, Node};
 use sealpost_sdk::{Client, Event};
-
-/// A `sealpost server` process.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Node {
-    fn start(data: &Path, database: &str, nats: &str) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .args(["--database", database, "--nats", nats])
-            .env("SEALPOST_DIRECTORY_INTERVAL_MS", "5")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Readiness: the server prints its address once it listens.
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines.next().unwrap().unwrap();
-        let addr = line
-            .rsplit("http://")
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        std::thread::spawn(move || lines.for_each(drop));
-        Node { child, addr }
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A load balancer: each new connection goes to the first node that accepts it.
-async fn balancer(nodes: Vec<SocketAddr>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            let nodes = nodes.clone();
-            tokio::spawn(async move {
-                for node in nodes {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(node).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_stream_loses_no_acknowledged_message() {
@@ -101,9 +33,10 @@ async fn a_node_killed_mid_stream_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     // The first node creates the directory key; the second uses the same data directory, so
     // the same key.
-    let mut first = Node::start(&dir.path().join("server"), &database, &nats);
-    let second = Node::start(&dir.path().join("server"), &database, &nats);
-    let front = format!("http://{}", balancer(vec![first.addr, second.addr]).await);
+    let args = ["--database", &database, "--nats", &nats];
+    let mut first = Node::start(&dir.path().join("server"), &args);
+    let second = Node::start(&dir.path().join("server"), &args);
+    let front = Front::start(vec![first.addr, second.addr]).await.url();
 
     let mut alice = Client::register(&dir.path().join("alice"), &front, "alice", None)
         .await
