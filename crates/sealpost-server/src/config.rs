@@ -19,8 +19,24 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Most members (devices) in one group.
     pub max_group_size: usize,
-    /// Key-package claims one device may make per minute.
+    /// Key-package claims one device may make per minute. For this and the other limits
+    /// below, 0 turns the limit off; each node counts on its own.
     pub key_package_claims_per_minute: u32,
+    /// Accounts that may be registered from one client address (an IPv6 /64) per hour.
+    pub registrations_per_address_per_hour: u32,
+    /// Sign-in challenges and device-link requests from one client address per minute.
+    pub sign_ins_per_address_per_minute: u32,
+    /// Usernames one device may look up (key directory, profiles) per minute: enough for any
+    /// person, too few to enumerate the users.
+    pub lookups_per_minute: u32,
+    /// Messages and commits one device may send per minute.
+    pub sends_per_minute: u32,
+    /// WebSocket connections one device may open per minute.
+    pub connections_per_minute: u32,
+    /// Count per-address limits by the last address of `X-Forwarded-For`: set it when every
+    /// request comes through a reverse proxy that appends it, and only then (a client could
+    /// write any address there itself).
+    pub trust_forwarded_for: bool,
     /// Most simultaneous WebSocket connections.
     pub max_connections: usize,
     /// Most HTTP requests in flight at once.
@@ -84,6 +100,12 @@ impl Default for Settings {
             max_body_bytes: 1024 * 1024,
             max_group_size: 1000,
             key_package_claims_per_minute: 600,
+            registrations_per_address_per_hour: 30,
+            sign_ins_per_address_per_minute: 300,
+            lookups_per_minute: 1_200,
+            sends_per_minute: 12_000,
+            connections_per_minute: 120,
+            trust_forwarded_for: false,
             max_connections: 10_000,
             max_inflight_requests: 4096,
             token_ttl_secs: 24 * 3600,
@@ -168,6 +190,12 @@ impl Settings {
             max_body_bytes => "SEALPOST_MAX_BODY_BYTES",
             max_group_size => "SEALPOST_MAX_GROUP_SIZE",
             key_package_claims_per_minute => "SEALPOST_KEY_PACKAGE_CLAIMS_PER_MINUTE",
+            registrations_per_address_per_hour => "SEALPOST_REGISTRATIONS_PER_ADDRESS_PER_HOUR",
+            sign_ins_per_address_per_minute => "SEALPOST_SIGN_INS_PER_ADDRESS_PER_MINUTE",
+            lookups_per_minute => "SEALPOST_LOOKUPS_PER_MINUTE",
+            sends_per_minute => "SEALPOST_SENDS_PER_MINUTE",
+            connections_per_minute => "SEALPOST_CONNECTIONS_PER_MINUTE",
+            trust_forwarded_for => "SEALPOST_TRUST_FORWARDED_FOR",
             max_connections => "SEALPOST_MAX_CONNECTIONS",
             max_inflight_requests => "SEALPOST_MAX_INFLIGHT_REQUESTS",
             token_ttl_secs => "SEALPOST_TOKEN_TTL_SECS",

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,7 +33,7 @@ use crate::delivery::{ALLOWED_CIPHERSUITES, DeliveryService, credential_device};
 use crate::directory::KeyDirectory;
 use crate::error::ApiFailure;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Limits, RateLimiter, client_address};
 use crate::storage::{DeviceRecord, FetchRequest, KeyPackageRecord, NewAccount};
 
 /// Most key packages in one upload.
@@ -62,8 +62,8 @@ pub struct AppState {
     pub ws_slots: Arc<Semaphore>,
     /// In-flight request slots.
     pub request_slots: Arc<Semaphore>,
-    /// Key-package claim limiter.
-    pub claims: Arc<RateLimiter>,
+    /// Rate limits.
+    pub limits: Arc<Limits>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
     /// The key directory.
@@ -138,6 +138,22 @@ impl FromRequestParts<AppState> for Authenticated {
     }
 }
 
+/// Counts `n` events of device `me` against `limiter`; over the limit, a 429 naming `what`.
+fn within(
+    limiter: &RateLimiter<sealpost_proto::DeviceId>,
+    me: &DeviceIdentity,
+    n: u32,
+    what: &str,
+) -> Result<(), ApiFailure> {
+    if limiter.allow_n(me.device_id, n) {
+        Ok(())
+    } else {
+        Err(ApiFailure::rate_limited(&format!(
+            "too many {what} from this device: wait a minute"
+        )))
+    }
+}
+
 fn parse_path<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiFailure> {
     s.parse()
         .map_err(|_| ApiFailure::bad_request(&format!("invalid {what} in the path")))
@@ -196,6 +212,33 @@ async fn limit_and_log(State(state): State<AppState>, req: Request, next: Next) 
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // Requests made before signing in count against the address they come from.
+    let per_address = match (&method, path.as_str()) {
+        (&Method::POST, "/v1/accounts") => Some((
+            &state.limits.registrations,
+            "too many accounts registered from your address: wait an hour",
+        )),
+        (&Method::POST, "/v1/auth/challenge" | "/v1/links") => Some((
+            &state.limits.sign_ins,
+            "too many sign-ins from your address: wait a minute",
+        )),
+        _ => None,
+    };
+    if let Some((limiter, message)) = per_address {
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let address = client_address(peer, forwarded, state.settings.trust_forwarded_for);
+        if !limiter.allow(address) {
+            state.metrics.requests_refused.inc();
+            return ApiFailure::rate_limited(message).into_response();
+        }
+    }
     let response = next.run(req).await;
     state.metrics.requests.inc();
     let status = response.status();
@@ -514,16 +557,17 @@ async fn directory_root(
 
 async fn directory_lookup(
     State(state): State<AppState>,
-    _who: Authenticated,
+    Authenticated(me): Authenticated,
     Path(username): Path<String>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let username: Username = parse_path(&username, "username")?;
+    within(&state.limits.lookups, &me, 1, "lookups")?;
     Ok(Json(state.directory.lookup(&username).await?))
 }
 
 async fn directory_batch_lookup(
     State(state): State<AppState>,
-    _who: Authenticated,
+    Authenticated(me): Authenticated,
     ApiJson(req): ApiJson<BatchLookupRequest>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     if req.usernames.is_empty() || req.usernames.len() > MAX_BATCH_LOOKUP {
@@ -534,15 +578,17 @@ async fn directory_batch_lookup(
     let mut users = req.usernames;
     users.sort();
     users.dedup();
+    within(&state.limits.lookups, &me, users.len() as u32, "lookups")?;
     Ok(Json(state.directory.batch_lookup(&users).await?))
 }
 
 async fn directory_history(
     State(state): State<AppState>,
-    _who: Authenticated,
+    Authenticated(me): Authenticated,
     Path(username): Path<String>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let username: Username = parse_path(&username, "username")?;
+    within(&state.limits.lookups, &me, 1, "lookups")?;
     Ok(Json(state.directory.history(&username).await?))
 }
 
@@ -580,10 +626,11 @@ async fn token(
 
 async fn user(
     State(state): State<AppState>,
-    _me: Authenticated,
+    Authenticated(me): Authenticated,
     Path(username): Path<String>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let username: Username = parse_path(&username, "username")?;
+    within(&state.limits.lookups, &me, 1, "lookups")?;
     let user = state
         .delivery
         .store()
@@ -612,7 +659,7 @@ async fn claim_key_packages(
     Query(q): Query<CiphersuiteQuery>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let username: Username = parse_path(&username, "username")?;
-    if !state.claims.allow(me.device_id) {
+    if !state.limits.claims.allow(me.device_id) {
         return Err(ApiFailure::rate_limited(
             "too many key-package claims: wait a minute",
         ));
@@ -701,6 +748,7 @@ async fn post_message(
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let group: GroupId = parse_path(&group, "group id")?;
+    within(&state.limits.sends, &me, 1, "messages sent")?;
     Ok(Json(
         state
             .delivery
@@ -716,6 +764,7 @@ async fn post_commit(
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let group: GroupId = parse_path(&group, "group id")?;
+    within(&state.limits.sends, &me, 1, "messages sent")?;
     Ok(Json(state.delivery.post_commit(&me, group, &body).await?))
 }
 
@@ -761,6 +810,7 @@ async fn websocket(
     Authenticated(me): Authenticated,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiFailure> {
+    within(&state.limits.connects, &me, 1, "connections")?;
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
         state.metrics.requests_refused.inc();
         return Err(ApiFailure::unavailable("too many connections: retry later"));
@@ -827,9 +877,9 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
                 Some(Ok(Message::Binary(request))) => {
                     // Back-pressure: with MAX_WS_INFLIGHT sends pending, stop reading.
                     let Ok(permit) = inflight.clone().acquire_owned().await else { break };
-                    let (delivery, me, tx) = (state.delivery.clone(), me.clone(), answers_tx.clone());
+                    let (delivery, limits, me, tx) = (state.delivery.clone(), state.limits.clone(), me.clone(), answers_tx.clone());
                     tokio::spawn(async move {
-                        let answer = ws_send(&delivery, &me, &request).await;
+                        let answer = ws_send(&delivery, &limits, &me, &request).await;
                         let _ = tx.send(answer).await;
                         drop(permit);
                     });
@@ -884,13 +934,21 @@ async fn next_remote(remote: &mut Option<async_nats::Subscriber>) -> Option<asyn
     }
 }
 
-async fn ws_send(delivery: &DeliveryService, me: &DeviceIdentity, request: &[u8]) -> String {
+async fn ws_send(
+    delivery: &DeliveryService,
+    limits: &Limits,
+    me: &DeviceIdentity,
+    request: &[u8],
+) -> String {
     let (id, result) = match request.split_at_checked(WS_SEND_HEADER) {
         Some((header, payload)) => {
             let mut id = [0u8; 8];
             id.copy_from_slice(&header[..8]);
             let result = match GroupId::from_slice(&header[8..]) {
-                Ok(group) => delivery.post_message(me, group, payload.to_vec()).await,
+                Ok(group) => match within(&limits.sends, me, 1, "messages sent") {
+                    Ok(()) => delivery.post_message(me, group, payload.to_vec()).await,
+                    Err(e) => Err(e),
+                },
                 Err(_) => Err(ApiFailure::bad_request("invalid group id")),
             };
             (u64::from_be_bytes(id), result)

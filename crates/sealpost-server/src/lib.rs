@@ -22,6 +22,7 @@ mod push;
 mod ratelimit;
 pub mod storage;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,10 +141,7 @@ impl Server {
             auth: Arc::new(auth::Auth::new(settings.token_ttl_secs)),
             ws_slots: Arc::new(Semaphore::new(settings.max_connections)),
             request_slots: Arc::new(Semaphore::new(settings.max_inflight_requests)),
-            claims: Arc::new(ratelimit::RateLimiter::new(
-                settings.key_package_claims_per_minute,
-                Duration::from_secs(60),
-            )),
+            limits: Arc::new(ratelimit::Limits::new(&settings)),
             metrics,
             shutdown: shutdown.clone(),
             settings: Arc::new(settings.clone()),
@@ -157,7 +155,8 @@ impl Server {
         let retention_ms = settings.retention_days.saturating_mul(24 * 3600 * 1000);
         let purger = tokio::spawn(purge_loop(store, retention_ms, shutdown.clone()));
         tracing::info!(addr = %listener.local_addr()?, "listening");
-        let served = axum::serve(listener, http::router(state))
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         shutdown.cancel();

@@ -35,17 +35,17 @@ pub const DOCUMENT: &str = r##"{
           "device_certificate": {"$ref":"#/components/schemas/Base64"},
           "key_packages": {"type":"array","maxItems":200,"items":{"$ref":"#/components/schemas/Base64"}},
           "last_resort_key_package": {"$ref":"#/components/schemas/Base64"} } } } } },
-      "responses": { "201": { "description": "created" }, "400": {"$ref":"#/components/responses/Error"}, "409": {"$ref":"#/components/responses/Error"} } } },
+      "responses": { "201": { "description": "created" }, "400": {"$ref":"#/components/responses/Error"}, "409": {"$ref":"#/components/responses/Error"}, "429": {"$ref":"#/components/responses/Error"} } } },
     "/v1/auth/challenge": { "post": { "summary": "Get a challenge to sign",
       "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["device_id"], "properties": { "device_id": {"$ref":"#/components/schemas/Hex16"} } } } } },
-      "responses": { "200": { "description": "challenge", "content": { "application/json": { "schema": { "type": "object", "properties": { "challenge": {"$ref":"#/components/schemas/Base64"}, "expires_at": {"type":"integer"} } } } } } } } },
+      "responses": { "200": { "description": "challenge", "content": { "application/json": { "schema": { "type": "object", "properties": { "challenge": {"$ref":"#/components/schemas/Base64"}, "expires_at": {"type":"integer"} } } } } }, "429": {"$ref":"#/components/responses/Error"} } } },
     "/v1/auth/token": { "post": { "summary": "Exchange a signed challenge for a token",
       "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["device_id","challenge","signature"],
         "properties": { "device_id": {"$ref":"#/components/schemas/Hex16"}, "challenge": {"$ref":"#/components/schemas/Base64"}, "signature": {"$ref":"#/components/schemas/Base64"} } } } } },
       "responses": { "200": { "description": "token", "content": { "application/json": { "schema": { "type": "object", "properties": { "token": {"type":"string"}, "expires_at": {"type":"integer"} } } } } }, "401": {"$ref":"#/components/responses/Error"} } } },
     "/v1/users/{username}": { "get": { "summary": "An account's key and devices", "security": [{"bearer":[]}],
       "parameters": [ { "name": "username", "in": "path", "required": true, "schema": {"$ref":"#/components/schemas/Username"} } ],
-      "responses": { "200": { "description": "user" }, "404": {"$ref":"#/components/responses/Error"} } } },
+      "responses": { "200": { "description": "user" }, "404": {"$ref":"#/components/responses/Error"}, "429": {"$ref":"#/components/responses/Error"} } } },
     "/v1/users/{username}/key-packages": { "post": { "summary": "Claim one key package per device of a user (rate-limited)", "security": [{"bearer":[]}],
       "parameters": [ { "name": "username", "in": "path", "required": true, "schema": {"$ref":"#/components/schemas/Username"} } ],
       "responses": { "200": { "description": "claimed" }, "404": {"$ref":"#/components/responses/Error"}, "429": {"$ref":"#/components/responses/Error"} } } },
@@ -60,11 +60,11 @@ pub const DOCUMENT: &str = r##"{
     "/v1/groups/{group}/messages": { "post": { "summary": "Post an application message (PrivateMessage) or a leave proposal", "security": [{"bearer":[]}],
       "parameters": [ { "name": "group", "in": "path", "required": true, "schema": {"$ref":"#/components/schemas/Hex16"} } ],
       "requestBody": { "required": true, "content": { "application/mls-message": { "schema": { "type": "string", "format": "binary" } } } },
-      "responses": { "200": { "description": "appended", "content": { "application/json": { "schema": {"$ref":"#/components/schemas/Posted"} } } }, "403": {"$ref":"#/components/responses/Error"} } } },
+      "responses": { "200": { "description": "appended", "content": { "application/json": { "schema": {"$ref":"#/components/schemas/Posted"} } } }, "403": {"$ref":"#/components/responses/Error"}, "429": {"$ref":"#/components/responses/Error"} } } },
     "/v1/groups/{group}/commits": { "post": { "summary": "Post a commit (and its Welcome); one commit per epoch wins", "security": [{"bearer":[]}],
       "parameters": [ { "name": "group", "in": "path", "required": true, "schema": {"$ref":"#/components/schemas/Hex16"} } ],
       "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary", "description": "TLS-encoded struct { opaque commit<V>; opaque welcome<V>; }" } } } },
-      "responses": { "200": { "description": "appended", "content": { "application/json": { "schema": {"$ref":"#/components/schemas/Posted"} } } }, "409": {"$ref":"#/components/responses/Error"} } } },
+      "responses": { "200": { "description": "appended", "content": { "application/json": { "schema": {"$ref":"#/components/schemas/Posted"} } } }, "409": {"$ref":"#/components/responses/Error"}, "429": {"$ref":"#/components/responses/Error"} } } },
     "/v1/sync": { "post": { "summary": "Fetch deliveries after the given cursors", "security": [{"bearer":[]}],
       "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": {
         "inbox_after": {"type":["integer","null"]}, "groups": {"type":"array","items":{"$ref":"#/components/schemas/Cursor"}}, "limit": {"type":["integer","null"],"maximum":1000} } } } } },
@@ -74,7 +74,7 @@ pub const DOCUMENT: &str = r##"{
         "inbox": {"type":["integer","null"]}, "groups": {"type":"array","items":{"$ref":"#/components/schemas/Cursor"}} } } } } },
       "responses": { "204": { "description": "recorded" } } } },
     "/v1/ws": { "get": { "summary": "WebSocket: a text frame 'subscribed', then one binary TLS-encoded Delivery per frame", "security": [{"bearer":[]}],
-      "responses": { "101": { "description": "switching protocols" }, "503": {"$ref":"#/components/responses/Error"} } } }
+      "responses": { "101": { "description": "switching protocols" }, "429": {"$ref":"#/components/responses/Error"}, "503": {"$ref":"#/components/responses/Error"} } } }
   }
 }"##;
 

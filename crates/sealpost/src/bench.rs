@@ -229,8 +229,19 @@ async fn start_servers(args: &BenchArgs) -> Result<Servers> {
             .args(["server", "--listen", "127.0.0.1:0", "--data"])
             .arg(dir.path().join("data"))
             .env("SEALPOST_LOG", "warn")
-            .env("SEALPOST_KEY_PACKAGE_CLAIMS_PER_MINUTE", "1000000")
             .stdout(std::process::Stdio::piped());
+        // One address and a few devices doing what thousands of people would: the abuse
+        // limits are off (0).
+        for limit in [
+            "SEALPOST_KEY_PACKAGE_CLAIMS_PER_MINUTE",
+            "SEALPOST_REGISTRATIONS_PER_ADDRESS_PER_HOUR",
+            "SEALPOST_SIGN_INS_PER_ADDRESS_PER_MINUTE",
+            "SEALPOST_LOOKUPS_PER_MINUTE",
+            "SEALPOST_SENDS_PER_MINUTE",
+            "SEALPOST_CONNECTIONS_PER_MINUTE",
+        ] {
+            command.env(limit, "0");
+        }
         if let Some(db) = &database {
             command.args(["--database", db]);
         }

@@ -1,0 +1,203 @@
+//! The server's abuse limits: registrations and sign-ins per client address, lookups, sends
+//! and connections per device. Each refusal is a clear error that changes nothing, and what
+//! the limit does not cover keeps working.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use common::{People, TestServer, texts};
+use sealpost_proto::ErrorCode;
+use sealpost_sdk::{Client, Error, Event};
+
+fn rate_limited(result: &Error) -> bool {
+    matches!(
+        result,
+        Error::Server {
+            code: ErrorCode::RateLimited,
+            ..
+        }
+    )
+}
+
+#[tokio::test]
+async fn registrations_from_one_address_are_limited() {
+    let server = TestServer::start_with(|s| s.registrations_per_address_per_hour = 2).await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    people.register(&server, "bob").await;
+    let err = Client::register(&people.home("carol"), &server.url, "carol", None)
+        .await
+        .err()
+        .expect("a third account from one address within the hour is refused");
+    assert!(rate_limited(&err), "{err}");
+    assert!(err.to_string().contains("wait an hour"), "{err}");
+    let carol = sealpost_proto::Username::new("carol").unwrap();
+    assert!(
+        server.store.user(&carol).await.unwrap().is_none(),
+        "no account made"
+    );
+    // Those registered carry on.
+    alice.send("@bob", "still here").await.unwrap();
+}
+
+/// An HTTP request as any program could make it; the status and the error code, if any.
+async fn raw(method: reqwest::Method, url: String, token: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let answer = request
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    (status, body["code"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn looking_up_one_user_after_another_is_stopped() {
+    let server = TestServer::start_with(|s| s.lookups_per_minute = 8).await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let mut mallory = people.register(&server, "mallory").await;
+    alice.send("@bob", "hello").await.unwrap();
+    // Mallory's device guesses usernames straight at the API, by both ways of asking.
+    mallory.send("@alice", "hi").await.unwrap();
+    let token = mallory.bench_prepare("@alice", 0, "").await.unwrap().token;
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let path = if i % 2 == 0 {
+            format!("/v1/directory/lookup/guess{i}")
+        } else {
+            format!("/v1/users/guess{i}")
+        };
+        let (status, code) = raw(
+            reqwest::Method::GET,
+            format!("{}{path}", server.url),
+            Some(&token),
+        )
+        .await;
+        answers.push((status, code));
+    }
+    let first_refused = answers
+        .iter()
+        .position(|(status, _)| *status == 429)
+        .expect("the lookups run out before 20 guesses");
+    assert!(first_refused <= 8, "{answers:?}");
+    assert!(
+        answers[first_refused..]
+            .iter()
+            .all(|(status, code)| *status == 429 && code == "rate_limited"),
+        "once refused, refused until the minute is over: {answers:?}"
+    );
+    // Other devices are not touched by Mallory's limit.
+    alice.send("@bob", "still talking").await.unwrap();
+    let got = texts(&bob.sync().await.unwrap());
+    assert_eq!(
+        got,
+        [
+            ("@alice".to_owned(), "hello".to_owned()),
+            ("@alice".to_owned(), "still talking".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_device_sending_too_fast_is_refused_and_nothing_goes_missing() {
+    let server = TestServer::start_with(|s| s.sends_per_minute = 10).await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let mut sent = Vec::new();
+    let mut refused = None;
+    for i in 0..20 {
+        let text = format!("m{i}");
+        match alice.send("@bob", &text).await {
+            Ok(_) => sent.push(text),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("ten sends a minute run out before twenty");
+    assert!(rate_limited(&err), "{err}");
+    assert!(err.to_string().contains("wait a minute"), "{err}");
+    assert!(!sent.is_empty());
+    // Bob gets what was sent, with no gap for the refused text (its number is used again).
+    let got = bob.sync().await.unwrap();
+    let shown: Vec<String> = texts(&got).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(shown, sent);
+    assert!(
+        !got.iter().any(|e| matches!(e, Event::Gap { .. })),
+        "{got:?}"
+    );
+    // Receiving is not sending: Bob's sync and Alice's are not limited.
+    assert!(alice.sync().await.is_ok());
+}
+
+#[tokio::test]
+async fn sign_ins_from_one_address_are_limited() {
+    let server = TestServer::start_with(|s| s.sign_ins_per_address_per_minute = 5).await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    people.register(&server, "bob").await;
+    alice.send("@bob", "signed in").await.unwrap();
+    // Someone asks for sign-in challenges (and link requests) from the same address.
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let path = if i % 2 == 0 {
+            "/v1/auth/challenge"
+        } else {
+            "/v1/links"
+        };
+        let (status, _) = raw(reqwest::Method::POST, format!("{}{path}", server.url), None).await;
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s != 429).count() <= 5,
+        "{statuses:?}"
+    );
+    // A session already open carries on.
+    alice.send("@bob", "still signed in").await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_a_device_opens_are_limited() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let server = TestServer::start_with(|s| s.connections_per_minute = 2).await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    people.register(&server, "bob").await;
+    alice.send("@bob", "hi").await.unwrap();
+    let token = alice.bench_prepare("@bob", 0, "").await.unwrap().token;
+    let url = format!("{}/v1/ws", server.url.replacen("http", "ws", 1));
+    let connect = || {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    let first = connect().await.unwrap();
+    let second = connect().await.unwrap();
+    match connect().await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => {
+            assert_eq!(answer.status().as_u16(), 429);
+        }
+        other => panic!("a third connection within the minute is refused: {other:?}"),
+    }
+    drop((first, second));
+    // Requests over HTTP are not connections: they carry on.
+    alice.send("@bob", "still here").await.unwrap();
+}
