@@ -201,3 +201,46 @@ async fn connections_a_device_opens_are_limited() {
     // Requests over HTTP are not connections: they carry on.
     alice.send("@bob", "still here").await.unwrap();
 }
+
+/// Everything the server sends on `stream` until it closes the connection. The guard is
+/// for a broken server, so that the test fails rather than hangs.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server closes the connection of a slow client")
+    .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn clients_that_send_slowly_do_not_hold_the_server() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = TestServer::start_with(|s| s.request_read_timeout_ms = 300).await;
+    // Headers that never end: the connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"POST /v1/sync HTTP/1.1\r\nhost: sealpost\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut slow).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    // A body that stops half-way: refused, clearly.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/accounts HTTP/1.1\r\nhost: sealpost\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{\"username\":",
+    )
+    .await
+    .unwrap();
+    let answer = read_until_closed(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("too slowly"), "{answer}");
+    // Meanwhile and afterwards, others are served.
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    people.register(&server, "bob").await;
+    alice.send("@bob", "served").await.unwrap();
+}

@@ -41,6 +41,9 @@ pub struct Settings {
     pub max_connections: usize,
     /// Most HTTP requests in flight at once.
     pub max_inflight_requests: usize,
+    /// The most time a client may take to send a request's headers, and then its body,
+    /// milliseconds; a slower client is disconnected (headers) or refused (body).
+    pub request_read_timeout_ms: u64,
     /// Lifetime of a session token, seconds.
     pub token_ttl_secs: u64,
     /// Key directory: shortest time between two published epochs, milliseconds. Changes that
@@ -108,6 +111,7 @@ impl Default for Settings {
             trust_forwarded_for: false,
             max_connections: 10_000,
             max_inflight_requests: 4096,
+            request_read_timeout_ms: 30_000,
             token_ttl_secs: 24 * 3600,
             directory_interval_ms: 200,
             database: ConnectionUrl::default(),
@@ -198,6 +202,7 @@ impl Settings {
             trust_forwarded_for => "SEALPOST_TRUST_FORWARDED_FOR",
             max_connections => "SEALPOST_MAX_CONNECTIONS",
             max_inflight_requests => "SEALPOST_MAX_INFLIGHT_REQUESTS",
+            request_read_timeout_ms => "SEALPOST_REQUEST_READ_TIMEOUT_MS",
             token_ttl_secs => "SEALPOST_TOKEN_TTL_SECS",
             directory_interval_ms => "SEALPOST_DIRECTORY_INTERVAL_MS",
             database => "SEALPOST_DATABASE",

@@ -75,9 +75,9 @@ pub struct AppState {
 /// A JSON body whose rejection is one of our errors.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiFailure;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiFailure> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiFailure> {
         let bytes = RawBody::from_request(req, state).await?.0;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             ApiFailure::bad_request(&format!("invalid JSON body: {}", e.classify_text()))
@@ -99,14 +99,17 @@ impl Classify for serde_json::Error {
     }
 }
 
-/// A raw body whose rejection (e.g. too large) is one of our errors.
+/// A raw body whose rejection (e.g. too large) is one of our errors. A client gets
+/// `request_read_timeout_ms` to send it, so that a slow sender cannot hold a request slot.
 pub struct RawBody(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for RawBody {
+impl FromRequest<AppState> for RawBody {
     type Rejection = ApiFailure;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiFailure> {
-        Bytes::from_request(req, state)
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiFailure> {
+        let deadline = Duration::from_millis(state.settings.request_read_timeout_ms);
+        tokio::time::timeout(deadline, Bytes::from_request(req, state))
             .await
+            .map_err(|_| ApiFailure::bad_request("the request body came too slowly"))?
             .map(RawBody)
             .map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -855,7 +858,7 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
         tokio::select! {
             frame = sub.frames.recv() => {
                 let Some(frame) = frame else { break }; // dropped as too slow
-                if write_queued(&mut socket, Message::Binary(frame), &mut sub.frames, &mut answers).await.is_err() {
+                if !written(write_queued(&mut socket, Message::Binary(frame), &mut sub.frames, &mut answers)).await {
                     break;
                 }
             }
@@ -863,13 +866,13 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
                 // NATS ended the subscription: reconnecting makes the client catch up.
                 let Some(frame) = frame else { break };
                 state.metrics.frames_pushed.inc();
-                if socket.send(Message::Binary(frame.payload)).await.is_err() {
+                if !written(socket.send(Message::Binary(frame.payload))).await {
                     break;
                 }
             }
             answer = answers.recv() => {
                 let Some(answer) = answer else { break };
-                if write_queued(&mut socket, Message::Text(answer.into()), &mut sub.frames, &mut answers).await.is_err() {
+                if !written(write_queued(&mut socket, Message::Text(answer.into()), &mut sub.frames, &mut answers)).await {
                     break;
                 }
             }
@@ -888,7 +891,7 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
                 Some(Ok(_)) => {} // pings are answered by the library; text is ignored
             },
             _ = keepalive.tick() => {
-                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                if !written(socket.send(Message::Ping(Bytes::new()))).await {
                     break;
                 }
             }
@@ -902,6 +905,19 @@ async fn push_loop(mut socket: WebSocket, me: DeviceIdentity, state: &AppState) 
 
 /// Frames written in one flush at most, so that a connection whose queue refills as fast as it
 /// drains still reads its incoming frames, pings and shutdown in between.
+/// A write to a WebSocket that does not finish in this time ends the connection: the client
+/// stopped reading, and the server does not hold its frames for it (it catches up when it
+/// connects again).
+const WS_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether a write to the WebSocket finished, in time and without error.
+async fn written(write: impl Future<Output = Result<(), axum::Error>>) -> bool {
+    matches!(
+        tokio::time::timeout(WS_WRITE_TIMEOUT, write).await,
+        Ok(Ok(()))
+    )
+}
+
 const MAX_BURST: usize = 256;
 
 /// Writes `first`, then the deliveries and answers already queued (up to [`MAX_BURST`]), in one

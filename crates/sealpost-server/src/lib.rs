@@ -16,13 +16,13 @@ mod error;
 pub mod fanout;
 mod http;
 mod links;
+mod listen;
 pub mod metrics;
 mod openapi;
 mod push;
 mod ratelimit;
 pub mod storage;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,15 +155,19 @@ impl Server {
         let retention_ms = settings.retention_days.saturating_mul(24 * 3600 * 1000);
         let purger = tokio::spawn(purge_loop(store, retention_ms, shutdown.clone()));
         tracing::info!(addr = %listener.local_addr()?, "listening");
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        let read_timeout = Duration::from_millis(settings.request_read_timeout_ms);
+        listen::serve(
+            listener,
+            http::router(state),
+            read_timeout,
+            shutdown.clone(),
+        )
+        .await;
         shutdown.cancel();
         let _ = purger.await;
         let _ = publisher.await;
         tracing::info!("stopped");
-        Ok(served?)
+        Ok(())
     }
 }
 
