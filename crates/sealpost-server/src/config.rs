@@ -49,6 +49,12 @@ pub struct Settings {
     /// Key directory: shortest time between two published epochs, milliseconds. Changes that
     /// arrive meanwhile go into the next epoch together; a registration waits for its epoch.
     pub directory_interval_ms: u64,
+    /// TLS: the certificate chain (PEM, the server's certificate first). With `tls_key` set
+    /// too, the server speaks HTTPS (and WSS) only; empty for plain HTTP, e.g. behind a TLS
+    /// proxy.
+    pub tls_certificate: PathBuf,
+    /// TLS: the private key of the certificate (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: PathBuf,
     /// Where the server keeps its state: empty for the embedded SQLite database in `data`, or a
     /// PostgreSQL URL (`postgres://user:password@host:5432/db`) that several nodes share.
     pub database: ConnectionUrl,
@@ -114,6 +120,8 @@ impl Default for Settings {
             request_read_timeout_ms: 30_000,
             token_ttl_secs: 24 * 3600,
             directory_interval_ms: 200,
+            tls_certificate: PathBuf::new(),
+            tls_key: PathBuf::new(),
             database: ConnectionUrl::default(),
             nats: ConnectionUrl::default(),
         }
@@ -205,10 +213,17 @@ impl Settings {
             request_read_timeout_ms => "SEALPOST_REQUEST_READ_TIMEOUT_MS",
             token_ttl_secs => "SEALPOST_TOKEN_TTL_SECS",
             directory_interval_ms => "SEALPOST_DIRECTORY_INTERVAL_MS",
+            tls_certificate => "SEALPOST_TLS_CERTIFICATE",
+            tls_key => "SEALPOST_TLS_KEY",
             database => "SEALPOST_DATABASE",
             nats => "SEALPOST_NATS",
         );
         Ok(())
+    }
+
+    /// Whether the server speaks TLS: a certificate and a key are set.
+    pub fn tls(&self) -> bool {
+        !self.tls_certificate.as_os_str().is_empty() || !self.tls_key.as_os_str().is_empty()
     }
 
     /// The default settings as a TOML document (for `sealpost server --print-config`).

@@ -69,11 +69,21 @@ pub struct Server {
     settings: Settings,
     store: Arc<dyn Store>,
     directory: Arc<directory::KeyDirectory>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Server {
     /// Opens the store and the key directory in `settings.data`.
     pub async fn open(settings: Settings) -> Result<Self, ServerError> {
+        // Before anything is created: a bad certificate is a setting to fix, not a state.
+        let tls = if settings.tls() {
+            Some(
+                listen::tls_acceptor(&settings.tls_certificate, &settings.tls_key)
+                    .map_err(ServerError::Settings)?,
+            )
+        } else {
+            None
+        };
         std::fs::create_dir_all(&settings.data).map_err(|source| ServerError::DataDir {
             path: settings.data.clone(),
             source,
@@ -98,6 +108,7 @@ impl Server {
             settings,
             store,
             directory,
+            tls,
         })
     }
 
@@ -121,6 +132,7 @@ impl Server {
             settings,
             store,
             directory: key_directory,
+            tls,
         } = self;
         let metrics = Arc::new(metrics::Metrics::default());
         let mut hub = push::Hub::new(metrics.clone());
@@ -154,11 +166,13 @@ impl Server {
         ));
         let retention_ms = settings.retention_days.saturating_mul(24 * 3600 * 1000);
         let purger = tokio::spawn(purge_loop(store, retention_ms, shutdown.clone()));
-        tracing::info!(addr = %listener.local_addr()?, "listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %listener.local_addr()?, scheme, "listening");
         let read_timeout = Duration::from_millis(settings.request_read_timeout_ms);
         listen::serve(
             listener,
             http::router(state),
+            tls,
             read_timeout,
             shutdown.clone(),
         )

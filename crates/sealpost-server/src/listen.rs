@@ -1,4 +1,5 @@
-//! The connection loop: HTTP/1.1 with upgrades (the WebSocket) on each accepted connection.
+//! The connection loop: HTTP/1.1 with upgrades (the WebSocket) on each accepted connection,
+//! inside TLS (rustls) when a certificate is configured.
 //!
 //! Written out rather than `axum::serve` for one reason: a client must not hold a connection
 //! by sending its request slowly. Here a client that has not sent a request's headers within
@@ -6,6 +7,8 @@
 //! does not give it); bodies are bounded in time by the body extractors.
 
 use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,16 +17,52 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
+/// TLS 1.2 and 1.3 with the certificate chain and key in these PEM files.
+pub fn tls_acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    if certificate.as_os_str().is_empty() || key.as_os_str().is_empty() {
+        return Err("TLS needs both tls_certificate and tls_key".into());
+    }
+    let chain = CertificateDer::pem_file_iter(certificate)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!(
+                "cannot read the TLS certificate {}: {e}",
+                certificate.display()
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(format!(
+            "no certificate in {} (expected PEM)",
+            certificate.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read the TLS key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| format!("unusable TLS certificate or key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves `app` on `listener` until `shutdown` is cancelled, then lets the requests in
-/// progress finish. `read_timeout`: the most a client may take to send a request's headers.
+/// progress finish. `read_timeout`: the most a client may take for its TLS handshake, and
+/// then for a request's headers.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     read_timeout: Duration,
     shutdown: CancellationToken,
 ) {
@@ -54,30 +93,60 @@ pub async fn serve(
             })
             .map_err(|e: Infallible| match e {});
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(read_timeout);
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::trace!(error = %e, %peer, "connection ended");
+            match tls {
+                None => serve_connection(stream, service, read_timeout, shutdown).await,
+                Some(tls) => match tokio::time::timeout(read_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        serve_connection(stream, service, read_timeout, shutdown).await;
                     }
-                }
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake too slow"),
+                },
             }
         });
     }
     connections.close();
     connections.wait().await;
+}
+
+/// One connection, plain or inside TLS.
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    read_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            hyper::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
+    let connection = builder
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::trace!(error = %e, "connection ended");
+            }
+        }
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -228,6 +228,13 @@ struct ServerArgs {
     /// to devices connected to other nodes.
     #[arg(long, value_name = "URL")]
     nats: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key. Without them the server
+    /// speaks plain HTTP, for a TLS proxy in front (see docs/deploy.md).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_certificate: Option<PathBuf>,
+    /// The private key of --tls-certificate (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_certificate")]
+    tls_key: Option<PathBuf>,
     /// A TOML config file (see --print-config).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -681,6 +688,10 @@ async fn server(args: ServerArgs) -> Result<()> {
     if let Some(url) = args.nats {
         settings.nats = sealpost_server::config::ConnectionUrl(url);
     }
+    if let (Some(certificate), Some(key)) = (args.tls_certificate, args.tls_key) {
+        settings.tls_certificate = certificate;
+        settings.tls_key = key;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
@@ -697,8 +708,9 @@ async fn server(args: ServerArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     let signals = Signals::install()?;
     tokio::spawn(signals.cancel_on_first(shutdown.clone()));
+    let scheme = if settings.tls() { "https" } else { "http" };
     println!(
-        "sealpost server listening on http://{}",
+        "sealpost server listening on {scheme}://{}",
         listener.local_addr()?
     );
     sealpost_server::run(settings, listener, shutdown).await?;
