@@ -107,7 +107,9 @@ impl From<StoreError> for ApiFailure {
             StoreError::Full => Self::unavailable("too many requests are waiting: retry later"),
             StoreError::Backend(detail) => {
                 tracing::warn!(%detail, "storage failure");
-                Self::unavailable("storage is unavailable")
+                Self::unavailable(
+                    "the server cannot store anything at the moment (its storage failed); nothing was stored: try again later",
+                )
             }
         }
     }

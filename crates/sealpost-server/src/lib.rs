@@ -47,6 +47,14 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The data directory cannot be written (a read-only disk, wrong owner).
+    #[error("the data directory {path} is not writable")]
+    DataDirNotWritable {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The store could not be opened.
     #[error("cannot open the database")]
     Store(#[from] storage::StoreError),
@@ -88,6 +96,13 @@ impl Server {
             path: settings.data.clone(),
             source,
         })?;
+        let probe = settings.data.join(".sealpost-write-check");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|source| ServerError::DataDirNotWritable {
+                path: settings.data.clone(),
+                source,
+            })?;
         let store: Arc<dyn Store> = match settings.database.get() {
             None => Arc::new(SqliteStore::open(&settings.data.join("server.db"))?),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {

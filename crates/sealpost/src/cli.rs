@@ -682,6 +682,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     if let Some(d) = args.data {
         settings.data = d;
     }
+    let data = settings.data.clone();
     if let Some(url) = args.database {
         settings.database = sealpost_server::config::ConnectionUrl(url);
     }
@@ -700,20 +701,26 @@ async fn server(args: ServerArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let listener = tokio::net::TcpListener::bind(settings.listen)
+    // Open the store, the key directory and the certificate first: a server that cannot run
+    // says so before it announces an address.
+    let scheme = if settings.tls() { "https" } else { "http" };
+    let listen = settings.listen;
+    let server = sealpost_server::Server::open(settings)
         .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        .with_context(|| format!("cannot start the server on {}", data.display()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     // Install the signal handlers before announcing the address: a SIGTERM right after the
     // announcement must shut down gracefully, not kill the process.
     let shutdown = CancellationToken::new();
     let signals = Signals::install()?;
     tokio::spawn(signals.cancel_on_first(shutdown.clone()));
-    let scheme = if settings.tls() { "https" } else { "http" };
     println!(
         "sealpost server listening on {scheme}://{}",
         listener.local_addr()?
     );
-    sealpost_server::run(settings, listener, shutdown).await?;
+    server.serve(listener, shutdown).await?;
     Ok(())
 }
 

@@ -461,3 +461,171 @@ async fn a_sender_killed_mid_send_never_reuses_a_ratchet_step() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// The texts among `events`.
+fn texts_in(events: &[Event]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A tmpfs of a given size, unmounted when dropped; `None` where mounting is not allowed.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| SmallDisk(at.to_owned()))
+    }
+
+    fn grow(&self, size: &str) {
+        self.remount(&format!("size={size}"));
+    }
+
+    fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_clearly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "3m") else {
+        eprintln!("cannot mount a tmpfs here (needs root and the right to mount): skipping");
+        return;
+    };
+    let mut node = Node::start(&disk.0.join("server"), &[]);
+    let front = Front::start(vec![node.addr]).await;
+    let url = front.url();
+    let mut alice = Client::register(&dir.path().join("alice"), &url, "alice", None)
+        .await
+        .unwrap();
+    let mut bob = Client::register(&dir.path().join("bob"), &url, "bob", None)
+        .await
+        .unwrap();
+    // Fill the disk.
+    let filler = "x".repeat(3000);
+    let mut acked = Vec::new();
+    let refused = loop {
+        let text = format!("{:04} {filler}", acked.len());
+        match alice.send("@bob", &text).await {
+            Ok(_) => acked.push(text),
+            Err(e) => break e,
+        }
+        assert!(
+            acked.len() < 5000,
+            "3 MiB hold fewer than 5,000 texts of 3 kB"
+        );
+    };
+    assert!(
+        matches!(
+            &refused,
+            Error::Server {
+                code: sealpost_proto::ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("nothing was stored"),
+        "{refused}"
+    );
+    // Room again: the same server process carries on, and nothing it acknowledged is lost.
+    disk.grow("64m");
+    alice.send("@bob", "room again").await.unwrap();
+    while !bob.sync().await.unwrap().is_empty() {}
+    let texts: Vec<String> = bob
+        .messages("@alice", 100_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message { text, .. } => Some(text),
+            Event::Gap { .. } => panic!("no gap: the refused text's number is used again"),
+            _ => None,
+        })
+        .collect();
+    let mut want = acked.clone();
+    want.push("room again".to_owned());
+    assert_eq!(texts.len(), want.len());
+    assert!(texts == want, "every acknowledged text once, in order");
+    // The store is whole: a server restarted on it serves the same conversation on.
+    node.kill();
+    let node = Node::start(&disk.0.join("server"), &[]);
+    front.point_to(vec![node.addr]);
+    alice.send("@bob", "after a restart").await.unwrap();
+    let got = bob.sync().await.unwrap();
+    let shown = texts_in(&got);
+    assert_eq!(shown, ["after a restart"], "{got:?}");
+    eprintln!(
+        "disk full after {} texts; refused with: {refused}; all delivered after it grew",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_data_directory_stops_the_server_clearly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "64m") else {
+        eprintln!("cannot mount a tmpfs here (needs root and the right to mount): skipping");
+        return;
+    };
+    let data = disk.0.join("server");
+    let mut node = Node::start(&data, &[]);
+    let front = Front::start(vec![node.addr]).await;
+    let mut alice = Client::register(&dir.path().join("alice"), &front.url(), "alice", None)
+        .await
+        .unwrap();
+    let mut bob = Client::register(&dir.path().join("bob"), &front.url(), "bob", None)
+        .await
+        .unwrap();
+    alice.send("@bob", "before").await.unwrap();
+    // The data directory read-only (a disk mounted read-only after an error): a server
+    // started on it says why it cannot run, and changes nothing.
+    node.kill();
+    disk.remount("ro");
+    let out = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("is not writable") && said.contains("Read-only"),
+        "{said}"
+    );
+    // Writable again: nothing acknowledged is lost.
+    disk.remount("rw");
+    let node = Node::start(&data, &[]);
+    front.point_to(vec![node.addr]);
+    alice.send("@bob", "after").await.unwrap();
+    let got = bob.sync().await.unwrap();
+    let shown = texts_in(&got);
+    assert_eq!(shown, ["before", "after"], "{got:?}");
+    assert!(
+        !got.iter().any(|e| matches!(e, Event::Gap { .. })),
+        "{got:?}"
+    );
+}
