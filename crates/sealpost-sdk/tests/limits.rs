@@ -244,3 +244,85 @@ async fn clients_that_send_slowly_do_not_hold_the_server() {
     people.register(&server, "bob").await;
     alice.send("@bob", "served").await.unwrap();
 }
+
+/// A client that opens its push connection and then stops reading cannot make the server
+/// buffer for it without bound: once the connection's queue is full (the kernel's buffers
+/// having filled first) the server drops the connection, counts it, and keeps nothing more for
+/// it; the senders never notice, and the client catches up by syncing afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice.send("@bob", "hi").await.unwrap();
+    bob.sync().await.unwrap();
+
+    // Bob's push connection, with the smallest receive buffer the kernel allows, never read.
+    let token = bob.bench_prepare("@alice", 0, "").await.unwrap().token;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut request = format!("{}/v1/ws", server.url.replacen("http", "ws", 1))
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    assert!(ws.next().await.unwrap().unwrap().is_text(), "subscribed");
+
+    // More 4 KiB deliveries than the queue (1,024) and a 4 MiB kernel send buffer hold.
+    const SENT: usize = 3_000;
+    let batch = alice
+        .bench_prepare("@bob", SENT, &"x".repeat(3_000))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    for message in batch.messages {
+        let answer = http
+            .post(format!("{}/v1/groups/{}/messages", server.url, batch.group))
+            .bearer_auth(&batch.token)
+            .body(message)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "the sender is never held up");
+    }
+    let metrics = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sealpost_slow_clients_dropped_total 1"),
+        "the connection was dropped as too slow, once:\n{metrics}"
+    );
+
+    // Reading now, bob finds the connection closed after what was already on its way (the
+    // guard is against a hang, not a timing assertion).
+    let mut pushed = 0;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(Ok(frame)) = ws.next().await {
+            if frame.is_binary() {
+                pushed += 1;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server closed the connection");
+    assert!(pushed < SENT, "not everything was pushed: {pushed}");
+
+    // A sync brings every message, once.
+    let events = bob.sync().await.unwrap();
+    let got = texts(&events);
+    assert_eq!(got.len(), SENT);
+    assert!(got.iter().all(|(from, _)| from == "@alice"));
+}

@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::SinkExt as _;
@@ -162,43 +162,57 @@ fn parse_path<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiFailure
         .map_err(|_| ApiFailure::bad_request(&format!("invalid {what} in the path")))
 }
 
+/// The API's routes, once: the router is built from this list, and a test holds the OpenAPI
+/// document to it (every route documented, nothing documented that is not served).
+macro_rules! api_routes {
+    ($($method:ident $path:literal => $handler:expr,)*) => {
+        fn with_api_routes(router: Router<AppState>) -> Router<AppState> {
+            router$(.route($path, axum::routing::$method($handler)))*
+        }
+
+        /// Every `(path, method)` the router serves but `/openapi.json`.
+        #[cfg(test)]
+        pub(crate) fn routes() -> &'static [(&'static str, &'static str)] {
+            &[$(($path, stringify!($method)),)*]
+        }
+    };
+}
+
+api_routes! {
+    get "/healthz" => || async { "ok" },
+    get "/metrics" => metrics,
+    post "/v1/accounts" => register,
+    post "/v1/auth/challenge" => challenge,
+    post "/v1/auth/token" => token,
+    get "/v1/users/{username}" => user,
+    post "/v1/users/{username}/key-packages" => claim_key_packages,
+    post "/v1/key-packages" => upload_key_packages,
+    get "/v1/key-packages" => key_package_stock,
+    post "/v1/groups" => create_group,
+    post "/v1/groups/{group}/messages" => post_message,
+    post "/v1/groups/{group}/commits" => post_commit,
+    post "/v1/sync" => sync,
+    post "/v1/ack" => ack,
+    get "/v1/ws" => websocket,
+    post "/v1/links" => link_request,
+    get "/v1/links/{link}" => link_pending,
+    post "/v1/links/{link}/approve" => link_approve,
+    get "/v1/links/{link}/approval" => link_approval,
+    delete "/v1/devices/{device}" => remove_device,
+    get "/v1/directory/keys" => directory_keys,
+    get "/v1/directory/root" => directory_latest_root,
+    get "/v1/directory/roots/{epoch}" => directory_root,
+    get "/v1/directory/lookup/{username}" => directory_lookup,
+    post "/v1/directory/lookups" => directory_batch_lookup,
+    get "/v1/directory/history/{username}" => directory_history,
+    get "/v1/directory/audit" => directory_audit,
+}
+
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
+    with_api_routes(Router::new())
         .route("/openapi.json", get(openapi))
-        .route("/v1/accounts", post(register))
-        .route("/v1/auth/challenge", post(challenge))
-        .route("/v1/auth/token", post(token))
-        .route("/v1/users/{username}", get(user))
-        .route(
-            "/v1/users/{username}/key-packages",
-            post(claim_key_packages),
-        )
-        .route(
-            "/v1/key-packages",
-            post(upload_key_packages).get(key_package_stock),
-        )
-        .route("/v1/groups", post(create_group))
-        .route("/v1/groups/{group}/messages", post(post_message))
-        .route("/v1/groups/{group}/commits", post(post_commit))
-        .route("/v1/sync", post(sync))
-        .route("/v1/ack", post(ack))
-        .route("/v1/ws", get(websocket))
-        .route("/v1/links", post(link_request))
-        .route("/v1/links/{link}", get(link_pending))
-        .route("/v1/links/{link}/approve", post(link_approve))
-        .route("/v1/links/{link}/approval", get(link_approval))
-        .route("/v1/devices/{device}", axum::routing::delete(remove_device))
-        .route("/v1/directory/keys", get(directory_keys))
-        .route("/v1/directory/root", get(directory_latest_root))
-        .route("/v1/directory/roots/{epoch}", get(directory_root))
-        .route("/v1/directory/lookup/{username}", get(directory_lookup))
-        .route("/v1/directory/lookups", post(directory_batch_lookup))
-        .route("/v1/directory/history/{username}", get(directory_history))
-        .route("/v1/directory/audit", get(directory_audit))
         .fallback(|| async { ApiFailure::not_found("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), limit_and_log))
         .layer(DefaultBodyLimit::max(body_limit))
