@@ -8,15 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use openmls::key_packages::errors::KeyPackageVerifyError;
 use openmls::prelude::{
-    BasicCredential, Capabilities, ContentType, Credential, CredentialWithKey, ExtensionType,
-    GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
+    BasicCredential, Capabilities, Ciphersuite, ContentType, Credential, CredentialWithKey,
+    ExtensionType, GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
     MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
     MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, Proposal,
     ProtocolMessage, ProtocolVersion, Sender, StagedWelcome,
 };
+use openmls::treesync::errors::LifetimeError;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider;
+use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::random::OpenMlsRand;
 use openmls_traits::signatures::Signer;
 use openmls_traits::types::SignatureScheme;
@@ -29,9 +32,13 @@ use serde::{Deserialize, Serialize};
 use tls_codec::{Deserialize as _, Serialize as _};
 use zeroize::Zeroizing;
 
+#[cfg(feature = "test-hooks")]
+mod forge;
 mod link;
 mod verify;
 
+#[cfg(feature = "test-hooks")]
+pub use forge::KeyPackageForgery;
 pub use link::{LinkStep, PendingLink};
 pub use verify::{Verification, safety_number};
 
@@ -132,7 +139,8 @@ struct ConvInfo {
     /// The newest number seen from each other device (`user:device`).
     #[serde(default)]
     senders: BTreeMap<String, u64>,
-    /// The MLS epoch a fork alert was last shown for (one alert per epoch, not one per message).
+    /// This device's MLS epoch in which a fork alert was last shown (one alert in each of its
+    /// epochs, not one per message).
     #[serde(default)]
     fork_alerted: Option<u64>,
     /// The epoch at which this device refused a commit (and so stays behind its members).
@@ -286,6 +294,46 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Whether `key` is an HPKE public key of `suite` that can be encrypted to. openmls does not
+/// check this; HPKE itself refuses a low-order X25519 point (RFC 9180 §7.1.4), so a trial
+/// encryption to the key tells.
+fn usable_key(crypto: &impl OpenMlsCrypto, suite: Ciphersuite, key: &[u8]) -> bool {
+    crypto
+        .hpke_seal(suite.hpke_config(), key, b"sealpost key check", &[], &[])
+        .is_ok()
+}
+
+/// [`usable_key`] for a leaf's encryption key (openmls keeps its accessor to the raw bytes to
+/// itself, so they are read from the key's encoding).
+fn usable_leaf_key(
+    crypto: &impl OpenMlsCrypto,
+    suite: Ciphersuite,
+    leaf: &openmls::treesync::LeafNode,
+) -> Result<bool, Error> {
+    let encoded = leaf
+        .encryption_key()
+        .tls_serialize_detached()
+        .map_err(|e| Error::Protocol(format!("a leaf's key does not encode: {e}")))?;
+    let key = tls_codec::VLBytes::tls_deserialize_exact(encoded.as_slice())
+        .map_err(|e| Error::Protocol(format!("a leaf's key does not decode: {e}")))?;
+    Ok(usable_key(crypto, suite, key.as_slice()))
+}
+
+/// The private half of a key pair, as openmls stores it (for the test hook that exposes it).
+#[cfg(feature = "test-hooks")]
+fn private_key_of(key: &SignatureKeyPair) -> Zeroizing<Vec<u8>> {
+    #[derive(Deserialize)]
+    struct Stored {
+        private: Vec<u8>,
+    }
+    let json = Zeroizing::new(serde_json::to_vec(key).unwrap_or_default());
+    Zeroizing::new(
+        serde_json::from_slice::<Stored>(&json)
+            .map(|s| s.private)
+            .unwrap_or_default(),
+    )
 }
 
 fn at(user: &Username) -> String {
@@ -1038,6 +1086,22 @@ impl Client {
         Ok(self.take_events())
     }
 
+    /// Test hook: this device's secret keys, raw (its device and account signing keys, and the
+    /// key that seals its local store), for tests that search logs and traffic for them. Not
+    /// built into the library otherwise.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn secret_keys_unchecked(&self) -> Vec<(&'static str, Zeroizing<Vec<u8>>)> {
+        vec![
+            ("device key", private_key_of(&self.identity.device_key)),
+            ("account key", private_key_of(&self.identity.account_key)),
+            (
+                "store key",
+                Zeroizing::new(self.profile.sealer.expose_key().to_vec()),
+            ),
+        ]
+    }
+
     /// For tests that play a member leaking a conversation's state: its current MLS GroupInfo
     /// with the ratchet tree, signed by this device (what an outsider needs to try an external
     /// join). Changes nothing. Not for applications.
@@ -1097,25 +1161,54 @@ impl Client {
         device: DeviceId,
         suite: Suite,
     ) -> Result<KeyPackage, Error> {
-        let bad = || {
+        let bad = |why: &str| {
             Error::Protocol(format!(
-                "the server handed out an invalid key package for {}",
+                "the server handed out an invalid key package for {}: {why}",
                 at(user)
             ))
         };
-        let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|_| bad())?;
+        let msg = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|_| bad("not MLS"))?;
         let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
-            return Err(bad());
+            return Err(bad("not a key package"));
         };
+        let crypto = self.profile.mls.provider.crypto();
         let kp = kp
-            .validate(self.profile.mls.provider.crypto(), ProtocolVersion::Mls10)
-            .map_err(|_| bad())?;
-        let owner = credential_user(kp.leaf_node().credential()).ok_or_else(bad)?;
-        if owner.username != *user
-            || owner.device_id != device
-            || kp.ciphersuite() != suite.ciphersuite()
-        {
-            return Err(bad());
+            .validate(crypto, ProtocolVersion::Mls10)
+            .map_err(|e| match e {
+                KeyPackageVerifyError::LifetimeError(LifetimeError::Expired { .. }) => {
+                    bad("it has expired")
+                }
+                KeyPackageVerifyError::LifetimeError(LifetimeError::NotValidYet { .. }) => {
+                    bad("it is not valid yet")
+                }
+                KeyPackageVerifyError::InvalidSignature
+                | KeyPackageVerifyError::InvalidLeafNodeSignature => bad("its signature is wrong"),
+                e => bad(&e.to_string()),
+            })?;
+        let owner = credential_user(kp.leaf_node().credential())
+            .ok_or_else(|| bad("no Sealpost device"))?;
+        if owner.username != *user || owner.device_id != device {
+            return Err(bad("it is another device's"));
+        }
+        if kp.ciphersuite() != suite.ciphersuite() {
+            return Err(bad("it is for another cipher suite"));
+        }
+        // With an init key nothing can be encrypted to the add would fail; with such a leaf
+        // key, every later commit of the group. Refused here, before anything changes.
+        let unusable = |name: &str| {
+            security(
+                SecurityAlert::UnusableKey,
+                format!(
+                    "a key package of {} was refused: its {name} key is not a public key anything can be encrypted to",
+                    at(user)
+                ),
+            )
+        };
+        if !usable_key(crypto, kp.ciphersuite(), kp.hpke_init_key().as_slice()) {
+            return Err(unusable("init"));
+        }
+        if !usable_leaf_key(crypto, kp.ciphersuite(), kp.leaf_node())? {
+            return Err(unusable("encryption"));
         }
         Ok(kp)
     }
@@ -2700,6 +2793,19 @@ fn receive_content(
                     }]);
                 }
             }
+            // And have a key the group's later commits can be encrypted to.
+            for leaf in &leaves {
+                if !usable_leaf_key(p.crypto(), g.ciphersuite(), leaf)? {
+                    conv.info.refused_at = Some(g.epoch().as_u64());
+                    return Ok(vec![Item::Security {
+                        alert: SecurityAlert::UnusableKey,
+                        detail: format!(
+                            "a commit by {from} was refused: it gives {} an encryption key nothing can be encrypted to, which would make every later change of this conversation fail",
+                            who(leaf.credential())
+                        ),
+                    }]);
+                }
+            }
             let mut items: Vec<Item> = roster_items(g, &staged, &from)
                 .into_iter()
                 .filter(|i| !matches!(i, Item::MemberLeft { .. }))
@@ -2771,7 +2877,10 @@ fn message_aad(
 /// For a message that did not decrypt: an alert if it shows the group forked — it was sent in
 /// this device's epoch from another state of it (another fork check), or in a later epoch,
 /// which an honest server never delivers before the commit that leads there (unless this
-/// device refused that commit or was removed). Once per epoch.
+/// device refused that commit or was removed). The epoch and the fork check are read before
+/// anything is decrypted, so a server that alters them is not told apart from one that split
+/// the group: the wording says so, and a device alerts once in each of its own epochs, however
+/// many such messages come.
 fn fork_alert(
     g: &MlsGroup,
     p: &Provider,
@@ -2786,20 +2895,20 @@ fn fork_alert(
             return None;
         }
         format!(
-            "a message of epoch {sent_in} comes from another state of this conversation than this device's: the server has split the group in two (a fork), and messages across the split cannot be read"
+            "a message of epoch {sent_in} comes from another state of this conversation than this device's: the server has split the group in two (a fork) or altered the message; it cannot be read"
         )
     } else if sent_in > ours && conv.info.active && conv.info.refused_at != Some(ours) {
         // A device that was removed, or refused a commit, is behind on purpose.
         format!(
-            "a message of epoch {sent_in} arrived while this device is in epoch {ours}: the server withheld a change of the conversation from this device, or split the group"
+            "a message of epoch {sent_in} arrived while this device is in epoch {ours}: the server withheld a change of the conversation from this device, split the group, or altered the message"
         )
     } else {
         return None;
     };
-    if conv.info.fork_alerted == Some(sent_in) {
+    if conv.info.fork_alerted == Some(ours) {
         return None;
     }
-    conv.info.fork_alerted = Some(sent_in);
+    conv.info.fork_alerted = Some(ours);
     Some(Item::Security {
         alert: SecurityAlert::Fork,
         detail,

@@ -218,6 +218,10 @@ pub enum SecurityAlert {
     /// someone: it keeps and replays key packages. That device was not added (it spent the
     /// key and could not have joined).
     ReusedKeyPackage,
+    /// A key package or a commit carried a public key nothing can be encrypted to (a low-order
+    /// point): adding that device, or any later change of the conversation, would fail. It was
+    /// refused.
+    UnusableKey,
 }
 
 /// A conversation as listed.

@@ -56,6 +56,12 @@ pub struct Sealer {
 }
 
 impl Sealer {
+    /// The raw store key, for tests that search logs and traffic for it.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn expose_key(&self) -> &[u8] {
+        self.key.expose()
+    }
+
     /// Seals `plaintext` under `label`.
     pub fn seal(&self, label: &str, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
         self.key.seal(&self.crypto, label.as_bytes(), plaintext)

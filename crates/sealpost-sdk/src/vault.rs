@@ -35,6 +35,12 @@ fn derive(passphrase: &str, salt: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
 }
 
 impl StoreKey {
+    /// The raw key, for tests that search logs and traffic for it.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Creates a new key and writes `store.key` (wrapped if a passphrase is given).
     pub fn create(
         crypto: &RustCrypto,

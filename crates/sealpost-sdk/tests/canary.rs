@@ -12,6 +12,8 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use common::{People, TestServer, texts};
 use sealpost_sdk::{Client, Suite, Username};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,6 +114,16 @@ async fn marker_never_reaches_the_server() {
     // A session token is a secret too: it may cross the wire (in a header) but never a log.
     let token = alice.bench_prepare("@bob", 0, "").await.unwrap().token;
 
+    let alice_device = alice.whoami().device.parse().unwrap();
+    let public = STANDARD.encode(
+        server
+            .store
+            .device(alice_device)
+            .await
+            .unwrap()
+            .unwrap()
+            .device_key,
+    );
     drop(server); // the server stops; its files stay until `people`/the tempdir go
     let wire = wire.0.lock().unwrap().clone();
     assert!(wire.len() > 10_000, "the proxy saw the traffic");
@@ -133,4 +145,47 @@ async fn marker_never_reaches_the_server() {
         contains(&log.0.lock().unwrap(), "TRACE"),
         "the log was taken at trace level"
     );
+
+    // Nor does any secret key, in any of the encodings a log line or a request would use. The
+    // probe is checked on the device's public key, which registration sends in base64.
+    let log = log.0.lock().unwrap().clone();
+    assert!(
+        public.len() > 40 && contains(&wire, &public),
+        "the probe finds a key on the wire"
+    );
+    for client in [&alice, &bob] {
+        for (name, key) in client.secret_keys_unchecked() {
+            assert!(key.len() >= 32, "{name}");
+            assert!(!contains_bytes(&wire, &key), "a {name} crossed the wire");
+            assert!(!contains_bytes(&log, &key), "a {name} reached a log line");
+            for shown in encodings(&key) {
+                assert!(
+                    !contains(&wire, &shown),
+                    "a {name} crossed the wire as {shown}"
+                );
+                assert!(
+                    !contains(&log, &shown),
+                    "a {name} reached a log line as {shown}"
+                );
+            }
+        }
+    }
+}
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// How a key would look in text: hex, base64 in its usual alphabets, and as Rust prints a
+/// byte slice with `{:?}`.
+fn encodings(key: &[u8]) -> Vec<String> {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        hex.to_uppercase(),
+        hex,
+        STANDARD.encode(key),
+        STANDARD_NO_PAD.encode(key),
+        URL_SAFE_NO_PAD.encode(key),
+        format!("{key:?}"),
+    ]
 }

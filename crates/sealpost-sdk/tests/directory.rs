@@ -66,6 +66,51 @@ fn security_alert<T: std::fmt::Debug>(result: Result<T, Error>) -> SecurityAlert
     }
 }
 
+/// As a compromised server: lists `device` under Bob with `certificate` and a last-resort key
+/// package for it, and publishes the directory. The device key is `device_key`, or else the
+/// key package's own.
+async fn list_device_under_bob(
+    server: &TestServer,
+    device: DeviceId,
+    device_key: Option<Vec<u8>>,
+    certificate: Vec<u8>,
+) {
+    let (kp, kp_key) = forged_key_package("bob", device, Suite::Pq);
+    let device_key = device_key.unwrap_or(kp_key);
+    server
+        .store
+        .add_device(
+            DeviceRecord {
+                device_id: device,
+                username: u("bob"),
+                device_key,
+                certificate,
+            },
+            vec![KeyPackageRecord {
+                ciphersuite: u16::from(Suite::Pq.ciphersuite()),
+                last_resort: true,
+                data: kp,
+            }],
+        )
+        .await
+        .unwrap();
+    server.directory.wait_published().await;
+}
+
+/// Alice makes `#team` with Bob; the devices it holds.
+async fn team_with_bob(alice: &mut Client) -> Vec<String> {
+    alice
+        .create_group("team", &[u("bob")], Suite::Pq)
+        .await
+        .unwrap();
+    alice
+        .members("#team")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.device)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_device_nobody_approved_alerts_its_owner_and_is_not_trusted_by_peers() {
     let server = TestServer::start().await;
@@ -77,25 +122,7 @@ async fn a_device_nobody_approved_alerts_its_owner_and_is_not_trusted_by_peers()
     // The compromised server lists a device of its own under bob, with a certificate bob's
     // account key never made, and key packages for it.
     let rogue = DeviceId::from_bytes([0xee; 16]);
-    let (kp, rogue_key) = forged_key_package("bob", rogue, Suite::Pq);
-    server
-        .store
-        .add_device(
-            DeviceRecord {
-                device_id: rogue,
-                username: u("bob"),
-                device_key: rogue_key,
-                certificate: vec![7; 64],
-            },
-            vec![KeyPackageRecord {
-                ciphersuite: u16::from(Suite::Pq.ciphersuite()),
-                last_resort: true,
-                data: kp,
-            }],
-        )
-        .await
-        .unwrap();
-    server.directory.wait_published().await;
+    list_device_under_bob(&server, rogue, None, vec![7; 64]).await;
 
     // Bob's device sees it at its next sync, once.
     let events = bob.sync().await.unwrap();
@@ -103,16 +130,7 @@ async fn a_device_nobody_approved_alerts_its_owner_and_is_not_trusted_by_peers()
     assert!(alerts(&bob.sync().await.unwrap()).is_empty());
 
     // Alice adds bob: the rogue device is shown and left out; bob's real device is added.
-    alice
-        .create_group("team", &[u("bob")], Suite::Pq)
-        .await
-        .unwrap();
-    let members: Vec<String> = alice
-        .members("#team")
-        .unwrap()
-        .into_iter()
-        .map(|m| m.device)
-        .collect();
+    let members = team_with_bob(&mut alice).await;
     assert!(members.contains(&device_of(&bob).to_string()));
     assert!(!members.contains(&rogue.to_string()));
     let shown = alerts(&alice.sync().await.unwrap());
@@ -442,5 +460,64 @@ async fn commits_pushed_to_a_listening_device_are_verified_too() {
         seen.iter()
             .any(|e| matches!(e, Event::MemberAdded { member, .. } if member == "@carol")),
         "{seen:?}"
+    );
+}
+
+/// Matrix (2022): a homeserver could make a device whose id was another key's fingerprint, and
+/// a client verifying that "device" vouched for a key it never compared. Here the server lists
+/// under Bob a device whose id is the start of Bob's account key, whose device key *is* Bob's
+/// account key, and which carries the certificate Bob's account key made for his real device.
+/// Device ids and keys are fixed-length fields under one account signature, and safety numbers
+/// cover account keys alone, so nothing of it is trusted and nothing verified changes.
+#[tokio::test]
+async fn a_device_id_equal_to_another_keys_fingerprint_gains_no_trust() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let shown = alice.verification(&u("bob")).await.unwrap();
+    alice
+        .confirm_verification(&u("bob"), &shown.safety_number)
+        .await
+        .unwrap();
+
+    let record = server.store.user(&u("bob")).await.unwrap().unwrap();
+    let real = record.devices[0].clone();
+    let confused = DeviceId::from_slice(&record.account_key[..16]).unwrap();
+    list_device_under_bob(
+        &server,
+        confused,
+        Some(record.account_key.clone()),
+        real.certificate.clone(),
+    )
+    .await;
+
+    // Bob is told, and his device list shows it as not certified.
+    assert_eq!(
+        alerts(&bob.sync().await.unwrap()),
+        vec![SecurityAlert::UnapprovedDevice]
+    );
+    let listed = bob.devices().await.unwrap();
+    let entry = listed
+        .iter()
+        .find(|d| d.device == confused.to_string())
+        .unwrap();
+    assert!(!entry.certified);
+    assert!(listed.iter().any(|d| d.you && d.certified));
+
+    // Alice's verification of Bob is untouched: the same number, still verified.
+    let after = alice.verification(&u("bob")).await.unwrap();
+    assert_eq!(after.safety_number, shown.safety_number);
+    assert!(after.verified && !after.changed, "{after:?}");
+
+    // And the device is not added with Bob.
+    let members = team_with_bob(&mut alice).await;
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(members.contains(&device_of(&bob).to_string()));
+    assert!(!members.contains(&confused.to_string()));
+    alice.send("#team", "for bob's device").await.unwrap();
+    assert_eq!(
+        texts(&bob.sync().await.unwrap()),
+        vec![("@alice".to_owned(), "for bob's device".to_owned())]
     );
 }

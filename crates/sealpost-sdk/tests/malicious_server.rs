@@ -15,24 +15,11 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{Interceptor, People, TestServer, alerts, texts, u};
+use common::{Interceptor, People, TestServer, alerts, group_of, texts, u};
 use sealpost_proto::{ClaimKeyPackagesResponse, CommitUpload, Delivery, DeliveryKind, GroupId};
-use sealpost_sdk::{Client, Error, Event, SecurityAlert, Suite};
+use sealpost_sdk::{Client, Error, Event, KeyPackageForgery, SecurityAlert, Suite};
 use sealpost_server::storage::FetchRequest;
 use tls_codec::Deserialize as _;
-
-/// The group behind `conversation` as `client` sees it.
-fn group_of(client: &Client, conversation: &str) -> GroupId {
-    client
-        .conversations()
-        .unwrap()
-        .into_iter()
-        .find(|c| c.conversation == conversation)
-        .unwrap()
-        .id
-        .parse()
-        .unwrap()
-}
 
 /// Everything in a group's log, straight from the server's store.
 async fn group_log(server: &TestServer, member: &Client, group: GroupId) -> Vec<Delivery> {
@@ -453,23 +440,25 @@ async fn ciphertexts_only_show_their_padding_bucket() {
     assert_eq!(texts(&bob.sync().await.unwrap()).len(), lengths.len());
 }
 
-#[tokio::test]
-async fn a_withheld_commit_raises_an_alert_and_merges_when_it_arrives() {
-    let server = TestServer::start().await;
-    let people = People::new();
-    let ([mut alice, mut bob, mut carol], mitm) = three(&people, &server, "bob").await;
+/// Bob adds Carol to `#club` (Alice's, with Bob), and the server accepts the commit but keeps
+/// it — and, while `hide` is set, everything after it in the group's log — from Bob, who is
+/// told (`withheld_commit`).
+async fn bobs_commit_withheld(
+    people: &People,
+    server: &TestServer,
+) -> ([Client; 3], Interceptor, Arc<AtomicBool>) {
+    let ([mut alice, mut bob, carol], mitm) = three(people, server, "bob").await;
     alice
         .create_group("club", &[u("bob")], Suite::Classic)
         .await
         .unwrap();
     bob.sync().await.unwrap();
     let group = group_of(&alice, "#club");
-    let known = group_log(&server, &alice, group)
+    let known = group_log(server, &alice, group)
         .await
         .last()
         .unwrap()
         .group_seq;
-    // Bob's commit is accepted, and kept from Bob.
     let hide = armed();
     let hiding = hide.clone();
     mitm.rewrite_sync(move |ds| {
@@ -488,6 +477,16 @@ async fn a_withheld_commit_raises_an_alert_and_merges_when_it_arrives() {
         ),
         "{refused:?}"
     );
+    ([alice, bob, carol], mitm, hide)
+}
+
+#[tokio::test]
+async fn a_withheld_commit_raises_an_alert_and_merges_when_it_arrives() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    // Bob's commit is accepted, and kept from Bob.
+    let ([mut alice, mut bob, mut carol], _mitm, hide) =
+        bobs_commit_withheld(&people, &server).await;
     // Nothing is built on top of it while it is missing.
     let again = bob.add_members("#club", &[u("carol")]).await;
     assert!(matches!(again, Err(Error::Invalid(_))), "{again:?}");
@@ -729,4 +728,181 @@ async fn a_key_package_handed_out_twice_is_refused() {
         .filter(|e| matches!(e, Event::Joined { .. }))
         .count();
     assert_eq!(joined, 2);
+}
+
+/// The server hands Alice a key package of Bob's with `forgery` in it (signed by Bob's device,
+/// so only Alice's own checks can catch it). She refuses it with `reason` (and `alert`) before
+/// changing anything, and with an honest key package adds Bob, who reads what follows.
+async fn a_forged_key_package_is_refused(
+    forgery: KeyPackageForgery,
+    reason: &str,
+    alert: Option<SecurityAlert>,
+) {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let ([mut alice, mut bob, _carol], mitm) = three(&people, &server, "alice").await;
+    alice
+        .create_group("room", &[], Suite::Classic)
+        .await
+        .unwrap();
+    let epoch = alice.epoch("#room").unwrap();
+    let forged = bob.forge_key_package_unchecked(forgery).unwrap();
+    mitm.rewrite("/v1/users/bob/key-packages", move |_, body| {
+        let mut claimed: ClaimKeyPackagesResponse = serde_json::from_slice(&body).unwrap();
+        for c in &mut claimed.key_packages {
+            c.key_package = forged.clone();
+        }
+        serde_json::to_vec(&claimed).unwrap()
+    });
+    mitm.take_seen();
+    let refused = alice.add_members("#room", &[u("bob")]).await;
+    match (&refused, alert) {
+        (Err(Error::Protocol(message)), None)
+        | (
+            Err(Error::Security {
+                detail: message, ..
+            }),
+            Some(_),
+        ) => assert!(
+            message.contains("key package") && message.contains(reason),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    if let (Err(Error::Security { alert: got, .. }), Some(alert)) = (&refused, alert) {
+        assert_eq!(*got, alert);
+    }
+    assert_eq!(alice.members("#room").unwrap().len(), 1);
+    assert_eq!(alice.epoch("#room").unwrap(), epoch);
+    let posted = mitm.take_seen();
+    assert!(
+        posted.iter().all(|r| !r.path.ends_with("/commits")),
+        "{posted:?}"
+    );
+    mitm.clear();
+    alice.add_members("#room", &[u("bob")]).await.unwrap();
+    alice.send("#room", "after").await.unwrap();
+    let events = bob.sync().await.unwrap();
+    assert_eq!(
+        texts(&events),
+        [("@alice".to_string(), "after".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn an_expired_key_package_is_refused() {
+    a_forged_key_package_is_refused(KeyPackageForgery::Expired, "it has expired", None).await;
+}
+
+#[tokio::test]
+async fn a_key_package_with_an_all_zero_init_key_is_refused() {
+    a_forged_key_package_is_refused(
+        KeyPackageForgery::ZeroInitKey,
+        "its init key is not a public key anything can be encrypted to",
+        Some(SecurityAlert::UnusableKey),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_key_package_whose_leaf_has_a_low_order_key_is_refused() {
+    a_forged_key_package_is_refused(
+        KeyPackageForgery::LowOrderLeafKey,
+        "its encryption key is not a public key anything can be encrypted to",
+        Some(SecurityAlert::UnusableKey),
+    )
+    .await;
+}
+
+/// Case 24 for several epochs: while Bob's commit is kept from him, the others go on (two more
+/// people added, one removed, texts in between), all of it kept from Bob too. He builds nothing
+/// on his missing commit; once the server lets the log through he takes every epoch in order,
+/// reads every text once with no gap, and ends at the others' epoch.
+#[tokio::test]
+async fn a_commit_withheld_for_several_epochs_is_caught_up_in_order() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let ([mut alice, mut bob, mut carol], _mitm, hide) =
+        bobs_commit_withheld(&people, &server).await;
+    let mut dave = people.register(&server, "dave").await;
+    let _erin = people.register(&server, "erin").await;
+    let stuck = bob.epoch("#club").unwrap();
+
+    alice.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    alice.send("#club", "one").await.unwrap();
+    alice.add_members("#club", &[u("dave")]).await.unwrap();
+    carol.sync().await.unwrap();
+    carol.send("#club", "two").await.unwrap();
+    alice.sync().await.unwrap();
+    alice.add_members("#club", &[u("erin")]).await.unwrap();
+    alice.remove_members("#club", &[u("erin")]).await.unwrap();
+    alice.send("#club", "three").await.unwrap();
+    let ahead = alice.epoch("#club").unwrap();
+    assert_eq!(ahead, stuck + 4);
+
+    // Still kept from him: Bob shows nothing and stays where he was.
+    let quiet = bob.sync().await.unwrap();
+    assert!(texts(&quiet).is_empty(), "{quiet:?}");
+    assert_eq!(bob.epoch("#club").unwrap(), stuck);
+
+    hide.store(false, Ordering::SeqCst);
+    let events = bob.sync().await.unwrap();
+    assert_eq!(
+        texts(&events),
+        vec![t("@alice", "one"), t("@carol", "two"), t("@alice", "three")]
+    );
+    assert_eq!(unreadable(&events), 0, "{events:?}");
+    assert!(gaps(&events).is_empty(), "{events:?}");
+    assert!(
+        !alerts(&events).contains(&SecurityAlert::Fork),
+        "{events:?}"
+    );
+    assert_eq!(bob.epoch("#club").unwrap(), ahead);
+    bob.send("#club", "back").await.unwrap();
+    for reader in [&mut alice, &mut carol, &mut dave] {
+        assert!(texts(&reader.sync().await.unwrap()).contains(&t("@bob", "back")));
+    }
+}
+
+/// A malicious member (Alice, with no check of her own) adds Bob with a leaf key nothing can be
+/// encrypted to. Carol refuses the commit (`unusable_key`), stays at her epoch and shows nobody
+/// added; her other conversations carry on.
+#[tokio::test]
+async fn a_commit_giving_a_member_an_unusable_key_is_refused_by_the_others() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let ([mut alice, mut bob, mut carol], _mitm) = three(&people, &server, "nobody").await;
+    alice
+        .create_group("room", &[u("carol")], Suite::Classic)
+        .await
+        .unwrap();
+    carol.sync().await.unwrap();
+    let epoch = carol.epoch("#room").unwrap();
+    let forged = bob
+        .forge_key_package_unchecked(KeyPackageForgery::LowOrderLeafKey)
+        .unwrap();
+    alice
+        .add_key_package_unchecked("#room", &forged)
+        .await
+        .unwrap();
+    let events = carol.sync().await.unwrap();
+    assert_eq!(
+        alerts(&events),
+        vec![SecurityAlert::UnusableKey],
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::MemberAdded { .. })),
+        "{events:?}"
+    );
+    assert_eq!(carol.epoch("#room").unwrap(), epoch);
+    assert_eq!(carol.members("#room").unwrap().len(), 2);
+    bob.send("@carol", "elsewhere").await.unwrap();
+    assert_eq!(
+        texts(&carol.sync().await.unwrap()),
+        vec![t("@bob", "elsewhere")]
+    );
 }

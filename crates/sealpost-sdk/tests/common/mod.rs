@@ -127,6 +127,19 @@ impl People {
     }
 }
 
+/// The group behind `conversation` as `client` sees it.
+pub fn group_of(client: &Client, conversation: &str) -> sealpost_proto::GroupId {
+    client
+        .conversations()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.conversation == conversation)
+        .unwrap()
+        .id
+        .parse()
+        .unwrap()
+}
+
 pub fn texts(events: &[sealpost_sdk::Event]) -> Vec<(String, String)> {
     events
         .iter()
