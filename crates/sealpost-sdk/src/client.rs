@@ -146,6 +146,13 @@ struct ConvInfo {
     /// The epoch at which this device refused a commit (and so stays behind its members).
     #[serde(default)]
     refused_at: Option<u64>,
+    /// The epoch this device joined at, from a Welcome (none for the conversation's creator).
+    #[serde(default)]
+    joined_at: Option<u64>,
+    /// This device added someone and has not yet told them what the conversation is (its
+    /// Meta message): set when its commit comes back, however it comes back.
+    #[serde(default)]
+    meta_owed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -456,6 +463,9 @@ pub struct Client {
     linked: BTreeMap<GroupId, link::LinkedConversation>,
     /// This device's own commits merged by the current operation's syncs, `(group, seq)`.
     merged_commits: Vec<(GroupId, u64)>,
+    /// A Welcome of this batch waits for its group's log to catch up (see `process_welcome`);
+    /// the Welcomes after it wait too, so that the inbox is taken in order.
+    welcome_waits: bool,
 }
 
 /// The key directory as this device has verified it.
@@ -666,6 +676,7 @@ impl Client {
             settings,
             stock_checked: true,
             fresh: Vec::new(),
+            welcome_waits: false,
             proposals_to_check: None,
             dir: DirView {
                 state: Some(dir_state),
@@ -696,6 +707,7 @@ impl Client {
             settings: ClientSettings::default(),
             stock_checked: false,
             fresh: Vec::new(),
+            welcome_waits: false,
             proposals_to_check: None,
             dir: DirView::default(),
             linked: BTreeMap::new(),
@@ -918,6 +930,8 @@ impl Client {
                 senders: BTreeMap::new(),
                 fork_alerted: None,
                 refused_at: None,
+                joined_at: None,
+                meta_owed: false,
             },
             cursor: 0,
         };
@@ -1020,7 +1034,38 @@ impl Client {
             })
             .await?;
         }
-        self.send_meta(group).await
+        self.send_owed_meta().await
+    }
+
+    /// Sends the Meta message of every conversation where this device's commit that added
+    /// someone has come back since (also one merged by a sync after its answer was lost).
+    async fn send_owed_meta(&mut self) -> Result<(), Error> {
+        let owed: Vec<GroupId> = self
+            .convs
+            .iter()
+            .filter(|(_, c)| c.info.meta_owed && c.info.active)
+            .map(|(g, _)| *g)
+            .collect();
+        for group in owed {
+            self.send_meta(group).await?;
+            self.update_conv(group, |info| info.meta_owed = false)?;
+        }
+        Ok(())
+    }
+
+    /// Changes what this device keeps about a conversation, in memory and in the profile.
+    fn update_conv(
+        &mut self,
+        group: GroupId,
+        change: impl FnOnce(&mut ConvInfo),
+    ) -> Result<(), Error> {
+        if let Some(conv) = self.convs.get_mut(&group) {
+            change(&mut conv.info);
+            let conv = conv.clone();
+            self.profile
+                .atomically(|tx, sealer, _| put_conv(tx, sealer, group, &conv))?;
+        }
+        Ok(())
     }
 
     /// Tells new members what this conversation is (encrypted, like any message).
@@ -1254,13 +1299,7 @@ impl Client {
         self.api
             .post_message(&self.identity, group, proposal)
             .await?;
-        if let Some(conv) = self.convs.get_mut(&group) {
-            conv.info.active = false;
-            let conv = conv.clone();
-            self.profile
-                .atomically(|tx, sealer, _| put_conv(tx, sealer, group, &conv))?;
-        }
-        Ok(())
+        self.update_conv(group, |info| info.active = false)
     }
 
     fn member_devices(&self, group: GroupId) -> Result<Vec<DeviceIdentity>, Error> {
@@ -1342,6 +1381,7 @@ impl Client {
     /// Sends a text to `@user` (creating the 1:1 conversation if needed) or `#group`.
     pub async fn send(&mut self, target: &str, text: &str) -> Result<Event, Error> {
         self.sync_inner().await?;
+        self.send_owed_meta().await?;
         let group = match self.find(target)? {
             Some(g) => g,
             None => match target.strip_prefix('@') {
@@ -1575,10 +1615,8 @@ impl Client {
                 // it) and that has not come back: post the same bytes again. A server that
                 // never got it takes it now; one that did, or saw another member's commit take
                 // the epoch, refuses it as late, and the next sync says which it was.
-                let adds = welcome.is_some();
-                if self.post_staged(group, commit, welcome).await? && adds {
-                    self.send_meta(group).await?;
-                }
+                self.post_staged(group, commit, welcome).await?;
+                self.send_owed_meta().await?;
                 continue;
             }
             let root = self.root_record();
@@ -2090,9 +2128,19 @@ impl Client {
             }
             // One local transaction (one fsync) per batch; acknowledged only once it is durable.
             let shown = self.fresh.len();
+            let before = self.cursors();
+            self.welcome_waits = false;
             self.profile.begin_batch()?;
             let mut result = Ok(());
-            for d in batch.deliveries {
+            // The groups' logs before the Welcomes: a device removed and added back takes its
+            // removal (in the log) before the Welcome that adds it again, which it would
+            // otherwise take for a replay while it still counts itself a member. The log of a
+            // conversation a Welcome opens comes in the next round, from the cursor it sets.
+            let (welcomes, logs): (Vec<_>, Vec<_>) = batch
+                .deliveries
+                .into_iter()
+                .partition(|d| d.kind == DeliveryKind::Inbox);
+            for d in logs.into_iter().chain(welcomes) {
                 result = self.process(d);
                 if result.is_err() {
                     break;
@@ -2116,10 +2164,23 @@ impl Client {
                 groups: self.convs.iter().map(|(g, c)| (*g, c.cursor)).collect(),
             };
             self.api.ack(&self.identity, &ack).await?;
-            if batch.more == 0 {
+            // A conversation joined in this batch has its log to come; a batch that moved no
+            // cursor (all of it waiting, or nothing but replays) would come again as it is.
+            let joined = self.fresh[shown..]
+                .iter()
+                .any(|(_, item)| matches!(item, Item::Joined { .. }));
+            if (batch.more == 0 && !joined) || self.cursors() == before {
                 return Ok(());
             }
         }
+    }
+
+    /// Where this device stands in its inbox and in each group's log.
+    fn cursors(&self) -> (u64, Vec<u64>) {
+        (
+            self.inbox_cursor,
+            self.convs.values().map(|c| c.cursor).collect(),
+        )
     }
 
     /// Processes one delivery in one transaction. Already-processed deliveries are skipped.
@@ -2140,6 +2201,15 @@ impl Client {
         // conversation it was removed from (or left) is a re-add: it joins again.
         let previous = self.convs.get(&group).cloned();
         let known = previous.as_ref().is_some_and(|c| c.info.active);
+        if self.welcome_waits
+            || (known && previous.as_ref().is_some_and(|c| d.group_seq > c.cursor))
+        {
+            // Added by a commit further on in a log this device has not caught up with: it
+            // was removed on the way (in that log) and is added again. The Welcome waits, not
+            // acknowledged, until the log has come in: taken now, it would pass for a replay.
+            self.welcome_waits = true;
+            return Ok(());
+        }
         let linked = self.linked.get(&group).cloned();
         let check = DirCheck {
             entries: &self.dir.entries,
@@ -2225,10 +2295,15 @@ impl Client {
                     suite,
                     active: true,
                     last_self_update_ms: now_ms(),
-                    sent: 0,
+                    // Rejoining, this device's texts go on from its last number: members who
+                    // saw its earlier ones would otherwise take the next ones for late ones.
+                    // What others sent meanwhile was not for it, so their numbers start afresh.
+                    sent: previous.as_ref().map_or(0, |c| c.info.sent),
                     senders: BTreeMap::new(),
                     fork_alerted: None,
                     refused_at: None,
+                    joined_at: Some(mls.epoch().as_u64()),
+                    meta_owed: false,
                 },
                 cursor: d.group_seq,
             };
@@ -2281,6 +2356,15 @@ impl Client {
         if seq <= conv.cursor {
             return Ok(());
         }
+        if !conv.info.active {
+            // Removed or left: nothing in the log is for this device any more (a Welcome
+            // brings it back, with its own cursor).
+            conv.cursor = seq;
+            self.profile
+                .atomically(|tx, sealer, _| put_conv(tx, sealer, group, &conv))?;
+            self.convs.insert(group, conv);
+            return Ok(());
+        }
         let me = self.identity.username.clone();
         let mut items: Vec<Item> = Vec::new();
         let mut merged_own = false;
@@ -2316,6 +2400,9 @@ impl Client {
                         if let Some(staged) = g.pending_commit() {
                             items.extend(roster_items(&g, staged, &at(&me)));
                         }
+                        conv.info.meta_owed |= items.iter().any(|i| {
+                            matches!(i, Item::MemberAdded { .. } | Item::DeviceAdded { .. })
+                        });
                         g.merge_pending_commit(p).map_err(Error::mls)?;
                         merged_own = true;
                         put_conv(tx, sealer, group, &conv)?;
@@ -2365,6 +2452,7 @@ impl Client {
             self.proposals_to_check = None;
         }
         result?;
+        self.send_owed_meta().await?;
         if !self.stock_checked {
             self.replenish_key_packages().await?;
             self.stock_checked = true;
@@ -2643,8 +2731,15 @@ fn receive(
         ProtocolMessage::PrivateMessage(m) => Aad::parse(m.aad()),
         ProtocolMessage::PublicMessage(_) => Aad::default(),
     };
+    let private = matches!(pm, ProtocolMessage::PrivateMessage(_));
     let processed = match g.process_message(p, pm) {
         Ok(m) => m,
+        Err(_) if private && conv.info.joined_at.is_some_and(|j| sent_in < j) => {
+            // A message to the members of an epoch before this device joined (from a member
+            // who had not yet taken the commit that added it): not for this device, nothing to
+            // show. (No honest server takes a commit for an old epoch: those stay unreadable.)
+            return Ok(Vec::new());
+        }
         Err(e) => {
             let mut items: Vec<Item> = fork_alert(g, p, sent_in, &unverified, conv)
                 .into_iter()

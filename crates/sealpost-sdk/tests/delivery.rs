@@ -486,3 +486,115 @@ async fn an_add_that_never_reached_the_server_is_posted_again_with_its_welcome()
     assert_eq!(carol.epoch("#crew").unwrap(), epoch);
     all_readable(&carol);
 }
+
+/// Ben is removed and added back while the group's log is held up on its way to him (a slow
+/// node, a lagging replica): his sync brings the Welcome without the removal before it. The
+/// Welcome waits, unacknowledged, and when the log comes he takes the removal, then rejoins.
+#[tokio::test]
+async fn a_welcome_that_arrives_before_the_removal_it_follows_waits_for_it() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mitm = Interceptor::start(&server.url).await;
+    let mut ann = people.register(&server, "ann").await;
+    let mut ben = people.register_at(&mitm.url, "ben").await;
+    ann.create_group("crew", &[u("ben")], Suite::Classic)
+        .await
+        .unwrap();
+    ben.sync().await.unwrap();
+    ann.remove_members("#crew", &[u("ben")]).await.unwrap();
+    ann.add_members("#crew", &[u("ben")]).await.unwrap();
+    ann.send("#crew", "back").await.unwrap();
+    mitm.rewrite_sync(|ds| ds.retain(|d| d.kind != sealpost_proto::DeliveryKind::Group));
+    let early = ben.sync().await.unwrap();
+    assert!(early.is_empty(), "{early:?}");
+    mitm.clear();
+    let events = ben.sync().await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Removed { .. }))
+            && events.iter().any(|e| matches!(e, Event::Joined { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        texts(&events),
+        vec![("@ann".to_string(), "back".to_string())]
+    );
+    assert_eq!(ben.epoch("#crew").unwrap(), ann.epoch("#crew").unwrap());
+}
+
+/// Carol sends while the commit adding Dan has not reached her yet, so her text is encrypted
+/// to the members before Dan. Dan, who joined after that epoch, shows nothing for it (before,
+/// an unreadable item); the others read it.
+#[tokio::test]
+async fn a_text_to_the_members_before_someone_joined_is_not_unreadable_for_them() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mitm = Interceptor::start(&server.url).await;
+    let mut ann = people.register(&server, "ann").await;
+    let mut carol = people.register_at(&mitm.url, "carol").await;
+    let mut dan = people.register(&server, "dan").await;
+    ann.create_group("crew", &[u("carol")], Suite::Classic)
+        .await
+        .unwrap();
+    carol.sync().await.unwrap();
+    ann.add_members("#crew", &[u("dan")]).await.unwrap();
+    let once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    mitm.rewrite_sync(move |ds| {
+        if once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            ds.retain(|d| d.kind != sealpost_proto::DeliveryKind::Group);
+        }
+    });
+    carol.send("#crew", "from before dan").await.unwrap();
+    mitm.clear();
+    let at_dan = dan.sync().await.unwrap();
+    assert!(
+        at_dan.iter().any(|e| matches!(e, Event::Joined { .. })),
+        "{at_dan:?}"
+    );
+    assert!(
+        !at_dan
+            .iter()
+            .any(|e| matches!(e, Event::Undecryptable { .. } | Event::Message { .. })),
+        "{at_dan:?}"
+    );
+    assert_eq!(
+        texts(&ann.sync().await.unwrap()),
+        vec![("@carol".to_string(), "from before dan".to_string())]
+    );
+    carol.send("#crew", "now with dan").await.unwrap();
+    assert_eq!(
+        texts(&dan.sync().await.unwrap()),
+        vec![("@carol".to_string(), "now with dan".to_string())]
+    );
+}
+
+/// Ann adds Ben and the answer to her commit is lost; her next sync finds the commit taken and
+/// merges it. She still tells Ben what the conversation is (before, only a re-post did), so he
+/// sees `#crew`, not an unnamed conversation.
+#[tokio::test]
+async fn an_add_whose_answer_was_lost_still_names_the_conversation() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mitm = Interceptor::start(&server.url).await;
+    let mut ann = people.register_at(&mitm.url, "ann").await;
+    let mut ben = people.register(&server, "ben").await;
+    ann.create_group("crew", &[], Suite::Classic).await.unwrap();
+    mitm.rewrite("/v1/groups/", |path, body| {
+        if path.ends_with("/commits") {
+            b"\x00".to_vec()
+        } else {
+            body
+        }
+    });
+    assert!(ann.add_members("#crew", &[u("ben")]).await.is_err());
+    mitm.clear();
+    ann.sync().await.unwrap();
+    assert_eq!(ann.members("#crew").unwrap().len(), 2);
+    let events = ben.sync().await.unwrap();
+    let names: Vec<String> = ben
+        .conversations()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.conversation)
+        .collect();
+    assert_eq!(names, ["#crew"], "{events:?}");
+}

@@ -111,16 +111,25 @@ async fn group_add_remove_leave_on_both_suites() {
     }
 }
 
-#[tokio::test]
-async fn a_removed_member_added_again_rejoins_and_reads_what_follows() {
-    let server = TestServer::start().await;
-    let people = People::new();
-    let mut ann = people.register(&server, "ann").await;
-    let mut ben = people.register(&server, "ben").await;
+/// Ann and Ben in `#crew`, both caught up.
+async fn crew(
+    people: &People,
+    server: &TestServer,
+) -> (sealpost_sdk::Client, sealpost_sdk::Client) {
+    let mut ann = people.register(server, "ann").await;
+    let mut ben = people.register(server, "ben").await;
     ann.create_group("crew", &[u("ben")], Suite::Classic)
         .await
         .unwrap();
     ben.sync().await.unwrap();
+    (ann, ben)
+}
+
+#[tokio::test]
+async fn a_removed_member_added_again_rejoins_and_reads_what_follows() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let (mut ann, mut ben) = crew(&people, &server).await;
     ann.remove_members("#crew", &[u("ben")]).await.unwrap();
     ben.sync().await.unwrap();
     ann.send("#crew", "while ben is out").await.unwrap();
@@ -147,5 +156,60 @@ async fn a_removed_member_added_again_rejoins_and_reads_what_follows() {
     assert_eq!(
         texts(&ann.sync().await.unwrap()),
         vec![("@ben".to_string(), "glad to be back".to_string())]
+    );
+}
+
+/// Found by the stateful fuzz (`tests/stateful.rs`): Ben, offline, is removed and added back;
+/// his one sync brings the removal (in the group's log) and the Welcome (in his inbox) at once.
+/// He takes the removal first, then rejoins (before, the Welcome passed for a replay and he
+/// never rejoined); and his next text follows his earlier ones (before, his numbering started
+/// again and Ann showed it as late).
+#[tokio::test]
+async fn a_member_removed_and_added_again_while_offline_rejoins_and_stays_in_order() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let (mut ann, mut ben) = crew(&people, &server).await;
+    ben.send("#crew", "before").await.unwrap();
+    ann.sync().await.unwrap();
+    ann.remove_members("#crew", &[u("ben")]).await.unwrap();
+    ann.send("#crew", "while ben is out").await.unwrap();
+    ann.add_members("#crew", &[u("ben")]).await.unwrap();
+    ann.send("#crew", "back").await.unwrap();
+
+    let events = ben.sync().await.unwrap();
+    let removed = events
+        .iter()
+        .position(|e| matches!(e, Event::Removed { .. }));
+    let joined = events
+        .iter()
+        .position(|e| matches!(e, Event::Joined { conversation, .. } if conversation == "#crew"));
+    assert!(
+        matches!((removed, joined), (Some(r), Some(j)) if r < j),
+        "{events:?}"
+    );
+    assert_eq!(
+        texts(&events),
+        vec![("@ann".to_string(), "back".to_string())]
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Undecryptable { .. } | Event::Security { .. })),
+        "{events:?}"
+    );
+    assert_eq!(ben.epoch("#crew").unwrap(), ann.epoch("#crew").unwrap());
+
+    ben.send("#crew", "after").await.unwrap();
+    let got = ann.sync().await.unwrap();
+    assert!(
+        got.iter().any(|e| matches!(
+            e,
+            Event::Message { text, late: false, .. } if text == "after"
+        )),
+        "{got:?}"
+    );
+    assert!(
+        !got.iter().any(|e| matches!(e, Event::Gap { .. })),
+        "{got:?}"
     );
 }

@@ -19,83 +19,10 @@
 
 mod common;
 
-use common::{People, TestServer, group_of, texts, u};
+use common::{People, Rng, TestServer, group_of, mangle, texts, u};
 use sealpost_proto::GroupId;
 use sealpost_sdk::{Client, Event, SecurityAlert, Suite};
 use sealpost_server::storage::FetchRequest;
-
-/// splitmix64: test input generation only, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// One mangled copy of a message from `material`, never equal to any of them.
-fn mangle(rng: &mut Rng, material: &[Vec<u8>]) -> Vec<u8> {
-    loop {
-        let mut m = material[rng.below(material.len())].clone();
-        for _ in 0..1 + rng.below(4) {
-            let len = m.len().max(1);
-            match rng.below(7) {
-                0 => {
-                    let i = rng.below(len);
-                    if let Some(b) = m.get_mut(i) {
-                        *b ^= 1 << rng.below(8);
-                    }
-                }
-                1 => {
-                    let i = rng.below(len);
-                    if let Some(b) = m.get_mut(i) {
-                        *b = rng.next() as u8;
-                    }
-                }
-                2 => m.truncate(rng.below(len)),
-                3 => {
-                    let at = rng.below(len).min(m.len());
-                    let extra: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
-                    m.splice(at..at, extra);
-                }
-                4 => {
-                    // A stretch of another message in place of one of this one.
-                    let other = &material[rng.below(material.len())];
-                    let from = rng.below(other.len().max(1)).min(other.len());
-                    let take = rng.below(other.len() - from + 1);
-                    let at = rng.below(len).min(m.len());
-                    let end = (at + rng.below(take + 1)).min(m.len());
-                    m.splice(at..end, other[from..from + take].iter().copied());
-                }
-                5 => {
-                    // A length field (or anything) set to the largest one-byte or varint value.
-                    let i = rng.below(len);
-                    if let Some(b) = m.get_mut(i) {
-                        *b = [0xff, 0x3f, 0x7f, 0xbf][rng.below(4)];
-                    }
-                }
-                _ => {
-                    // Everything after a point repeated.
-                    let at = rng.below(len).min(m.len());
-                    let tail = m[at..].to_vec();
-                    m.extend(tail);
-                }
-            }
-        }
-        if !material.contains(&m) {
-            return m;
-        }
-    }
-}
 
 /// Everything the server holds for `member`: its Welcomes and the whole log of `group`.
 async fn logged(server: &TestServer, member: &Client, group: GroupId) -> Vec<Vec<u8>> {
@@ -118,24 +45,12 @@ async fn logged(server: &TestServer, member: &Client, group: GroupId) -> Vec<Vec
 }
 
 fn cases() -> usize {
-    std::env::var("SEALPOST_RECEIVE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1500)
+    common::setting("SEALPOST_RECEIVE_FUZZ_CASES", 1500) as usize
 }
 
 #[tokio::test]
 async fn mangled_deliveries_change_nothing_in_a_real_group() {
-    let seed = std::env::var("SEALPOST_RECEIVE_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("receive fuzz: seed {seed} (SEALPOST_RECEIVE_FUZZ_SEED={seed} replays it)");
+    let seed = common::seed("SEALPOST_RECEIVE_FUZZ_SEED");
     let mut rng = Rng(seed);
     let server = TestServer::start().await;
     let people = People::new();

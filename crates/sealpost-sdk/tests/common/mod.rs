@@ -371,3 +371,103 @@ async fn forward(
     }
     response
 }
+
+/// splitmix64: test input generation only, reproducible from the printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// One of `items` (not empty).
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+/// One mangled copy of a message from `material` (bit flips, overwritten bytes, cuts, growth,
+/// a stretch of another message spliced in, length fields set high, a repeated tail), never
+/// equal to any of them.
+pub fn mangle(rng: &mut Rng, material: &[Vec<u8>]) -> Vec<u8> {
+    loop {
+        let mut m = material[rng.below(material.len())].clone();
+        for _ in 0..1 + rng.below(4) {
+            let len = m.len().max(1);
+            match rng.below(7) {
+                0 => {
+                    let i = rng.below(len);
+                    if let Some(b) = m.get_mut(i) {
+                        *b ^= 1 << rng.below(8);
+                    }
+                }
+                1 => {
+                    let i = rng.below(len);
+                    if let Some(b) = m.get_mut(i) {
+                        *b = rng.next() as u8;
+                    }
+                }
+                2 => m.truncate(rng.below(len)),
+                3 => {
+                    let at = rng.below(len).min(m.len());
+                    let extra: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
+                    m.splice(at..at, extra);
+                }
+                4 => {
+                    // A stretch of another message in place of one of this one.
+                    let other = &material[rng.below(material.len())];
+                    let from = rng.below(other.len().max(1)).min(other.len());
+                    let take = rng.below(other.len() - from + 1);
+                    let at = rng.below(len).min(m.len());
+                    let end = (at + rng.below(take + 1)).min(m.len());
+                    m.splice(at..end, other[from..from + take].iter().copied());
+                }
+                5 => {
+                    // A length field (or anything) set to the largest one-byte or varint value.
+                    let i = rng.below(len);
+                    if let Some(b) = m.get_mut(i) {
+                        *b = [0xff, 0x3f, 0x7f, 0xbf][rng.below(4)];
+                    }
+                }
+                _ => {
+                    // Everything after a point repeated.
+                    let at = rng.below(len).min(m.len());
+                    let tail = m[at..].to_vec();
+                    m.extend(tail);
+                }
+            }
+        }
+        if !material.contains(&m) {
+            return m;
+        }
+    }
+}
+
+/// The number in the environment variable `name`, or `default`.
+pub fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The seed in the environment variable `name`, or a new one from the clock; printed, so that
+/// a failing run can be replayed.
+pub fn seed(name: &str) -> u64 {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let seed = setting(name, clock);
+    println!("seed {seed} ({name}={seed} replays it)");
+    seed
+}
