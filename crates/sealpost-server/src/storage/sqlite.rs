@@ -1019,7 +1019,7 @@ impl Store for SqliteStore {
                         "SELECT epoch, root, signature FROM directory_roots WHERE epoch = ?1",
                     )
                     .map_err(backend)?
-                    .query_row([e], root_row),
+                    .query_row([cursor(e)], root_row),
                 None => conn
                     .prepare_cached(
                         "SELECT epoch, root, signature FROM directory_roots ORDER BY epoch DESC LIMIT 1",
