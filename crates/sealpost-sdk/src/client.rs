@@ -50,7 +50,7 @@ use crate::model::{
     ConversationInfo, ConversationKind, DeviceChange, Event, MemberInfo, SecurityAlert, Suite,
     Whoami,
 };
-use crate::store::{Profile, Provider, Sealer, put_meta};
+use crate::store::{Profile, Provider, Sealer, conv_row, item_row, put_meta};
 use sealpost_proto::directory::MAX_BATCH_LOOKUP;
 
 /// Past epochs whose keys are kept, so that messages sent just before a commit still decrypt.
@@ -420,7 +420,11 @@ fn put_conv(tx: &Connection, sealer: &Sealer, group: GroupId, conv: &Conv) -> Re
     tx.execute(
         "INSERT INTO conversations (group_id, cursor, info) VALUES (?1, ?2, ?3)
          ON CONFLICT(group_id) DO UPDATE SET cursor = excluded.cursor, info = excluded.info",
-        params![group.as_bytes(), conv.cursor, sealer.seal("conv", &info)?],
+        params![
+            group.as_bytes(),
+            conv.cursor,
+            sealer.seal_at("conv", &conv_row(group.as_bytes(), conv.cursor), &info)?
+        ],
     )?;
     Ok(())
 }
@@ -437,10 +441,17 @@ fn put_item(
         _ => None,
     };
     let json = Zeroizing::new(serde_json::to_vec(item).map_err(|e| Error::Store(e.to_string()))?);
-    let n = tx.execute(
-        "INSERT INTO history (group_id, seq, msg_id, item) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-        params![group.as_bytes(), seq, msg_id, sealer.seal("item", &json)?],
-    )?;
+    // The row id orders the history and is bound into the seal, so it is chosen here (as SQLite
+    // would choose it).
+    let id: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM history")?
+        .query_row([], |r| r.get(0))?;
+    let sealed = sealer.seal_at("item", &item_row(group.as_bytes(), id), &json)?;
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO history (id, group_id, seq, msg_id, item) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![id, group.as_bytes(), seq, msg_id, sealed])?;
     Ok(n == 1)
 }
 
@@ -735,8 +746,12 @@ impl Client {
         let mut convs = BTreeMap::new();
         for row in rows {
             let (gid, cursor, info) = row?;
-            let info: ConvInfo = serde_json::from_slice(&self.profile.sealer.open("conv", &info)?)
-                .map_err(|e| Error::Store(e.to_string()))?;
+            let info = self
+                .profile
+                .sealer
+                .open_at("conv", &conv_row(&gid, cursor), &info)?;
+            let info: ConvInfo =
+                serde_json::from_slice(&info).map_err(|e| Error::Store(e.to_string()))?;
             convs.insert(GroupId::from_slice(&gid)?, Conv { info, cursor });
         }
         drop(stmt);
@@ -1360,16 +1375,22 @@ impl Client {
     pub fn messages(&self, target: &str, limit: usize) -> Result<Vec<Event>, Error> {
         let group = self.resolve(target)?;
         let conn = self.profile.conn();
-        let mut stmt =
-            conn.prepare("SELECT item FROM history WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2")?;
+        let mut stmt = conn.prepare(
+            "SELECT id, item FROM history WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
         let rows = stmt.query_map(params![group.as_bytes(), limit as u64], |r| {
-            r.get::<_, Vec<u8>>(0)
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
         })?;
         let name = self.display(group);
         let mut out = Vec::new();
         for row in rows {
-            let item: Item = serde_json::from_slice(&self.profile.sealer.open("item", &row?)?)
-                .map_err(|e| Error::Store(e.to_string()))?;
+            let (id, sealed) = row?;
+            let json =
+                self.profile
+                    .sealer
+                    .open_at("item", &item_row(group.as_bytes(), id), &sealed)?;
+            let item: Item =
+                serde_json::from_slice(&json).map_err(|e| Error::Store(e.to_string()))?;
             out.push(item.render(name.clone()));
         }
         out.reverse();
@@ -2140,8 +2161,29 @@ impl Client {
                 .deliveries
                 .into_iter()
                 .partition(|d| d.kind == DeliveryKind::Inbox);
-            for d in logs.into_iter().chain(welcomes) {
-                result = self.process(d);
+            // A Welcome added further on than this device's cursor waits for the log up to it
+            // (see `process_welcome`), unless the server no longer has that log: it keeps the
+            // log for its retention time only. Such a Welcome is taken now, as a rejoin, and
+            // the log of its conversation in this batch after it.
+            let retake: BTreeSet<GroupId> = welcomes
+                .iter()
+                .filter(|w| self.log_gone_before(w, &logs))
+                .map(Delivery::group)
+                .collect();
+            let (later, logs): (Vec<_>, Vec<_>) =
+                logs.into_iter().partition(|d| retake.contains(&d.group()));
+            for d in logs.into_iter().chain(welcomes).chain(later) {
+                if self.welcome_waits && retake.contains(&d.group()) {
+                    // Its Welcome waits behind an earlier one: the log waits with it.
+                    continue;
+                }
+                result = match d.kind {
+                    DeliveryKind::Inbox => {
+                        let retaken = retake.contains(&d.group());
+                        self.process_welcome(d, retaken)
+                    }
+                    DeliveryKind::Group => self.process_group(d),
+                };
                 if result.is_err() {
                     break;
                 }
@@ -2183,15 +2225,34 @@ impl Client {
         )
     }
 
+    /// Whether the log of a conversation this device counts itself in is gone from the server up
+    /// to where `welcome` adds it: the batch's log of that conversation does not go on from the
+    /// device's cursor. (Entries between its removal and the add were never for it, but its
+    /// removal, at or before its cursor's next entry, was.)
+    fn log_gone_before(&self, welcome: &Delivery, logs: &[Delivery]) -> bool {
+        let group = welcome.group();
+        let Some(conv) = self.convs.get(&group) else {
+            return false;
+        };
+        conv.info.active
+            && welcome.group_seq > conv.cursor
+            && logs
+                .iter()
+                .find(|d| d.group() == group)
+                .is_some_and(|first| first.group_seq > conv.cursor + 1)
+    }
+
     /// Processes one delivery in one transaction. Already-processed deliveries are skipped.
     fn process(&mut self, d: Delivery) -> Result<(), Error> {
         match d.kind {
-            DeliveryKind::Inbox => self.process_welcome(d),
+            DeliveryKind::Inbox => self.process_welcome(d, false),
             DeliveryKind::Group => self.process_group(d),
         }
     }
 
-    fn process_welcome(&mut self, d: Delivery) -> Result<(), Error> {
+    /// Takes a Welcome. `rejoin`: the conversation's log up to it is gone from the server, and
+    /// this device, which never saw its removal, joins again.
+    fn process_welcome(&mut self, d: Delivery, rejoin: bool) -> Result<(), Error> {
         if d.inbox_seq <= self.inbox_cursor {
             return Ok(());
         }
@@ -2200,7 +2261,7 @@ impl Client {
         // A Welcome for a conversation this device is in is a replay, and ignored; one for a
         // conversation it was removed from (or left) is a re-add: it joins again.
         let previous = self.convs.get(&group).cloned();
-        let known = previous.as_ref().is_some_and(|c| c.info.active);
+        let known = !rejoin && previous.as_ref().is_some_and(|c| c.info.active);
         if self.welcome_waits
             || (known && previous.as_ref().is_some_and(|c| d.group_seq > c.cursor))
         {
@@ -2230,6 +2291,9 @@ impl Client {
             // Rejoining: the state of the epoch this device was removed in gives way to the new
             // one (in this transaction: if joining fails, it stays as it was).
             let mut old_epoch = None;
+            if previous.is_some() {
+                forget_pending_commit(tx, group)?;
+            }
             if previous.is_some()
                 && let Some(mut old) =
                     MlsGroup::load(p.storage(), &mls_id(group)).map_err(Error::mls)?

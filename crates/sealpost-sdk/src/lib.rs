@@ -53,3 +53,6 @@ pub use model::{
     SecurityAlert, Suite, Whoami,
 };
 pub use sealpost_proto::Username;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub use store::reseal_record_unchecked;

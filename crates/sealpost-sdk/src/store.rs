@@ -46,8 +46,12 @@ CREATE TABLE IF NOT EXISTS directory_roots (epoch INTEGER PRIMARY KEY, root BLOB
 -- Key packages this device used to add someone (their hash references): a server that hands
 -- one out again is caught. Last-resort key packages are meant to be reused and are not kept.
 CREATE TABLE IF NOT EXISTS used_key_packages (ref BLOB PRIMARY KEY) WITHOUT ROWID;
-PRAGMA user_version = 2;
 "#;
+
+/// The profile's format (SQLite's `user_version`). 3: every sealed record is bound to its row
+/// (see [`Sealer::seal_at`]); 2 sealed MLS, conversation and history records under their kind
+/// only, so that one moved to another row still opened there.
+const PROFILE_VERSION: i64 = 3;
 
 /// Encrypts values for the store.
 pub struct Sealer {
@@ -62,14 +66,123 @@ impl Sealer {
         self.key.expose()
     }
 
-    /// Seals `plaintext` under `label`.
-    pub fn seal(&self, label: &str, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        self.key.seal(&self.crypto, label.as_bytes(), plaintext)
+    /// Seals a record of kind `kind` for the row whose key is `row`. The place is bound into the
+    /// seal: someone who can write the file but has no key cannot move a record to another row
+    /// (one conversation's name or history into another, one group's MLS secrets into
+    /// another's), change a conversation's cursor, or pass one kind of record for another.
+    pub fn seal_at(&self, kind: &str, row: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        self.key.seal(&self.crypto, &place(kind, row), plaintext)
     }
-    /// Opens a sealed value.
-    pub fn open(&self, label: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
-        self.key.open(&self.crypto, label.as_bytes(), sealed)
+
+    /// Opens what [`seal_at`](Self::seal_at) sealed for the same kind and row.
+    pub fn open_at(
+        &self,
+        kind: &str,
+        row: &[u8],
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        self.key
+            .open(&self.crypto, &place(kind, row), sealed)
+            .map_err(|_| {
+                let what = match kind {
+                    "conv" => "conversation",
+                    "item" => "history",
+                    "mls" => "MLS state",
+                    _ => "profile setting",
+                };
+                Error::Store(format!(
+                    "a {what} record of the profile does not open: the profile is damaged, was \
+                     altered (a record moved to another row), or the key is wrong"
+                ))
+            })
     }
+
+    /// Opens a record sealed under its kind only (profile format 2), to seal it again.
+    fn open_unbound(
+        &self,
+        kind: &str,
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        self.key.open(&self.crypto, kind.as_bytes(), sealed)
+    }
+}
+
+/// What a record's seal is bound to: its kind and its row.
+fn place(kind: &str, row: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(kind.len() + 1 + row.len());
+    aad.extend_from_slice(kind.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(row);
+    aad
+}
+
+/// Where a history item lives: its conversation and its row id (which orders the history).
+pub fn item_row(group: &[u8], id: i64) -> Vec<u8> {
+    let mut row = group.to_vec();
+    row.extend_from_slice(&id.to_be_bytes());
+    row
+}
+
+/// Where a conversation record lives: its group and its cursor (written with it, always).
+pub fn conv_row(group: &[u8], cursor: u64) -> Vec<u8> {
+    let mut row = group.to_vec();
+    row.extend_from_slice(&cursor.to_be_bytes());
+    row
+}
+
+/// Seals again, bound to their rows, the records a format-2 profile sealed under their kind only.
+fn bind_records(conn: &Connection, sealer: &Sealer) -> Result<(), Error> {
+    let tx = conn.unchecked_transaction()?;
+    let mls: Vec<(Vec<u8>, Vec<u8>)> = tx
+        .prepare("SELECT key, value FROM mls")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (key, value) in mls {
+        let plain = sealer.open_unbound("mls", &value)?;
+        tx.execute(
+            "UPDATE mls SET value = ?2 WHERE key = ?1",
+            params![key, sealer.seal_at("mls", &key, &plain)?],
+        )?;
+    }
+    let metas: Vec<(String, Vec<u8>)> = tx
+        .prepare("SELECT key, value FROM meta")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (key, value) in metas {
+        let plain = sealer.open_unbound(&format!("meta:{key}"), &value)?;
+        tx.execute(
+            "UPDATE meta SET value = ?2 WHERE key = ?1",
+            params![key, sealer.seal_at("meta", key.as_bytes(), &plain)?],
+        )?;
+    }
+    let convs: Vec<(Vec<u8>, u64, Vec<u8>)> = tx
+        .prepare("SELECT group_id, cursor, info FROM conversations")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (group, cursor, info) in convs {
+        let plain = sealer.open_unbound("conv", &info)?;
+        tx.execute(
+            "UPDATE conversations SET info = ?2 WHERE group_id = ?1",
+            params![
+                group,
+                sealer.seal_at("conv", &conv_row(&group, cursor), &plain)?
+            ],
+        )?;
+    }
+    let items: Vec<(i64, Vec<u8>, Vec<u8>)> = tx
+        .prepare("SELECT id, group_id, item FROM history")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, group, item) in items {
+        let plain = sealer.open_unbound("item", &item)?;
+        tx.execute(
+            "UPDATE history SET item = ?2 WHERE id = ?1",
+            params![id, sealer.seal_at("item", &item_row(&group, id), &plain)?],
+        )?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {PROFILE_VERSION};"))?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// The openmls provider: pure-Rust crypto and in-memory storage.
@@ -112,7 +225,15 @@ impl MlsState {
         })?;
         for row in rows {
             let (k, v) = row?;
-            map.insert(k, sealer.open("mls", &v)?.to_vec());
+            let value = sealer.open_at("mls", &k, &v)?.to_vec();
+            // openmls's in-memory storage unwraps what it fails to parse: a record that is not
+            // even JSON is refused here, with an error, instead.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&value).is_err() {
+                return Err(Error::Store(
+                    "an MLS state record of the profile is damaged (it does not parse)".into(),
+                ));
+            }
+            map.insert(k, value);
         }
         let provider = Provider {
             crypto: RustCrypto::default(),
@@ -151,7 +272,7 @@ impl MlsState {
         let changes = self.changes()?;
         let mut up = tx.prepare_cached("INSERT INTO mls (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?;
         for (k, v) in &changes.0 {
-            up.execute(params![k, sealer.seal("mls", v)?])?;
+            up.execute(params![k, sealer.seal_at("mls", k, v)?])?;
         }
         let mut del = tx.prepare_cached("DELETE FROM mls WHERE key = ?1")?;
         for k in &changes.1 {
@@ -226,7 +347,31 @@ impl Profile {
             .map_err(damaged)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
             .map_err(damaged)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(damaged)?;
+        if version > PROFILE_VERSION {
+            return Err(Error::Store(format!(
+                "{} was written by a newer Sealpost (profile format {version}, this one reads up \
+                 to {PROFILE_VERSION}): upgrade sealpost",
+                db_path.display()
+            )));
+        }
         conn.execute_batch(SCHEMA).map_err(damaged)?;
+        match version {
+            // Empty: a new profile.
+            0 => conn
+                .execute_batch(&format!("PRAGMA user_version = {PROFILE_VERSION};"))
+                .map_err(damaged)?,
+            2 => bind_records(&conn, &sealer)?,
+            PROFILE_VERSION => {}
+            _ => {
+                return Err(Error::Store(format!(
+                    "{} has profile format {version}, which this Sealpost cannot read",
+                    db_path.display()
+                )));
+            }
+        }
         let mls = MlsState::load(&conn, &sealer)?;
         Ok(Self {
             conn,
@@ -314,7 +459,7 @@ impl Profile {
             .conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()?;
-        v.map(|v| self.sealer.open(&format!("meta:{key}"), &v))
+        v.map(|v| self.sealer.open_at("meta", key.as_bytes(), &v))
             .transpose()
     }
 }
@@ -323,7 +468,159 @@ impl Profile {
 pub fn put_meta(tx: &Connection, sealer: &Sealer, key: &str, value: &[u8]) -> Result<(), Error> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, sealer.seal(&format!("meta:{key}"), value)?],
+        params![key, sealer.seal_at("meta", key.as_bytes(), value)?],
     )?;
     Ok(())
+}
+
+/// Test hook: passes the plaintext of the `nth` record of `table` (`meta`, `mls`,
+/// `conversations` or `history`, in key order) in the closed profile `home` (no passphrase)
+/// through `f`, and seals it again where it is: a record that opens but holds what this code
+/// never wrote. `false` if there is no such record.
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub fn reseal_record_unchecked(
+    home: &Path,
+    table: &str,
+    nth: usize,
+    f: impl FnOnce(&mut Vec<u8>),
+) -> Result<bool, Error> {
+    let crypto = RustCrypto::default();
+    let key = StoreKey::load(&crypto, &home.join("store.key"), None)?;
+    let sealer = Sealer { key, crypto };
+    let conn = Connection::open(home.join("profile.db"))?;
+    // The record's kind, its row key (what `UPDATE … WHERE` names), where it is bound, its value.
+    let (kind, select, update) = match table {
+        "meta" => (
+            "meta",
+            "SELECT CAST(key AS BLOB), NULL, value FROM meta ORDER BY key",
+            "UPDATE meta SET value = ?2 WHERE CAST(key AS BLOB) = ?1",
+        ),
+        "mls" => (
+            "mls",
+            "SELECT key, NULL, value FROM mls ORDER BY key",
+            "UPDATE mls SET value = ?2 WHERE key = ?1",
+        ),
+        "conversations" => (
+            "conv",
+            "SELECT group_id, cursor, info FROM conversations ORDER BY group_id",
+            "UPDATE conversations SET info = ?2 WHERE group_id = ?1",
+        ),
+        "history" => (
+            "item",
+            "SELECT id, group_id, item FROM history ORDER BY id",
+            "UPDATE history SET item = ?2 WHERE id = ?1",
+        ),
+        _ => return Err(Error::Invalid(format!("no sealed records in {table}"))),
+    };
+    let row = conn
+        .query_row(&format!("{select} LIMIT 1 OFFSET {nth}"), [], |r| {
+            Ok((
+                r.get::<_, rusqlite::types::Value>(0)?,
+                r.get::<_, rusqlite::types::Value>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, second, sealed)) = row else {
+        return Ok(false);
+    };
+    use rusqlite::types::Value;
+    let place = match (&id, &second) {
+        (Value::Blob(k), Value::Null) => k.clone(),
+        (Value::Blob(group), Value::Integer(cursor)) => conv_row(group, *cursor as u64),
+        (Value::Integer(id), Value::Blob(group)) => item_row(group, *id),
+        _ => return Err(Error::Store(format!("an unexpected row in {table}"))),
+    };
+    let mut plain = sealer.open_at(kind, &place, &sealed)?.to_vec();
+    f(&mut plain);
+    conn.execute(update, params![id, sealer.seal_at(kind, &place, &plain)?])?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A profile of format 2 (records sealed under their kind only) opens, with its records
+    /// sealed again, bound to their rows; one of a newer format is refused, unchanged.
+    #[test]
+    fn a_format_2_profile_is_bound_to_its_rows_on_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path();
+        let group = [7u8; 16];
+        {
+            let p = Profile::open(home, true, None).unwrap();
+            let old = |kind: &str, v: &[u8]| {
+                p.sealer
+                    .key
+                    .seal(&p.sealer.crypto, kind.as_bytes(), v)
+                    .unwrap()
+            };
+            let c = &p.conn;
+            c.execute(
+                "INSERT INTO mls (key, value) VALUES (?1, ?2)",
+                params![b"k1".to_vec(), old("mls", b"\"state\"")],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO conversations (group_id, cursor, info) VALUES (?1, 5, ?2)",
+                params![group.to_vec(), old("conv", b"{}")],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO history (id, group_id, seq, msg_id, item) VALUES (9, ?1, 3, NULL, ?2)",
+                params![group.to_vec(), old("item", b"[]")],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('identity', ?1)",
+                params![old("meta:identity", b"me")],
+            )
+            .unwrap();
+            c.execute_batch("PRAGMA user_version = 2").unwrap();
+        }
+        let p = Profile::open(home, false, None).unwrap();
+        assert_eq!(&**p.meta("identity").unwrap().unwrap(), b"me");
+        assert_eq!(p.mls.committed[b"k1".as_slice()], b"\"state\"");
+        let info: Vec<u8> = p
+            .conn
+            .query_row("SELECT info FROM conversations", [], |r| r.get(0))
+            .unwrap();
+        let info = p.sealer.open_at("conv", &conv_row(&group, 5), &info);
+        assert_eq!(&**info.unwrap(), b"{}");
+        // Bound to its row: under another cursor or group it does not open.
+        let info: Vec<u8> = p
+            .conn
+            .query_row("SELECT info FROM conversations", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            p.sealer
+                .open_at("conv", &conv_row(&group, 6), &info)
+                .is_err()
+        );
+        assert!(
+            p.sealer
+                .open_at("conv", &conv_row(&[8; 16], 5), &info)
+                .is_err()
+        );
+        let item: Vec<u8> = p
+            .conn
+            .query_row("SELECT item FROM history", [], |r| r.get(0))
+            .unwrap();
+        let item = p.sealer.open_at("item", &item_row(&group, 9), &item);
+        assert_eq!(&**item.unwrap(), b"[]");
+        let version: i64 = p
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, PROFILE_VERSION);
+
+        p.conn.execute_batch("PRAGMA user_version = 4").unwrap();
+        drop(p);
+        let Err(Error::Store(why)) = Profile::open(home, false, None) else {
+            panic!("a profile of a newer format was opened");
+        };
+        assert!(why.contains("newer Sealpost"), "{why}");
+    }
 }

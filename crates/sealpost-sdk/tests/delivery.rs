@@ -487,6 +487,26 @@ async fn an_add_that_never_reached_the_server_is_posted_again_with_its_welcome()
     all_readable(&carol);
 }
 
+/// Ann and Ben (through an interceptor) in `#crew`; while Ben is away Ann removes him, adds him
+/// back and writes "back".
+async fn removed_and_added_back(
+    people: &People,
+    server: &TestServer,
+) -> (Client, Client, Interceptor) {
+    let mitm = Interceptor::start(&server.url).await;
+    let mut ann = people.register(server, "ann").await;
+    let mut ben = people.register_at(&mitm.url, "ben").await;
+    ann.create_group("crew", &[u("ben")], Suite::Classic)
+        .await
+        .unwrap();
+    ben.sync().await.unwrap();
+    ann.send("#crew", "before").await.unwrap();
+    ann.remove_members("#crew", &[u("ben")]).await.unwrap();
+    ann.add_members("#crew", &[u("ben")]).await.unwrap();
+    ann.send("#crew", "back").await.unwrap();
+    (ann, ben, mitm)
+}
+
 /// Ben is removed and added back while the group's log is held up on its way to him (a slow
 /// node, a lagging replica): his sync brings the Welcome without the removal before it. The
 /// Welcome waits, unacknowledged, and when the log comes he takes the removal, then rejoins.
@@ -494,16 +514,7 @@ async fn an_add_that_never_reached_the_server_is_posted_again_with_its_welcome()
 async fn a_welcome_that_arrives_before_the_removal_it_follows_waits_for_it() {
     let server = TestServer::start().await;
     let people = People::new();
-    let mitm = Interceptor::start(&server.url).await;
-    let mut ann = people.register(&server, "ann").await;
-    let mut ben = people.register_at(&mitm.url, "ben").await;
-    ann.create_group("crew", &[u("ben")], Suite::Classic)
-        .await
-        .unwrap();
-    ben.sync().await.unwrap();
-    ann.remove_members("#crew", &[u("ben")]).await.unwrap();
-    ann.add_members("#crew", &[u("ben")]).await.unwrap();
-    ann.send("#crew", "back").await.unwrap();
+    let (ann, mut ben, mitm) = removed_and_added_back(&people, &server).await;
     mitm.rewrite_sync(|ds| ds.retain(|d| d.kind != sealpost_proto::DeliveryKind::Group));
     let early = ben.sync().await.unwrap();
     assert!(early.is_empty(), "{early:?}");
@@ -516,9 +527,53 @@ async fn a_welcome_that_arrives_before_the_removal_it_follows_waits_for_it() {
     );
     assert_eq!(
         texts(&events),
-        vec![("@ann".to_string(), "back".to_string())]
+        vec![
+            ("@ann".to_string(), "before".to_string()),
+            ("@ann".to_string(), "back".to_string())
+        ]
     );
     assert_eq!(ben.epoch("#crew").unwrap(), ann.epoch("#crew").unwrap());
+}
+
+/// Ben is removed and added back while he is away for longer than the server keeps its log:
+/// the log up to the add (his removal with it) is gone when he comes back, and his sync brings
+/// the Welcome and what was written after it. He rejoins and reads it (before, he took the
+/// Welcome for a replay and stayed behind in the epoch of his removal, reading nothing).
+#[tokio::test]
+async fn a_welcome_whose_log_the_server_no_longer_has_is_taken() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let (mut ann, mut ben, mitm) = removed_and_added_back(&people, &server).await;
+    // What the server still has after its retention purge: the entries of the log up to the
+    // add are gone; the Welcome and the log after the add are not.
+    mitm.rewrite_sync(|ds| {
+        let Some(add) = ds
+            .iter()
+            .find(|d| d.kind == sealpost_proto::DeliveryKind::Inbox)
+            .map(|w| w.group_seq)
+        else {
+            return;
+        };
+        ds.retain(|d| d.kind == sealpost_proto::DeliveryKind::Inbox || d.group_seq > add);
+    });
+    let events = ben.sync().await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Joined { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        texts(&events),
+        vec![("@ann".to_string(), "back".to_string())]
+    );
+    assert!(alerts(&events).is_empty(), "{events:?}");
+    assert_eq!(ben.epoch("#crew").unwrap(), ann.epoch("#crew").unwrap());
+    // And the conversation goes on both ways.
+    mitm.clear();
+    ben.send("#crew", "here again").await.unwrap();
+    assert_eq!(
+        texts(&ann.sync().await.unwrap()),
+        vec![("@ben".to_string(), "here again".to_string())]
+    );
 }
 
 /// Carol sends while the commit adding Dan has not reached her yet, so her text is encrypted
