@@ -392,7 +392,12 @@ fn mls_id(group: GroupId) -> MlsGroupId {
 
 fn load_group(provider: &Provider, group: GroupId) -> Result<MlsGroup, Error> {
     MlsGroup::load(provider.storage(), &mls_id(group))
-        .map_err(Error::mls)?
+        .map_err(|_| {
+            Error::Store(
+                "the MLS state of a conversation in the profile is damaged (it does not parse)"
+                    .into(),
+            )
+        })?
         .ok_or_else(|| Error::Store("the MLS state of a conversation is missing".into()))
 }
 

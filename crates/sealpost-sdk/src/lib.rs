@@ -36,6 +36,7 @@ pub mod audit;
 mod client;
 mod directory;
 mod error;
+mod mls_storage;
 mod model;
 mod store;
 pub mod vault;

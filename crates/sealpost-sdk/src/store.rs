@@ -1,7 +1,7 @@
 //! The profile: one SQLite database (WAL) per device, holding the MLS state and the
 //! application state, so that one transaction covers both.
 //!
-//! openmls keeps its state in a key-value [`MemoryStorage`]; [`MlsState`] remembers what was last
+//! openmls keeps its state in a key-value store ([`CheckedStorage`]); [`MlsState`] remembers what was last
 //! committed and, at the end of each operation, writes exactly the entries that changed (sealed)
 //! in the same transaction as the history and cursors. If the transaction fails, the in-memory
 //! state is put back to what was committed. A crash therefore never leaves MLS state and
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
-use openmls_memory_storage::MemoryStorage;
+use crate::mls_storage::CheckedStorage;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -189,14 +189,14 @@ fn bind_records(conn: &Connection, sealer: &Sealer) -> Result<(), Error> {
 #[derive(Default)]
 pub struct Provider {
     crypto: RustCrypto,
-    storage: MemoryStorage,
+    storage: CheckedStorage,
 }
 
 impl OpenMlsProvider for Provider {
     type CryptoProvider = RustCrypto;
     type RandProvider = RustCrypto;
-    type StorageProvider = MemoryStorage;
-    fn storage(&self) -> &MemoryStorage {
+    type StorageProvider = CheckedStorage;
+    fn storage(&self) -> &CheckedStorage {
         &self.storage
     }
     fn crypto(&self) -> &RustCrypto {
@@ -226,20 +226,11 @@ impl MlsState {
         for row in rows {
             let (k, v) = row?;
             let value = sealer.open_at("mls", &k, &v)?.to_vec();
-            // openmls's in-memory storage unwraps what it fails to parse: a record that is not
-            // even JSON is refused here, with an error, instead.
-            if serde_json::from_slice::<serde::de::IgnoredAny>(&value).is_err() {
-                return Err(Error::Store(
-                    "an MLS state record of the profile is damaged (it does not parse)".into(),
-                ));
-            }
             map.insert(k, value);
         }
         let provider = Provider {
             crypto: RustCrypto::default(),
-            storage: MemoryStorage {
-                values: std::sync::RwLock::new(map.clone()),
-            },
+            storage: CheckedStorage::new(map.clone()),
         };
         Ok(Self {
             provider,
@@ -251,7 +242,7 @@ impl MlsState {
         let live = self
             .provider
             .storage
-            .values
+            .values()
             .read()
             .map_err(|_| Error::Store("MLS state lock poisoned".into()))?;
         let upserts = live
@@ -291,7 +282,7 @@ impl MlsState {
     }
 
     fn rollback(&mut self) {
-        if let Ok(mut live) = self.provider.storage.values.write() {
+        if let Ok(mut live) = self.provider.storage.values().write() {
             *live = self.committed.clone();
         }
     }

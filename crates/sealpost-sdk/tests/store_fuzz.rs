@@ -250,11 +250,9 @@ fn damage(rng: &mut Rng, home: &Path) -> (String, bool) {
                 changed > 0 && must_fail && new != old,
             )
         }
-        // A record sealed again with the key, holding what this code never wrote. Not the MLS
-        // state: openmls's in-memory storage unwraps a record of the wrong shape (the profile
-        // refuses only records that are not JSON at all); see docs/security-tests.md.
+        // A record sealed again with the key, holding what this code never wrote.
         2 => {
-            let table = rng.pick(&["meta", "conversations", "history"]);
+            let table = rng.pick(&["meta", "mls", "conversations", "history"]);
             let count: usize = conn
                 .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
                 .unwrap();
