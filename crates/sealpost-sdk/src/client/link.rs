@@ -190,6 +190,12 @@ impl PendingLink {
         self.device_id
     }
 
+    /// The id the server files this request under (derived from the code, one way; the server
+    /// sees it, so it is no secret).
+    pub fn link_id(&self) -> &str {
+        &self.keys.link_id
+    }
+
     /// Checks whether the request was approved; if so, completes this device's profile.
     pub async fn try_finish(mut self) -> Result<LinkStep, Error> {
         let signer = DeviceSigner(&self.device_key);
