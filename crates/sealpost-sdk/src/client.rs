@@ -1167,6 +1167,58 @@ impl Client {
         ]
     }
 
+    /// Test hook: every secret in this device's MLS state — epoch secrets, the secret tree's
+    /// ratchets, membership and sender-data keys, HPKE private keys of its leaves and key
+    /// packages — as `(record, bytes)`: each byte string of 32 bytes or more that sits under a
+    /// field whose name says `secret` or `private` (not the group context stored with them).
+    /// For tests that search logs and traffic.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn mls_secrets_unchecked(&self) -> Vec<(String, Zeroizing<Vec<u8>>)> {
+        fn walk(v: &serde_json::Value, secret: bool, out: &mut Vec<Zeroizing<Vec<u8>>>) {
+            match v {
+                serde_json::Value::Array(items) => {
+                    let bytes: Option<Vec<u8>> = items
+                        .iter()
+                        .map(|i| i.as_u64().and_then(|b| u8::try_from(b).ok()))
+                        .collect();
+                    match bytes {
+                        Some(b) if secret && b.len() >= 32 => out.push(Zeroizing::new(b)),
+                        Some(_) => {}
+                        None => items.iter().for_each(|i| walk(i, secret, out)),
+                    }
+                }
+                serde_json::Value::Object(fields) => {
+                    for (name, field) in fields {
+                        // The group context kept beside the message secrets is public.
+                        let public = name.contains("context");
+                        let named = name.contains("secret") || name.contains("private");
+                        walk(field, !public && (secret || named), out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Ok(values) = self.profile.mls.provider.storage().values().read() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, value) in values.iter() {
+            let record: String = key
+                .iter()
+                .take_while(|b| b.is_ascii_alphabetic())
+                .map(|b| char::from(*b))
+                .collect();
+            let Ok(json) = serde_json::from_slice::<serde_json::Value>(value) else {
+                continue;
+            };
+            let mut found = Vec::new();
+            walk(&json, false, &mut found);
+            out.extend(found.into_iter().map(|b| (record.clone(), b)));
+        }
+        out
+    }
+
     /// For tests that play a member leaking a conversation's state: its current MLS GroupInfo
     /// with the ratchet tree, signed by this device (what an outsider needs to try an external
     /// join). Changes nothing. Not for applications.

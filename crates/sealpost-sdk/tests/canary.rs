@@ -66,9 +66,7 @@ async fn recording_proxy(target: std::net::SocketAddr, wire: Buffer) -> String {
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
+    contains_bytes(haystack, needle.as_bytes())
 }
 
 #[tokio::test]
@@ -153,6 +151,37 @@ async fn marker_never_reaches_the_server() {
         public.len() > 40 && contains(&wire, &public),
         "the probe finds a key on the wire"
     );
+    // And the MLS state's secrets: epoch secrets, ratchets, HPKE private keys (each client
+    // holds dozens after two conversations; the count is checked so the probe cannot go blind).
+    for client in [&alice, &bob] {
+        let secrets = client.mls_secrets_unchecked();
+        let records: std::collections::BTreeSet<&str> =
+            secrets.iter().map(|(r, _)| r.as_str()).collect();
+        assert!(
+            secrets.len() >= 20
+                && ["EpochSecrets", "MessageSecrets", "EpochKeyPairs"]
+                    .iter()
+                    .all(|r| records.contains(r)),
+            "the MLS secrets were found: {} in {records:?}",
+            secrets.len()
+        );
+        for (record, secret) in &secrets {
+            assert!(
+                !contains_bytes(&wire, secret),
+                "a secret of {record} crossed the wire"
+            );
+            assert!(
+                !contains_bytes(&log, secret),
+                "a secret of {record} reached a log line"
+            );
+            for shown in encodings(secret) {
+                assert!(
+                    !contains(&wire, &shown) && !contains(&log, &shown),
+                    "a secret of {record} crossed the wire or reached a log line as {shown}"
+                );
+            }
+        }
+    }
     for client in [&alice, &bob] {
         for (name, key) in client.secret_keys_unchecked() {
             assert!(key.len() >= 32, "{name}");
@@ -173,7 +202,7 @@ async fn marker_never_reaches_the_server() {
 }
 
 fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// How a key would look in text: hex, base64 in its usual alphabets, and as Rust prints a
