@@ -38,7 +38,7 @@ mod link;
 mod verify;
 
 #[cfg(feature = "test-hooks")]
-pub use forge::KeyPackageForgery;
+pub use forge::{CommitForgery, KeyPackageForgery};
 pub use link::{LinkStep, PendingLink};
 pub use verify::{Verification, safety_number};
 

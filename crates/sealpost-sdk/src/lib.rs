@@ -41,13 +41,13 @@ mod model;
 mod store;
 pub mod vault;
 
-#[cfg(feature = "test-hooks")]
-#[doc(hidden)]
-pub use client::KeyPackageForgery;
 pub use client::{
     BenchBatch, Client, ClientSettings, LinkStep, MAX_ADD_BATCH, MAX_PAST_EPOCHS, PendingLink,
     Verification, safety_number, ws_config,
 };
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub use client::{CommitForgery, KeyPackageForgery};
 pub use error::Error;
 pub use model::{
     ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, MemberInfo,

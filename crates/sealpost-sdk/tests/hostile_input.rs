@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use common::{People, TestServer, texts, u};
 use futures_util::{SinkExt as _, StreamExt as _};
 use sealpost_proto::{CommitUpload, PostedResponse, SyncBatch, SyncRequest};
-use sealpost_sdk::{Event, Suite};
+use sealpost_sdk::{Client, CommitForgery, Event, Suite};
 use tls_codec::Serialize as _;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
 
@@ -67,6 +67,82 @@ impl Raw {
         let mut batch = SyncBatch::decode(&r.bytes().await.unwrap()).unwrap();
         batch.deliveries.retain(|d| d.group().to_string() == group);
         batch
+    }
+}
+
+/// A commit upload with no Welcome.
+fn upload(commit: Vec<u8>) -> Vec<u8> {
+    CommitUpload {
+        commit: commit.into(),
+        welcome: Vec::new().into(),
+    }
+    .tls_serialize_detached()
+    .unwrap()
+}
+
+/// Alice and Bob with a direct conversation (post-quantum suite) and the group `name` (classic).
+async fn a_direct_and_a_group_conversation(
+    server: &TestServer,
+    people: &People,
+    name: &str,
+) -> (Client, Client) {
+    let mut alice = people.register(server, "alice").await;
+    let bob = people.register(server, "bob").await;
+    alice.send("@bob", "hi").await.unwrap();
+    alice
+        .create_group(name, &[u("bob")], Suite::Classic)
+        .await
+        .unwrap();
+    (alice, bob)
+}
+
+/// A member's commit whose tree does not hold together — a new leaf whose parent hash does not
+/// match its path, a path one node short — is refused by the server (it checks every commit
+/// against the group's public state), though signed and tagged as a member's commit is. Both
+/// suites. The control, the same commit signed and tagged the same way with nothing altered,
+/// is taken, so the refusals are the tree's.
+#[tokio::test]
+async fn commits_whose_tree_does_not_hold_together_are_refused() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let (mut alice, mut bob) = a_direct_and_a_group_conversation(&server, &people, "club").await;
+    bob.sync().await.unwrap();
+    let raw = Raw::new(&server.url);
+    for conversation in ["@bob", "#club"] {
+        let a = alice.bench_prepare(conversation, 0, "").await.unwrap();
+        let commits = format!("/v1/groups/{}/commits", a.group);
+        let last = |b: &SyncBatch| b.deliveries.last().map(|d| d.group_seq).unwrap();
+        let before = last(&raw.sync_raw(&a.token, &a.group).await);
+        for forgery in [CommitForgery::ParentHash, CommitForgery::ShortPath] {
+            let forged = alice.forge_commit_unchecked(conversation, forgery).unwrap();
+            let (status, body) = raw.post(&a.token, &commits, upload(forged)).await;
+            assert_eq!(
+                (status, body["message"].as_str()),
+                (
+                    400,
+                    Some("the handshake message does not validate against the group state")
+                ),
+                "{conversation} {forgery:?}: {body}"
+            );
+        }
+        assert_eq!(last(&raw.sync_raw(&a.token, &a.group).await), before);
+        let on_bobs_side = if conversation == "@bob" {
+            "@alice"
+        } else {
+            "#club"
+        };
+        let epoch = bob.epoch(on_bobs_side).unwrap();
+        let control = alice
+            .forge_commit_unchecked(conversation, CommitForgery::Unaltered)
+            .unwrap();
+        let (status, body) = raw.post(&a.token, &commits, upload(control)).await;
+        assert_eq!(status, 200, "{conversation}: {body}");
+        bob.sync().await.unwrap();
+        assert_eq!(
+            bob.epoch(on_bobs_side).unwrap(),
+            epoch + 1,
+            "{conversation}"
+        );
     }
 }
 
@@ -138,14 +214,6 @@ async fn bad_messages_and_commits_change_nothing() {
     // A stale commit (the one that added bob, epoch 0) from a member and from a non-member.
     let log = raw.sync_raw(&a.token, &a.group).await;
     let first_commit = log.deliveries[0].payload.as_slice().to_vec();
-    let upload = |commit: Vec<u8>| {
-        CommitUpload {
-            commit: commit.into(),
-            welcome: Vec::new().into(),
-        }
-        .tls_serialize_detached()
-        .unwrap()
-    };
     let (status, body) = raw
         .post(&a.token, &commits, upload(first_commit.clone()))
         .await;
@@ -434,13 +502,7 @@ async fn mangled_websocket_send_frames_get_clear_answers() {
     // Long runs send more than a device may in a minute; the send limit has its own test.
     let server = TestServer::start_with(|s| s.sends_per_minute = u32::MAX).await;
     let people = People::new();
-    let mut alice = people.register(&server, "alice").await;
-    let mut bob = people.register(&server, "bob").await;
-    alice.send("@bob", "hi").await.unwrap();
-    alice
-        .create_group("room", &[u("bob")], Suite::Classic)
-        .await
-        .unwrap();
+    let (mut alice, mut bob) = a_direct_and_a_group_conversation(&server, &people, "room").await;
     let mut material = Vec::new();
     for target in ["@bob", "#room"] {
         let batch = alice.bench_prepare(target, 4, "material").await.unwrap();

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{Interceptor, People, TestServer, alerts, group_of, texts, u};
 use sealpost_proto::{ClaimKeyPackagesResponse, CommitUpload, Delivery, DeliveryKind, GroupId};
-use sealpost_sdk::{Client, Error, Event, KeyPackageForgery, SecurityAlert, Suite};
+use sealpost_sdk::{Client, CommitForgery, Error, Event, KeyPackageForgery, SecurityAlert, Suite};
 use sealpost_server::storage::FetchRequest;
 use tls_codec::Deserialize as _;
 
@@ -214,10 +214,11 @@ struct Material {
     old_commit: Vec<u8>,
 }
 
-/// The server replaces the next text from Alice to Bob with `forge(material)`. Bob must show
-/// one unreadable item and nothing else, post nothing in answer, and keep working: Alice's
-/// next text arrives after a gap of one, and #other still works both ways.
-async fn forged_into_the_log(forge: impl FnOnce(&Material) -> Vec<u8>) {
+/// The server replaces the next text from Alice to Bob with `forge(material, alice)`. Bob must
+/// show one unreadable item and nothing else, post nothing in answer, and keep working: Alice's
+/// next text arrives after a gap of one, and #other still works both ways. Returns what Bob's
+/// sync of the forged item showed.
+async fn forged_into_the_log(forge: impl FnOnce(&Material, &mut Client) -> Vec<u8>) -> Vec<Event> {
     let server = TestServer::start().await;
     let people = People::new();
     let (mut alice, mut bob, mitm) = pair(&people, &server).await;
@@ -256,7 +257,7 @@ async fn forged_into_the_log(forge: impl FnOnce(&Material) -> Vec<u8>) {
     );
     let epoch = bob.epoch("@alice").unwrap();
 
-    let forged = forge(&material);
+    let forged = forge(&material, &mut alice);
     alice.send("@bob", "real").await.unwrap();
     let once = armed();
     mitm.rewrite_sync(move |ds| {
@@ -267,10 +268,11 @@ async fn forged_into_the_log(forge: impl FnOnce(&Material) -> Vec<u8>) {
         }
     });
     mitm.take_seen();
-    let events = bob.sync().await.unwrap();
-    assert!(texts(&events).is_empty(), "{events:?}");
-    assert_eq!(unreadable(&events), 1, "{events:?}");
-    assert!(alerts(&events).is_empty(), "{events:?}");
+    let forged_events = bob.sync().await.unwrap();
+    let events = &forged_events;
+    assert!(texts(events).is_empty(), "{events:?}");
+    assert_eq!(unreadable(events), 1, "{events:?}");
+    assert!(alerts(events).is_empty(), "{events:?}");
     // Reading it made Bob post nothing but his cursors: no answer, no receipt, no commit.
     let posted: Vec<_> = mitm
         .take_seen()
@@ -290,21 +292,22 @@ async fn forged_into_the_log(forge: impl FnOnce(&Material) -> Vec<u8>) {
         texts(&carol.sync().await.unwrap()),
         vec![t("@bob", "here too")]
     );
+    forged_events
 }
 
 #[tokio::test]
 async fn garbage_in_a_group_log_is_unreadable() {
-    forged_into_the_log(|_| vec![0xde, 0xad, 0xbe, 0xef]).await;
+    forged_into_the_log(|_, _| vec![0xde, 0xad, 0xbe, 0xef]).await;
 }
 
 #[tokio::test]
 async fn an_empty_delivery_is_unreadable() {
-    forged_into_the_log(|_| Vec::new()).await;
+    forged_into_the_log(|_, _| Vec::new()).await;
 }
 
 #[tokio::test]
 async fn a_plaintext_system_message_from_the_server_is_never_shown() {
-    forged_into_the_log(|_| {
+    forged_into_the_log(|_, _| {
         br#"{"type":"text","body":"Your account is locked: verify it at example.com","n":2}"#
             .to_vec()
     })
@@ -313,22 +316,52 @@ async fn a_plaintext_system_message_from_the_server_is_never_shown() {
 
 #[tokio::test]
 async fn a_welcome_put_into_a_group_log_is_unreadable() {
-    forged_into_the_log(|m| m.welcome.clone()).await;
+    forged_into_the_log(|m, _| m.welcome.clone()).await;
 }
 
 #[tokio::test]
 async fn a_commit_of_another_group_is_refused() {
-    forged_into_the_log(|m| m.other_commit.clone()).await;
+    forged_into_the_log(|m, _| m.other_commit.clone()).await;
 }
 
 #[tokio::test]
 async fn a_message_of_another_group_is_refused() {
-    forged_into_the_log(|m| m.other_message.clone()).await;
+    forged_into_the_log(|m, _| m.other_message.clone()).await;
 }
 
 #[tokio::test]
 async fn an_old_commit_replayed_changes_nothing() {
-    forged_into_the_log(|m| m.old_commit.clone()).await;
+    forged_into_the_log(|m, _| m.old_commit.clone()).await;
+}
+
+/// Alice, a member, makes a commit whose tree does not hold together and signs and tags it as
+/// members do; the server (which would refuse it: `hostile_input`) delivers it anyway. Bob must
+/// refuse it for that reason, keep his epoch, and carry on (the checks of `forged_into_the_log`).
+async fn a_broken_tree_is_refused(forgery: CommitForgery, reason: &str) {
+    let events =
+        forged_into_the_log(|_, alice| alice.forge_commit_unchecked("@bob", forgery).unwrap())
+            .await;
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Undecryptable { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        reasons.len() == 1 && reasons[0].contains(reason),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_members_commit_with_a_bad_parent_hash_is_refused() {
+    a_broken_tree_is_refused(CommitForgery::ParentHash, "parent hash").await;
+}
+
+#[tokio::test]
+async fn a_members_commit_whose_path_is_short_is_refused() {
+    a_broken_tree_is_refused(CommitForgery::ShortPath, "length").await;
 }
 
 #[tokio::test]
