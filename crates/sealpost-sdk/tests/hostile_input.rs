@@ -475,20 +475,6 @@ async fn bad_websocket_frames_get_errors_or_close_the_connection_only() {
     assert_eq!(got, ["hi", "over the socket", "after"]);
 }
 
-/// The next text frame (an answer to a send), past pushes and pings.
-async fn next_text<S>(ws: &mut S, guard: std::time::Duration) -> Option<String>
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        match tokio::time::timeout(guard, ws.next()).await.unwrap() {
-            Some(Ok(Message::Text(t))) => return Some(t.as_str().to_owned()),
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
 /// WebSocket send frames fuzzed at the server: mangled copies of real ones (header and MLS
 /// message alike; see `common::mangle`) sent over one signed-in connection. Each gets an
 /// answer — its sequence number or a clear error, never an internal or unavailable one — on a
@@ -503,47 +489,15 @@ async fn mangled_websocket_send_frames_get_clear_answers() {
     let server = TestServer::start_with(|s| s.sends_per_minute = u32::MAX).await;
     let people = People::new();
     let (mut alice, mut bob) = a_direct_and_a_group_conversation(&server, &people, "room").await;
-    let mut material = Vec::new();
-    for target in ["@bob", "#room"] {
-        let batch = alice.bench_prepare(target, 4, "material").await.unwrap();
-        let group: sealpost_proto::GroupId = batch.group.parse().unwrap();
-        for (i, m) in batch.messages.iter().enumerate() {
-            let mut frame = (i as u64).to_be_bytes().to_vec();
-            frame.extend_from_slice(group.as_bytes());
-            frame.extend_from_slice(m);
-            material.push(frame);
-        }
-    }
+    let material = common::send_frames(&mut alice, ["@bob", "#room"]).await;
     let token = alice.bench_prepare("@bob", 0, "").await.unwrap().token;
-    let mut req = format!("{}/v1/ws", server.url.replacen("http", "ws", 1))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    // A guard against hanging, not a timing assertion.
-    let guard = std::time::Duration::from_secs(30);
-    assert_eq!(
-        next_text(&mut ws, guard).await.as_deref(),
-        Some("subscribed")
-    );
+    let mut socket = common::FrameSocket::open(&server.url, &token).await;
     let (mut taken, mut refused) = (0, 0);
     for case in 0..cases {
-        let frame = common::mangle(&mut rng, &material);
-        ws.send(Message::Binary(frame.into())).await.unwrap();
-        let answer = next_text(&mut ws, guard)
-            .await
-            .unwrap_or_else(|| panic!("case {case} (seed {seed}) closed the connection"));
-        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
-        if v.get("seq").is_some() {
-            taken += 1;
-        } else {
-            let code = v["error"]["code"].as_str().unwrap_or_default().to_owned();
-            assert!(
-                !code.is_empty() && code != "internal" && code != "unavailable",
-                "case {case} (seed {seed}): {v}"
-            );
-            refused += 1;
+        match socket.send(common::mangle(&mut rng, &material)).await {
+            Ok(true) => taken += 1,
+            Ok(false) => refused += 1,
+            Err(fault) => panic!("case {case} (seed {seed}): {fault}"),
         }
     }
     println!("websocket fuzz: {cases} frames, {taken} taken, {refused} refused with an error");

@@ -19,30 +19,8 @@
 
 mod common;
 
-use common::{People, Rng, TestServer, group_of, mangle, texts, u};
-use sealpost_proto::GroupId;
-use sealpost_sdk::{Client, Event, SecurityAlert, Suite};
-use sealpost_server::storage::FetchRequest;
-
-/// Everything the server holds for `member`: its Welcomes and the whole log of `group`.
-async fn logged(server: &TestServer, member: &Client, group: GroupId) -> Vec<Vec<u8>> {
-    server
-        .store
-        .fetch(
-            member.whoami().device.parse().unwrap(),
-            FetchRequest {
-                inbox_after: Some(0),
-                groups: vec![(group, 0)],
-                limit: 1000,
-            },
-        )
-        .await
-        .unwrap()
-        .deliveries
-        .into_iter()
-        .map(|d| d.payload.as_slice().to_vec())
-        .collect()
-}
+use common::{BusyRoom, People, Rng, TestServer, busy_room, mangle, nothing_shown, texts};
+use sealpost_sdk::Suite;
 
 fn cases() -> usize {
     common::setting("SEALPOST_RECEIVE_FUZZ_CASES", 1500) as usize
@@ -59,26 +37,13 @@ async fn mangled_deliveries_change_nothing_in_a_real_group() {
     let mut carol = people.register(&server, "carol").await;
     let mut seq = 1 << 32;
     for (name, suite) in [("pq", Suite::Pq), ("classic", Suite::Classic)] {
-        let room = format!("#{name}");
-        // A log with a bit of everything, all of it taken by Bob.
-        alice.create_group(name, &[u("bob")], suite).await.unwrap();
-        alice.send(&room, "first").await.unwrap();
-        alice.add_members(&room, &[u("carol")]).await.unwrap();
-        carol.sync().await.unwrap();
-        carol.send(&room, "from carol").await.unwrap();
-        alice.sync().await.unwrap();
-        alice.remove_members(&room, &[u("carol")]).await.unwrap();
-        alice.send(&room, "second").await.unwrap();
-        bob.sync().await.unwrap();
-        // And one text of the current epoch Bob has not been handed yet.
-        alice.send(&room, "untouched").await.unwrap();
-        let group = group_of(&bob, &room);
-        let mut material = logged(&server, &bob, group).await;
-        let fresh = material.pop().unwrap();
-        material.push(fresh.clone());
-
-        let epoch = bob.epoch(&room).unwrap();
-        let members = bob.members(&room).unwrap();
+        let BusyRoom {
+            room,
+            material,
+            fresh,
+            epoch,
+            members,
+        } = busy_room(&server, [&mut alice, &mut bob, &mut carol], name, suite).await;
         let (mut refused, mut alerted) = (0, 0);
         for case in 0..cases() {
             seq += 1;
@@ -86,16 +51,8 @@ async fn mangled_deliveries_change_nothing_in_a_real_group() {
             match bob.receive_unchecked(&room, seq, &input) {
                 Err(_) => refused += 1,
                 Ok(events) => {
-                    for e in &events {
-                        match e {
-                            Event::Undecryptable { .. } | Event::Gap { .. } => {}
-                            Event::Security {
-                                alert: SecurityAlert::Fork,
-                                ..
-                            } => alerted += 1,
-                            other => panic!("case {case} (seed {seed}) showed {other:?}"),
-                        }
-                    }
+                    alerted += nothing_shown(&events)
+                        .unwrap_or_else(|e| panic!("case {case} (seed {seed}): {e}"));
                 }
             }
             assert_eq!(bob.epoch(&room).unwrap(), epoch, "case {case}, seed {seed}");

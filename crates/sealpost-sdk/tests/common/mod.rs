@@ -7,6 +7,9 @@
     reason = "test helpers"
 )]
 
+pub mod profile;
+pub mod stateful;
+
 use std::path::{Path, PathBuf};
 
 use std::sync::{Arc, Mutex};
@@ -372,33 +375,71 @@ async fn forward(
     response
 }
 
+/// Where generated test input comes from: a seeded generator ([`Rng`]) or a fuzzer's bytes
+/// ([`Tape`]).
+pub trait Draw {
+    fn next(&mut self) -> u64;
+
+    /// A number in `0..n` (`n` > 0).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// One of `items` (not empty).
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
 /// splitmix64: test input generation only, reproducible from the printed seed.
 pub struct Rng(pub u64);
 
-impl Rng {
-    pub fn next(&mut self) -> u64 {
+impl Draw for Rng {
+    fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
+}
 
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+/// A fuzzer's input read as a sequence of draws, two bytes each, so that a change to the input
+/// changes a choice or two and not all of them (what lets a coverage-guided fuzzer build on
+/// what it found); once the bytes run out, a generator seeded from all of them goes on.
+pub struct Tape<'a> {
+    data: &'a [u8],
+    rest: Rng,
+}
+
+impl<'a> Tape<'a> {
+    pub fn new(data: &'a [u8]) -> Tape<'a> {
+        let seed = data.iter().fold(data.len() as u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        Tape {
+            data,
+            rest: Rng(seed),
+        }
     }
+}
 
-    /// One of `items` (not empty).
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
+impl Draw for Tape<'_> {
+    fn next(&mut self) -> u64 {
+        match self.data {
+            [a, b, rest @ ..] => {
+                self.data = rest;
+                u64::from(u16::from_le_bytes([*a, *b]))
+            }
+            _ => self.rest.next(),
+        }
     }
 }
 
 /// One mangled copy of a message from `material` (bit flips, overwritten bytes, cuts, growth,
 /// a stretch of another message spliced in, length fields set high, a repeated tail), never
 /// equal to any of them.
-pub fn mangle(rng: &mut Rng, material: &[Vec<u8>]) -> Vec<u8> {
+pub fn mangle(rng: &mut impl Draw, material: &[Vec<u8>]) -> Vec<u8> {
     loop {
         let mut m = material[rng.below(material.len())].clone();
         for _ in 0..1 + rng.below(4) {
@@ -450,6 +491,205 @@ pub fn mangle(rng: &mut Rng, material: &[Vec<u8>]) -> Vec<u8> {
             return m;
         }
     }
+}
+
+/// Everything the server holds for `member`: its Welcomes and the whole log of `group`.
+pub async fn logged(
+    server: &TestServer,
+    member: &Client,
+    group: sealpost_proto::GroupId,
+) -> Vec<Vec<u8>> {
+    server
+        .store
+        .fetch(
+            member.whoami().device.parse().unwrap(),
+            sealpost_server::storage::FetchRequest {
+                inbox_after: Some(0),
+                groups: vec![(group, 0)],
+                limit: 1000,
+            },
+        )
+        .await
+        .unwrap()
+        .deliveries
+        .into_iter()
+        .map(|d| d.payload.as_slice().to_vec())
+        .collect()
+}
+
+/// A conversation of Alice's with Bob, for fuzzing Bob's receive path with a real group state.
+pub struct BusyRoom {
+    /// `#name`.
+    pub room: String,
+    /// What the server holds for Bob: the Welcome, texts of this and earlier epochs, commits
+    /// that add and remove members, all taken by Bob; and last `fresh`.
+    pub material: Vec<Vec<u8>>,
+    /// A text of the current epoch Bob has not been handed yet ("untouched").
+    pub fresh: Vec<u8>,
+    /// Bob's epoch and roster once he took the rest.
+    pub epoch: u64,
+    pub members: Vec<sealpost_sdk::MemberInfo>,
+}
+
+/// Makes `#name` in `suite` with a log that has a bit of everything (see [`BusyRoom`]).
+pub async fn busy_room(
+    server: &TestServer,
+    [alice, bob, carol]: [&mut Client; 3],
+    name: &str,
+    suite: sealpost_sdk::Suite,
+) -> BusyRoom {
+    let room = format!("#{name}");
+    alice.create_group(name, &[u("bob")], suite).await.unwrap();
+    alice.send(&room, "first").await.unwrap();
+    alice.add_members(&room, &[u("carol")]).await.unwrap();
+    carol.sync().await.unwrap();
+    carol.send(&room, "from carol").await.unwrap();
+    alice.sync().await.unwrap();
+    alice.remove_members(&room, &[u("carol")]).await.unwrap();
+    alice.send(&room, "second").await.unwrap();
+    bob.sync().await.unwrap();
+    alice.send(&room, "untouched").await.unwrap();
+    let material = logged(server, bob, group_of(bob, &room)).await;
+    BusyRoom {
+        fresh: material.last().unwrap().clone(),
+        material,
+        epoch: bob.epoch(&room).unwrap(),
+        members: bob.members(&room).unwrap(),
+        room,
+    }
+}
+
+/// What a receive path may show for what no member sent (a mangled delivery): unreadable
+/// items, gaps and fork alerts, nothing else. `Ok` with the number of fork alerts.
+pub fn nothing_shown(events: &[sealpost_sdk::Event]) -> Result<usize, String> {
+    use sealpost_sdk::{Event, SecurityAlert};
+    let mut alerted = 0;
+    for e in events {
+        match e {
+            Event::Undecryptable { .. } | Event::Gap { .. } => {}
+            Event::Security {
+                alert: SecurityAlert::Fork,
+                ..
+            } => alerted += 1,
+            other => return Err(format!("showed {other:?}")),
+        }
+    }
+    Ok(alerted)
+}
+
+/// Real WebSocket send frames of `client`'s: four texts into each conversation of `targets`,
+/// encrypted (its ratchet moves on) but not sent. A send frame is an 8-byte id, the 16-byte
+/// group id, then the MLS message.
+pub async fn send_frames(client: &mut Client, targets: [&str; 2]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    for target in targets {
+        let batch = client.bench_prepare(target, 4, "material").await.unwrap();
+        let group: sealpost_proto::GroupId = batch.group.parse().unwrap();
+        for (i, m) in batch.messages.iter().enumerate() {
+            let mut frame = (i as u64).to_be_bytes().to_vec();
+            frame.extend_from_slice(group.as_bytes());
+            frame.extend_from_slice(m);
+            frames.push(frame);
+        }
+    }
+    frames
+}
+
+/// A guard against hanging on a WebSocket, not a timing assertion.
+const WS_GUARD: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The next text frame (an answer to a send), past pushes and pings; `None` once the
+/// connection is closed.
+pub async fn next_text<S>(ws: &mut S, guard: std::time::Duration) -> Option<String>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(guard, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => return Some(t.as_str().to_owned()),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// A signed-in WebSocket on which a test sends raw send frames, one at a time.
+pub struct FrameSocket(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+);
+
+impl FrameSocket {
+    /// Connects to the server at `url` with the session `token` and waits until subscribed.
+    pub async fn open(url: &str, token: &str) -> FrameSocket {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut req = format!("{}/v1/ws", url.replacen("http", "ws", 1))
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(
+            next_text(&mut ws, WS_GUARD).await.as_deref(),
+            Some("subscribed")
+        );
+        FrameSocket(ws)
+    }
+
+    /// Sends `frame` and reads its answer: `Ok(true)` if it was taken (a sequence number),
+    /// `Ok(false)` if refused with a clear error, `Err` for anything else (the connection
+    /// closed, an answer that is not JSON, an internal or unavailable error).
+    pub async fn send(&mut self, frame: Vec<u8>) -> Result<bool, String> {
+        use futures_util::SinkExt as _;
+        self.0
+            .send(tokio_tungstenite::tungstenite::Message::Binary(
+                frame.into(),
+            ))
+            .await
+            .map_err(|e| format!("the frame was not sent: {e}"))?;
+        let answer = next_text(&mut self.0, WS_GUARD)
+            .await
+            .ok_or("the server closed the connection")?;
+        let v: serde_json::Value =
+            serde_json::from_str(&answer).map_err(|_| format!("not JSON: {answer:?}"))?;
+        if v.get("seq").is_some() {
+            return Ok(true);
+        }
+        let code = v["error"]["code"].as_str().unwrap_or_default();
+        if code.is_empty() || code == "internal" || code == "unavailable" {
+            return Err(format!("answered {v}"));
+        }
+        Ok(false)
+    }
+}
+
+/// A runtime for what is not a `#[tokio::test]` (the fuzz targets in `fuzz/`).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// For the fuzz targets: runs `f` on the world (a server, clients, a runtime) that `make` made
+/// for the first input and that is kept for the rest of the process.
+pub fn in_world<W: 'static>(make: impl FnOnce() -> W, f: impl FnOnce(&mut W)) {
+    thread_local! {
+        static WORLD: std::cell::RefCell<Option<Box<dyn std::any::Any>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    WORLD.with(|w| {
+        let mut w = w.borrow_mut();
+        let world = w.get_or_insert_with(|| Box::new(make()));
+        f(world.downcast_mut::<W>().unwrap());
+    });
 }
 
 /// The number in the environment variable `name`, or `default`.
