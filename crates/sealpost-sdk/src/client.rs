@@ -2358,6 +2358,7 @@ impl Client {
                 old_epoch = Some(old.epoch().as_u64());
                 old.delete(p.storage()).map_err(Error::mls)?;
             }
+            spend_key_package(tx, p, &welcome, group)?;
             let staged = StagedWelcome::new_from_welcome(p, &join_config(), welcome, None)
                 .map_err(Error::mls)?;
             let by = staged
@@ -2724,6 +2725,51 @@ impl Client {
             }
         }
     }
+}
+
+/// Notes which one-time key package of this device `welcome` (announced for `group`) spends,
+/// before it is taken (the join deletes it). A Welcome for none this device still holds, but
+/// for one an earlier Welcome to another group spent, means the server handed that key package
+/// to two people adding this device: the second cannot be taken, and this device says so
+/// instead of showing an unreadable item. (One to the same group is that Welcome replayed.)
+fn spend_key_package(
+    tx: &Connection,
+    p: &Provider,
+    welcome: &openmls::prelude::Welcome,
+    group: GroupId,
+) -> Result<(), Error> {
+    for secrets in welcome.secrets() {
+        let hash = secrets.new_member();
+        let held: Option<openmls::prelude::KeyPackageBundle> =
+            openmls_traits::storage::StorageProvider::key_package(p.storage(), &hash)
+                .map_err(Error::mls)?;
+        if let Some(bundle) = held {
+            if !bundle.key_package().last_resort() {
+                tx.execute(
+                    "INSERT OR IGNORE INTO spent_key_packages (ref, group_id) VALUES (?1, ?2)",
+                    params![hash.as_slice(), group.as_bytes()],
+                )?;
+            }
+            return Ok(());
+        }
+    }
+    for secrets in welcome.secrets() {
+        let spent = tx
+            .query_row(
+                "SELECT 1 FROM spent_key_packages WHERE ref = ?1 AND group_id <> ?2",
+                params![secrets.new_member().as_slice(), group.as_bytes()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if spent {
+            return Err(security(
+                SecurityAlert::ReusedKeyPackage,
+                "an invitation to a conversation was made with a one-time key package of this device that an earlier invitation had already used: the server handed it to two people. This device could not join that conversation; ask whoever added you to remove and add you again",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Stores the items and keeps only those that were new: a message whose id is already in the

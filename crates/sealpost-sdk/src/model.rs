@@ -214,9 +214,10 @@ pub enum SecurityAlert {
     /// Someone tried to join a conversation on their own from its public state (an MLS
     /// external commit) instead of being added by a member. Refused.
     ExternalJoin,
-    /// The server handed out a one-time key package this device had already used to add
-    /// someone: it keeps and replays key packages. That device was not added (it spent the
-    /// key and could not have joined).
+    /// The server handed out a one-time key package twice: to this device, one it had already
+    /// used to add someone (that device was not added: it spent the key and could not have
+    /// joined); or one of this device's own to two people adding it (the second invitation
+    /// could not be taken).
     ReusedKeyPackage,
     /// A key package or a commit carried a public key nothing can be encrypted to (a low-order
     /// point): adding that device, or any later change of the conversation, would fail. It was

@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS directory_roots (epoch INTEGER PRIMARY KEY, root BLOB
 -- Key packages this device used to add someone (their hash references): a server that hands
 -- one out again is caught. Last-resort key packages are meant to be reused and are not kept.
 CREATE TABLE IF NOT EXISTS used_key_packages (ref BLOB PRIMARY KEY) WITHOUT ROWID;
+-- This device's own one-time key packages that a Welcome spent (their hash references), and
+-- the group it joined: a Welcome for one of them to another group means the server handed it
+-- to two people adding this device.
+CREATE TABLE IF NOT EXISTS spent_key_packages (ref BLOB PRIMARY KEY, group_id BLOB NOT NULL) WITHOUT ROWID;
 "#;
 
 /// The profile's format (SQLite's `user_version`). 3: every sealed record is bound to its row

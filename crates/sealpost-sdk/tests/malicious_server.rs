@@ -763,6 +763,75 @@ async fn a_key_package_handed_out_twice_is_refused() {
     assert_eq!(joined, 2);
 }
 
+/// The server hands the same one-time key package of Bob's to Alice and to Carol, who both add
+/// him; neither can tell (each saw it once). Bob joins Alice's conversation, and for Carol's
+/// says that the server handed his key package out twice (`reused_key_package`) instead of
+/// showing an unreadable item; once Carol removes him and adds him again with an honest key
+/// package, he joins hers too.
+#[tokio::test]
+async fn a_key_package_handed_to_two_adders_is_caught_by_its_owner() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mitm = Interceptor::start(&server.url).await;
+    let mut alice = people.register_at(&mitm.url, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let mut carol = people.register_at(&mitm.url, "carol").await;
+    let kept: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+    let keep = kept.clone();
+    mitm.rewrite("/v1/users/bob/key-packages", move |_, body| {
+        let mut claimed: ClaimKeyPackagesResponse = serde_json::from_slice(&body).unwrap();
+        let mut kept = keep.lock().unwrap();
+        for c in &mut claimed.key_packages {
+            c.key_package = kept.get_or_insert(c.key_package.clone()).clone();
+        }
+        serde_json::to_vec(&claimed).unwrap()
+    });
+    alice
+        .create_group("one", &[u("bob")], Suite::Classic)
+        .await
+        .unwrap();
+    carol
+        .create_group("two", &[u("bob")], Suite::Classic)
+        .await
+        .unwrap();
+    let events = bob.sync().await.unwrap();
+    let joined: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Joined { conversation, .. } => Some(conversation.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(joined, vec!["#one"], "{events:?}");
+    assert_eq!(
+        alerts(&events),
+        vec![SecurityAlert::ReusedKeyPackage],
+        "{events:?}"
+    );
+    assert_eq!(unreadable(&events), 0, "{events:?}");
+    assert_eq!(bob.conversations().unwrap().len(), 1);
+    // Bob works on in the conversation he joined.
+    alice.send("#one", "hello").await.unwrap();
+    assert_eq!(
+        texts(&bob.sync().await.unwrap()),
+        vec![t("@alice", "hello")]
+    );
+    // Carol adds him again with an honest key package.
+    mitm.clear();
+    carol.remove_members("#two", &[u("bob")]).await.unwrap();
+    carol.add_members("#two", &[u("bob")]).await.unwrap();
+    carol.send("#two", "welcome back").await.unwrap();
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Joined { conversation, .. } if conversation == "#two")),
+        "{events:?}"
+    );
+    assert_eq!(texts(&events), vec![t("@carol", "welcome back")]);
+    assert!(alerts(&events).is_empty(), "{events:?}");
+}
+
 /// The server hands Alice a key package of Bob's with `forgery` in it (signed by Bob's device,
 /// so only Alice's own checks can catch it). She refuses it with `reason` (and `alert`) before
 /// changing anything, and with an honest key package adds Bob, who reads what follows.

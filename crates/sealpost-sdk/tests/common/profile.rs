@@ -80,6 +80,7 @@ pub const COLUMNS: &[(&str, &str, &str, bool)] = &[
     ("directory_roots", "epoch", "epoch", false),
     ("directory_roots", "root", "epoch", false),
     ("used_key_packages", "ref", "ref", false),
+    ("spent_key_packages", "ref", "ref", false),
 ];
 
 /// Damages one value of the profile in `home`. Says what it did, and whether reading the
