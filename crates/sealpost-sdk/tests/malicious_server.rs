@@ -718,22 +718,26 @@ async fn an_external_join_from_leaked_group_info_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn a_key_package_handed_out_twice_is_refused() {
-    let server = TestServer::start().await;
-    let people = People::new();
-    let ([mut alice, mut bob, _carol], mitm) = three(&people, &server, "alice").await;
-    // The server keeps the first key package of Bob's it hands out, and hands it out again.
-    let kept: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
-    let keep = kept.clone();
+/// The server keeps the first key package of Bob's it hands out through `mitm`, and hands it
+/// out again to every later claim.
+fn replay_bobs_first_key_package(mitm: &Interceptor) {
+    let kept: Mutex<Option<Vec<u8>>> = Mutex::default();
     mitm.rewrite("/v1/users/bob/key-packages", move |_, body| {
         let mut claimed: ClaimKeyPackagesResponse = serde_json::from_slice(&body).unwrap();
-        let mut kept = keep.lock().unwrap();
+        let mut kept = kept.lock().unwrap();
         for c in &mut claimed.key_packages {
             c.key_package = kept.get_or_insert(c.key_package.clone()).clone();
         }
         serde_json::to_vec(&claimed).unwrap()
     });
+}
+
+#[tokio::test]
+async fn a_key_package_handed_out_twice_is_refused() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let ([mut alice, mut bob, _carol], mitm) = three(&people, &server, "alice").await;
+    replay_bobs_first_key_package(&mitm);
     alice
         .create_group("one", &[u("bob")], Suite::Classic)
         .await
@@ -776,16 +780,7 @@ async fn a_key_package_handed_to_two_adders_is_caught_by_its_owner() {
     let mut alice = people.register_at(&mitm.url, "alice").await;
     let mut bob = people.register(&server, "bob").await;
     let mut carol = people.register_at(&mitm.url, "carol").await;
-    let kept: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
-    let keep = kept.clone();
-    mitm.rewrite("/v1/users/bob/key-packages", move |_, body| {
-        let mut claimed: ClaimKeyPackagesResponse = serde_json::from_slice(&body).unwrap();
-        let mut kept = keep.lock().unwrap();
-        for c in &mut claimed.key_packages {
-            c.key_package = kept.get_or_insert(c.key_package.clone()).clone();
-        }
-        serde_json::to_vec(&claimed).unwrap()
-    });
+    replay_bobs_first_key_package(&mitm);
     alice
         .create_group("one", &[u("bob")], Suite::Classic)
         .await
