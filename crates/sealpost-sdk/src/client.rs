@@ -35,6 +35,7 @@ use zeroize::Zeroizing;
 #[cfg(feature = "test-hooks")]
 mod forge;
 mod link;
+mod trust;
 mod verify;
 
 #[cfg(feature = "test-hooks")]
@@ -47,11 +48,14 @@ use crate::api::{Api, ChallengeSigner};
 use crate::directory::{DirectoryState, Roots, Verified, security, verify_proof};
 use crate::error::Error;
 use crate::model::{
-    ConversationInfo, ConversationKind, DeviceChange, Event, MemberInfo, SecurityAlert, Suite,
-    Whoami,
+    ConversationInfo, ConversationKind, DeviceChange, Event, EventId, LoggedEvent, MemberInfo,
+    SecurityAlert, Suite, Whoami,
 };
-use crate::store::{Profile, Provider, Sealer, conv_row, item_row, put_meta};
+use crate::store::{self, Profile, Provider, Sealer, conv_row, item_row, put_meta};
 use sealpost_proto::directory::MAX_BATCH_LOOKUP;
+
+/// The event log consumer whose place [`Client::sync`] keeps.
+const SYNC_CONSUMER: &str = "sdk.sync";
 
 /// Past epochs whose keys are kept, so that messages sent just before a commit still decrypt.
 pub const MAX_PAST_EPOCHS: usize = 5;
@@ -434,13 +438,15 @@ fn put_conv(tx: &Connection, sealer: &Sealer, group: GroupId, conv: &Conv) -> Re
     Ok(())
 }
 
+/// Stores a history item; returns its row id, or `None` if a message with its id is already
+/// there.
 fn put_item(
     tx: &Connection,
     sealer: &Sealer,
     group: GroupId,
     seq: Option<u64>,
     item: &Item,
-) -> Result<bool, Error> {
+) -> Result<Option<i64>, Error> {
     let msg_id = match item {
         Item::Message { id, .. } => Some(id.clone()),
         _ => None,
@@ -457,7 +463,52 @@ fn put_item(
             "INSERT INTO history (id, group_id, seq, msg_id, item) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
         )?
         .execute(params![id, group.as_bytes(), seq, msg_id, sealed])?;
-    Ok(n == 1)
+    Ok((n == 1).then_some(id))
+}
+
+/// Stores a history item and appends it to the event log (in the caller's transaction): what
+/// this device learned about a conversation. `false` if it was already known (a replay).
+fn put_event_item(
+    tx: &Connection,
+    sealer: &Sealer,
+    group: GroupId,
+    seq: Option<u64>,
+    item: &Item,
+) -> Result<bool, Error> {
+    match put_item(tx, sealer, group, seq, item)? {
+        Some(row) => {
+            store::log_item(tx, group.as_bytes(), row)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// An event that is not a history item, as the log keeps it.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "in", rename_all = "snake_case")]
+enum LoggedRecord {
+    /// About a conversation, but not kept in its history (e.g. a Welcome that was refused).
+    Conversation { item: Item },
+    /// About the account or the key directory.
+    Account { event: Event },
+}
+
+/// Appends an event that is not a history item (in the caller's transaction).
+fn put_event_record(
+    tx: &Connection,
+    sealer: &Sealer,
+    group: Option<GroupId>,
+    record: &LoggedRecord,
+) -> Result<(), Error> {
+    let json = Zeroizing::new(serde_json::to_vec(record).map_err(|e| Error::Store(e.to_string()))?);
+    store::log_record(
+        tx,
+        sealer,
+        group.as_ref().map(|g| g.as_bytes().as_slice()),
+        &json,
+    )?;
+    Ok(())
 }
 
 /// A Sealpost client for one profile directory.
@@ -495,11 +546,10 @@ struct DirView {
     entries: BTreeMap<Username, Verified>,
     /// Users looked up during the current sync: a leaf they do not explain is refused.
     fresh: BTreeSet<Username>,
+    /// Users whose entry the trust gate refused in the current sync, and why.
+    refused: BTreeMap<Username, String>,
     /// Directory roots carried by peers' messages, to compare once the batch is stored.
     peer_roots: Vec<PeerRoot>,
-    /// Events outside any conversation (security, account devices), shown with the next sync's
-    /// events.
-    outside: Vec<Event>,
 }
 
 /// A directory root a peer's message carried.
@@ -514,6 +564,7 @@ struct PeerRoot {
 struct DirCheck<'a> {
     entries: &'a BTreeMap<Username, Verified>,
     fresh: &'a BTreeSet<Username>,
+    refused: &'a BTreeMap<Username, String>,
     roots: &'a Roots,
     peer_roots: &'a mut Vec<PeerRoot>,
 }
@@ -536,6 +587,13 @@ impl DirCheck<'_> {
                 .is_some_and(|d| d.device_key.as_slice() == key);
             if listed {
                 continue;
+            }
+            if let Some(why) = self.refused.get(&id.username) {
+                return LeafCheck::Refused(format!(
+                    "device {} of {} is refused: {why}",
+                    id.device_id.short(),
+                    at(&id.username)
+                ));
             }
             if self.fresh.contains(&id.username) {
                 return LeafCheck::Refused(format!(
@@ -574,6 +632,32 @@ impl DirCheck<'_> {
                 None
             }
         }
+    }
+}
+
+/// A security event outside any conversation.
+fn security_event(alert: SecurityAlert, detail: impl Into<String>) -> Event {
+    Event::Security {
+        conversation: None,
+        alert,
+        detail: detail.into(),
+    }
+}
+
+/// The one conversation `target` names among `hits`; several are an error that lists them
+/// (each as `name` gives it), so that the user can pick one.
+fn one_match(
+    target: &str,
+    hits: &[GroupId],
+    name: impl Fn(GroupId) -> String,
+) -> Result<Option<GroupId>, Error> {
+    match hits {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        many => Err(Error::AmbiguousConversation(
+            target.to_owned(),
+            many.iter().map(|g| name(*g)).collect::<Vec<_>>().join(", "),
+        )),
     }
 }
 
@@ -844,14 +928,12 @@ impl Client {
                 .map(|(g, _)| *g));
         }
         let Some(name) = target.strip_prefix('#') else {
-            return Err(Error::Invalid(format!(
-                "{target}: name a person as @user or a group as #name"
-            )));
+            return self.find_by_id(target);
         };
         let (name, suffix) = name
             .split_once('~')
             .map_or((name, None), |(n, s)| (n, Some(s)));
-        let hits: Vec<GroupId> = self
+        let mut hits: Vec<GroupId> = self
             .convs
             .iter()
             .filter(|(g, c)| {
@@ -861,17 +943,31 @@ impl Client {
             })
             .map(|(g, _)| *g)
             .collect();
-        match hits.as_slice() {
-            [] => Ok(None),
-            [one] => Ok(Some(*one)),
-            many => Err(Error::AmbiguousConversation(
-                target.to_owned(),
-                many.iter()
-                    .map(|g| format!("#{name}~{}", g.short()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )),
+        // A group this device left does not make the name of one it is in ambiguous.
+        if hits
+            .iter()
+            .any(|g| self.convs.get(g).is_some_and(|c| c.info.active))
+        {
+            hits.retain(|g| self.convs.get(g).is_some_and(|c| c.info.active));
         }
+        one_match(target, &hits, |g| format!("#{name}~{}", g.short()))
+    }
+
+    /// A conversation named by its id, or a unique prefix of it (at least 4 hex digits).
+    fn find_by_id(&self, target: &str) -> Result<Option<GroupId>, Error> {
+        let prefix = target.to_ascii_lowercase();
+        if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::Invalid(format!(
+                "{target}: name a person as @user, a group as #name, or a conversation by its id"
+            )));
+        }
+        let hits: Vec<GroupId> = self
+            .convs
+            .keys()
+            .filter(|g| g.to_string().starts_with(&prefix))
+            .copied()
+            .collect();
+        one_match(target, &hits, |g| format!("{g} ({})", self.display(g)))
     }
 
     fn resolve(&self, target: &str) -> Result<GroupId, Error> {
@@ -899,13 +995,33 @@ impl Client {
             ));
         }
         let users = self.with_my_other_devices(members).await?;
+        // All or nothing: every member passes the trust gate before anything is created.
+        let me = [self.identity.device_id];
+        let kps = if users.is_empty() {
+            Vec::new()
+        } else {
+            self.key_packages_for(suite, &me, &users).await?
+        };
         let group = self
             .new_conversation(ConversationKind::Group, name, None, suite)
             .await?;
-        if !users.is_empty() {
-            self.add_members_to(group, &users).await?;
-        }
+        self.add_or_forget(group, kps).await?;
         self.info(group)
+    }
+
+    /// Adds the devices of `kps` to the conversation this device just created; if that fails
+    /// and nobody else is in it, the conversation is forgotten rather than left behind.
+    async fn add_or_forget(&mut self, group: GroupId, kps: Vec<KeyPackage>) -> Result<(), Error> {
+        if kps.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.commit_adds(group, kps).await {
+            if self.member_devices(group)?.len() <= 1 {
+                self.forget_conversation(group)?;
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn new_conversation(
@@ -969,16 +1085,31 @@ impl Client {
     }
 
     async fn add_members_to(&mut self, group: GroupId, users: &[Username]) -> Result<(), Error> {
-        let conv = self
+        let suite = self
             .convs
             .get(&group)
             .ok_or_else(|| Error::UnknownConversation(self.display(group)))?
-            .clone();
+            .info
+            .suite;
         let present: Vec<DeviceId> = self
             .member_devices(group)?
             .into_iter()
             .map(|d| d.device_id)
             .collect();
+        let kps = self.key_packages_for(suite, &present, users).await?;
+        self.commit_adds(group, kps).await
+    }
+
+    /// Claims a key package of every device of `users` not in `present`, and checks each
+    /// against its account's entry as the trust gate admits it. A refused device is shown and
+    /// left out (the user's other devices are still added); a user who cannot be added at all
+    /// (unknown, refused by the gate) fails the whole call, before anything is changed.
+    async fn key_packages_for(
+        &mut self,
+        suite: Suite,
+        present: &[DeviceId],
+        users: &[Username],
+    ) -> Result<Vec<KeyPackage>, Error> {
         let mut kps = Vec::new();
         let mut refused = None;
         for user in users {
@@ -994,7 +1125,7 @@ impl Client {
             }
             let claimed = self
                 .api
-                .claim_key_packages_for(&self.identity, user, conv.info.suite)
+                .claim_key_packages_for(&self.identity, user, suite)
                 .await
                 .map_err(|e| match e {
                     Error::Server {
@@ -1009,8 +1140,7 @@ impl Client {
                 if present.contains(&c.device_id) {
                     continue;
                 }
-                let kp =
-                    self.check_key_package(&c.key_package, user, c.device_id, conv.info.suite)?;
+                let kp = self.check_key_package(&c.key_package, user, c.device_id, suite)?;
                 let listed = verified.entry.device(c.device_id).is_some_and(|d| {
                     d.device_key.as_slice() == kp.leaf_node().signature_key().as_slice()
                 });
@@ -1024,13 +1154,13 @@ impl Client {
                             at(user)
                         ),
                     );
-                    self.alert(&e);
+                    self.alert(&e)?;
                     refused = Some(e);
                     continue;
                 }
                 if let Err(e) = self.note_key_package_use(&kp, user, c.device_id) {
                     if matches!(e, Error::Security { .. }) {
-                        self.alert(&e);
+                        self.alert(&e)?;
                     }
                     refused = Some(e);
                     continue;
@@ -1046,6 +1176,11 @@ impl Client {
                 "nobody to add: they are members already or have no device".into(),
             ));
         }
+        Ok(kps)
+    }
+
+    /// Adds the devices of checked key packages, in commits of at most [`MAX_ADD_BATCH`].
+    async fn commit_adds(&mut self, group: GroupId, kps: Vec<KeyPackage>) -> Result<(), Error> {
         for chunk in kps.chunks(MAX_ADD_BATCH) {
             let chunk = chunk.to_vec();
             self.commit(group, move |g, p, s| {
@@ -1140,6 +1275,7 @@ impl Client {
         payload: &[u8],
     ) -> Result<Vec<Event>, Error> {
         let group = self.resolve(target)?;
+        let mark = self.last_event_id()?;
         self.process(Delivery {
             kind: DeliveryKind::Group,
             inbox_seq: 0,
@@ -1148,7 +1284,11 @@ impl Client {
             sent_at: 0,
             payload: payload.to_vec().into(),
         })?;
-        Ok(self.take_events())
+        self.fresh.clear();
+        let events = self.events_after(mark, usize::MAX)?;
+        let ids: Vec<EventId> = events.iter().map(|e| e.event_id).collect();
+        self.mark_seen(SYNC_CONSUMER, &ids)?;
+        Ok(events.into_iter().map(|e| e.event).collect())
     }
 
     /// Test hook: this device's secret keys, raw (its device and account signing keys, and the
@@ -1357,6 +1497,18 @@ impl Client {
         .await
     }
 
+    /// Deletes a conversation this device has left or was removed from, with its history, from
+    /// this device. One it is still in must be left first.
+    pub fn delete_conversation(&mut self, target: &str) -> Result<(), Error> {
+        let group = self.resolve(target)?;
+        if self.convs.get(&group).is_some_and(|c| c.info.active) {
+            return Err(Error::Invalid(format!(
+                "you are still in {target}: leave it first"
+            )));
+        }
+        self.forget_conversation(group)
+    }
+
     /// Leaves a group: asks the other members to remove this device.
     pub async fn leave(&mut self, target: &str) -> Result<(), Error> {
         let group = self.resolve(target)?;
@@ -1473,22 +1625,15 @@ impl Client {
                     let users = self
                         .with_my_other_devices(std::slice::from_ref(&user))
                         .await?;
+                    // The peer passes the trust gate before the conversation is created; a 1:1
+                    // conversation without the peer must not linger (sends would reach nobody).
+                    let suite = Suite::default();
+                    let me = [self.identity.device_id];
+                    let kps = self.key_packages_for(suite, &me, &users).await?;
                     let group = self
-                        .new_conversation(
-                            ConversationKind::Direct,
-                            "",
-                            Some(user.clone()),
-                            Suite::default(),
-                        )
+                        .new_conversation(ConversationKind::Direct, "", Some(user.clone()), suite)
                         .await?;
-                    if let Err(e) = self.add_members_to(group, &users).await {
-                        // A 1:1 conversation without the peer must not linger: later sends
-                        // would reach nobody.
-                        if self.member_devices(group)?.len() <= 1 {
-                            self.forget_conversation(group)?;
-                        }
-                        return Err(e);
-                    }
+                    self.add_or_forget(group, kps).await?;
                     group
                 }
                 None => return Err(Error::UnknownConversation(target.to_owned())),
@@ -1559,11 +1704,13 @@ impl Client {
     /// Deletes a conversation and its MLS state from this device.
     fn forget_conversation(&mut self, group: GroupId) -> Result<(), Error> {
         self.profile.atomically(|tx, _, p| {
-            let mut g = load_group(p, group)?;
-            g.delete(p.storage()).map_err(Error::mls)?;
+            if let Some(mut g) = MlsGroup::load(p.storage(), &mls_id(group)).map_err(Error::mls)? {
+                g.delete(p.storage()).map_err(Error::mls)?;
+            }
             for table in [
                 "conversations",
                 "history",
+                "events",
                 "sent",
                 "pending_commits",
                 "pending_welcomes",
@@ -1881,7 +2028,7 @@ impl Client {
             detail: detail.clone(),
         };
         self.profile
-            .atomically(|tx, sealer, _| put_item(tx, sealer, group, None, &item))?;
+            .atomically(|tx, sealer, _| put_event_item(tx, sealer, group, None, &item))?;
         self.fresh.push((group, item));
         Err(security(SecurityAlert::WithheldCommit, detail))
     }
@@ -1910,16 +2057,29 @@ impl Client {
         Ok(())
     }
 
-    /// Shows a security event outside any conversation.
-    fn alert(&mut self, error: &Error) {
+    /// Shows a security event outside any conversation: appends it to the event log.
+    fn alert(&mut self, error: &Error) -> Result<(), Error> {
         if let Error::Security { alert, detail } = error {
             tracing::warn!(?alert, "security event");
-            self.dir.outside.push(Event::Security {
+            self.log_account_events(vec![Event::Security {
                 conversation: None,
                 alert: *alert,
                 detail: detail.clone(),
-            });
+            }])?;
         }
+        Ok(())
+    }
+
+    /// Appends events about the account or the directory to the event log, in one transaction.
+    fn log_account_events(&mut self, events: Vec<Event>) -> Result<(), Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.profile.atomically(|tx, sealer, _| {
+            events.into_iter().try_for_each(|event| {
+                put_event_record(tx, sealer, None, &LoggedRecord::Account { event })
+            })
+        })
     }
 
     /// Records a verified root. Two different roots for one epoch are a split view; a newer
@@ -1934,7 +2094,7 @@ impl Client {
                         "the server signed two different key directory roots for epoch {epoch}"
                     ),
                 );
-                self.alert(&e);
+                self.alert(&e)?;
                 return Err(e);
             }
             None => {
@@ -1956,9 +2116,9 @@ impl Client {
         Ok(())
     }
 
-    /// Looks `user` up in the directory and verifies the answer. Problems are shown as
-    /// security events and returned as errors.
-    async fn lookup_verified(&mut self, user: &Username) -> Result<Verified, Error> {
+    /// Looks `user` up in the directory and verifies the answer (not yet through the trust
+    /// gate). Problems are shown as security events and returned as errors.
+    async fn lookup_checked(&mut self, user: &Username) -> Result<Verified, Error> {
         let state = self.dir_state().await?;
         let resp = self
             .api
@@ -1971,31 +2131,25 @@ impl Client {
                 } => Error::Invalid(format!("{} is not in the key directory", at(user))),
                 other => other,
             })?;
-        let verified = state
-            .verify_lookup(user, &resp)
-            .inspect_err(|e| self.alert(e))?;
+        let verified = match state.verify_lookup(user, &resp) {
+            Ok(v) => v,
+            Err(e) => {
+                self.alert(&e)?;
+                return Err(e);
+            }
+        };
         self.note_root(verified.epoch, verified.root)?;
-        self.accept_verified(user, verified.clone())?;
         Ok(verified)
     }
 
-    /// Keeps a verified entry: reports its uncertified devices and a verified contact's changed
-    /// key, and remembers it as looked up in this sync.
-    fn accept_verified(&mut self, user: &Username, verified: Verified) -> Result<(), Error> {
-        if !verified.uncertified.is_empty() {
-            self.alert(&security(
-                SecurityAlert::UnapprovedDevice,
-                format!(
-                    "the directory entry of {} lists devices their account key did not certify ({}); they are not trusted",
-                    at(user),
-                    verified.uncertified.join(", ")
-                ),
-            ));
+    /// Looks `user` up in the directory, verifies the answer and passes it through the trust
+    /// gate ([`admit`](Self::admit)): a refused entry is an error.
+    async fn lookup_verified(&mut self, user: &Username) -> Result<Verified, Error> {
+        let verified = self.lookup_checked(user).await?;
+        match self.admit(user, verified.clone())? {
+            trust::Admission::Admitted => Ok(verified),
+            trust::Admission::Refused(e) => Err(e),
         }
-        self.check_contact_key(user, verified.entry.account_key.as_slice())?;
-        self.dir.fresh.insert(user.clone());
-        self.dir.entries.insert(user.clone(), verified);
-        Ok(())
     }
 
     /// Fetches the entries the receive path asked for, in batches at one epoch. A user without
@@ -2015,7 +2169,7 @@ impl Client {
             let root = match state.check_root(&resp.root) {
                 Ok(root) => root,
                 Err(e) => {
-                    self.alert(&e);
+                    self.alert(&e)?;
                     continue;
                 }
             };
@@ -2026,8 +2180,9 @@ impl Client {
                 }
                 let epoch = resp.root.epoch;
                 match verify_proof(&state.keys, &named.username, epoch, root, &named.proof) {
-                    Ok(v) => self.accept_verified(&named.username, v)?,
-                    Err(e) => self.alert(&e),
+                    // A refused entry was shown; its devices are refused (see `DirCheck`).
+                    Ok(v) => drop(self.admit(&named.username, v)?),
+                    Err(e) => self.alert(&e)?,
                 }
             }
         }
@@ -2062,7 +2217,7 @@ impl Client {
                                     "the directory root of epoch {} does not verify",
                                     peer.epoch
                                 ),
-                            ));
+                            ))?;
                             continue;
                         }
                     },
@@ -2074,11 +2229,15 @@ impl Client {
                 }
             }
             if self.dir.roots.get(&peer.epoch) != Some(&peer.root) {
-                self.dir.outside.push(Event::Security {
-                    conversation: Some(self.display(peer.group)),
-                    alert: SecurityAlert::SplitView,
-                    detail: split_view(&peer.from, peer.epoch),
-                });
+                let record = LoggedRecord::Conversation {
+                    item: Item::Security {
+                        alert: SecurityAlert::SplitView,
+                        detail: split_view(&peer.from, peer.epoch),
+                    },
+                };
+                self.profile.atomically(|tx, sealer, _| {
+                    put_event_record(tx, sealer, Some(peer.group), &record)
+                })?;
             }
         }
         Ok(())
@@ -2092,7 +2251,7 @@ impl Client {
         let root = match state.check_root(&latest) {
             Ok(root) => root,
             Err(e) => {
-                self.alert(&e);
+                self.alert(&e)?;
                 return Ok(());
             }
         };
@@ -2104,11 +2263,14 @@ impl Client {
         let (root, versions) = match state.verify_history(&me, &resp) {
             Ok(v) => v,
             Err(e) => {
-                self.alert(&e);
+                self.alert(&e)?;
                 return Ok(());
             }
         };
         let account_key = self.identity.account_key.to_public_vec();
+        // What the history shows, logged with the epoch up to which it was checked (one
+        // transaction: shown once, also across a crash).
+        let mut events = Vec::new();
         // Device changes, oldest first: each version against the one before it.
         for pair in versions.windows(2).rev() {
             let ((epoch, newer), (_, older)) = (&pair[0], &pair[1]);
@@ -2124,7 +2286,7 @@ impl Client {
                 (&before, &now, DeviceChange::Removed),
             ] {
                 for id in set.difference(other) {
-                    self.dir.outside.push(Event::AccountDevice {
+                    events.push(Event::AccountDevice {
                         device: DeviceId::from_bytes(*id).short(),
                         change,
                         epoch: *epoch,
@@ -2134,7 +2296,7 @@ impl Client {
         }
         for (epoch, entry) in versions.iter().filter(|(e, _)| *e > state.history_checked) {
             if entry.account_key.as_slice() != account_key.as_slice() {
-                self.alert(&security(
+                events.push(security_event(
                     SecurityAlert::UnapprovedDevice,
                     format!("your account key was replaced in the key directory at epoch {epoch}"),
                 ));
@@ -2142,7 +2304,7 @@ impl Client {
             }
             for device in &entry.devices {
                 if !entry.certifies(&me, device) {
-                    self.alert(&security(
+                    events.push(security_event(
                         SecurityAlert::UnapprovedDevice,
                         format!(
                             "device {} appeared in your account's directory entry at epoch {epoch}; none of your devices approved it",
@@ -2160,40 +2322,135 @@ impl Client {
             self.dir.entries.insert(me.clone(), verified);
         }
         if !listed {
-            self.alert(&security(
+            events.push(security_event(
                 SecurityAlert::DeviceMissing,
                 "this device is not in your account's current directory entry",
             ));
         }
         self.note_root(resp.root.epoch, root)?;
-        let state = self.dir_state().await?;
-        self.save_dir_state(DirectoryState {
+        let state = DirectoryState {
             history_checked: resp.root.epoch,
-            ..state
-        })
+            ..self.dir_state().await?
+        };
+        let json = serde_json::to_vec(&state).map_err(|e| Error::Store(e.to_string()))?;
+        self.profile.atomically(|tx, sealer, _| {
+            for event in events {
+                put_event_record(tx, sealer, None, &LoggedRecord::Account { event })?;
+            }
+            put_meta(tx, sealer, "directory", &json)
+        })?;
+        self.dir.state = Some(state);
+        Ok(())
     }
 
     // ---- receiving ----------------------------------------------------------------------
 
-    /// Fetches and processes everything pending; returns what happened, in server order.
+    /// Fetches and processes everything pending; returns, in the order they were learned, the
+    /// events no earlier call of `sync` returned — what this sync learned, and what other
+    /// operations (a send, a group change) learned since. They are marked returned before this
+    /// returns: a front end that must not lose one across a crash reads the event log with a
+    /// consumer of its own instead ([`unseen_events`], [`mark_seen`]).
+    ///
+    /// [`unseen_events`]: Self::unseen_events
+    /// [`mark_seen`]: Self::mark_seen
     pub async fn sync(&mut self) -> Result<Vec<Event>, Error> {
-        self.sync_inner().await?;
-        self.after_sync().await?;
-        self.check_own_account().await?;
-        Ok(self.take_events())
+        self.sync_all().await?;
+        self.fresh.clear();
+        let events = self.unseen_events(SYNC_CONSUMER, usize::MAX)?;
+        let ids: Vec<EventId> = events.iter().map(|e| e.event_id).collect();
+        self.mark_seen(SYNC_CONSUMER, &ids)?;
+        Ok(events.into_iter().map(|e| e.event).collect())
     }
 
-    fn take_events(&mut self) -> Vec<Event> {
-        let mut events: Vec<Event> = std::mem::take(&mut self.fresh)
-            .into_iter()
-            .map(|(group, item)| item.render(self.display(group)))
-            .collect();
-        events.append(&mut self.dir.outside);
-        events
+    /// A sync and the work that follows it, with this account's directory history checked.
+    async fn sync_all(&mut self) -> Result<(), Error> {
+        self.sync_inner().await?;
+        self.after_sync().await?;
+        self.check_own_account().await
+    }
+
+    /// The id of the newest event in the log ([`EventId::START`] when it is empty).
+    pub fn last_event_id(&self) -> Result<EventId, Error> {
+        store::last_event(self.profile.conn()).map(|id| EventId(id as u64))
+    }
+
+    /// Up to `limit` events of the log after `after`, oldest first, rendered with the names
+    /// as they are now (a group's name may arrive after its first events).
+    pub fn events_after(&self, after: EventId, limit: usize) -> Result<Vec<LoggedEvent>, Error> {
+        let rows = store::read_events(
+            self.profile.conn(),
+            &self.profile.sealer,
+            after.0 as i64,
+            limit.min(i64::MAX as usize),
+            None,
+        )?;
+        rows.into_iter()
+            .map(|(id, e)| self.render_logged(id, e))
+            .collect()
+    }
+
+    /// Up to `limit` events that `consumer` (a name of the front end's choosing) has not marked
+    /// seen, oldest first.
+    pub fn unseen_events(&self, consumer: &str, limit: usize) -> Result<Vec<LoggedEvent>, Error> {
+        let conn = self.profile.conn();
+        let cursor = store::event_cursor(conn, consumer)?;
+        let rows = store::read_events(
+            conn,
+            &self.profile.sealer,
+            cursor,
+            limit.min(i64::MAX as usize),
+            Some(consumer),
+        )?;
+        rows.into_iter()
+            .map(|(id, e)| self.render_logged(id, e))
+            .collect()
+    }
+
+    /// Marks events as seen by `consumer`: [`unseen_events`](Self::unseen_events) leaves them
+    /// out from now on.
+    pub fn mark_seen(&mut self, consumer: &str, ids: &[EventId]) -> Result<(), Error> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.0 as i64).collect();
+        self.profile
+            .atomically(|tx, _, _| store::mark_seen(tx, consumer, &ids))
+    }
+
+    fn render_logged(&self, id: i64, stored: store::StoredEvent) -> Result<LoggedEvent, Error> {
+        let damaged = |e: serde_json::Error| Error::Store(format!("an event is damaged: {e}"));
+        let (group, event) = match stored {
+            store::StoredEvent::Item { group, history_id } => {
+                let json = store::history_item(
+                    self.profile.conn(),
+                    &self.profile.sealer,
+                    &group,
+                    history_id,
+                )?;
+                let item: Item = serde_json::from_slice(&json).map_err(damaged)?;
+                let group = GroupId::from_slice(&group)?;
+                (Some(group), item.render(self.display(group)))
+            }
+            store::StoredEvent::Record { group, record } => {
+                let group = group.map(|g| GroupId::from_slice(&g)).transpose()?;
+                match serde_json::from_slice(&record).map_err(damaged)? {
+                    LoggedRecord::Conversation { item } => {
+                        let group = group.ok_or_else(|| {
+                            Error::Store("a conversation's event names no conversation".into())
+                        })?;
+                        (Some(group), item.render(self.display(group)))
+                    }
+                    LoggedRecord::Account { event } => (group, event),
+                }
+            }
+        };
+        Ok(LoggedEvent {
+            event_id: EventId(id as u64),
+            conversation_id: group.map(|g| g.to_string()),
+            event,
+        })
     }
 
     async fn sync_inner(&mut self) -> Result<(), Error> {
         self.dir.fresh.clear();
+        self.dir.refused.clear();
         loop {
             let req = SyncRequest {
                 inbox_after: Some(self.inbox_cursor),
@@ -2332,6 +2589,7 @@ impl Client {
         let check = DirCheck {
             entries: &self.dir.entries,
             fresh: &self.dir.fresh,
+            refused: &self.dir.refused,
             roots: &self.dir.roots,
             peer_roots: &mut self.dir.peer_roots,
         };
@@ -2431,7 +2689,7 @@ impl Client {
             };
             put_conv(tx, sealer, group, &conv)?;
             let item = Item::Joined { by };
-            put_item(tx, sealer, group, Some(d.group_seq), &item)?;
+            put_event_item(tx, sealer, group, Some(d.group_seq), &item)?;
             Ok(Some((conv, item)))
         });
         self.inbox_cursor = inbox_seq;
@@ -2444,26 +2702,24 @@ impl Client {
             }
             Ok(None) => Ok(()),
             Err(e @ (Error::Store(_) | Error::NeedDirectory(_))) => Err(e),
-            Err(Error::Security { alert, detail }) => {
-                self.profile.atomically(|tx, sealer, _| {
-                    put_meta(tx, sealer, "inbox_cursor", &inbox_seq.to_be_bytes())
-                })?;
-                self.fresh.push((group, Item::Security { alert, detail }));
-                Ok(())
-            }
             Err(e) => {
-                // A Welcome we cannot use (e.g. its key package is gone): skip it, say so.
-                tracing::warn!(error = %e, "could not join a group");
+                let item = match e {
+                    Error::Security { alert, detail } => Item::Security { alert, detail },
+                    e => {
+                        // A Welcome we cannot use (e.g. its key package is gone): skip it, say so.
+                        tracing::warn!(error = %e, "could not join a group");
+                        Item::Undecryptable {
+                            seq: d.group_seq,
+                            reason: e.to_string(),
+                        }
+                    }
+                };
+                let record = LoggedRecord::Conversation { item: item.clone() };
                 self.profile.atomically(|tx, sealer, _| {
-                    put_meta(tx, sealer, "inbox_cursor", &inbox_seq.to_be_bytes())
+                    put_meta(tx, sealer, "inbox_cursor", &inbox_seq.to_be_bytes())?;
+                    put_event_record(tx, sealer, Some(group), &record)
                 })?;
-                self.fresh.push((
-                    group,
-                    Item::Undecryptable {
-                        seq: d.group_seq,
-                        reason: e.to_string(),
-                    },
-                ));
+                self.fresh.push((group, item));
                 Ok(())
             }
         }
@@ -2493,6 +2749,7 @@ impl Client {
         let mut check = DirCheck {
             entries: &self.dir.entries,
             fresh: &self.dir.fresh,
+            refused: &self.dir.refused,
             roots: &self.dir.roots,
             peer_roots: &mut self.dir.peer_roots,
         };
@@ -2633,9 +2890,15 @@ impl Client {
         Ok(())
     }
 
-    /// Stays connected and calls `on_event` for each event as it arrives, until it returns
-    /// `false`. Reconnects (and catches up) after a dropped connection.
-    pub async fn listen(&mut self, mut on_event: impl FnMut(&Event) -> bool) -> Result<(), Error> {
+    /// Stays connected and calls `on_event` with every event `consumer` has not seen: first
+    /// those already in the log (what earlier operations found), then each as it arrives, until
+    /// it returns `false`. Each event is marked seen by `consumer` once `on_event` has taken it.
+    /// Reconnects (and catches up) after a dropped connection.
+    pub async fn listen(
+        &mut self,
+        consumer: &str,
+        mut on_event: impl FnMut(&LoggedEvent) -> bool,
+    ) -> Result<(), Error> {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
         let mut backoff = Duration::from_millis(250);
@@ -2672,18 +2935,16 @@ impl Client {
                     break;
                 }
             }
-            let events = self.sync().await?;
-            for e in &events {
-                if !on_event(e) {
-                    return Ok(());
-                }
+            self.sync_all().await?;
+            if !self.deliver_unseen(consumer, &mut on_event)? {
+                return Ok(());
             }
             while let Some(frame) = ws.next().await {
                 let Ok(frame) = frame else { break };
                 let Message::Binary(bytes) = frame else {
                     continue;
                 };
-                let events = match Delivery::decode(&bytes) {
+                match Delivery::decode(&bytes) {
                     Ok(d)
                         if d.kind == DeliveryKind::Group
                             && self
@@ -2694,9 +2955,10 @@ impl Client {
                         let (group, seq) = (d.group(), d.group_seq);
                         // Directory entries are looked up afresh for what this message needs.
                         self.dir.fresh.clear();
+                        self.dir.refused.clear();
                         match self.process(d) {
                             // Nothing was applied: catch up by cursor, which fetches them.
-                            Err(Error::NeedDirectory(_)) => self.sync().await?,
+                            Err(Error::NeedDirectory(_)) => self.sync_all().await?,
                             done => {
                                 done?;
                                 self.api
@@ -2710,18 +2972,44 @@ impl Client {
                                     .await?;
                                 self.check_peer_roots().await?;
                                 self.after_sync().await?;
-                                self.take_events()
                             }
                         }
                     }
                     // Anything else (a gap, a Welcome, garbage): catch up by cursor.
-                    _ => self.sync().await?,
-                };
-                for e in &events {
-                    if !on_event(e) {
-                        return Ok(());
-                    }
+                    _ => self.sync_all().await?,
                 }
+                if !self.deliver_unseen(consumer, &mut on_event)? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Hands `on_event` the events `consumer` has not seen, marking each seen once taken.
+    /// `false` when `on_event` asked to stop.
+    fn deliver_unseen(
+        &mut self,
+        consumer: &str,
+        on_event: &mut impl FnMut(&LoggedEvent) -> bool,
+    ) -> Result<bool, Error> {
+        self.fresh.clear();
+        loop {
+            let batch = self.unseen_events(consumer, 256)?;
+            if batch.is_empty() {
+                return Ok(true);
+            }
+            let mut taken = Vec::with_capacity(batch.len());
+            let mut go_on = true;
+            for e in &batch {
+                go_on = on_event(e);
+                taken.push(e.event_id);
+                if !go_on {
+                    break;
+                }
+            }
+            self.mark_seen(consumer, &taken)?;
+            if !go_on {
+                return Ok(false);
             }
         }
     }
@@ -2783,7 +3071,7 @@ fn keep_new(
 ) -> Result<(), Error> {
     let mut kept = Vec::with_capacity(items.len());
     for item in items.drain(..) {
-        if put_item(tx, sealer, group, Some(seq), &item)? {
+        if put_event_item(tx, sealer, group, Some(seq), &item)? {
             kept.push(item);
         }
     }

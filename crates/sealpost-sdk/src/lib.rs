@@ -50,8 +50,8 @@ pub use client::{
 pub use client::{CommitForgery, KeyPackageForgery};
 pub use error::Error;
 pub use model::{
-    ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, MemberInfo,
-    SecurityAlert, Suite, Whoami,
+    ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, EventId, LoggedEvent,
+    MemberInfo, SecurityAlert, Suite, Whoami,
 };
 pub use sealpost_proto::Username;
 #[cfg(feature = "test-hooks")]

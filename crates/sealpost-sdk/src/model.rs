@@ -170,6 +170,35 @@ pub enum Event {
     },
 }
 
+/// The place of an event in a profile's event log: ids grow, and are never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub u64);
+
+impl EventId {
+    /// Before the first event: reading the log after it reads all of it.
+    pub const START: EventId = EventId(0);
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An event as the log keeps it: with its id and the conversation it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedEvent {
+    /// Its place in the log.
+    pub event_id: EventId,
+    /// The conversation's id (the MLS group id, hex), if it belongs to one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub conversation_id: Option<String>,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
 /// What happened to a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -201,9 +230,13 @@ pub enum SecurityAlert {
     InvalidProof,
     /// This device is no longer in its own account's directory entry.
     DeviceMissing,
-    /// A contact you verified has another account key now; sending to them is blocked until
-    /// you compare and confirm the new safety number.
+    /// A contact you verified has another account key now: their devices under it are refused,
+    /// and sending to them is blocked until you compare and confirm the new safety number.
     VerifiedKeyChanged,
+    /// A contact you had not verified has another account key than the one this device saw
+    /// first: the server may be putting a device of its own in their place. Their devices under
+    /// the new key are refused until you compare the new safety number and confirm it.
+    AccountKeyChanged,
     /// The conversation was split: a message came from another state of the same epoch (its
     /// fork check differs), or from an epoch this device was never shown the way to. The
     /// server is showing different members different histories.

@@ -50,6 +50,26 @@ CREATE TABLE IF NOT EXISTS used_key_packages (ref BLOB PRIMARY KEY) WITHOUT ROWI
 -- the group it joined: a Welcome for one of them to another group means the server handed it
 -- to two people adding this device.
 CREATE TABLE IF NOT EXISTS spent_key_packages (ref BLOB PRIMARY KEY, group_id BLOB NOT NULL) WITHOUT ROWID;
+-- The event log: everything this device learned, in order, appended in the transaction that
+-- changed the state it reports. An event is either a history item (`history_id`; its text stays
+-- sealed there, once) or a record of its own (`event`, sealed). Ids are never reused
+-- (AUTOINCREMENT): a deleted conversation's events go, and consumers' cursors stay valid.
+CREATE TABLE IF NOT EXISTS events (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id   BLOB,
+    history_id INTEGER,
+    event      BLOB
+);
+-- Each consumer of the log (the command line, a daemon's subscribers) and the newest event it
+-- has seen with every one before it.
+CREATE TABLE IF NOT EXISTS event_cursors (consumer TEXT PRIMARY KEY, cursor INTEGER NOT NULL);
+-- Events a consumer has seen beyond its cursor (a command shows the security events it found and
+-- leaves the rest for `sync`).
+CREATE TABLE IF NOT EXISTS events_seen (
+    consumer TEXT NOT NULL,
+    id       INTEGER NOT NULL,
+    PRIMARY KEY (consumer, id)
+) WITHOUT ROWID;
 "#;
 
 /// The profile's format (SQLite's `user_version`). 3: every sealed record is bound to its row
@@ -92,6 +112,7 @@ impl Sealer {
                     "conv" => "conversation",
                     "item" => "history",
                     "mls" => "MLS state",
+                    "event" => "event log",
                     _ => "profile setting",
                 };
                 Error::Store(format!(
@@ -125,6 +146,161 @@ pub fn item_row(group: &[u8], id: i64) -> Vec<u8> {
     let mut row = group.to_vec();
     row.extend_from_slice(&id.to_be_bytes());
     row
+}
+
+/// Where an event record of its own lives: its id.
+fn event_row(id: i64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// One entry of the event log as stored: a history item, or a sealed record of its own.
+pub enum StoredEvent {
+    /// The history item `history_id` of the conversation `group`.
+    Item {
+        /// The conversation.
+        group: Vec<u8>,
+        /// Its row in `history`.
+        history_id: i64,
+    },
+    /// A record of its own (opened), with the conversation it belongs to if any.
+    Record {
+        /// The conversation, if any.
+        group: Option<Vec<u8>>,
+        /// The opened record.
+        record: zeroize::Zeroizing<Vec<u8>>,
+    },
+}
+
+/// Appends an event that is the history item `history_id` of `group`; returns its id.
+pub fn log_item(tx: &Connection, group: &[u8], history_id: i64) -> Result<i64, Error> {
+    tx.prepare_cached("INSERT INTO events (group_id, history_id) VALUES (?1, ?2)")?
+        .execute(params![group, history_id])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Appends an event record of its own (sealed, bound to its id); returns its id.
+pub fn log_record(
+    tx: &Connection,
+    sealer: &Sealer,
+    group: Option<&[u8]>,
+    record: &[u8],
+) -> Result<i64, Error> {
+    // The id AUTOINCREMENT would give (bound into the seal, so chosen first).
+    let id: i64 = tx
+        .prepare_cached(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+                        COALESCE((SELECT MAX(id) FROM events), 0)) + 1",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let sealed = sealer.seal_at("event", &event_row(id), record)?;
+    tx.prepare_cached("INSERT INTO events (id, group_id, event) VALUES (?1, ?2, ?3)")?
+        .execute(params![id, group, sealed])?;
+    Ok(id)
+}
+
+/// The newest event's id (0 when the log is empty).
+pub fn last_event(conn: &Connection) -> Result<i64, Error> {
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM events")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Up to `limit` events after `after`, oldest first; with `unseen_by`, only those that consumer
+/// has not marked seen.
+pub fn read_events(
+    conn: &Connection,
+    sealer: &Sealer,
+    after: i64,
+    limit: usize,
+    unseen_by: Option<&str>,
+) -> Result<Vec<(i64, StoredEvent)>, Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, group_id, history_id, event FROM events
+         WHERE id > ?1 AND (?2 IS NULL OR id NOT IN (SELECT id FROM events_seen WHERE consumer = ?2))
+         ORDER BY id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![after, unseen_by, limit as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Option<Vec<u8>>>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, Option<Vec<u8>>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, group, history_id, sealed) = row?;
+        let event = match (group, history_id, sealed) {
+            (Some(group), Some(history_id), None) => StoredEvent::Item { group, history_id },
+            (group, None, Some(sealed)) => StoredEvent::Record {
+                group,
+                record: sealer.open_at("event", &event_row(id), &sealed)?,
+            },
+            _ => {
+                return Err(Error::Store(
+                    "an event record of the profile is damaged".into(),
+                ));
+            }
+        };
+        out.push((id, event));
+    }
+    Ok(out)
+}
+
+/// Opens the history item `id` of `group`.
+pub fn history_item(
+    conn: &Connection,
+    sealer: &Sealer,
+    group: &[u8],
+    id: i64,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+    let sealed: Vec<u8> = conn
+        .prepare_cached("SELECT item FROM history WHERE id = ?1 AND group_id = ?2")?
+        .query_row(params![id, group], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::Store("an event names a history item that is gone".into()))?;
+    sealer.open_at("item", &item_row(group, id), &sealed)
+}
+
+/// Where `consumer` stands in the event log (0 for a new consumer).
+pub fn event_cursor(conn: &Connection, consumer: &str) -> Result<i64, Error> {
+    Ok(conn
+        .prepare_cached("SELECT cursor FROM event_cursors WHERE consumer = ?1")?
+        .query_row([consumer], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Marks events seen by `consumer`, and moves its cursor over every event it has now seen
+/// without a gap.
+pub fn mark_seen(tx: &Connection, consumer: &str, ids: &[i64]) -> Result<(), Error> {
+    let cursor = event_cursor(tx, consumer)?;
+    let mut seen =
+        tx.prepare_cached("INSERT OR IGNORE INTO events_seen (consumer, id) VALUES (?1, ?2)")?;
+    for id in ids.iter().filter(|id| **id > cursor) {
+        seen.execute(params![consumer, id])?;
+    }
+    // The first event after the cursor that the consumer has not seen stops it.
+    let first_unseen: Option<i64> = tx
+        .prepare_cached(
+            "SELECT MIN(id) FROM events WHERE id > ?1
+             AND id NOT IN (SELECT id FROM events_seen WHERE consumer = ?2)",
+        )?
+        .query_row(params![cursor, consumer], |r| r.get(0))?;
+    let new_cursor = match first_unseen {
+        Some(id) => id - 1,
+        None => last_event(tx)?,
+    };
+    if new_cursor > cursor {
+        tx.prepare_cached(
+            "INSERT INTO event_cursors (consumer, cursor) VALUES (?1, ?2)
+             ON CONFLICT(consumer) DO UPDATE SET cursor = excluded.cursor",
+        )?
+        .execute(params![consumer, new_cursor])?;
+        tx.prepare_cached("DELETE FROM events_seen WHERE consumer = ?1 AND id <= ?2")?
+            .execute(params![consumer, new_cursor])?;
+    }
+    Ok(())
 }
 
 /// Where a conversation record lives: its group and its cursor (written with it, always).

@@ -68,7 +68,8 @@ fn listen(
     let stop_at = stop_at.to_owned();
     let task = tokio::spawn(async move {
         client
-            .listen(|e| {
+            .listen("test", |e| {
+                let e = &e.event;
                 let _ = tx.send(e.clone());
                 !matches!(e, Event::Message { text, .. } if *text == stop_at)
             })

@@ -253,7 +253,8 @@ async fn live_push_delivers_without_polling() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let listener = tokio::spawn(async move {
         let mut seen = Vec::new();
-        bob.listen(|e| {
+        bob.listen("test", |e| {
+            let e = &e.event;
             if let Event::Message { text, .. } = e {
                 seen.push(text.clone());
                 let _ = tx.send(text.clone());

@@ -336,3 +336,144 @@ async fn a_server_that_swaps_the_link_request_or_the_approval_is_caught() {
         forged.err().map(|e| e.to_string()).unwrap_or_default()
     );
 }
+
+/// The operator replaces bob's account key with one it holds and certifies a device of its own
+/// under it (made on a shadow server, where "bob" is the operator's). The device is real: its
+/// key packages carry bob's name and are signed by the device key the new account key certifies.
+async fn operator_takes_over_bob(server: &TestServer) {
+    let shadow = TestServer::start().await;
+    let shadow_people = People::new();
+    drop(shadow_people.register(&shadow, "bob").await);
+    let db = rusqlite::Connection::open(server.data.join("server.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    db.execute(
+        "ATTACH DATABASE ?1 AS shadow",
+        [shadow.data.join("server.db").to_str().unwrap()],
+    )
+    .unwrap();
+    db.execute_batch(
+        "UPDATE accounts SET account_key =
+             (SELECT account_key FROM shadow.accounts WHERE username = 'bob')
+             WHERE username = 'bob';
+         INSERT INTO devices (device_id, username, device_key, certificate, created_at)
+             SELECT device_id, username, device_key, certificate, created_at FROM shadow.devices;
+         INSERT INTO key_packages (device_id, ciphersuite, last_resort, data)
+             SELECT device_id, ciphersuite, last_resort, data FROM shadow.key_packages;
+         INSERT INTO directory_pending (username, ticket) VALUES ('bob', 1000000);",
+    )
+    .unwrap();
+    server.directory.wait_published().await;
+}
+
+/// The security events of a kind in `client`'s log that the front end `consumer` has not seen.
+fn unseen_alerts(client: &Client, consumer: &str) -> Vec<SecurityAlert> {
+    client
+        .unseen_events(consumer, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Event::Security { alert, .. } => Some(alert),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Defect: after the operator replaced a verified contact's account key, `send` was refused but
+/// `group create … --member @bob` added the operator's device and sent it the group's name; for
+/// a contact seen but not verified, the operator's device silently took the real one's place.
+/// Now every path goes through one trust gate, refusals are events, and nothing is created.
+#[tokio::test]
+async fn an_operator_who_replaces_an_account_key_gets_no_device_into_any_conversation() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let mut carol = people.register(&server, "carol").await;
+    // Alice verified bob; carol has only seen him (a conversation, no safety number).
+    let number = bob.verification(&u("alice")).await.unwrap().safety_number;
+    alice
+        .confirm_verification(&u("bob"), &number)
+        .await
+        .unwrap();
+    alice.send("@bob", "hi bob").await.unwrap();
+    carol.send("@bob", "hi bob, carol here").await.unwrap();
+    alice
+        .create_group("friends", &[u("carol")], Suite::Pq)
+        .await
+        .unwrap();
+    let real_bob = bob.whoami().device;
+    assert_eq!(texts(&bob.sync().await.unwrap()).len(), 2);
+
+    operator_takes_over_bob(&server).await;
+    alice.sync().await.unwrap();
+    carol.sync().await.unwrap();
+
+    // Group create: refused before anything is made; the refusal is an event.
+    let created = alice.create_group("g", &[u("bob")], Suite::Pq).await;
+    assert!(
+        matches!(
+            created,
+            Err(Error::Security {
+                alert: SecurityAlert::VerifiedKeyChanged,
+                ..
+            })
+        ),
+        "{created:?}"
+    );
+    assert!(
+        alice
+            .conversations()
+            .unwrap()
+            .iter()
+            .all(|c| c.conversation != "#g"),
+        "nothing is left behind"
+    );
+    assert_eq!(
+        unseen_alerts(&alice, "ui"),
+        [SecurityAlert::VerifiedKeyChanged]
+    );
+    // Group add and send: refused too, and shown once (the alert is not raised again).
+    let added = alice.add_members("#friends", &[u("bob")]).await;
+    assert!(matches!(added, Err(Error::Security { .. })), "{added:?}");
+    assert!(alice.send("@bob", "still there?").await.is_err());
+    assert_eq!(alice.members("#friends").unwrap().len(), 2);
+    assert_eq!(unseen_alerts(&alice, "ui").len(), 1);
+
+    // Carol never verified bob: his new key is still not the one she saw, and is refused.
+    let created = carol.create_group("h", &[u("bob")], Suite::Classic).await;
+    assert!(
+        matches!(
+            created,
+            Err(Error::Security {
+                alert: SecurityAlert::AccountKeyChanged,
+                ..
+            })
+        ),
+        "{created:?}"
+    );
+    assert_eq!(
+        unseen_alerts(&carol, "ui"),
+        [SecurityAlert::AccountKeyChanged]
+    );
+    assert!(
+        carol
+            .conversations()
+            .unwrap()
+            .iter()
+            .all(|c| c.conversation != "#h")
+    );
+    // Carol can still write to the real bob in their conversation; nobody else reads it.
+    carol.send("@bob", "only you").await.unwrap();
+    let members: Vec<String> = carol
+        .members("@bob")
+        .unwrap()
+        .into_iter()
+        .filter(|m| !m.you)
+        .map(|m| m.device)
+        .collect();
+    assert_eq!(members, [real_bob]);
+    assert_eq!(
+        texts(&bob.sync().await.unwrap()),
+        [("@carol".to_owned(), "only you".to_owned())]
+    );
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sealpost_sdk::{Client, Event, Suite, Username};
+use sealpost_sdk::{Client, Event, LoggedEvent, Suite, Username};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -118,6 +118,11 @@ enum GroupCommand {
     /// Leave a group.
     Leave {
         /// The #group.
+        group: String,
+    },
+    /// Delete a group you left (or were removed from), with its history, from this device.
+    Delete {
+        /// The #group (or its id).
         group: String,
     },
     /// List a group's members.
@@ -271,7 +276,51 @@ fn print_json(v: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-/// One line of human-readable output for an event.
+/// Text that others chose (a message, a name, a reason the server gave), made safe to print as
+/// one line: control characters, escape sequences, line and paragraph separators and
+/// bidirectional overrides are shown escaped (`\u{1b}`), so that nobody can colour the terminal,
+/// set its title, move the cursor, or start what looks like a line of its own.
+pub fn safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        push_safe(&mut out, c);
+    }
+    out
+}
+
+/// A message body, made safe like [`safe`], but with its line breaks kept: each following line
+/// is indented, so that it can never pass for the start of another sender's message.
+pub fn safe_body(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '\n' {
+            out.push_str(CONTINUATION);
+        } else {
+            push_safe(&mut out, c);
+        }
+    }
+    out
+}
+
+/// What starts the second and later lines of a message: no event line starts with a space.
+const CONTINUATION: &str = "\n    | ";
+
+fn push_safe(out: &mut String, c: char) {
+    let hidden = c.is_control()
+        || matches!(c,
+            // Bidirectional embeddings, overrides and isolates, and the marks.
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+            // Line and paragraph separators.
+            | '\u{2028}' | '\u{2029}');
+    if hidden {
+        out.push_str(&c.escape_unicode().to_string());
+    } else {
+        out.push(c);
+    }
+}
+
+/// One line of human-readable output for an event (a message may continue on indented lines).
+/// Everything in it that someone else chose is passed through [`safe`].
 pub fn line(e: &Event) -> String {
     match e {
         Event::Message {
@@ -281,6 +330,7 @@ pub fn line(e: &Event) -> String {
             late,
             ..
         } => {
+            let (conversation, from, text) = (safe(conversation), safe(from), safe_body(text));
             if *late {
                 format!("[{conversation}] {from} (late, sent before earlier lines): {text}")
             } else {
@@ -292,56 +342,88 @@ pub fn line(e: &Event) -> String {
             from,
             missing,
         } => format!(
-            "[{conversation}] {missing} message(s) from {from} are missing here: \
-             the server dropped or is holding them back"
+            "[{}] {missing} message(s) from {} are missing here: \
+             the server dropped or is holding them back",
+            safe(conversation),
+            safe(from)
         ),
         Event::MemberAdded {
             conversation,
             member,
             by,
-        } => format!("[{conversation}] {by} added {member}"),
+        } => format!(
+            "[{}] {} added {}",
+            safe(conversation),
+            safe(by),
+            safe(member)
+        ),
         Event::MemberRemoved {
             conversation,
             member,
             by,
-        } => format!("[{conversation}] {by} removed {member}"),
+        } => format!(
+            "[{}] {} removed {}",
+            safe(conversation),
+            safe(by),
+            safe(member)
+        ),
         Event::MemberLeft {
             conversation,
             member,
-        } => format!("[{conversation}] {member} left"),
+        } => format!("[{}] {} left", safe(conversation), safe(member)),
         Event::DeviceAdded {
             conversation,
             member,
             device,
             by,
-        } => format!("[{conversation}] {by} added device {device} of {member}"),
+        } => format!(
+            "[{}] {} added device {} of {}",
+            safe(conversation),
+            safe(by),
+            safe(device),
+            safe(member)
+        ),
         Event::DeviceRemoved {
             conversation,
             member,
             device,
             by,
-        } => format!("[{conversation}] {by} removed device {device} of {member}"),
+        } => format!(
+            "[{}] {} removed device {} of {}",
+            safe(conversation),
+            safe(by),
+            safe(device),
+            safe(member)
+        ),
         Event::AccountDevice {
             device,
             change,
             epoch,
         } => match change {
-            sealpost_sdk::DeviceChange::Added => {
-                format!("device {device} was linked to your account (directory epoch {epoch})")
-            }
-            sealpost_sdk::DeviceChange::Removed => {
-                format!("device {device} was removed from your account (directory epoch {epoch})")
-            }
+            sealpost_sdk::DeviceChange::Added => format!(
+                "device {} was linked to your account (directory epoch {epoch})",
+                safe(device)
+            ),
+            sealpost_sdk::DeviceChange::Removed => format!(
+                "device {} was removed from your account (directory epoch {epoch})",
+                safe(device)
+            ),
         },
-        Event::Joined { conversation, by } => format!("[{conversation}] {by} added you"),
-        Event::Removed { conversation, by } => format!("[{conversation}] {by} removed you"),
+        Event::Joined { conversation, by } => {
+            format!("[{}] {} added you", safe(conversation), safe(by))
+        }
+        Event::Removed { conversation, by } => {
+            format!("[{}] {} removed you", safe(conversation), safe(by))
+        }
         Event::Undecryptable {
             conversation,
             seq,
             reason,
-        } => {
-            format!("[{conversation}] message #{seq} could not be read: {reason}")
-        }
+        } => format!(
+            "[{}] message #{seq} could not be read: {}",
+            safe(conversation),
+            safe(reason)
+        ),
         Event::Security {
             conversation,
             alert,
@@ -352,19 +434,15 @@ pub fn line(e: &Event) -> String {
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
             match conversation {
-                Some(c) => format!("[{c}] SECURITY ({alert}): {detail}"),
-                None => format!("SECURITY ({alert}): {detail}"),
+                Some(c) => format!("[{}] SECURITY ({alert}): {}", safe(c), safe(detail)),
+                None => format!("SECURITY ({alert}): {}", safe(detail)),
             }
         }
     }
 }
 
-/// Fails with [`SecurityExit`] if any event is a security event (after they were printed).
-fn exit_on_alerts(events: &[Event]) -> Result<()> {
-    let n = events
-        .iter()
-        .filter(|e| matches!(e, Event::Security { .. }))
-        .count();
+/// Fails with [`SecurityExit`] if `n` security events were shown (after they were printed).
+fn exit_on_alerts(n: usize) -> Result<()> {
     if n > 0 {
         return Err(SecurityExit(format!(
             "{n} security event(s): see docs/threat-model.md for what each means"
@@ -383,6 +461,59 @@ fn print_events(events: &[Event], json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The name under which the command line keeps its place in the profile's event log: whatever
+/// one command found and did not print, the next `sync` or `listen` prints.
+const CONSUMER: &str = "cli";
+
+/// Prints the events no command has printed yet (with `only_security`, just the security
+/// events, leaving the rest for `sync`) and marks them printed. Returns how many security
+/// events it printed.
+fn show_unseen(client: &mut Client, json: bool, only_security: bool) -> Result<usize> {
+    let unseen = client.unseen_events(CONSUMER, usize::MAX)?;
+    let mut shown = Vec::new();
+    let mut alerts = 0;
+    for e in &unseen {
+        let security = matches!(e.event, Event::Security { .. });
+        if only_security && !security {
+            continue;
+        }
+        print_logged(e, json)?;
+        alerts += usize::from(security);
+        shown.push(e.event_id);
+    }
+    client.mark_seen(CONSUMER, &shown)?;
+    Ok(alerts)
+}
+
+fn print_logged(e: &LoggedEvent, json: bool) -> Result<()> {
+    if json {
+        print_json(e)
+    } else {
+        println!("{}", line(&e.event));
+        Ok(())
+    }
+}
+
+/// After a command that may have synced: prints the security events it (or any earlier
+/// command) found and no command printed, then the command's own outcome (`report`), and turns
+/// it into the exit status: 3 when a security event was printed or the command failed a
+/// security check.
+fn settle<T>(
+    client: &mut Client,
+    outcome: Result<T, sealpost_sdk::Error>,
+    report: impl FnOnce(T) -> Result<()>,
+) -> Result<()> {
+    let alerts = show_unseen(client, false, true)?;
+    match outcome {
+        Ok(v) => {
+            report(v)?;
+            exit_on_alerts(alerts)
+        }
+        Err(e) if alerts > 0 => Err(SecurityExit(e.to_string()).into()),
+        Err(e) => Err(security_exit(e)),
+    }
 }
 
 /// Runs a command.
@@ -431,13 +562,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                 bail!("the message is empty");
             }
             let mut client = open()?;
-            client.send(&to, &text).await.map_err(security_exit)?;
-            Ok(())
+            let sent = client.send(&to, &text).await;
+            settle(&mut client, sent, |_| Ok(()))
         }
         Command::Sync(f) => {
-            let events = open()?.sync().await.map_err(security_exit)?;
-            print_events(&events, f.json)?;
-            exit_on_alerts(&events)
+            let mut client = open()?;
+            let synced = client.sync().await.map(drop);
+            // Printed even when the sync broke off: what it stored before is new too.
+            let alerts = show_unseen(&mut client, f.json, false)?;
+            match synced {
+                Err(e) if alerts > 0 => Err(SecurityExit(e.to_string()).into()),
+                Err(e) => Err(security_exit(e)),
+                Ok(()) => exit_on_alerts(alerts),
+            }
         }
         Command::Audit(args) => audit(&home, args).await,
         Command::Messages {
@@ -450,23 +587,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Listen(f) => {
             let mut client = open()?;
+            // First what earlier commands found and did not print, then what arrives.
             let mut failed = None;
             client
-                .listen(|e| {
-                    let out = if f.json {
-                        serde_json::to_string(e).map_err(anyhow::Error::from)
-                    } else {
-                        Ok(line(e))
-                    };
-                    match out {
-                        Ok(s) => {
-                            println!("{s}");
-                            true
-                        }
-                        Err(err) => {
-                            failed = Some(err);
-                            false
-                        }
+                .listen(CONSUMER, |e| match print_logged(e, f.json) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        failed = Some(err);
+                        false
                     }
                 })
                 .await?;
@@ -480,7 +608,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     let state = if c.active { "" } else { " (left)" };
                     println!(
                         "{}  {} members  {:?}{}",
-                        c.conversation, c.members, c.ciphersuite, state
+                        safe(&c.conversation),
+                        c.members,
+                        c.ciphersuite,
+                        state
                     );
                 }
             }
@@ -501,30 +632,33 @@ pub async fn run(cli: Cli) -> Result<()> {
             let v = match confirm {
                 Some(number) => client.confirm_verification(&user, &number).await,
                 None => client.verification(&user).await,
-            }
-            .map_err(security_exit)?;
-            if json.json {
-                return print_json(&v);
-            }
-            println!(
-                "safety number with {}:\n\n    {}\n",
-                v.contact, v.safety_number
-            );
-            println!("{}", qr(&v.safety_number.replace(' ', "")));
-            if v.verified {
-                println!("{} is verified.", v.contact);
-            } else {
-                if v.changed {
-                    println!("{}'s account key CHANGED since you verified it.", v.contact);
-                }
-                println!(
-                    "Compare it with {} (in person, or by a call you trust), then run\n    sealpost verify {} --confirm '<the number>'",
-                    v.contact, v.contact
-                );
-            }
-            Ok(())
+            };
+            settle(&mut client, v, |v| show_verification(&v, json.json))
         }
     }
+}
+
+fn show_verification(v: &sealpost_sdk::Verification, json: bool) -> Result<()> {
+    if json {
+        return print_json(v);
+    }
+    println!(
+        "safety number with {}:\n\n    {}\n",
+        v.contact, v.safety_number
+    );
+    println!("{}", qr(&v.safety_number.replace(' ', "")));
+    if v.verified {
+        println!("{} is verified.", v.contact);
+    } else {
+        if v.changed {
+            println!("{}'s account key CHANGED since you verified it.", v.contact);
+        }
+        println!(
+            "Compare it with {} (in person, or by a call you trust), then run\n    sealpost verify {} --confirm '<the number>'",
+            v.contact, v.contact
+        );
+    }
+    Ok(())
 }
 
 /// A QR code for a terminal (two rows of modules per line).
@@ -571,32 +705,41 @@ async fn device(mut client: Client, cmd: DeviceCommand) -> Result<()> {
     match cmd {
         DeviceCommand::Link { .. } => Ok(()),
         DeviceCommand::Approve { code } => {
-            let id = client.approve_link(&code).await.map_err(security_exit)?;
-            println!("approved device {id}; it was added to your conversations");
-            Ok(())
+            let approved = client.approve_link(&code).await;
+            settle(&mut client, approved, |id| {
+                println!("approved device {id}; it was added to your conversations");
+                Ok(())
+            })
         }
         DeviceCommand::List(f) => {
-            for d in client.devices().await.map_err(security_exit)? {
-                if f.json {
-                    print_json(&d)?;
-                } else {
-                    let you = if d.you { "  (this device)" } else { "" };
-                    let bad = if d.certified {
-                        ""
-                    } else {
-                        "  NOT CERTIFIED BY YOUR ACCOUNT KEY: not trusted"
-                    };
-                    println!("{}{you}{bad}", d.device);
-                }
-            }
-            Ok(())
+            let listed = client.devices().await;
+            settle(&mut client, listed, |devices| list_devices(devices, f.json))
         }
         DeviceCommand::Remove { device } => {
-            client.remove_device(&device).await?;
-            println!("removed device {device} from your account and your conversations");
-            Ok(())
+            let removed = client.remove_device(&device).await;
+            settle(&mut client, removed, |()| {
+                println!("removed device {device} from your account and your conversations");
+                Ok(())
+            })
         }
     }
+}
+
+fn list_devices(devices: Vec<sealpost_sdk::DeviceEntry>, json: bool) -> Result<()> {
+    for d in devices {
+        if json {
+            print_json(&d)?;
+        } else {
+            let you = if d.you { "  (this device)" } else { "" };
+            let bad = if d.certified {
+                ""
+            } else {
+                "  NOT CERTIFIED BY YOUR ACCOUNT KEY: not trusted"
+            };
+            println!("{}{you}{bad}", d.device);
+        }
+    }
+    Ok(())
 }
 
 async fn audit(home: &std::path::Path, args: AuditArgs) -> Result<()> {
@@ -638,20 +781,30 @@ async fn group(mut client: Client, cmd: GroupCommand) -> Result<()> {
                 SuiteArg::Classic => Suite::Classic,
             };
             let name = name.strip_prefix('#').unwrap_or(&name);
-            let info = client
-                .create_group(name, &users(&members)?, suite)
-                .await
-                .map_err(security_exit)?;
-            println!("created {} ({} members)", info.conversation, info.members);
+            let members = users(&members)?;
+            let created = client.create_group(name, &members, suite).await;
+            settle(&mut client, created, |info| {
+                println!(
+                    "created {} ({} members)",
+                    safe(&info.conversation),
+                    info.members
+                );
+                Ok(())
+            })?
         }
-        GroupCommand::Add { group, users: list } => client
-            .add_members(&group, &users(&list)?)
-            .await
-            .map_err(security_exit)?,
+        GroupCommand::Add { group, users: list } => {
+            let added = client.add_members(&group, &users(&list)?).await;
+            settle(&mut client, added, Ok)?
+        }
         GroupCommand::Remove { group, users: list } => {
-            client.remove_members(&group, &users(&list)?).await?
+            let removed = client.remove_members(&group, &users(&list)?).await;
+            settle(&mut client, removed, Ok)?
         }
-        GroupCommand::Leave { group } => client.leave(&group).await?,
+        GroupCommand::Leave { group } => {
+            let left = client.leave(&group).await;
+            settle(&mut client, left, Ok)?
+        }
+        GroupCommand::Delete { group } => client.delete_conversation(&group)?,
         GroupCommand::Members { group, json } => {
             for m in client.members(&group)? {
                 if json.json {

@@ -25,12 +25,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Errors may quote what the server or a peer sent: printed safely.
         Err(e) if e.downcast_ref::<cli::SecurityExit>().is_some() => {
-            eprintln!("security: {e:#}");
+            eprintln!("security: {}", cli::safe_body(&format!("{e:#}")));
             ExitCode::from(3)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::safe_body(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

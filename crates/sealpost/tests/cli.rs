@@ -240,3 +240,82 @@ fn linking_verifying_and_auditing_through_the_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Defect: what `send` found in its own sync was acknowledged and stored but never printed,
+/// and the next `sync` printed nothing. Now every event goes to the profile's event log, and
+/// `sync` prints whatever no earlier command printed — once.
+#[test]
+fn what_a_commands_own_sync_finds_is_printed_by_the_next_sync_once() {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    run_ok(&a, &["register", "alice", "--server", &server.url]);
+    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    run_ok(&a, &["send", "@bob", "hello from alice"]);
+    // Bob's send syncs first, and so takes alice's text in.
+    run_ok(&b, &["send", "@alice", "x"]);
+    let out = run_ok(&b, &["sync", "--json"]);
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let texts: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["hello from alice"], "{out}");
+    // Every event carries its id in the log and its conversation's id.
+    for e in &events {
+        assert!(e["event_id"].as_u64().unwrap() > 0, "{e}");
+        assert_eq!(e["conversation_id"].as_str().unwrap().len(), 32, "{e}");
+    }
+    // Shown once: the next sync has nothing more to say.
+    assert_eq!(run_ok(&b, &["sync", "--json"]), "");
+    // The history still holds it.
+    let history = run_ok(&b, &["messages", "@alice"]);
+    assert!(history.contains("hello from alice"), "{history}");
+}
+
+/// Defect: a text with a newline followed by `[@carol] @carol: …` printed a line that looked
+/// like carol's message, and escape sequences reached the terminal raw.
+#[test]
+fn a_peers_text_cannot_forge_a_line_or_reach_the_terminal_raw() {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    run_ok(&a, &["register", "alice", "--server", &server.url]);
+    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    let forgeries = [
+        "hi\n[@carol] @carol: the code is 4471",
+        "hi\r[@carol] @carol: the code is 4471",
+        "\u{1b}[2K\r[@carol] @carol: the code is 4471",
+        "\u{1b}]0;window title\u{7}colour \u{1b}[31mred",
+        "C1 \u{9b}2K and \u{85}next line",
+        "bidi \u{202e}1744 si edoc eht :lorac@ ]lorac@[",
+        "separators\u{2028}[@carol] @carol: x\u{2029}[@carol] @carol: y",
+    ];
+    for text in forgeries {
+        run_ok(&a, &["send", "@bob", text]);
+    }
+    for args in [&["sync"][..], &["messages", "@alice"]] {
+        let out = run_ok(&b, args);
+        for l in out.lines() {
+            // Every line is about alice, or indented under one of her messages.
+            assert!(
+                l.starts_with("[@alice] @alice") || l.starts_with("    | "),
+                "{args:?}: a line that is not alice's: {l:?}\n{out}"
+            );
+        }
+        let messages = out.lines().filter(|l| l.starts_with("[@alice] @alice: "));
+        assert_eq!(messages.count(), 7, "{out}");
+        let hidden = |c: char| {
+            (c.is_control() && c != '\n')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+        };
+        assert!(!out.chars().any(hidden), "{args:?}: {out:?}");
+        // Shown escaped, not dropped.
+        assert!(out.contains("\\u{1b}]0;window title"), "{out}");
+        assert!(out.contains("\\u{202e}"), "{out}");
+    }
+}

@@ -322,7 +322,7 @@ impl Client {
                 SecurityAlert::InvalidProof,
                 "the waiting request does not match the code: the server may have swapped it; nothing was approved",
             );
-            self.alert(&e);
+            self.alert(&e)?;
             return Err(e);
         }
         let certificate = self

@@ -5,16 +5,8 @@
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::types::HashType;
 
+use super::trust::{Admission, Contact};
 use super::*;
-
-/// A contact's verification state (sealed in the profile).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct Contact {
-    /// The account key confirmed by the user.
-    pub account_key: Vec<u8>,
-    /// The directory now shows another account key: sending to them is blocked.
-    pub changed: bool,
-}
 
 /// The safety number of two accounts: 60 digits in 12 groups, the same on both sides.
 pub fn safety_number(
@@ -62,44 +54,6 @@ pub struct Verification {
 }
 
 impl Client {
-    fn contact(&self, user: &Username) -> Result<Option<Contact>, Error> {
-        self.profile
-            .meta(&format!("contact:{user}"))?
-            .map(|json| {
-                serde_json::from_slice(&json)
-                    .map_err(|e| Error::Store(format!("a contact record is damaged: {e}")))
-            })
-            .transpose()
-    }
-
-    fn put_contact(&mut self, user: &Username, contact: &Contact) -> Result<(), Error> {
-        let json = serde_json::to_vec(contact).map_err(|e| Error::Store(e.to_string()))?;
-        let key = format!("contact:{user}");
-        self.profile
-            .atomically(|tx, sealer, _| put_meta(tx, sealer, &key, &json))
-    }
-
-    /// Notes a verified account key of `user` from the directory: a verified contact whose key
-    /// changed is blocked and shown as a security event.
-    pub(super) fn check_contact_key(&mut self, user: &Username, key: &[u8]) -> Result<(), Error> {
-        let Some(mut contact) = self.contact(user)? else {
-            return Ok(());
-        };
-        if contact.account_key != key && !contact.changed {
-            contact.changed = true;
-            self.put_contact(user, &contact)?;
-            self.alert(&security(
-                SecurityAlert::VerifiedKeyChanged,
-                format!(
-                    "the account key of {} changed since you verified it: sending to them is blocked until you run `sealpost verify {}` and confirm the new number with them",
-                    at(user),
-                    at(user)
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// Looks verified contacts of a conversation up again when the directory moved on since
     /// their entry was verified, so that a changed key is noticed before sending.
     pub(super) async fn refresh_verified(&mut self, group: GroupId) -> Result<(), Error> {
@@ -112,7 +66,7 @@ impl Client {
             .collect();
         for user in users {
             let stale = self.dir.entries.get(&user).is_none_or(|v| v.epoch < epoch);
-            if stale && self.contact(&user)?.is_some() {
+            if stale && self.contact(&user)?.is_some_and(|c| c.verified) {
                 self.lookup_verified(&user).await?;
             }
         }
@@ -127,7 +81,10 @@ impl Client {
             .map(|d| d.username)
             .collect();
         for user in users {
-            if self.contact(&user)?.is_some_and(|c| c.changed) {
+            if self
+                .contact(&user)?
+                .is_some_and(|c| c.verified && c.changed)
+            {
                 return Err(security(
                     SecurityAlert::VerifiedKeyChanged,
                     format!(
@@ -143,18 +100,24 @@ impl Client {
 
     /// The safety number with `user`, from their verified directory entry.
     pub async fn verification(&mut self, user: &Username) -> Result<Verification, Error> {
+        // Not through the trust gate: the number is shown whatever the key, so that a changed
+        // one can be compared and confirmed.
+        let entry = self.lookup_checked(user).await?;
+        self.verification_of(user, &entry)
+    }
+
+    fn verification_of(&self, user: &Username, entry: &Verified) -> Result<Verification, Error> {
         if *user == self.identity.username {
             return Err(Error::Invalid(
                 "verify someone else: this is your own account".into(),
             ));
         }
-        let entry = self.lookup_verified(user).await?;
-        let theirs = entry.entry.account_key.as_slice().to_vec();
+        let theirs = entry.entry.account_key.as_slice();
         let mine = self.identity.account_key.to_public_vec();
         let number = safety_number(
             self.profile.mls.provider.crypto(),
             (&self.identity.username, &mine),
-            (user, &theirs),
+            (user, theirs),
         )?;
         let contact = self.contact(user)?;
         Ok(Verification {
@@ -162,34 +125,36 @@ impl Client {
             safety_number: number,
             verified: contact
                 .as_ref()
-                .is_some_and(|c| c.account_key == theirs && !c.changed),
-            changed: contact.is_some_and(|c| c.changed),
+                .is_some_and(|c| c.verified && c.account_key == theirs && !c.changed),
+            changed: contact.is_some_and(|c| c.changed || c.account_key != theirs),
         })
     }
 
-    /// Marks `user` verified if `number` is the current safety number (spaces ignored).
+    /// Marks `user` verified if `number` is the current safety number (spaces ignored). The
+    /// account key it was computed from is then the one this device trusts for `user`.
     pub async fn confirm_verification(
         &mut self,
         user: &Username,
         number: &str,
     ) -> Result<Verification, Error> {
-        let current = self.verification(user).await?;
+        let entry = self.lookup_checked(user).await?;
+        let current = self.verification_of(user, &entry)?;
         if digits(number) != digits(&current.safety_number) {
             return Err(Error::Invalid(format!(
                 "that is not the safety number with {}: compare again (nothing was changed)",
                 at(user)
             )));
         }
-        let entry = self
-            .dir
-            .entries
-            .get(user)
-            .ok_or_else(|| Error::Store("the verified entry went missing".into()))?;
         let contact = Contact {
             account_key: entry.entry.account_key.as_slice().to_vec(),
             changed: false,
+            verified: true,
         };
         self.put_contact(user, &contact)?;
+        // The confirmed key's entry is admitted from now on.
+        if let Admission::Refused(e) = self.admit(user, entry)? {
+            return Err(e);
+        }
         Ok(Verification {
             verified: true,
             changed: false,
