@@ -69,6 +69,11 @@ impl Api {
         format!("ws{rest}/v1/ws")
     }
 
+    /// Forgets the session token (the server refused it): the next call signs in again.
+    pub fn forget_token(&mut self) {
+        self.token = None;
+    }
+
     /// The current token, signing in if needed.
     pub async fn token(&mut self, signer: &dyn ChallengeSigner) -> Result<String, Error> {
         if let Some(t) = &self.token {

@@ -2363,7 +2363,7 @@ impl Client {
     }
 
     /// A sync and the work that follows it, with this account's directory history checked.
-    async fn sync_all(&mut self) -> Result<(), Error> {
+    pub(crate) async fn sync_all(&mut self) -> Result<(), Error> {
         self.sync_inner().await?;
         self.after_sync().await?;
         self.check_own_account().await
@@ -2893,95 +2893,123 @@ impl Client {
     /// Stays connected and calls `on_event` with every event `consumer` has not seen: first
     /// those already in the log (what earlier operations found), then each as it arrives, until
     /// it returns `false`. Each event is marked seen by `consumer` once `on_event` has taken it.
-    /// Reconnects (and catches up) after a dropped connection.
+    /// Reconnects (and catches up) after a dropped connection. A front end that also sends while
+    /// it listens uses [`Live`](crate::Live) instead.
     pub async fn listen(
         &mut self,
         consumer: &str,
         mut on_event: impl FnMut(&LoggedEvent) -> bool,
     ) -> Result<(), Error> {
         use futures_util::StreamExt;
-        use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = Backoff::default();
         loop {
-            let token = self.api.token(&self.identity).await?;
-            let mut request = self
-                .api
-                .ws_url()
-                .into_client_request()
-                .map_err(|e| Error::Protocol(e.to_string()))?;
-            let header = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| Error::Protocol("bad token".into()))?;
-            request.headers_mut().insert("authorization", header);
-            let (mut ws, _) = match tokio_tungstenite::connect_async_with_config(
-                request,
-                Some(ws_config()),
-                false,
-            )
-            .await
-            {
-                Ok(c) => c,
+            let mut ws = match self.open_push().await {
+                Ok(ws) => ws,
                 Err(e) => {
                     tracing::debug!(error = %e, "push connection failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    tokio::time::sleep(backoff.next()).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(250);
-            // Wait until subscribed, then catch up: nothing appended after this is missed.
-            while let Some(frame) = ws.next().await {
-                if matches!(frame, Ok(Message::Text(_))) {
-                    break;
-                }
-            }
+            backoff = Backoff::default();
             self.sync_all().await?;
             if !self.deliver_unseen(consumer, &mut on_event)? {
                 return Ok(());
             }
             while let Some(frame) = ws.next().await {
                 let Ok(frame) = frame else { break };
-                let Message::Binary(bytes) = frame else {
-                    continue;
-                };
-                match Delivery::decode(&bytes) {
-                    Ok(d)
-                        if d.kind == DeliveryKind::Group
-                            && self
-                                .convs
-                                .get(&d.group())
-                                .is_some_and(|c| c.cursor + 1 == d.group_seq) =>
-                    {
-                        let (group, seq) = (d.group(), d.group_seq);
-                        // Directory entries are looked up afresh for what this message needs.
-                        self.dir.fresh.clear();
-                        self.dir.refused.clear();
-                        match self.process(d) {
-                            // Nothing was applied: catch up by cursor, which fetches them.
-                            Err(Error::NeedDirectory(_)) => self.sync_all().await?,
-                            done => {
-                                done?;
-                                self.api
-                                    .ack(
-                                        &self.identity,
-                                        &AckRequest {
-                                            inbox: None,
-                                            groups: vec![(group, seq)],
-                                        },
-                                    )
-                                    .await?;
-                                self.check_peer_roots().await?;
-                                self.after_sync().await?;
-                            }
-                        }
-                    }
-                    // Anything else (a gap, a Welcome, garbage): catch up by cursor.
-                    _ => self.sync_all().await?,
-                }
+                self.on_push_frame(frame).await?;
                 if !self.deliver_unseen(consumer, &mut on_event)? {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Opens the push connection and waits until the server has subscribed it: nothing
+    /// appended after this returns is missed (a catch-up by cursor covers what came before).
+    /// A refused session token is forgotten, so that the next attempt signs in again.
+    pub(crate) async fn open_push(&mut self) -> Result<PushSocket, Error> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+        let token = self.api.token(&self.identity).await?;
+        let mut request = self
+            .api
+            .ws_url()
+            .into_client_request()
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let header = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Protocol("bad token".into()))?;
+        request.headers_mut().insert("authorization", header);
+        let unreachable = |reason: String| Error::ServerUnreachable {
+            url: self.identity.server.clone(),
+            reason,
+        };
+        let (mut ws, _) =
+            match tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), false)
+                .await
+            {
+                Ok(c) => c,
+                Err(tungstenite::Error::Http(response)) if response.status() == 401 => {
+                    // Expired (24 h by default) or revoked: sign in again next time.
+                    self.api.forget_token();
+                    return Err(unreachable("the session expired; signing in again".into()));
+                }
+                Err(e) => return Err(unreachable(e.to_string())),
+            };
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(Message::Text(_)) => return Ok(ws),
+                Ok(_) => {}
+                Err(e) => return Err(unreachable(e.to_string())),
+            }
+        }
+        Err(unreachable("the push connection closed".into()))
+    }
+
+    /// Takes one frame from the push connection: the next delivery of a conversation is
+    /// processed and acknowledged at once; anything else (a gap, a Welcome, garbage) is caught
+    /// up by cursor.
+    pub(crate) async fn on_push_frame(
+        &mut self,
+        frame: tokio_tungstenite::tungstenite::Message,
+    ) -> Result<(), Error> {
+        let tokio_tungstenite::tungstenite::Message::Binary(bytes) = frame else {
+            return Ok(());
+        };
+        match Delivery::decode(&bytes) {
+            Ok(d)
+                if d.kind == DeliveryKind::Group
+                    && self
+                        .convs
+                        .get(&d.group())
+                        .is_some_and(|c| c.cursor + 1 == d.group_seq) =>
+            {
+                let (group, seq) = (d.group(), d.group_seq);
+                // Directory entries are looked up afresh for what this message needs.
+                self.dir.fresh.clear();
+                self.dir.refused.clear();
+                match self.process(d) {
+                    // Nothing was applied: catch up by cursor, which fetches them.
+                    Err(Error::NeedDirectory(_)) => self.sync_all().await,
+                    done => {
+                        done?;
+                        self.api
+                            .ack(
+                                &self.identity,
+                                &AckRequest {
+                                    inbox: None,
+                                    groups: vec![(group, seq)],
+                                },
+                            )
+                            .await?;
+                        self.check_peer_roots().await?;
+                        self.after_sync().await
+                    }
+                }
+            }
+            _ => self.sync_all().await,
         }
     }
 
@@ -3077,6 +3105,28 @@ fn keep_new(
     }
     *items = kept;
     Ok(())
+}
+
+/// The push connection to the server.
+pub(crate) type PushSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Waits between attempts to reach the server: from 250 ms, doubling up to 30 s.
+pub(crate) struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(250))
+    }
+}
+
+impl Backoff {
+    /// How long to wait now; the next wait is longer.
+    pub(crate) fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+        now
+    }
 }
 
 /// WebSocket settings: a small read buffer (tungstenite zero-fills the whole buffer on every

@@ -36,6 +36,7 @@ pub mod audit;
 mod client;
 mod directory;
 mod error;
+mod live;
 mod mls_storage;
 mod model;
 mod store;
@@ -49,11 +50,13 @@ pub use client::{
 #[doc(hidden)]
 pub use client::{CommitForgery, KeyPackageForgery};
 pub use error::Error;
+pub use live::{ClientGuard, Connection, Live, Subscription};
 pub use model::{
     ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, EventId, LoggedEvent,
     MemberInfo, SecurityAlert, Suite, Whoami,
 };
 pub use sealpost_proto::Username;
+pub use store::profile_holder;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub use store::reseal_record_unchecked;

@@ -498,6 +498,13 @@ impl Profile {
             .open(home.join("profile.lock"))
             .map_err(|e| Error::Store(format!("cannot open the profile lock: {e}")))?;
         fs2::FileExt::try_lock_exclusive(&lock).map_err(|_| Error::ProfileLocked)?;
+        // Who holds it, for the others to name (see `profile_holder`).
+        {
+            use std::io::Write as _;
+            let mut pid = &lock;
+            let _ = lock.set_len(0);
+            let _ = write!(pid, "{}", std::process::id());
+        }
         let crypto = RustCrypto::default();
         let key = if key_path.exists() {
             StoreKey::load(&crypto, &key_path, passphrase)?
@@ -633,6 +640,16 @@ impl Profile {
         v.map(|v| self.sealer.open_at("meta", key.as_bytes(), &v))
             .transpose()
     }
+}
+
+/// The process that holds the profile in `home`, as it wrote itself into the lock file (the lock
+/// is the operating system's: a process that is gone holds nothing, whatever the file says).
+pub fn profile_holder(home: &Path) -> Option<u32> {
+    std::fs::read_to_string(home.join("profile.lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Writes a sealed meta value.

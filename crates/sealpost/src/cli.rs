@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sealpost_sdk::{Client, Event, LoggedEvent, Suite, Username};
+
+use crate::session::Session;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -55,8 +57,13 @@ enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Stay connected and print messages as they arrive.
+    /// Stay connected and print messages as they arrive (first those no command printed yet).
+    /// While it runs, other commands on this profile go through it.
     Listen(JsonFlag),
+    /// Keep this profile connected and serve it to other programs over JSON-RPC 2.0 on a Unix
+    /// socket (see docs/jsonrpc.md). While it runs, every other command on this profile goes
+    /// through it. Stops on Ctrl-C or SIGTERM.
+    Daemon(DaemonArgs),
     /// Manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
@@ -173,6 +180,13 @@ struct JsonFlag {
     /// Print one JSON object per line.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DaemonArgs {
+    /// The socket [default: $XDG_RUNTIME_DIR/sealpost/<profile>.sock, or run/ in the profile].
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -470,8 +484,10 @@ const CONSUMER: &str = "cli";
 /// Prints the events no command has printed yet (with `only_security`, just the security
 /// events, leaving the rest for `sync`) and marks them printed. Returns how many security
 /// events it printed.
-fn show_unseen(client: &mut Client, json: bool, only_security: bool) -> Result<usize> {
-    let unseen = client.unseen_events(CONSUMER, usize::MAX)?;
+async fn show_unseen(session: &Session, json: bool, only_security: bool) -> Result<usize> {
+    let unseen: Vec<LoggedEvent> = session
+        .call("events.unseen", serde_json::json!({ "consumer": CONSUMER }))
+        .await?;
     let mut shown = Vec::new();
     let mut alerts = 0;
     for e in &unseen {
@@ -483,7 +499,14 @@ fn show_unseen(client: &mut Client, json: bool, only_security: bool) -> Result<u
         alerts += usize::from(security);
         shown.push(e.event_id);
     }
-    client.mark_seen(CONSUMER, &shown)?;
+    if !shown.is_empty() {
+        let _: serde_json::Value = session
+            .call(
+                "events.seen",
+                serde_json::json!({ "consumer": CONSUMER, "ids": shown }),
+            )
+            .await?;
+    }
     Ok(alerts)
 }
 
@@ -496,34 +519,36 @@ fn print_logged(e: &LoggedEvent, json: bool) -> Result<()> {
     }
 }
 
-/// After a command that may have synced: prints the security events it (or any earlier
-/// command) found and no command printed, then the command's own outcome (`report`), and turns
-/// it into the exit status: 3 when a security event was printed or the command failed a
-/// security check.
-fn settle<T>(
-    client: &mut Client,
-    outcome: Result<T, sealpost_sdk::Error>,
+/// Runs a method that may sync: prints the security events it (or any earlier command) found
+/// and no command printed, then the method's own outcome (`report`), and turns it into the exit
+/// status: 3 when a security event was printed or the call failed a security check.
+async fn settle<T: serde::de::DeserializeOwned>(
+    session: &Session,
+    method: &str,
+    params: serde_json::Value,
     report: impl FnOnce(T) -> Result<()>,
 ) -> Result<()> {
-    let alerts = show_unseen(client, false, true)?;
+    let outcome = session.call::<T>(method, params).await;
+    let alerts = show_unseen(session, false, true).await?;
     match outcome {
         Ok(v) => {
             report(v)?;
             exit_on_alerts(alerts)
         }
-        Err(e) if alerts > 0 => Err(SecurityExit(e.to_string()).into()),
-        Err(e) => Err(security_exit(e)),
+        Err(e) if alerts > 0 => Err(SecurityExit(format!("{e:#}")).into()),
+        Err(e) => Err(e),
     }
 }
 
 /// Runs a command.
 pub async fn run(cli: Cli) -> Result<()> {
+    use serde_json::json;
     let home = cli.home.clone().unwrap_or_else(default_home);
-    let open = || Client::open(&home, passphrase().as_deref());
     match cli.command {
-        Command::Server(args) => server(args).await,
-        Command::Demo => crate::demo::run().await,
-        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Server(args) => return server(args).await,
+        Command::Demo => return crate::demo::run().await,
+        Command::Bench(args) => return crate::bench::run(args).await,
+        Command::Audit(args) => return audit(&home, args).await,
         Command::Register { username, server } => {
             let client = Client::register(
                 &home,
@@ -537,10 +562,17 @@ pub async fn run(cli: Cli) -> Result<()> {
                 "registered {} (device {}) on {}",
                 me.username, me.device, me.server
             );
-            Ok(())
+            return Ok(());
         }
+        Command::Device(DeviceCommand::Link { username, server }) => {
+            return link(&home, &server, username.trim_start_matches('@')).await;
+        }
+        _ => {}
+    }
+    let session = Session::open(&home, passphrase().as_deref()).await?;
+    match cli.command {
         Command::Whoami(f) => {
-            let me = open()?.whoami();
+            let me: sealpost_sdk::Whoami = session.call("whoami", json!({})).await?;
             if f.json {
                 print_json(&me)
             } else {
@@ -561,81 +593,160 @@ pub async fn run(cli: Cli) -> Result<()> {
             if text.is_empty() {
                 bail!("the message is empty");
             }
-            let mut client = open()?;
-            let sent = client.send(&to, &text).await;
-            settle(&mut client, sent, |_| Ok(()))
+            let params = json!({ "to": to, "text": text });
+            settle(&session, "send", params, |_: Event| Ok(())).await
         }
         Command::Sync(f) => {
-            let mut client = open()?;
-            let synced = client.sync().await.map(drop);
+            let synced = session.call::<serde_json::Value>("sync", json!({})).await;
             // Printed even when the sync broke off: what it stored before is new too.
-            let alerts = show_unseen(&mut client, f.json, false)?;
+            let alerts = show_unseen(&session, f.json, false).await?;
             match synced {
-                Err(e) if alerts > 0 => Err(SecurityExit(e.to_string()).into()),
-                Err(e) => Err(security_exit(e)),
-                Ok(()) => exit_on_alerts(alerts),
+                Err(e) if alerts > 0 => Err(SecurityExit(format!("{e:#}")).into()),
+                Err(e) => Err(e),
+                Ok(_) => exit_on_alerts(alerts),
             }
         }
-        Command::Audit(args) => audit(&home, args).await,
         Command::Messages {
             conversation,
             limit,
             json,
         } => {
-            let client = open()?;
-            print_events(&client.messages(&conversation, limit)?, json.json)
+            let params = json!({ "conversation": conversation, "limit": limit });
+            let events: Vec<Event> = session.call("messages", params).await?;
+            print_events(&events, json.json)
         }
-        Command::Listen(f) => {
-            let mut client = open()?;
-            // First what earlier commands found and did not print, then what arrives.
-            let mut failed = None;
-            client
-                .listen(CONSUMER, |e| match print_logged(e, f.json) {
-                    Ok(()) => true,
-                    Err(err) => {
-                        failed = Some(err);
-                        false
-                    }
-                })
-                .await?;
-            failed.map_or(Ok(()), Err)
-        }
+        Command::Listen(f) => listen(session, f.json).await,
         Command::Conversations(f) => {
-            for c in open()?.conversations()? {
+            let list: Vec<sealpost_sdk::ConversationInfo> =
+                session.call("conversations", json!({})).await?;
+            for c in list {
                 if f.json {
                     print_json(&c)?;
                 } else {
                     let state = if c.active { "" } else { " (left)" };
                     println!(
-                        "{}  {} members  {:?}{}",
+                        "{}  {} members  {:?}{}  {}",
                         safe(&c.conversation),
                         c.members,
                         c.ciphersuite,
-                        state
+                        state,
+                        c.id
                     );
                 }
             }
             Ok(())
         }
-        Command::Group(g) => group(open()?, g).await,
-        Command::Device(DeviceCommand::Link { username, server }) => {
-            link(&home, &server, username.trim_start_matches('@')).await
-        }
-        Command::Device(d) => device(open()?, d).await,
+        Command::Group(g) => group(&session, g).await,
+        Command::Device(d) => device(&session, d).await,
         Command::Verify {
             user,
             confirm,
             json,
         } => {
-            let user = users(std::slice::from_ref(&user))?.remove(0);
-            let mut client = open()?;
-            let v = match confirm {
-                Some(number) => client.confirm_verification(&user, &number).await,
-                None => client.verification(&user).await,
+            let params = json!({ "user": user, "confirm": confirm });
+            settle(&session, "verify", params, |v| {
+                show_verification(&v, json.json)
+            })
+            .await
+        }
+        Command::Daemon(args) => daemon(&home, session, args).await,
+        Command::Server(_)
+        | Command::Demo
+        | Command::Bench(_)
+        | Command::Audit(_)
+        | Command::Register { .. } => Ok(()),
+    }
+}
+
+/// `sealpost listen`: prints what no command printed yet, then each event as it comes. Holding
+/// the profile itself, it also serves the daemon's socket, so that other commands on the
+/// profile go through it meanwhile.
+async fn listen(session: Session, json: bool) -> Result<()> {
+    match session {
+        Session::Local { live, home } => {
+            let shutdown = CancellationToken::new();
+            let signals = Signals::install()?;
+            tokio::spawn(signals.cancel_on_first(shutdown.clone()));
+            let socket = crate::daemon::Socket::bind(&home, &crate::daemon::default_socket(&home))?;
+            let connection = tokio::spawn({
+                let (live, shutdown) = (live.clone(), shutdown.clone());
+                async move { live.run(shutdown).await }
+            });
+            let serving = tokio::spawn({
+                let (live, shutdown) = (live.clone(), shutdown.clone());
+                async move { socket.serve(live, shutdown).await }
+            });
+            let mut sub = live.subscribe_as(CONSUMER);
+            let printed = loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    next = sub.next() => next,
+                };
+                let shown = next
+                    .map_err(anyhow::Error::from)
+                    .and_then(|e| print_logged(&e, json).map(|()| e.event_id));
+                match shown {
+                    Ok(id) => sub.seen(&[id]).await?,
+                    Err(e) => break Err(e),
+                }
             };
-            settle(&mut client, v, |v| show_verification(&v, json.json))
+            shutdown.cancel();
+            let _ = connection.await;
+            let _ = serving.await;
+            printed
+        }
+        Session::Remote(remote) => {
+            let sub: serde_json::Value = remote
+                .call("subscribe", serde_json::json!({ "consumer": CONSUMER }))
+                .await?;
+            let n = sub["subscription"].as_u64();
+            while let Some(note) = remote.notification().await {
+                if note["params"]["subscription"].as_u64() != n || note["method"] != "event" {
+                    continue;
+                }
+                let e: LoggedEvent = serde_json::from_value(note["params"]["event"].clone())
+                    .context("the daemon sent an event that does not parse")?;
+                print_logged(&e, json)?;
+                remote
+                    .call(
+                        "events.seen",
+                        serde_json::json!({ "consumer": CONSUMER, "ids": [e.event_id] }),
+                    )
+                    .await?;
+            }
+            bail!("the daemon stopped")
         }
     }
+}
+
+/// `sealpost daemon`: serves the profile until SIGINT or SIGTERM.
+async fn daemon(home: &std::path::Path, session: Session, args: DaemonArgs) -> Result<()> {
+    let Session::Local { live, .. } = session else {
+        bail!(
+            "a daemon already serves this profile (see daemon.json in {})",
+            home.display()
+        );
+    };
+    let shutdown = CancellationToken::new();
+    let signals = Signals::install()?;
+    tokio::spawn(signals.cancel_on_first(shutdown.clone()));
+    let path = args
+        .socket
+        .unwrap_or_else(|| crate::daemon::default_socket(home));
+    let socket = crate::daemon::Socket::bind(home, &path)?;
+    println!(
+        "sealpost daemon serving {} on {}",
+        home.display(),
+        socket.path().display()
+    );
+    let connection = tokio::spawn({
+        let (live, shutdown) = (live.clone(), shutdown.clone());
+        async move { live.run(shutdown).await }
+    });
+    socket.serve(live, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = connection.await;
+    Ok(())
 }
 
 fn show_verification(v: &sealpost_sdk::Verification, json: bool) -> Result<()> {
@@ -701,26 +812,38 @@ async fn link(home: &std::path::Path, server: &str, username: &str) -> Result<()
     }
 }
 
-async fn device(mut client: Client, cmd: DeviceCommand) -> Result<()> {
+async fn device(session: &Session, cmd: DeviceCommand) -> Result<()> {
+    use serde_json::json;
     match cmd {
         DeviceCommand::Link { .. } => Ok(()),
         DeviceCommand::Approve { code } => {
-            let approved = client.approve_link(&code).await;
-            settle(&mut client, approved, |id| {
-                println!("approved device {id}; it was added to your conversations");
-                Ok(())
-            })
+            settle(
+                session,
+                "device.approve",
+                json!({ "code": code }),
+                |v: serde_json::Value| {
+                    println!(
+                        "approved device {}; it was added to your conversations",
+                        v["device"].as_str().unwrap_or_default()
+                    );
+                    Ok(())
+                },
+            )
+            .await
         }
         DeviceCommand::List(f) => {
-            let listed = client.devices().await;
-            settle(&mut client, listed, |devices| list_devices(devices, f.json))
+            settle(session, "device.list", json!({}), |devices| {
+                list_devices(devices, f.json)
+            })
+            .await
         }
         DeviceCommand::Remove { device } => {
-            let removed = client.remove_device(&device).await;
-            settle(&mut client, removed, |()| {
+            let params = json!({ "device": device });
+            settle(session, "device.remove", params, |_: serde_json::Value| {
                 println!("removed device {device} from your account and your conversations");
                 Ok(())
             })
+            .await
         }
     }
 }
@@ -769,7 +892,8 @@ async fn audit(home: &std::path::Path, args: AuditArgs) -> Result<()> {
     }
 }
 
-async fn group(mut client: Client, cmd: GroupCommand) -> Result<()> {
+async fn group(session: &Session, cmd: GroupCommand) -> Result<()> {
+    use serde_json::{Value, json};
     match cmd {
         GroupCommand::Create {
             name,
@@ -780,33 +904,48 @@ async fn group(mut client: Client, cmd: GroupCommand) -> Result<()> {
                 SuiteArg::Pq => Suite::Pq,
                 SuiteArg::Classic => Suite::Classic,
             };
-            let name = name.strip_prefix('#').unwrap_or(&name);
-            let members = users(&members)?;
-            let created = client.create_group(name, &members, suite).await;
-            settle(&mut client, created, |info| {
-                println!(
-                    "created {} ({} members)",
-                    safe(&info.conversation),
-                    info.members
-                );
-                Ok(())
-            })?
+            let params = json!({ "name": name, "members": users(&members)?, "ciphersuite": suite });
+            settle(
+                session,
+                "group.create",
+                params,
+                |info: sealpost_sdk::ConversationInfo| {
+                    println!(
+                        "created {} ({} members)",
+                        safe(&info.conversation),
+                        info.members
+                    );
+                    Ok(())
+                },
+            )
+            .await
         }
         GroupCommand::Add { group, users: list } => {
-            let added = client.add_members(&group, &users(&list)?).await;
-            settle(&mut client, added, Ok)?
+            let params = json!({ "conversation": group, "users": users(&list)? });
+            settle(session, "group.add", params, |_: Value| Ok(())).await
         }
         GroupCommand::Remove { group, users: list } => {
-            let removed = client.remove_members(&group, &users(&list)?).await;
-            settle(&mut client, removed, Ok)?
+            let params = json!({ "conversation": group, "users": users(&list)? });
+            settle(session, "group.remove", params, |_: Value| Ok(())).await
         }
         GroupCommand::Leave { group } => {
-            let left = client.leave(&group).await;
-            settle(&mut client, left, Ok)?
+            let params = json!({ "conversation": group });
+            settle(session, "group.leave", params, |_: Value| Ok(())).await
         }
-        GroupCommand::Delete { group } => client.delete_conversation(&group)?,
+        GroupCommand::Delete { group } => {
+            let _: Value = session
+                .call("group.delete", json!({ "conversation": group }))
+                .await?;
+            Ok(())
+        }
         GroupCommand::Members { group, json } => {
-            for m in client.members(&group)? {
+            let members: Vec<sealpost_sdk::MemberInfo> = session
+                .call(
+                    "group.members",
+                    serde_json::json!({ "conversation": group }),
+                )
+                .await?;
+            for m in members {
                 if json.json {
                     print_json(&m)?;
                 } else {
@@ -818,9 +957,9 @@ async fn group(mut client: Client, cmd: GroupCommand) -> Result<()> {
                     );
                 }
             }
+            Ok(())
         }
     }
-    Ok(())
 }
 
 async fn server(args: ServerArgs) -> Result<()> {

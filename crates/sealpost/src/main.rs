@@ -5,7 +5,10 @@ mod bench;
 mod bench_ceilings;
 mod bench_directory;
 mod cli;
+mod daemon;
 mod demo;
+mod rpc;
+mod session;
 
 use std::process::ExitCode;
 
@@ -26,7 +29,11 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         // Errors may quote what the server or a peer sent: printed safely.
-        Err(e) if e.downcast_ref::<cli::SecurityExit>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<cli::SecurityExit>().is_some()
+                || e.downcast_ref::<rpc::RpcError>()
+                    .is_some_and(rpc::RpcError::is_security) =>
+        {
             eprintln!("security: {}", cli::safe_body(&format!("{e:#}")));
             ExitCode::from(3)
         }

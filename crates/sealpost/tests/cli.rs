@@ -319,3 +319,219 @@ fn a_peers_text_cannot_forge_a_line_or_reach_the_terminal_raw() {
         assert!(out.contains("\\u{202e}"), "{out}");
     }
 }
+
+/// A long-running `sealpost` process whose stdout lines arrive on a channel; killed on drop.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(home: &std::path::Path, args: &[&str]) -> Running {
+        use std::io::BufRead as _;
+        let mut child = sealpost()
+            .arg("--home")
+            .arg(home)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The next line (a guard against a hang, not a wait for readiness: the line is the
+    /// readiness).
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("no output within a minute")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn event_of(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// Defect: while `listen` ran, every other command on the profile failed at once with "the
+/// profile is in use", and of five sends started together four failed. Now a daemon (or a
+/// listen) serves the profile and the others go through it; one-shot commands wait their turn.
+#[test]
+fn a_daemon_a_listener_and_four_commands_at_once_on_one_profile() {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    run_ok(&a, &["register", "alice", "--server", &server.url]);
+    run_ok(&b, &["register", "bob", "--server", &server.url]);
+
+    let daemon = Running::start(&b, &["daemon"]);
+    assert!(daemon.next_line().starts_with("sealpost daemon serving"));
+    let listener = Running::start(&b, &["listen", "--json"]);
+    run_ok(&a, &["send", "@bob", "first"]);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|e: &serde_json::Value| e["text"] == "first")
+    {
+        seen.push(event_of(&listener.next_line()));
+    }
+
+    // Four commands at once on bob's profile, while the listener listens.
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["send", "@alice", "one"],
+        vec!["send", "@alice", "two"],
+        vec!["messages", "@alice", "--json"],
+        vec!["conversations", "--json"],
+    ];
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let running: Vec<_> = commands
+            .iter()
+            .map(|args| {
+                let b = &b;
+                s.spawn(move || sealpost().arg("--home").arg(b).args(args).output().unwrap())
+            })
+            .collect();
+        running.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (args, out) in commands.iter().zip(&outs) {
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let history = String::from_utf8_lossy(&outs[2].stdout);
+    assert!(history.contains("\"first\""), "{history}");
+
+    run_ok(&a, &["send", "@bob", "last"]);
+    while !seen.iter().any(|e: &serde_json::Value| e["text"] == "last") {
+        seen.push(event_of(&listener.next_line()));
+    }
+    // Nothing shown twice.
+    let mut ids: Vec<u64> = seen
+        .iter()
+        .map(|e| e["event_id"].as_u64().unwrap())
+        .collect();
+    ids.dedup();
+    assert_eq!(ids.len(), seen.len(), "{seen:?}");
+    let texts: Vec<&str> = seen.iter().filter_map(|e| e["text"].as_str()).collect();
+    assert_eq!(texts, ["first", "last"]);
+    // Alice got both of bob's texts, once each.
+    let out = run_ok(&a, &["sync"]);
+    for text in ["one", "two"] {
+        assert_eq!(out.matches(&format!("@bob: {text}")).count(), 1, "{out}");
+    }
+    drop(listener);
+    drop(daemon);
+    // With the daemon gone (killed: its daemon.json is stale), the profile opens as before.
+    run_ok(&b, &["whoami"]);
+
+    // Five one-shot sends started together, nobody serving the profile: they take turns.
+    let sends = |home: &std::path::Path, n: usize| {
+        std::thread::scope(|s| {
+            let running: Vec<_> = (0..n)
+                .map(|i| {
+                    s.spawn(move || {
+                        sealpost()
+                            .arg("--home")
+                            .arg(home)
+                            .args(["send", "@alice", &format!("turn {i}")])
+                            .output()
+                            .unwrap()
+                    })
+                })
+                .collect();
+            for r in running {
+                let out = r.join().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        })
+    };
+    sends(&b, 5);
+    // And while a plain `listen` holds the profile, it serves the others.
+    let listener = Running::start(&b, &["listen"]);
+    run_ok(&a, &["send", "@bob", "are you there?"]);
+    while !listener.next_line().ends_with("are you there?") {}
+    sends(&b, 5);
+    let out = run_ok(&a, &["sync"]);
+    for i in 0..5 {
+        assert_eq!(out.matches(&format!("@bob: turn {i}")).count(), 2, "{out}");
+    }
+}
+
+/// The echo bot of `examples/` (Python's standard library over the daemon's socket) against a
+/// real server: it answers in a 1:1 and in a group, and after a restart answers what came while
+/// it was away — once, and nothing from before again.
+#[test]
+fn the_echo_bot_answers_through_the_daemon() {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, bot) = (homes.path().join("a"), homes.path().join("bot"));
+    run_ok(&a, &["register", "alice", "--server", &server.url]);
+    run_ok(&bot, &["register", "echo", "--server", &server.url]);
+    let daemon = Running::start(&bot, &["daemon"]);
+    assert!(daemon.next_line().starts_with("sealpost daemon serving"));
+    let start_bot = || {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/echo-bot.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .env("SEALPOST_HOME", &bot)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the example bot");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(line.starts_with("echo bot running as @echo"), "{line}");
+        child
+    };
+    let mut echo = start_bot();
+    let alice = Running::start(&a, &["listen", "--json"]);
+    let echoed = |want: &str| loop {
+        let e = event_of(&alice.next_line());
+        if e["event"] == "message" && e["from"] == "@echo" {
+            assert_eq!(e["text"], want, "{e}");
+            return e["conversation"].as_str().unwrap().to_owned();
+        }
+    };
+    run_ok(&a, &["send", "@echo", "ping 1"]);
+    assert_eq!(echoed("ping 1"), "@echo");
+    run_ok(&a, &["group", "create", "bots", "--member", "@echo"]);
+    run_ok(&a, &["send", "#bots", "ping group"]);
+    assert_eq!(echoed("ping group"), "#bots");
+
+    echo.kill().unwrap();
+    echo.wait().unwrap();
+    run_ok(&a, &["send", "@echo", "while away"]);
+    let mut echo = start_bot();
+    assert_eq!(echoed("while away"), "@echo");
+    run_ok(&a, &["send", "@echo", "ping 2"]);
+    assert_eq!(echoed("ping 2"), "@echo");
+    echo.kill().unwrap();
+    echo.wait().unwrap();
+    drop(daemon);
+}

@@ -1,0 +1,391 @@
+//! The client's methods as JSON-RPC 2.0: one table that the daemon serves (docs/jsonrpc.md) and
+//! that the command line calls too — in process when it holds the profile, through the daemon's
+//! socket when a daemon does. Every CLI action is a method here, so the two cannot drift apart.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use sealpost_sdk::{EventId, Live, Suite, Username};
+
+/// The version of the method table and of the shapes it returns (`sealpost.version` answers it;
+/// `--json` output follows the same shapes).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A JSON-RPC error object. `data.kind` says what went wrong in a word a program can match:
+/// `security` (with `data.alert`), `invalid`, `unknown_conversation`, `ambiguous`,
+/// `unreachable`, `refused` (by the server), `store`, `not_registered`, `method`, `params`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RpcError {
+    /// The JSON-RPC code: -32601 no such method, -32602 bad params, -32000 the call failed.
+    pub code: i64,
+    /// For a person.
+    pub message: String,
+    /// For a program.
+    pub data: ErrorData,
+}
+
+/// What kind of failure an [`RpcError`] is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorData {
+    /// See [`RpcError`].
+    pub kind: String,
+    /// For `security`: the alert (as in events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<sealpost_sdk::SecurityAlert>,
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+impl RpcError {
+    fn new(code: i64, kind: &str, message: impl Into<String>) -> RpcError {
+        RpcError {
+            code,
+            message: message.into(),
+            data: ErrorData {
+                kind: kind.to_owned(),
+                alert: None,
+            },
+        }
+    }
+
+    /// No such method.
+    pub fn no_method(method: &str) -> RpcError {
+        RpcError::new(
+            -32601,
+            "method",
+            format!("no method {method:?} (see docs/jsonrpc.md)"),
+        )
+    }
+
+    /// The parameters do not fit the method.
+    pub fn params(why: impl std::fmt::Display) -> RpcError {
+        RpcError::new(-32602, "params", format!("invalid params: {why}"))
+    }
+
+    /// Whether the call failed a security check (the command line exits with status 3).
+    pub fn is_security(&self) -> bool {
+        self.data.kind == "security"
+    }
+}
+
+impl From<sealpost_sdk::Error> for RpcError {
+    fn from(e: sealpost_sdk::Error) -> RpcError {
+        use sealpost_sdk::Error as E;
+        let kind = match &e {
+            E::Security { .. } => "security",
+            E::UnknownConversation(_) => "unknown_conversation",
+            E::AmbiguousConversation(..) => "ambiguous",
+            E::ServerUnreachable { .. } => "unreachable",
+            E::Server { .. } => "refused",
+            E::Store(_) => "store",
+            E::NotRegistered => "not_registered",
+            _ => "invalid",
+        };
+        let alert = match &e {
+            E::Security { alert, .. } => Some(*alert),
+            _ => None,
+        };
+        RpcError {
+            code: -32000,
+            message: e.to_string(),
+            data: ErrorData {
+                kind: kind.to_owned(),
+                alert,
+            },
+        }
+    }
+}
+
+fn params<T: DeserializeOwned>(value: Value) -> Result<T, RpcError> {
+    // A method without parameters takes `{}`, `[]` or none at all.
+    let value = match value {
+        Value::Null => json!({}),
+        Value::Array(a) if a.is_empty() => json!({}),
+        v => v,
+    };
+    serde_json::from_value(value).map_err(RpcError::params)
+}
+
+fn answer(v: impl Serialize) -> Result<Value, RpcError> {
+    serde_json::to_value(v).map_err(|e| RpcError::new(-32603, "internal", e.to_string()))
+}
+
+fn users(list: &[String]) -> Result<Vec<Username>, RpcError> {
+    list.iter()
+        .map(|u| {
+            Username::new(u.strip_prefix('@').unwrap_or(u))
+                .map_err(|e| RpcError::params(format!("{u}: {e}")))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Send {
+    to: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Messages {
+    conversation: String,
+    #[serde(default = "fifty")]
+    limit: usize,
+}
+
+fn fifty() -> usize {
+    50
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Conversation {
+    conversation: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupCreate {
+    name: String,
+    #[serde(default)]
+    members: Vec<String>,
+    #[serde(default)]
+    ciphersuite: Suite,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupUsers {
+    conversation: String,
+    users: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Code {
+    code: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Device {
+    device: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Verify {
+    user: String,
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Unseen {
+    consumer: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Seen {
+    consumer: String,
+    ids: Vec<EventId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct After {
+    #[serde(default)]
+    after: Option<EventId>,
+    #[serde(default = "fifty")]
+    limit: usize,
+}
+
+/// The methods (also the list `docs/jsonrpc.md` documents; a test keeps the two the same).
+#[cfg(test)]
+pub const METHODS: &[&str] = &[
+    "sealpost.version",
+    "whoami",
+    "send",
+    "sync",
+    "conversations",
+    "messages",
+    "group.create",
+    "group.add",
+    "group.remove",
+    "group.leave",
+    "group.delete",
+    "group.members",
+    "device.list",
+    "device.approve",
+    "device.remove",
+    "verify",
+    "events.after",
+    "events.unseen",
+    "events.seen",
+    "subscribe",
+    "unsubscribe",
+];
+
+/// Runs one method (all but `subscribe`/`unsubscribe`, which belong to a connection) on the
+/// live client.
+pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcError> {
+    match method {
+        "sealpost.version" => {
+            params::<NoParams>(p)?;
+            answer(json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "schema": SCHEMA_VERSION,
+            }))
+        }
+        "whoami" => {
+            params::<NoParams>(p)?;
+            answer(live.lock().await.whoami())
+        }
+        "send" => {
+            let Send { to, text } = params(p)?;
+            if text.is_empty() {
+                return Err(RpcError::params("the message is empty"));
+            }
+            answer(live.lock().await.send(&to, &text).await?)
+        }
+        "sync" => {
+            params::<NoParams>(p)?;
+            // What it found goes to the event log: read it with events.* or subscribe.
+            live.lock().await.sync().await?;
+            answer(json!({}))
+        }
+        "conversations" => {
+            params::<NoParams>(p)?;
+            answer(live.lock().await.conversations()?)
+        }
+        "messages" => {
+            let Messages {
+                conversation,
+                limit,
+            } = params(p)?;
+            answer(live.lock().await.messages(&conversation, limit)?)
+        }
+        "group.create" => {
+            let GroupCreate {
+                name,
+                members,
+                ciphersuite,
+            } = params(p)?;
+            let members = users(&members)?;
+            let name = name.strip_prefix('#').unwrap_or(&name);
+            answer(
+                live.lock()
+                    .await
+                    .create_group(name, &members, ciphersuite)
+                    .await?,
+            )
+        }
+        "group.add" => {
+            let GroupUsers {
+                conversation,
+                users: list,
+            } = params(p)?;
+            let list = users(&list)?;
+            live.lock().await.add_members(&conversation, &list).await?;
+            answer(json!({}))
+        }
+        "group.remove" => {
+            let GroupUsers {
+                conversation,
+                users: list,
+            } = params(p)?;
+            let list = users(&list)?;
+            live.lock()
+                .await
+                .remove_members(&conversation, &list)
+                .await?;
+            answer(json!({}))
+        }
+        "group.leave" => {
+            let Conversation { conversation } = params(p)?;
+            live.lock().await.leave(&conversation).await?;
+            answer(json!({}))
+        }
+        "group.delete" => {
+            let Conversation { conversation } = params(p)?;
+            live.lock().await.delete_conversation(&conversation)?;
+            answer(json!({}))
+        }
+        "group.members" => {
+            let Conversation { conversation } = params(p)?;
+            answer(live.lock().await.members(&conversation)?)
+        }
+        "device.list" => {
+            params::<NoParams>(p)?;
+            answer(live.lock().await.devices().await?)
+        }
+        "device.approve" => {
+            let Code { code } = params(p)?;
+            let device = live.lock().await.approve_link(&code).await?;
+            answer(json!({ "device": device.to_string() }))
+        }
+        "device.remove" => {
+            let Device { device } = params(p)?;
+            live.lock().await.remove_device(&device).await?;
+            answer(json!({}))
+        }
+        "verify" => {
+            let Verify { user, confirm } = params(p)?;
+            let user = users(std::slice::from_ref(&user))?.remove(0);
+            let mut client = live.lock().await;
+            answer(match confirm {
+                Some(number) => client.confirm_verification(&user, &number).await?,
+                None => client.verification(&user).await?,
+            })
+        }
+        "events.after" => {
+            let After { after, limit } = params(p)?;
+            let after = after.unwrap_or(EventId::START);
+            answer(live.lock().await.events_after(after, limit.min(1000))?)
+        }
+        "events.unseen" => {
+            let Unseen { consumer } = params(p)?;
+            answer(live.lock().await.unseen_events(&consumer, usize::MAX)?)
+        }
+        "events.seen" => {
+            let Seen { consumer, ids } = params(p)?;
+            live.lock().await.mark_seen(&consumer, &ids)?;
+            answer(json!({}))
+        }
+        other => Err(RpcError::no_method(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every method is documented in docs/jsonrpc.md (as a `### \`method\`` heading under
+    /// "Methods"), in this order, and nothing else is.
+    #[test]
+    fn every_method_is_documented() {
+        let doc = include_str!("../../../docs/jsonrpc.md");
+        let methods = doc.split("\n## Methods\n").nth(1).unwrap_or_default();
+        let methods = methods.split("\n## ").next().unwrap_or_default();
+        let documented: Vec<&str> = methods
+            .lines()
+            .filter_map(|l| l.strip_prefix("### `"))
+            .filter_map(|l| l.strip_suffix('`'))
+            .collect();
+        assert_eq!(documented, METHODS);
+    }
+}
