@@ -535,3 +535,97 @@ fn the_echo_bot_answers_through_the_daemon() {
     echo.wait().unwrap();
     drop(daemon);
 }
+
+/// The daemon's socket, as `daemon.json` in the profile names it.
+fn daemon_socket(home: &std::path::Path) -> std::path::PathBuf {
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("daemon.json")).unwrap()).unwrap();
+    file["socket"].as_str().unwrap().into()
+}
+
+/// A JSON-RPC connection to a daemon that subscribed after `after`; the lines it receives.
+fn subscribe_after(
+    home: &std::path::Path,
+    after: u64,
+) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(daemon_socket(home)).unwrap();
+    let request = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": { "after": after },
+    });
+    writeln!(stream, "{request}").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(event_of(&line)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// SIGKILL the daemon again and again while messages stream to a subscriber: the subscriber,
+/// resubscribing after the last event id it handled, misses nothing and sees nothing twice.
+#[test]
+fn a_subscriber_resuming_after_daemon_kills_misses_nothing_and_sees_nothing_twice() {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    run_ok(&a, &["register", "alice", "--server", &server.url]);
+    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    run_ok(&a, &["send", "@bob", "m000"]);
+    let total = 40;
+    let sender = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            for i in 1..total {
+                run_ok(&a, &["send", "@bob", &format!("m{i:03}")]);
+            }
+        })
+    };
+    // Kill points (in events received since the last start), from a seed printed for replay.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill points from seed {seed}");
+    let mut rng = seed | 1;
+    let mut next_kill = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        1 + rng % 6
+    };
+    let mut texts: Vec<String> = Vec::new();
+    let mut ids: Vec<u64> = Vec::new();
+    let mut kills = 0;
+    while texts.len() < total {
+        let daemon = Running::start(&b, &["daemon"]);
+        assert!(daemon.next_line().starts_with("sealpost daemon serving"));
+        let events = subscribe_after(&b, ids.last().copied().unwrap_or(0));
+        let kill_after = if kills < 4 { next_kill() } else { u64::MAX };
+        let mut got = 0;
+        while got < kill_after && texts.len() < total {
+            let line = events
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("an event within a minute");
+            if line["method"] != "event" {
+                continue;
+            }
+            let e = &line["params"]["event"];
+            ids.push(e["event_id"].as_u64().unwrap());
+            if e["event"] == "message" {
+                texts.push(e["text"].as_str().unwrap().to_owned());
+            }
+            got += 1;
+        }
+        drop(daemon); // SIGKILL
+        kills += 1;
+    }
+    sender.join().unwrap();
+    let want: Vec<String> = (0..total).map(|i| format!("m{i:03}")).collect();
+    assert_eq!(texts, want, "after {kills} kills");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
