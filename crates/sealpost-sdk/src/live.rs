@@ -181,12 +181,16 @@ impl Live {
             Ok(ws) => ws,
             Err(e) => return e,
         };
-        if let Err(e) = self.lock().await.sync_all().await {
-            return e;
+        {
+            let mut client = self.lock().await;
+            if let Err(e) = client.sync_all().await {
+                return e;
+            }
+            // Said before the guard wakes subscribers to what the catch-up found.
+            self.shared
+                .connection
+                .send_replace(Connection::Connected { since: now_ms() });
         }
-        self.shared
-            .connection
-            .send_replace(Connection::Connected { since: now_ms() });
         loop {
             match ws.next().await {
                 Some(Ok(frame)) => {

@@ -654,3 +654,56 @@ async fn an_add_whose_answer_was_lost_still_names_the_conversation() {
         .collect();
     assert_eq!(names, ["#crew"], "{events:?}");
 }
+
+/// The next text a subscription shows (a guard against a hang, not a wait for readiness).
+async fn next_text(sub: &mut sealpost_sdk::Subscription) -> String {
+    loop {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(60), sub.next())
+            .await
+            .expect("an event within a minute")
+            .unwrap();
+        if let Event::Message { text, .. } = e.event {
+            return text;
+        }
+    }
+}
+
+/// Defect: a listener whose session token had expired never reconnected: the WebSocket's 401
+/// was retried for ever without signing in again, so after a server restart (or a NATS blip,
+/// which closes every push connection) a listener older than the token went silent. The live
+/// client forgets a refused token and signs in again, and comes back after the server does.
+#[tokio::test]
+async fn a_live_client_whose_session_expired_comes_back_after_a_restart() {
+    let mut server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let bob = people.register(&server, "bob").await;
+    alice.send("@bob", "before").await.unwrap();
+    let live = sealpost_sdk::Live::new(bob).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn({
+        let (live, shutdown) = (live.clone(), shutdown.clone());
+        async move { live.run(shutdown).await }
+    });
+    let mut sub = live.subscribe(sealpost_sdk::EventId::START);
+    assert_eq!(next_text(&mut sub).await, "before");
+
+    // Every session ends (as when tokens expire), and the server restarts: the push
+    // connection drops, and the token the live client holds is refused.
+    let (data, addr) = (server.data.clone(), server.addr.to_string());
+    server.stop().await;
+    rusqlite::Connection::open(data.join("server.db"))
+        .unwrap()
+        .execute("DELETE FROM sessions", [])
+        .unwrap();
+    let _restarted = TestServer::start_at(&data, &addr).await;
+    alice.send("@bob", "after").await.unwrap();
+    assert_eq!(next_text(&mut sub).await, "after");
+    // Back, and saying so.
+    assert!(matches!(
+        *live.connection().borrow(),
+        sealpost_sdk::Connection::Connected { .. }
+    ));
+    shutdown.cancel();
+    runner.await.unwrap();
+}
