@@ -99,7 +99,16 @@ impl Api {
         let tok: TokenResponse = self
             .call(Method::POST, "/v1/auth/token", Body::Json(json(&req)?))
             .await
-            .and_then(decode_json)?;
+            .and_then(decode_json)
+            .map_err(|e| match e {
+                // The server's word for a device it no longer has (removed from its account):
+                // signing in again cannot help.
+                Error::Server {
+                    code: ErrorCode::Unauthorized,
+                    message,
+                } if message == "unknown device" => Error::DeviceRemoved,
+                other => other,
+            })?;
         self.token = Some(tok.token.clone());
         Ok(tok.token)
     }

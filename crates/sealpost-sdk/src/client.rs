@@ -1536,6 +1536,12 @@ impl Client {
     /// The members of a conversation.
     pub fn members(&self, target: &str) -> Result<Vec<MemberInfo>, Error> {
         let group = self.resolve(target)?;
+        if !self.convs.get(&group).is_some_and(|c| c.info.active) {
+            // Its state is the one of the epoch this device left: no longer its members.
+            return Err(Error::Invalid(format!(
+                "you are no longer a member of {target}"
+            )));
+        }
         Ok(self
             .member_devices(group)?
             .into_iter()
@@ -3181,14 +3187,17 @@ fn roster_items(g: &MlsGroup, staged: &openmls::prelude::StagedCommit, by: &str)
             .map_or_else(|| "@unknown".to_owned(), |m| who(&m.credential));
         let device = leaf.as_ref().and_then(|m| credential_user(&m.credential));
         let self_removal = matches!(rem.sender(), Sender::Member(i) if *i == removed);
-        if let Some(d) = device.filter(|d| !self_removal && stays(&d.username, Some(removed))) {
+        if self_removal {
+            // A member who left was shown when their leave proposal arrived; the commit that
+            // carries it out says nothing more.
+            continue;
+        }
+        if let Some(d) = device.filter(|d| stays(&d.username, Some(removed))) {
             items.push(Item::DeviceRemoved {
                 member,
                 device: d.device_id.short(),
                 by: by.to_owned(),
             });
-        } else if self_removal {
-            items.push(Item::MemberLeft { member });
         } else {
             items.push(Item::MemberRemoved {
                 member,
@@ -3406,10 +3415,7 @@ fn receive_content(
                     }]);
                 }
             }
-            let mut items: Vec<Item> = roster_items(g, &staged, &from)
-                .into_iter()
-                .filter(|i| !matches!(i, Item::MemberLeft { .. }))
-                .collect();
+            let mut items = roster_items(g, &staged, &from);
             if staged.self_removed() {
                 conv.info.active = false;
                 let me = at(me);

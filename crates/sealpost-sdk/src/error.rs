@@ -33,6 +33,12 @@ pub enum Error {
     /// Several conversations match.
     #[error("{0} is ambiguous; use one of: {1}")]
     AmbiguousConversation(String, String),
+    /// The server no longer knows this device: it was removed from its account (by another of
+    /// the account's devices), and can no longer sign in or read new messages.
+    #[error(
+        "this device was removed from its account: it can no longer sign in or read new messages"
+    )]
+    DeviceRemoved,
     /// The server could not be reached.
     #[error("cannot reach the server at {url}: {reason} (nothing was lost: try again later)")]
     ServerUnreachable {

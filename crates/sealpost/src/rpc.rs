@@ -14,7 +14,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// A JSON-RPC error object. `data.kind` says what went wrong in a word a program can match:
 /// `security` (with `data.alert`), `invalid`, `unknown_conversation`, `ambiguous`,
-/// `unreachable`, `refused` (by the server), `store`, `not_registered`, `method`, `params`.
+/// `unreachable`, `refused` (by the server), `store`, `not_registered`, `device_removed`,
+/// `method`, `params`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RpcError {
     /// The JSON-RPC code: -32601 no such method, -32602 bad params, -32000 the call failed.
@@ -86,7 +87,16 @@ impl From<sealpost_sdk::Error> for RpcError {
             E::Server { .. } => "refused",
             E::Store(_) => "store",
             E::NotRegistered => "not_registered",
+            E::DeviceRemoved => "device_removed",
             _ => "invalid",
+        };
+        let message = match &e {
+            E::DeviceRemoved => format!(
+                "{e}; to use this computer again, link it as a new device: `sealpost --home <a new \
+                 directory> device link <username> --server <url>`, approved on a device of the \
+                 account"
+            ),
+            _ => e.to_string(),
         };
         let alert = match &e {
             E::Security { alert, .. } => Some(*alert),
@@ -94,7 +104,7 @@ impl From<sealpost_sdk::Error> for RpcError {
         };
         RpcError {
             code: -32000,
-            message: e.to_string(),
+            message,
             data: ErrorData {
                 kind: kind.to_owned(),
                 alert,

@@ -629,3 +629,89 @@ fn a_subscriber_resuming_after_daemon_kills_misses_nothing_and_sees_nothing_twic
     assert_eq!(texts, want, "after {kills} kills");
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
 }
+
+/// Smaller defects: a member's leave was shown twice; `group members` listed the members of a
+/// group one had left; the short device id that `sync` prints was refused by `device remove`; a
+/// removed device was told only "the server refused: unknown device".
+#[test]
+fn leaving_and_removing_devices_say_what_happened_once() {
+    use std::io::BufRead as _;
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, b, c, phone) = (
+        homes.path().join("a"),
+        homes.path().join("b"),
+        homes.path().join("c"),
+        homes.path().join("phone"),
+    );
+    for (home, name) in [(&a, "alice"), (&b, "bob"), (&c, "carol")] {
+        run_ok(home, &["register", name, "--server", &server.url]);
+    }
+    run_ok(
+        &a,
+        &[
+            "group", "create", "g", "--member", "@bob", "--member", "@carol",
+        ],
+    );
+    run_ok(&b, &["sync"]);
+    run_ok(&b, &["group", "leave", "#g"]);
+    let out = run_ok(&a, &["sync"]);
+    assert_eq!(out.matches("@bob left").count(), 1, "{out}");
+    let out = run_ok(&c, &["sync"]);
+    assert_eq!(out.matches("@bob left").count(), 1, "{out}");
+    let members = run(&b, &["group", "members", "#g"]);
+    assert!(!members.status.success());
+    assert!(
+        String::from_utf8_lossy(&members.stderr).contains("no longer a member"),
+        "{}",
+        String::from_utf8_lossy(&members.stderr)
+    );
+    // And the group can be deleted from bob's device.
+    run_ok(&b, &["group", "delete", "#g"]);
+    assert!(!run_ok(&b, &["conversations"]).contains("#g"));
+
+    // Alice links a phone; her other device learns of it with its short id, and removes it by
+    // that id.
+    let mut link = sealpost()
+        .arg("--home")
+        .arg(&phone)
+        .args(["device", "link", "alice", "--server", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(link.stdout.take().unwrap()).lines();
+    let code = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.trim().strip_prefix("sealpost device approve ") {
+            break rest.to_owned();
+        }
+    };
+    run_ok(&a, &["device", "approve", &code]);
+    assert!(link.wait().unwrap().success());
+    let out = run_ok(&a, &["sync"]);
+    // "device 1a2b3c4d was linked to your account (directory epoch 7)"
+    let short = out
+        .lines()
+        .find(|l| l.starts_with("device ") && l.contains("was linked"))
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or_else(|| panic!("no linked device in:\n{out}"))
+        .to_owned();
+    assert_eq!(short.len(), 8, "{out}");
+    run_ok(&a, &["device", "remove", &short]);
+    let removed = run(&phone, &["sync"]);
+    assert!(!removed.status.success());
+    let said = String::from_utf8_lossy(&removed.stderr);
+    assert!(
+        said.contains("removed from its account") && said.contains("device link"),
+        "{said}"
+    );
+}
+
+fn run(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    sealpost()
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .unwrap()
+}

@@ -201,11 +201,15 @@ impl PendingLink {
         let signer = DeviceSigner(&self.device_key);
         let approval = match self.api.link_approval(&signer, &self.keys.link_id).await {
             Ok(a) => a,
-            // Not registered yet (cannot sign in), or registered but not recorded yet.
-            Err(Error::Server {
-                code: ErrorCode::NotFound | ErrorCode::Unauthorized,
-                ..
-            }) => return Ok(LinkStep::Waiting(Box::new(self))),
+            // Not registered yet (cannot sign in: the server does not know the device yet), or
+            // registered but not recorded yet.
+            Err(
+                Error::DeviceRemoved
+                | Error::Server {
+                    code: ErrorCode::NotFound | ErrorCode::Unauthorized,
+                    ..
+                },
+            ) => return Ok(LinkStep::Waiting(Box::new(self))),
             Err(e) => return Err(e),
         };
         let crypto = self.profile.mls.provider.crypto();
@@ -408,14 +412,47 @@ impl Client {
         Ok(out)
     }
 
-    /// Removes another device of this account: from the key directory (it can no longer sign
-    /// in) and from every conversation (it cannot read what is sent after).
+    /// The device of this account whose id starts with `prefix` (at least 4 hex digits).
+    async fn own_device_by_prefix(&mut self, prefix: &str) -> Result<DeviceId, Error> {
+        let wanted = prefix.to_ascii_lowercase();
+        if wanted.len() < 4 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::Invalid(format!(
+                "{prefix} is not a device id (see `sealpost device list`)"
+            )));
+        }
+        let me = self.identity.username.clone();
+        let entry = self.lookup_verified(&me).await?;
+        let hits: Vec<DeviceId> = entry
+            .entry
+            .devices
+            .iter()
+            .map(|d| d.id())
+            .filter(|id| id.to_string().starts_with(&wanted))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Error::Invalid(format!(
+                "your account has no device {prefix}"
+            ))),
+            many => Err(Error::Invalid(format!(
+                "{prefix} could be any of {}: give more of the id",
+                many.iter()
+                    .map(DeviceId::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Removes another device of this account — named by its id or a unique prefix of it —
+    /// from the key directory (it can no longer sign in) and from every conversation (it cannot
+    /// read what is sent after).
     pub async fn remove_device(&mut self, device: &str) -> Result<(), Error> {
-        let device: DeviceId = device.parse().map_err(|_| {
-            Error::Invalid(format!(
-                "{device} is not a device id (see `sealpost device list`)"
-            ))
-        })?;
+        let device = match device.parse::<DeviceId>() {
+            Ok(id) => id,
+            // A short id (as events show them) or any unique prefix, as git takes hashes.
+            Err(_) => self.own_device_by_prefix(device).await?,
+        };
         if device == self.identity.device_id {
             return Err(Error::Invalid(
                 "this is the device you are using: remove it from another device of the account"
