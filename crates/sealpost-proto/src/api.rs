@@ -206,6 +206,13 @@ pub struct UserInfo {
     pub devices: Vec<DeviceInfo>,
 }
 
+/// `GET /v1/limits`: what this server accepts, for clients to check before they send.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest request body, in bytes (an encrypted message, a commit, a Welcome).
+    pub max_body_bytes: u64,
+}
+
 /// The answer to a send or a commit: where the server put it in the group's log.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PostedResponse {

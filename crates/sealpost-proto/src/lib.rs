@@ -18,8 +18,9 @@ mod padding;
 pub use api::{
     AckRequest, ApiError, ChallengeRequest, ChallengeResponse, CiphersuiteQuery,
     ClaimKeyPackagesResponse, ClaimedKeyPackage, CommitUpload, DeviceInfo, ErrorCode,
-    KeyPackageStock, PostedResponse, RegisterRequest, SyncRequest, TokenRequest, TokenResponse,
-    UploadKeyPackagesRequest, UserInfo, auth_challenge_message, b64, device_certificate_message,
+    KeyPackageStock, Limits, PostedResponse, RegisterRequest, SyncRequest, TokenRequest,
+    TokenResponse, UploadKeyPackagesRequest, UserInfo, auth_challenge_message, b64,
+    device_certificate_message,
 };
 pub use delivery::{Delivery, DeliveryKind, FrameError, SyncBatch};
 pub use ids::{DeviceId, DeviceIdentity, GroupId, IdError, Username};

@@ -10,9 +10,9 @@ use sealpost_proto::directory::{
 use sealpost_proto::link::{LinkApproval, LinkRequest};
 use sealpost_proto::{
     AckRequest, ApiError, ChallengeRequest, ChallengeResponse, ClaimKeyPackagesResponse,
-    CommitUpload, DeviceId, ErrorCode, GroupId, KeyPackageStock, PostedResponse, RegisterRequest,
-    SyncBatch, SyncRequest, TokenRequest, TokenResponse, UploadKeyPackagesRequest, Username,
-    auth_challenge_message,
+    CommitUpload, DeviceId, ErrorCode, GroupId, KeyPackageStock, Limits, PostedResponse,
+    RegisterRequest, SyncBatch, SyncRequest, TokenRequest, TokenResponse, UploadKeyPackagesRequest,
+    Username, auth_challenge_message,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -32,6 +32,8 @@ pub struct Api {
     http: reqwest::Client,
     device: DeviceId,
     token: Option<String>,
+    /// What the server accepts, once asked.
+    limits: Option<Limits>,
 }
 
 enum Body {
@@ -60,6 +62,7 @@ impl Api {
             http,
             device,
             token: None,
+            limits: None,
         })
     }
 
@@ -67,6 +70,28 @@ impl Api {
     pub fn ws_url(&self) -> String {
         let rest = self.base.strip_prefix("http").unwrap_or(&self.base);
         format!("ws{rest}/v1/ws")
+    }
+
+    /// What the server accepts (asked once); `None` from a server that does not say.
+    pub async fn limits(&mut self) -> Result<Option<Limits>, Error> {
+        if let Some(limits) = self.limits {
+            return Ok(Some(limits));
+        }
+        match self
+            .call(Method::GET, "/v1/limits", Body::None)
+            .await
+            .and_then(decode_json::<Limits>)
+        {
+            Ok(limits) => {
+                self.limits = Some(limits);
+                Ok(Some(limits))
+            }
+            Err(Error::Server {
+                code: ErrorCode::NotFound,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Forgets the session token (the server refused it): the next call signs in again.

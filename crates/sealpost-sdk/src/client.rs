@@ -26,7 +26,8 @@ use openmls_traits::types::SignatureScheme;
 use rusqlite::{Connection, OptionalExtension, params};
 use sealpost_proto::{
     AckRequest, Delivery, DeliveryKind, DeviceId, DeviceIdentity, ErrorCode, GroupId,
-    RegisterRequest, SyncRequest, Username, device_certificate_message, pad, unpad,
+    PADDING_BUCKETS, RegisterRequest, SyncRequest, Username, device_certificate_message, pad,
+    padded_len, unpad,
 };
 use serde::{Deserialize, Serialize};
 use tls_codec::{Deserialize as _, Serialize as _};
@@ -194,6 +195,9 @@ enum Item {
         sent_at: u64,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         late: bool,
+        /// This device's own message that the server refused: why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failed: Option<String>,
     },
     Gap {
         from: String,
@@ -245,6 +249,7 @@ impl Item {
                 id,
                 sent_at,
                 late,
+                failed,
             } => Event::Message {
                 conversation,
                 from,
@@ -252,6 +257,7 @@ impl Item {
                 id,
                 sent_at,
                 late,
+                failed,
             },
             Item::Gap { from, missing } => Event::Gap {
                 conversation,
@@ -464,6 +470,21 @@ fn put_item(
         )?
         .execute(params![id, group.as_bytes(), seq, msg_id, sealed])?;
     Ok((n == 1).then_some(id))
+}
+
+/// Puts `item` in the place of the history item `row` of `group` (sealed for that row again).
+fn replace_item(
+    tx: &Connection,
+    sealer: &Sealer,
+    group: GroupId,
+    row: i64,
+    item: &Item,
+) -> Result<(), Error> {
+    let json = Zeroizing::new(serde_json::to_vec(item).map_err(|e| Error::Store(e.to_string()))?);
+    let sealed = sealer.seal_at("item", &item_row(group.as_bytes(), row), &json)?;
+    tx.prepare_cached("UPDATE history SET item = ?2 WHERE id = ?1")?
+        .execute(params![row, sealed])?;
+    Ok(())
 }
 
 /// Stores a history item and appends it to the event log (in the caller's transaction): what
@@ -1674,6 +1695,7 @@ impl Client {
             id,
             sent_at,
             late: false,
+            failed: None,
         };
         self.send_app(group, msg, Some(item.clone())).await?;
         Ok(item.render(self.display(group)))
@@ -1763,6 +1785,44 @@ impl Client {
         Ok(())
     }
 
+    /// Refuses an application message whose encoded body, padded and encrypted, would be larger
+    /// than the server accepts. Bodies that fit the smaller padding buckets go without asking.
+    async fn check_size(&mut self, body: usize) -> Result<(), Error> {
+        /// MLS framing, authenticated data and signature around the padded body, with room.
+        const OVERHEAD: usize = 4096;
+        /// What any server is taken to accept without asking.
+        const SMALL: usize = 64 * 1024;
+        let wire = padded_len(body) + OVERHEAD;
+        if wire <= SMALL {
+            return Ok(());
+        }
+        let Some(limits) = self.api.limits().await? else {
+            // A server that does not say: it answers for itself.
+            return Ok(());
+        };
+        let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+        if wire <= limit {
+            return Ok(());
+        }
+        // The largest body that fits: padded to a bucket, or to a multiple of the last one.
+        let room = limit.saturating_sub(OVERHEAD);
+        let last = PADDING_BUCKETS[PADDING_BUCKETS.len() - 1];
+        let largest_pad = if room >= last {
+            room / last * last
+        } else {
+            PADDING_BUCKETS
+                .iter()
+                .copied()
+                .filter(|b| *b <= room)
+                .max()
+                .unwrap_or(0)
+        };
+        Err(Error::TooLarge {
+            size: body as u64,
+            limit: largest_pad.saturating_sub(4) as u64,
+        })
+    }
+
     /// Encrypts and posts one application message. A text gets this device's next number in
     /// the conversation, in the same transaction as the ratchet step, so no number is used twice
     /// (a crash after encrypting and before posting leaves a gap the recipients are shown).
@@ -1783,30 +1843,62 @@ impl Client {
         }
         let body =
             Zeroizing::new(serde_json::to_vec(&msg).map_err(|e| Error::Store(e.to_string()))?);
+        // Too large for this server: refused here, before anything is encrypted or kept (a
+        // server cut off mid-upload would look unreachable, and the number spent a gap).
+        self.check_size(body.len()).await?;
         let padded = Zeroizing::new(pad(&body).map_err(|e| Error::Invalid(e.to_string()))?);
         let root = self.root_record();
-        let payload = self.profile.atomically(|tx, sealer, p| {
+        let (payload, row) = self.profile.atomically(|tx, sealer, p| {
             let mut g = load_group(p, group)?;
             g.set_aad(message_aad(&g, p, root)?);
             let out = g
                 .create_message(p, &self.identity.device_key, &padded)
                 .map_err(Error::mls)?;
-            if let Some(item) = &item {
-                put_item(tx, sealer, group, None, item)?;
-            }
+            let row = match &item {
+                Some(item) => put_item(tx, sealer, group, None, item)?,
+                None => None,
+            };
             put_conv(tx, sealer, group, &conv)?;
-            serialize(&out)
+            Ok((serialize(&out)?, row))
         })?;
         self.convs.insert(group, conv.clone());
         let posted = match self.api.post_message(&self.identity, group, payload).await {
             Ok(posted) => posted,
             Err(e @ Error::Server { .. }) => {
                 // Refused for certain: nobody will see this number, so the next text reuses it
-                // rather than showing recipients a gap.
+                // rather than showing recipients a gap; the history says it was not sent.
                 if matches!(msg, AppMessage::Text { .. }) {
                     conv.info.sent -= 1;
-                    self.profile
-                        .atomically(|tx, sealer, _| put_conv(tx, sealer, group, &conv))?;
+                    let failed = match (item, row) {
+                        (
+                            Some(Item::Message {
+                                from,
+                                text,
+                                id,
+                                sent_at,
+                                late,
+                                ..
+                            }),
+                            Some(row),
+                        ) => Some((
+                            row,
+                            Item::Message {
+                                from,
+                                text,
+                                id,
+                                sent_at,
+                                late,
+                                failed: Some(e.to_string()),
+                            },
+                        )),
+                        _ => None,
+                    };
+                    self.profile.atomically(|tx, sealer, _| {
+                        if let Some((row, item)) = &failed {
+                            replace_item(tx, sealer, group, *row, item)?;
+                        }
+                        put_conv(tx, sealer, group, &conv)
+                    })?;
                     self.convs.insert(group, conv);
                 }
                 return Err(e);
@@ -2477,10 +2569,14 @@ impl Client {
             // removal (in the log) before the Welcome that adds it again, which it would
             // otherwise take for a replay while it still counts itself a member. The log of a
             // conversation a Welcome opens comes in the next round, from the cursor it sets.
-            let (welcomes, logs): (Vec<_>, Vec<_>) = batch
+            let (mut welcomes, mut logs): (Vec<_>, Vec<_>) = batch
                 .deliveries
                 .into_iter()
                 .partition(|d| d.kind == DeliveryKind::Inbox);
+            // In the server's order, whatever order the batch came in: a delivery taken after a
+            // later one of its log would be below the cursor, and skipped for good.
+            welcomes.sort_by_key(|d| d.inbox_seq);
+            logs.sort_by_key(|d| (d.group(), d.group_seq));
             // A Welcome added further on than this device's cursor waits for the log up to it
             // (see `process_welcome`), unless the server no longer has that log: it keeps the
             // log for its retention time only. Such a Welcome is taken now, as a rejoin, and
@@ -3349,6 +3445,7 @@ fn receive_content(
                         id,
                         sent_at,
                         late,
+                        failed: None,
                     });
                     Ok(items)
                 }

@@ -39,6 +39,14 @@ pub enum Error {
         "this device was removed from its account: it can no longer sign in or read new messages"
     )]
     DeviceRemoved,
+    /// A message is larger than the server accepts; nothing was sent or kept.
+    #[error("the message is {}; this server accepts at most {}", size_text(*size), size_text(*limit))]
+    TooLarge {
+        /// Its size in bytes (encoded).
+        size: u64,
+        /// The largest this server takes, in bytes.
+        limit: u64,
+    },
     /// The server could not be reached.
     #[error("cannot reach the server at {url}: {reason} (nothing was lost: try again later)")]
     ServerUnreachable {
@@ -91,5 +99,18 @@ impl Error {
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         Error::Store(e.to_string())
+    }
+}
+
+/// A size for people: bytes, KiB or MiB, with one decimal.
+fn size_text(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b >= KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else if b >= KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else {
+        format!("{bytes} bytes")
     }
 }

@@ -66,6 +66,9 @@ pub enum Event {
         /// the way (by the server or the network) and arrives out of order.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         late: bool,
+        /// This device's own message that the server refused (why): nobody received it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failed: Option<String>,
     },
     /// Texts from a sender are missing before the next one: each of a device's texts is
     /// numbered (inside the encryption), and this many numbers were skipped. They were dropped

@@ -199,6 +199,7 @@ api_routes! {
     post "/v1/links/{link}/approve" => link_approve,
     get "/v1/links/{link}/approval" => link_approval,
     delete "/v1/devices/{device}" => remove_device,
+    get "/v1/limits" => limits,
     get "/v1/directory/keys" => directory_keys,
     get "/v1/directory/root" => directory_latest_root,
     get "/v1/directory/roots/{epoch}" => directory_root,
@@ -552,6 +553,12 @@ async fn remove_device(
     state.auth.forget_device(device);
     state.directory.wait_published().await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn limits(State(state): State<AppState>) -> impl IntoResponse {
+    Json(sealpost_proto::Limits {
+        max_body_bytes: state.settings.max_body_bytes as u64,
+    })
 }
 
 async fn directory_keys(State(state): State<AppState>) -> impl IntoResponse {

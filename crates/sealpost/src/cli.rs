@@ -342,10 +342,13 @@ pub fn line(e: &Event) -> String {
             from,
             text,
             late,
+            failed,
             ..
         } => {
             let (conversation, from, text) = (safe(conversation), safe(from), safe_body(text));
-            if *late {
+            if let Some(why) = failed {
+                format!("[{conversation}] {from} (NOT SENT: {}): {text}", safe(why))
+            } else if *late {
                 format!("[{conversation}] {from} (late, sent before earlier lines): {text}")
             } else {
                 format!("[{conversation}] {from}: {text}")

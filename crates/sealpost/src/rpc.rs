@@ -14,8 +14,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// A JSON-RPC error object. `data.kind` says what went wrong in a word a program can match:
 /// `security` (with `data.alert`), `invalid`, `unknown_conversation`, `ambiguous`,
-/// `unreachable`, `refused` (by the server), `store`, `not_registered`, `device_removed`,
-/// `method`, `params`.
+/// `unreachable`, `refused` (by the server), `too_large`, `store`, `not_registered`,
+/// `device_removed`, `method`, `params`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RpcError {
     /// The JSON-RPC code: -32601 no such method, -32602 bad params, -32000 the call failed.
@@ -88,6 +88,7 @@ impl From<sealpost_sdk::Error> for RpcError {
             E::Store(_) => "store",
             E::NotRegistered => "not_registered",
             E::DeviceRemoved => "device_removed",
+            E::TooLarge { .. } => "too_large",
             _ => "invalid",
         };
         let message = match &e {

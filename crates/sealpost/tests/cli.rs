@@ -715,3 +715,51 @@ fn run(home: &std::path::Path, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Defect: a message larger than the server accepts was reported as "cannot reach the server",
+/// stayed in the sender's history as sent, and showed the recipient a gap for its number. It is
+/// refused before anything is sent, saying both sizes; one the server refuses anyway is marked
+/// not sent.
+#[test]
+fn a_message_too_large_is_refused_clearly_and_leaves_no_trace() {
+    use std::io::Write as _;
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    run_ok(&a, &["register", "alice", "--server", &server.url]);
+    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    run_ok(&a, &["send", "@bob", "small"]);
+    for size in [900_000, 2 * 1024 * 1024, 8 * 1024 * 1024] {
+        let mut send = sealpost()
+            .arg("--home")
+            .arg(&a)
+            .args(["send", "@bob", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        send.stdin
+            .take()
+            .unwrap()
+            .write_all(&vec![b'x'; size])
+            .unwrap();
+        let out = send.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("this server accepts at most 768.0 KiB"),
+            "{said}"
+        );
+        assert!(!said.contains("cannot reach"), "{said}");
+    }
+    run_ok(&a, &["send", "@bob", "after"]);
+    // Nothing of them in the history; the recipient sees no gap.
+    let history = run_ok(&a, &["messages", "@bob"]);
+    assert!(!history.contains("xxxx"), "{history}");
+    let out = run_ok(&b, &["sync"]);
+    assert!(!out.contains("missing"), "{out}");
+    assert!(
+        out.contains("@alice: small") && out.contains("@alice: after"),
+        "{out}"
+    );
+}
