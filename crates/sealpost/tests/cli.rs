@@ -763,3 +763,123 @@ fn a_message_too_large_is_refused_clearly_and_leaves_no_trace() {
         "{out}"
     );
 }
+
+/// A server in this process (so that the test can play the compromised operator on its store
+/// and wait for its key directory), on a runtime whose workers serve it while the test runs
+/// `sealpost` processes.
+struct InProcessServer {
+    url: String,
+    store: std::sync::Arc<dyn sealpost_server::storage::Store>,
+    directory: std::sync::Arc<sealpost_server::directory::KeyDirectory>,
+    runtime: tokio::runtime::Runtime,
+    _data: tempfile::TempDir,
+}
+
+impl InProcessServer {
+    fn start() -> InProcessServer {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let (url, store, directory) = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let settings = sealpost_server::Settings {
+                data: data.path().join("server"),
+                listen: addr,
+                directory_interval_ms: 5,
+                ..Default::default()
+            };
+            let server = sealpost_server::Server::open(settings).await.unwrap();
+            let (store, directory) = (server.store(), server.directory());
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(async move { server.serve(listener, shutdown).await });
+            (format!("http://{addr}"), store, directory)
+        });
+        InProcessServer {
+            url,
+            store,
+            directory,
+            runtime,
+            _data: data,
+        }
+    }
+
+    /// The operator lists a device of its own under `user`, with a certificate the account key
+    /// never made, and waits for the directory to publish it.
+    fn list_rogue_device(&self, user: &str, id: u8) {
+        self.runtime.block_on(async {
+            let rogue = sealpost_server::storage::DeviceRecord {
+                device_id: sealpost_proto::DeviceId::from_bytes([id; 16]),
+                username: sealpost_sdk::Username::new(user).unwrap(),
+                device_key: vec![id; 32],
+                certificate: vec![7; 64],
+            };
+            self.store.add_device(rogue, Vec::new()).await.unwrap();
+            self.directory.wait_published().await;
+        });
+    }
+}
+
+/// Defect: a security event found by `send` or `group create`'s own sync was never printed and
+/// no command exited 3. Now the command that finds one prints it and exits 3, and one stored by
+/// a command killed before it could print it is printed by the next command.
+#[test]
+fn a_security_event_found_by_a_command_is_printed_once_and_survives_a_kill() {
+    let server = InProcessServer::start();
+    let homes = tempfile::tempdir().unwrap();
+    let a = homes.path().join("a");
+    run_ok(&a, &["register", "alice", "--server", &server.url]);
+    for name in ["bob", "carol", "dave", "erin"] {
+        run_ok(
+            &homes.path().join(name),
+            &["register", name, "--server", &server.url],
+        );
+    }
+    let alert = "SECURITY (unapproved_device)";
+
+    // Stored, then the process is gone before printing it (the SDK returns after the commit;
+    // dropping the client here is a kill right after): the next command prints it, once.
+    server.list_rogue_device("bob", 0xb0);
+    server.runtime.block_on(async {
+        let mut alice = sealpost_sdk::Client::open(&a, None).unwrap();
+        alice.send("@bob", "hi bob").await.unwrap();
+    });
+    let out = run(&a, &["sync"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert_eq!(stdout.matches(alert).count(), 1, "{stdout}");
+    assert_eq!(run(&a, &["sync"]).status.code(), Some(0));
+
+    // Found by the command itself: printed by it, exit status 3, the command's work done.
+    server.list_rogue_device("carol", 0xc0);
+    let out = run(&a, &["send", "@carol", "hi carol"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert_eq!(stdout.matches(alert).count(), 1, "{stdout}");
+    server.list_rogue_device("dave", 0xd0);
+    let out = run(&a, &["group", "create", "g", "--member", "@dave"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains(alert) && stdout.contains("created #g (2 members)"),
+        "{stdout}"
+    );
+    server.list_rogue_device("erin", 0xe0);
+    let out = run(&a, &["group", "add", "#g", "@erin"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches(alert).count(),
+        1
+    );
+    // Each shown once: nothing is left for sync, and the real devices got the messages.
+    let out = run(&a, &["sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // (Carol is told of the device listed under her name, too.)
+    let carol = run(&homes.path().join("carol"), &["sync"]);
+    let carol = String::from_utf8_lossy(&carol.stdout);
+    assert!(carol.contains("@alice: hi carol"), "{carol}");
+}
