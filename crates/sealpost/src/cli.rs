@@ -187,6 +187,12 @@ struct DaemonArgs {
     /// The socket [default: $XDG_RUNTIME_DIR/sealpost/<profile>.sock, or run/ in the profile].
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Also serve HTTP on this loopback address (e.g. 127.0.0.1:7583; port 0 picks one):
+    /// POST /api/v1/rpc, GET /api/v1/events (Server-Sent Events), GET /api/v1/check. Every call
+    /// needs `Authorization: Bearer <token>`, the token being in daemon-http.token in the
+    /// profile; requests from web pages are refused.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -737,6 +743,10 @@ async fn daemon(home: &std::path::Path, session: Session, args: DaemonArgs) -> R
         .socket
         .unwrap_or_else(|| crate::daemon::default_socket(home));
     let socket = crate::daemon::Socket::bind(home, &path)?;
+    let http = match args.http {
+        Some(addr) => Some(crate::daemon_http::bind(home, addr).await?),
+        None => None,
+    };
     println!(
         "sealpost daemon serving {} on {}",
         home.display(),
@@ -746,9 +756,22 @@ async fn daemon(home: &std::path::Path, session: Session, args: DaemonArgs) -> R
         let (live, shutdown) = (live.clone(), shutdown.clone());
         async move { live.run(shutdown).await }
     });
+    let web = http.map(|(listener, url)| {
+        println!(
+            "and on {url} (POST /api/v1/rpc, GET /api/v1/events; token in {})",
+            crate::daemon_http::token_file(home).display()
+        );
+        let (live, shutdown, home) = (live.clone(), shutdown.clone(), home.to_owned());
+        tokio::spawn(
+            async move { crate::daemon_http::serve(&home, listener, live, shutdown).await },
+        )
+    });
     socket.serve(live, shutdown.clone()).await;
     shutdown.cancel();
     let _ = connection.await;
+    if let Some(web) = web {
+        web.await.context("the HTTP endpoint stopped")??;
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod bench_ceilings;
 mod bench_directory;
 mod cli;
 mod daemon;
+mod daemon_http;
 mod demo;
 mod rpc;
 mod session;

@@ -883,3 +883,90 @@ fn a_security_event_found_by_a_command_is_printed_once_and_survives_a_kill() {
     let carol = String::from_utf8_lossy(&carol.stdout);
     assert!(carol.contains("@alice: hi carol"), "{carol}");
 }
+
+/// `sealpost daemon --http`: the methods over HTTP on loopback, the event log as Server-Sent
+/// Events — and none of it usable by a web page: a token the page cannot read, the `Host` of a
+/// DNS-rebinding page and a cross-origin request are refused.
+#[test]
+fn the_daemons_http_endpoint_serves_its_user_and_refuses_web_pages() {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    run_ok(&a, &["register", "alice", "--server", &server.url]);
+    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    let daemon = Running::start(&b, &["daemon", "--http", "127.0.0.1:0"]);
+    assert!(daemon.next_line().starts_with("sealpost daemon serving"));
+    let line = daemon.next_line();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let token_file = b.join("daemon-http.token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let whoami = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "whoami"});
+        let call = |token: Option<&str>, headers: &[(&str, String)]| {
+            let mut req = http.post(format!("{base}/api/v1/rpc")).json(&whoami);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            req.send()
+        };
+        let ok = call(Some(&token), &[]).await.unwrap();
+        assert_eq!(ok.status(), 200);
+        let body: serde_json::Value = ok.json().await.unwrap();
+        assert_eq!(body["result"]["username"], "@bob", "{body}");
+        // No token, a wrong one, a web page's origin, a rebinding page's host: refused.
+        assert_eq!(call(None, &[]).await.unwrap().status(), 401);
+        assert_eq!(call(Some("0000"), &[]).await.unwrap().status(), 401);
+        let page = ("origin", "http://evil.example".to_owned());
+        assert_eq!(call(Some(&token), &[page]).await.unwrap().status(), 403);
+        let port = base.rsplit(':').next().unwrap();
+        let rebound = ("host", format!("evil.example:{port}"));
+        assert_eq!(call(Some(&token), &[rebound]).await.unwrap().status(), 421);
+        let check = http
+            .get(format!("{base}/api/v1/check"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(check.status(), 200);
+
+        // Events as Server-Sent Events, each with its id.
+        let mut events = http
+            .get(format!("{base}/api/v1/events?after=0"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(events.status(), 200);
+        let send = tokio::task::spawn_blocking({
+            let a = a.clone();
+            move || run_ok(&a, &["send", "@bob", "over http"])
+        });
+        let mut seen = String::new();
+        while !seen.contains("over http") {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(60), events.chunk())
+                .await
+                .expect("an event within a minute")
+                .unwrap()
+                .expect("the stream goes on");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        send.await.unwrap();
+        assert!(seen.contains("event: event\n"), "{seen}");
+        assert!(seen.contains("id: "), "{seen}");
+    });
+    drop(daemon);
+}

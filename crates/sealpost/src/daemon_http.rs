@@ -1,0 +1,253 @@
+//! `sealpost daemon --http 127.0.0.1:PORT`: the daemon's methods over HTTP on loopback —
+//! `POST /api/v1/rpc` (one JSON-RPC request), `GET /api/v1/events` (Server-Sent Events) and
+//! `GET /api/v1/check` — the shape signal-cli's users know.
+//!
+//! The user's own browser can reach a loopback port, so a web page must not be able to use it:
+//! - only loopback addresses are served;
+//! - the `Host` header must name the loopback address and port (a DNS-rebinding page sends its
+//!   own host name);
+//! - a request that carries an `Origin` (every cross-origin request a browser makes, and every
+//!   POST) is refused unless it is this endpoint's own origin;
+//! - every call but `check` needs `Authorization: Bearer <token>`, a random token kept in
+//!   `daemon-http.token` in the profile, readable by the user only (mode 0600). A page cannot
+//!   read the file, and a browser does not add the header by itself.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use sealpost_sdk::{EventId, Live};
+
+use crate::rpc::{self, RpcError};
+
+/// Largest request body (a JSON-RPC request).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+#[derive(Clone)]
+struct Http {
+    live: Live,
+    token: String,
+    /// The `Host` values this endpoint answers to.
+    hosts: Vec<String>,
+    /// The one `Origin` it accepts.
+    origins: Vec<String>,
+}
+
+/// Where the token is kept.
+pub fn token_file(home: &Path) -> PathBuf {
+    home.join("daemon-http.token")
+}
+
+/// Makes a new random token and writes it, readable by the user only.
+fn new_token(home: &Path) -> Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut raw = [0u8; 32];
+    getrandom(&mut raw)?;
+    let token = hex::encode(raw);
+    let path = token_file(home);
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
+/// Random bytes from the operating system (through the crypto provider the SDK uses).
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    use rustls::crypto::ring::default_provider;
+    default_provider()
+        .secure_random
+        .fill(buf)
+        .map_err(|_| anyhow::anyhow!("no randomness from the operating system"))
+}
+
+/// Binds `addr` (loopback only) and writes a fresh token. Returns the listener and the URL.
+pub async fn bind(home: &Path, addr: SocketAddr) -> Result<(tokio::net::TcpListener, String)> {
+    if !addr.ip().is_loopback() {
+        bail!(
+            "--http serves loopback only (127.0.0.1 or [::1]), not {}: the daemon holds your keys",
+            addr.ip()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    new_token(home)?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((listener, url))
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(
+    home: &Path,
+    listener: tokio::net::TcpListener,
+    live: Live,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let token = std::fs::read_to_string(token_file(home)).context("the token file is gone")?;
+    let addr = listener.local_addr()?;
+    let port = addr.port();
+    let hosts = match addr {
+        SocketAddr::V4(_) => vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")],
+        SocketAddr::V6(_) => vec![format!("[::1]:{port}"), format!("localhost:{port}")],
+    };
+    let origins = hosts.iter().map(|h| format!("http://{h}")).collect();
+    let state = Http {
+        live,
+        token,
+        hosts,
+        origins,
+    };
+    let app = Router::new()
+        .route("/api/v1/rpc", post(rpc_call))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/check", get(|| async { "ok" }))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("the HTTP endpoint failed")
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, Json(json!({ "error": why }))).into_response()
+}
+
+/// The checks every request passes before it reaches the client (see the module docs).
+async fn guard(State(http): State<Http>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !http.hosts.iter().any(|h| h == host) {
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this endpoint answers to its loopback address only",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let own = origin
+            .to_str()
+            .is_ok_and(|o| http.origins.iter().any(|mine| mine == o));
+        if !own {
+            return refuse(StatusCode::FORBIDDEN, "requests from web pages are refused");
+        }
+    }
+    if req.uri().path() != "/api/v1/check" && !authorized(headers, &http.token) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <the token in daemon-http.token in the profile>",
+        );
+    }
+    next.run(req).await
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// One JSON-RPC request, one answer (subscriptions are `GET /api/v1/events`).
+async fn rpc_call(State(http): State<Http>, body: axum::body::Bytes) -> Response {
+    #[derive(Deserialize)]
+    struct Call {
+        #[serde(default)]
+        id: Value,
+        method: String,
+        #[serde(default)]
+        params: Value,
+    }
+    let call: Call = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            let error = RpcError::params(format!("not a JSON-RPC request: {e}"));
+            return Json(json!({ "jsonrpc": "2.0", "id": null, "error": error })).into_response();
+        }
+    };
+    let answer = match call.method.as_str() {
+        "subscribe" | "unsubscribe" => Err(RpcError::no_method(&format!(
+            "{} (over HTTP, read GET /api/v1/events)",
+            call.method
+        ))),
+        method => rpc::dispatch(&http.live, method, call.params).await,
+    };
+    let body = match answer {
+        Ok(result) => json!({ "jsonrpc": "2.0", "id": call.id, "result": result }),
+        Err(error) => json!({ "jsonrpc": "2.0", "id": call.id, "error": error }),
+    };
+    Json(body).into_response()
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Resume after this event id.
+    after: Option<u64>,
+    /// Or: what this consumer has not marked seen.
+    consumer: Option<String>,
+}
+
+/// The event log as Server-Sent Events: `id:` is the event id, so a client that reconnects
+/// with `Last-Event-ID` resumes where it stopped.
+async fn events(
+    State(http): State<Http>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> impl IntoResponse {
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let sub = match (q.consumer, resume.or(q.after)) {
+        (Some(consumer), None) => http.live.subscribe_as(&consumer),
+        (_, after) => http.live.subscribe(EventId(after.unwrap_or(0))),
+    };
+    // After an error the stream ends: the client reconnects with `Last-Event-ID`.
+    let stream = futures_util::stream::unfold(Some(sub), |sub| async move {
+        let mut sub = sub?;
+        let (event, next) = match sub.next().await {
+            Ok(e) => (
+                SseEvent::default()
+                    .event("event")
+                    .id(e.event_id.to_string())
+                    .json_data(&e),
+                Some(sub),
+            ),
+            Err(e) => (
+                SseEvent::default()
+                    .event("error")
+                    .json_data(RpcError::from(e)),
+                None,
+            ),
+        };
+        let event = event.unwrap_or_else(|_| SseEvent::default().event("error"));
+        Some((Ok::<_, Infallible>(event), next))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
