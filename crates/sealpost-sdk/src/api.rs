@@ -32,8 +32,20 @@ pub struct Api {
     http: reqwest::Client,
     device: DeviceId,
     token: Option<String>,
+    /// When the token expires (unix seconds).
+    token_expires: u64,
+    /// Whether the token was issued since the session was restored (and so is worth keeping).
+    signed_in: bool,
     /// What the server accepts, once asked.
     limits: Option<Limits>,
+}
+
+/// A session token kept in the profile between commands (sealed like the rest of it), so that
+/// a one-shot command does not sign in every time.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedSession {
+    pub token: String,
+    pub expires_at: u64,
 }
 
 enum Body {
@@ -62,6 +74,8 @@ impl Api {
             http,
             device,
             token: None,
+            token_expires: 0,
+            signed_in: false,
             limits: None,
         })
     }
@@ -135,7 +149,32 @@ impl Api {
                 other => other,
             })?;
         self.token = Some(tok.token.clone());
+        self.token_expires = tok.expires_at;
+        self.signed_in = true;
         Ok(tok.token)
+    }
+
+    /// Takes up a session saved by an earlier command, unless it is about to expire (the
+    /// server refusing it anyway makes the next call sign in again).
+    pub(crate) fn restore_session(&mut self, saved: SavedSession) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if saved.expires_at > now + 60 {
+            self.token = Some(saved.token);
+            self.token_expires = saved.expires_at;
+        }
+    }
+
+    /// The session to save, if a new one was issued since it was restored (once).
+    pub(crate) fn new_session(&mut self) -> Option<SavedSession> {
+        if !std::mem::take(&mut self.signed_in) {
+            return None;
+        }
+        self.token.clone().map(|token| SavedSession {
+            token,
+            expires_at: self.token_expires,
+        })
     }
 
     async fn call(&self, method: Method, path: &str, body: Body) -> Result<Vec<u8>, Error> {

@@ -556,6 +556,14 @@ pub struct Client {
     welcome_waits: bool,
 }
 
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Err(e) = self.save_session() {
+            tracing::debug!(error = %e, "the session token was not kept");
+        }
+    }
+}
+
 /// The key directory as this device has verified it.
 #[derive(Default)]
 struct DirView {
@@ -814,8 +822,24 @@ impl Client {
         let json = profile.meta("identity")?.ok_or(Error::NotRegistered)?;
         let identity: Identity = serde_json::from_slice(&json)
             .map_err(|e| Error::Store(format!("the identity record is damaged: {e}")))?;
-        let api = Api::new(&identity.server, identity.device_id)?;
+        let mut api = Api::new(&identity.server, identity.device_id)?;
+        if let Some(json) = profile.meta("session")?
+            && let Ok(saved) = serde_json::from_slice(&json)
+        {
+            api.restore_session(saved);
+        }
         Self::from_parts(profile, identity, api)
+    }
+
+    /// Keeps a session token issued since the profile was opened, for the next command.
+    fn save_session(&mut self) -> Result<(), Error> {
+        let Some(session) = self.api.new_session() else {
+            return Ok(());
+        };
+        let json =
+            Zeroizing::new(serde_json::to_vec(&session).map_err(|e| Error::Store(e.to_string()))?);
+        self.profile
+            .atomically(|tx, sealer, _| put_meta(tx, sealer, "session", &json))
     }
 
     fn from_parts(profile: Profile, identity: Identity, api: Api) -> Result<Client, Error> {

@@ -14,13 +14,39 @@ use tokio_util::sync::CancellationToken;
 
 /// Sealpost: end-to-end encrypted messaging through a server that only sees ciphertext.
 #[derive(Debug, Parser)]
-#[command(name = "sealpost", version, about, long_about = None)]
+#[command(
+    name = "sealpost",
+    version,
+    about,
+    long_about = None,
+    after_help = EXIT_STATUS
+)]
 pub struct Cli {
     /// Client profile directory [default: $XDG_DATA_HOME/sealpost/client].
     #[arg(long, global = true, env = "SEALPOST_HOME")]
     home: Option<PathBuf>,
+    /// Print one JSON object per line (the shapes of docs/jsonrpc.md); errors go to stderr as
+    /// JSON too.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `--help` says about exit statuses.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0    done
+  1    failed (the error is on stderr)
+  2    the command line is wrong
+  3    a security event was shown, or a security check failed: see docs/threat-model.md
+  130  interrupted (Ctrl-C) during a command; `listen` and `daemon` stop cleanly on Ctrl-C (0)";
+
+impl Cli {
+    /// Whether output (and errors) are JSON.
+    pub fn json(&self) -> bool {
+        self.json
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,7 +62,7 @@ enum Command {
         server: String,
     },
     /// Show this profile's account and device.
-    Whoami(JsonFlag),
+    Whoami,
     /// Send a message to @user or #group ('-' reads the text from stdin).
     Send {
         /// @user or #group.
@@ -46,7 +72,7 @@ enum Command {
     },
     /// Fetch and process everything pending; print new messages and events. Also checks this
     /// account's key-directory history. Exits with status 3 if a security event was shown.
-    Sync(JsonFlag),
+    Sync,
     /// Show a conversation's local history, oldest first.
     Messages {
         /// @user or #group.
@@ -54,12 +80,10 @@ enum Command {
         /// At most this many (the newest).
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        #[command(flatten)]
-        json: JsonFlag,
     },
     /// Stay connected and print messages as they arrive (first those no command printed yet).
     /// While it runs, other commands on this profile go through it.
-    Listen(JsonFlag),
+    Listen,
     /// Keep this profile connected and serve it to other programs over JSON-RPC 2.0 on a Unix
     /// socket (see docs/jsonrpc.md). While it runs, every other command on this profile goes
     /// through it. Stops on Ctrl-C or SIGTERM.
@@ -79,11 +103,9 @@ enum Command {
         /// The number they read to you (spaces are ignored).
         #[arg(long)]
         confirm: Option<String>,
-        #[command(flatten)]
-        json: JsonFlag,
     },
     /// List conversations.
-    Conversations(JsonFlag),
+    Conversations,
     /// Verify that a server's key directory only ever appended (akd audit proofs), epoch by
     /// epoch, from where the last run stopped. Exits with status 3 if a check fails.
     Audit(AuditArgs),
@@ -136,8 +158,6 @@ enum GroupCommand {
     Members {
         /// The #group or @user.
         group: String,
-        #[command(flatten)]
-        json: JsonFlag,
     },
 }
 
@@ -159,7 +179,7 @@ enum DeviceCommand {
         code: String,
     },
     /// List this account's devices (from the verified key directory).
-    List(JsonFlag),
+    List,
     /// Remove another device: it can no longer sign in or read new messages.
     Remove {
         /// The device id (see `sealpost device list`).
@@ -173,13 +193,6 @@ enum SuiteArg {
     Pq,
     /// Classic: MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519.
     Classic,
-}
-
-#[derive(Debug, Args)]
-struct JsonFlag {
-    /// Print one JSON object per line.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -212,8 +225,6 @@ struct AuditArgs {
     /// With --follow: seconds between checks.
     #[arg(long, default_value_t = 10)]
     interval: u64,
-    #[command(flatten)]
-    json: JsonFlag,
 }
 
 /// The process exits with status 3: a security check failed or a security event was shown.
@@ -528,36 +539,16 @@ fn print_logged(e: &LoggedEvent, json: bool) -> Result<()> {
     }
 }
 
-/// Runs a method that may sync: prints the security events it (or any earlier command) found
-/// and no command printed, then the method's own outcome (`report`), and turns it into the exit
-/// status: 3 when a security event was printed or the call failed a security check.
-async fn settle<T: serde::de::DeserializeOwned>(
-    session: &Session,
-    method: &str,
-    params: serde_json::Value,
-    report: impl FnOnce(T) -> Result<()>,
-) -> Result<()> {
-    let outcome = session.call::<T>(method, params).await;
-    let alerts = show_unseen(session, false, true).await?;
-    match outcome {
-        Ok(v) => {
-            report(v)?;
-            exit_on_alerts(alerts)
-        }
-        Err(e) if alerts > 0 => Err(SecurityExit(format!("{e:#}")).into()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Runs a command.
 pub async fn run(cli: Cli) -> Result<()> {
     use serde_json::json;
     let home = cli.home.clone().unwrap_or_else(default_home);
+    let as_json = cli.json;
     match cli.command {
         Command::Server(args) => return server(args).await,
         Command::Demo => return crate::demo::run().await,
         Command::Bench(args) => return crate::bench::run(args).await,
-        Command::Audit(args) => return audit(&home, args).await,
+        Command::Audit(args) => return audit(&home, args, as_json).await,
         Command::Register { username, server } => {
             let client = Client::register(
                 &home,
@@ -567,6 +558,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await?;
             let me = client.whoami();
+            if as_json {
+                return print_json(&me);
+            }
             println!(
                 "registered {} (device {}) on {}",
                 me.username, me.device, me.server
@@ -574,15 +568,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Command::Device(DeviceCommand::Link { username, server }) => {
-            return link(&home, &server, username.trim_start_matches('@')).await;
+            return link(&home, &server, username.trim_start_matches('@'), as_json).await;
         }
         _ => {}
     }
     let session = Session::open(&home, passphrase().as_deref()).await?;
+    let out = Output {
+        session: &session,
+        json: as_json,
+    };
     match cli.command {
-        Command::Whoami(f) => {
+        Command::Whoami => {
             let me: sealpost_sdk::Whoami = session.call("whoami", json!({})).await?;
-            if f.json {
+            if as_json {
                 print_json(&me)
             } else {
                 println!("{} (device {}) on {}", me.username, me.device, me.server);
@@ -603,12 +601,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 bail!("the message is empty");
             }
             let params = json!({ "to": to, "text": text });
-            settle(&session, "send", params, |_: Event| Ok(())).await
+            out.settle("send", params, |sent: Event| {
+                if as_json { print_json(&sent) } else { Ok(()) }
+            })
+            .await
         }
-        Command::Sync(f) => {
+        Command::Sync => {
             let synced = session.call::<serde_json::Value>("sync", json!({})).await;
             // Printed even when the sync broke off: what it stored before is new too.
-            let alerts = show_unseen(&session, f.json, false).await?;
+            let alerts = show_unseen(&session, as_json, false).await?;
             match synced {
                 Err(e) if alerts > 0 => Err(SecurityExit(format!("{e:#}")).into()),
                 Err(e) => Err(e),
@@ -618,18 +619,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Messages {
             conversation,
             limit,
-            json,
         } => {
             let params = json!({ "conversation": conversation, "limit": limit });
             let events: Vec<Event> = session.call("messages", params).await?;
-            print_events(&events, json.json)
+            print_events(&events, as_json)
         }
-        Command::Listen(f) => listen(session, f.json).await,
-        Command::Conversations(f) => {
+        Command::Listen => listen(session, as_json).await,
+        Command::Conversations => {
             let list: Vec<sealpost_sdk::ConversationInfo> =
                 session.call("conversations", json!({})).await?;
             for c in list {
-                if f.json {
+                if as_json {
                     print_json(&c)?;
                 } else {
                     let state = if c.active { "" } else { " (left)" };
@@ -645,25 +645,62 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Group(g) => group(&session, g).await,
-        Command::Device(d) => device(&session, d).await,
-        Command::Verify {
-            user,
-            confirm,
-            json,
-        } => {
+        Command::Group(g) => group(&out, g).await,
+        Command::Device(d) => device(&out, d).await,
+        Command::Verify { user, confirm } => {
             let params = json!({ "user": user, "confirm": confirm });
-            settle(&session, "verify", params, |v| {
-                show_verification(&v, json.json)
-            })
-            .await
+            out.settle("verify", params, |v| show_verification(&v, as_json))
+                .await
         }
-        Command::Daemon(args) => daemon(&home, session, args).await,
+        Command::Daemon(args) => daemon(&home, session, args, as_json).await,
         Command::Server(_)
         | Command::Demo
         | Command::Bench(_)
         | Command::Audit(_)
         | Command::Register { .. } => Ok(()),
+    }
+}
+
+/// Where a command's results go: the session it calls, and whether it prints JSON.
+struct Output<'a> {
+    session: &'a Session,
+    json: bool,
+}
+
+impl Output<'_> {
+    /// Runs a method that may sync: prints the security events it (or any earlier command)
+    /// found and no command printed, then the method's own outcome (`report`), and turns it
+    /// into the exit status: 3 when a security event was printed or the call failed a security
+    /// check.
+    async fn settle<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+        report: impl FnOnce(T) -> Result<()>,
+    ) -> Result<()> {
+        let outcome = self.session.call::<T>(method, params).await;
+        let alerts = show_unseen(self.session, self.json, true).await?;
+        match outcome {
+            Ok(v) => {
+                report(v)?;
+                exit_on_alerts(alerts)
+            }
+            Err(e) if alerts > 0 => Err(SecurityExit(format!("{e:#}")).into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`settle`](Self::settle) for a method with nothing to show but success: `{}` in JSON.
+    async fn settle_done(&self, method: &str, params: serde_json::Value) -> Result<()> {
+        let json = self.json;
+        self.settle(
+            method,
+            params,
+            |v: serde_json::Value| {
+                if json { print_json(&v) } else { Ok(()) }
+            },
+        )
+        .await
     }
 }
 
@@ -729,7 +766,12 @@ async fn listen(session: Session, json: bool) -> Result<()> {
 }
 
 /// `sealpost daemon`: serves the profile until SIGINT or SIGTERM.
-async fn daemon(home: &std::path::Path, session: Session, args: DaemonArgs) -> Result<()> {
+async fn daemon(
+    home: &std::path::Path,
+    session: Session,
+    args: DaemonArgs,
+    as_json: bool,
+) -> Result<()> {
     let Session::Local { live, .. } = session else {
         bail!(
             "a daemon already serves this profile (see daemon.json in {})",
@@ -747,20 +789,32 @@ async fn daemon(home: &std::path::Path, session: Session, args: DaemonArgs) -> R
         Some(addr) => Some(crate::daemon_http::bind(home, addr).await?),
         None => None,
     };
-    println!(
-        "sealpost daemon serving {} on {}",
-        home.display(),
-        socket.path().display()
-    );
+    let token_file = crate::daemon_http::token_file(home);
+    if as_json {
+        print_json(&serde_json::json!({
+            "serving": home,
+            "socket": socket.path(),
+            "http": http.as_ref().map(|(_, url)| url),
+            "token_file": http.as_ref().map(|_| &token_file),
+        }))?;
+    } else {
+        println!(
+            "sealpost daemon serving {} on {}",
+            home.display(),
+            socket.path().display()
+        );
+        if let Some((_, url)) = &http {
+            println!(
+                "and on {url} (POST /api/v1/rpc, GET /api/v1/events; token in {})",
+                token_file.display()
+            );
+        }
+    }
     let connection = tokio::spawn({
         let (live, shutdown) = (live.clone(), shutdown.clone());
         async move { live.run(shutdown).await }
     });
-    let web = http.map(|(listener, url)| {
-        println!(
-            "and on {url} (POST /api/v1/rpc, GET /api/v1/events; token in {})",
-            crate::daemon_http::token_file(home).display()
-        );
+    let web = http.map(|(listener, _)| {
         let (live, shutdown, home) = (live.clone(), shutdown.clone(), home.to_owned());
         tokio::spawn(
             async move { crate::daemon_http::serve(&home, listener, live, shutdown).await },
@@ -809,18 +863,25 @@ fn qr(data: &str) -> String {
     }
 }
 
-async fn link(home: &std::path::Path, server: &str, username: &str) -> Result<()> {
+async fn link(home: &std::path::Path, server: &str, username: &str, as_json: bool) -> Result<()> {
     let mut pending =
         sealpost_sdk::PendingLink::start(home, server, username, passphrase().as_deref()).await?;
     let code = pending.code();
-    println!("On a device of @{username}, run:\n\n    sealpost device approve {code}\n");
-    println!("{}", qr(&format!("sealpost-link:{code}")));
-    println!("Waiting for approval (up to 10 minutes; Ctrl-C to give up)...");
+    if as_json {
+        print_json(&serde_json::json!({ "code": code, "waiting_minutes": 10 }))?;
+    } else {
+        println!("On a device of @{username}, run:\n\n    sealpost device approve {code}\n");
+        println!("{}", qr(&format!("sealpost-link:{code}")));
+        println!("Waiting for approval (up to 10 minutes; Ctrl-C to give up)...");
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10 * 60);
     loop {
         match pending.try_finish().await? {
             sealpost_sdk::LinkStep::Linked(client) => {
                 let me = client.whoami();
+                if as_json {
+                    return print_json(&me);
+                }
                 println!(
                     "linked: this device ({}) is now part of {}; run `sealpost sync` to receive its conversations",
                     me.device, me.username
@@ -838,34 +899,37 @@ async fn link(home: &std::path::Path, server: &str, username: &str) -> Result<()
     }
 }
 
-async fn device(session: &Session, cmd: DeviceCommand) -> Result<()> {
+async fn device(out: &Output<'_>, cmd: DeviceCommand) -> Result<()> {
     use serde_json::json;
+    let as_json = out.json;
     match cmd {
         DeviceCommand::Link { .. } => Ok(()),
         DeviceCommand::Approve { code } => {
-            settle(
-                session,
-                "device.approve",
-                json!({ "code": code }),
-                |v: serde_json::Value| {
-                    println!(
-                        "approved device {}; it was added to your conversations",
-                        v["device"].as_str().unwrap_or_default()
-                    );
-                    Ok(())
-                },
-            )
+            let params = json!({ "code": code });
+            out.settle("device.approve", params, |v: serde_json::Value| {
+                if as_json {
+                    return print_json(&v);
+                }
+                println!(
+                    "approved device {}; it was added to your conversations",
+                    v["device"].as_str().unwrap_or_default()
+                );
+                Ok(())
+            })
             .await
         }
-        DeviceCommand::List(f) => {
-            settle(session, "device.list", json!({}), |devices| {
-                list_devices(devices, f.json)
+        DeviceCommand::List => {
+            out.settle("device.list", json!({}), |devices| {
+                list_devices(devices, as_json)
             })
             .await
         }
         DeviceCommand::Remove { device } => {
             let params = json!({ "device": device });
-            settle(session, "device.remove", params, |_: serde_json::Value| {
+            out.settle("device.remove", params, |v: serde_json::Value| {
+                if as_json {
+                    return print_json(&v);
+                }
                 println!("removed device {device} from your account and your conversations");
                 Ok(())
             })
@@ -891,7 +955,7 @@ fn list_devices(devices: Vec<sealpost_sdk::DeviceEntry>, json: bool) -> Result<(
     Ok(())
 }
 
-async fn audit(home: &std::path::Path, args: AuditArgs) -> Result<()> {
+async fn audit(home: &std::path::Path, args: AuditArgs, as_json: bool) -> Result<()> {
     let state = args
         .state
         .clone()
@@ -901,7 +965,7 @@ async fn audit(home: &std::path::Path, args: AuditArgs) -> Result<()> {
         let report = sealpost_sdk::audit::audit(&args.server, &state, from.take())
             .await
             .map_err(security_exit)?;
-        if args.json.json {
+        if as_json {
             print_json(&report)?;
         } else if report.verified > 0 {
             println!(
@@ -918,8 +982,9 @@ async fn audit(home: &std::path::Path, args: AuditArgs) -> Result<()> {
     }
 }
 
-async fn group(session: &Session, cmd: GroupCommand) -> Result<()> {
-    use serde_json::{Value, json};
+async fn group(out: &Output<'_>, cmd: GroupCommand) -> Result<()> {
+    use serde_json::json;
+    let as_json = out.json;
     match cmd {
         GroupCommand::Create {
             name,
@@ -931,11 +996,13 @@ async fn group(session: &Session, cmd: GroupCommand) -> Result<()> {
                 SuiteArg::Classic => Suite::Classic,
             };
             let params = json!({ "name": name, "members": users(&members)?, "ciphersuite": suite });
-            settle(
-                session,
+            out.settle(
                 "group.create",
                 params,
                 |info: sealpost_sdk::ConversationInfo| {
+                    if as_json {
+                        return print_json(&info);
+                    }
                     println!(
                         "created {} ({} members)",
                         safe(&info.conversation),
@@ -948,31 +1015,27 @@ async fn group(session: &Session, cmd: GroupCommand) -> Result<()> {
         }
         GroupCommand::Add { group, users: list } => {
             let params = json!({ "conversation": group, "users": users(&list)? });
-            settle(session, "group.add", params, |_: Value| Ok(())).await
+            out.settle_done("group.add", params).await
         }
         GroupCommand::Remove { group, users: list } => {
             let params = json!({ "conversation": group, "users": users(&list)? });
-            settle(session, "group.remove", params, |_: Value| Ok(())).await
+            out.settle_done("group.remove", params).await
         }
         GroupCommand::Leave { group } => {
-            let params = json!({ "conversation": group });
-            settle(session, "group.leave", params, |_: Value| Ok(())).await
+            out.settle_done("group.leave", json!({ "conversation": group }))
+                .await
         }
         GroupCommand::Delete { group } => {
-            let _: Value = session
-                .call("group.delete", json!({ "conversation": group }))
-                .await?;
-            Ok(())
+            out.settle_done("group.delete", json!({ "conversation": group }))
+                .await
         }
-        GroupCommand::Members { group, json } => {
-            let members: Vec<sealpost_sdk::MemberInfo> = session
-                .call(
-                    "group.members",
-                    serde_json::json!({ "conversation": group }),
-                )
+        GroupCommand::Members { group } => {
+            let members: Vec<sealpost_sdk::MemberInfo> = out
+                .session
+                .call("group.members", json!({ "conversation": group }))
                 .await?;
             for m in members {
-                if json.json {
+                if as_json {
                     print_json(&m)?;
                 } else {
                     println!(

@@ -27,20 +27,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let json = cli.json();
+    let Err(e) = runtime.block_on(cli::run(cli)) else {
+        return ExitCode::SUCCESS;
+    };
+    let security = e.downcast_ref::<cli::SecurityExit>().is_some()
+        || e.downcast_ref::<rpc::RpcError>()
+            .is_some_and(rpc::RpcError::is_security);
+    let (code, word) = if security {
+        (3, "security")
+    } else {
+        (1, "error")
+    };
+    if json {
+        let kind = e
+            .downcast_ref::<rpc::RpcError>()
+            .map_or(word, |r| r.data.kind.as_str());
+        let line = serde_json::json!({ "error": format!("{e:#}"), "kind": kind, "exit": code });
+        eprintln!("{line}");
+    } else {
         // Errors may quote what the server or a peer sent: printed safely.
-        Err(e)
-            if e.downcast_ref::<cli::SecurityExit>().is_some()
-                || e.downcast_ref::<rpc::RpcError>()
-                    .is_some_and(rpc::RpcError::is_security) =>
-        {
-            eprintln!("security: {}", cli::safe_body(&format!("{e:#}")));
-            ExitCode::from(3)
-        }
-        Err(e) => {
-            eprintln!("error: {}", cli::safe_body(&format!("{e:#}")));
-            ExitCode::FAILURE
-        }
+        eprintln!("{word}: {}", cli::safe_body(&format!("{e:#}")));
     }
+    ExitCode::from(code)
 }

@@ -970,3 +970,78 @@ fn the_daemons_http_endpoint_serves_its_user_and_refuses_web_pages() {
     });
     drop(daemon);
 }
+
+/// One-shot commands keep their session token in the profile (sealed like the rest of it)
+/// instead of signing in every time; a token the server no longer honours is replaced.
+#[test]
+fn one_shot_commands_reuse_their_session() {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    run_ok(&a, &["register", "alice", "--server", &server.url]);
+    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    let sessions = || -> i64 {
+        let db = rusqlite::Connection::open(server.data.path().join("server.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        db.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
+            .unwrap()
+    };
+    run_ok(&a, &["send", "@bob", "one"]);
+    let after_first = sessions();
+    for text in ["two", "three", "four"] {
+        run_ok(&a, &["send", "@bob", text]);
+    }
+    run_ok(&a, &["sync"]);
+    assert_eq!(sessions(), after_first, "no new sign-in");
+    // Every session ends (as when tokens expire): the next command signs in again by itself.
+    rusqlite::Connection::open(server.data.path().join("server.db"))
+        .unwrap()
+        .execute("DELETE FROM sessions", [])
+        .unwrap();
+    run_ok(&a, &["send", "@bob", "five"]);
+    let out = run_ok(&b, &["sync"]);
+    for text in ["one", "two", "three", "four", "five"] {
+        assert!(out.contains(&format!("@alice: {text}")), "{out}");
+    }
+}
+
+/// `--json` is taken by every command: results are one JSON object per line on stdout, and
+/// errors one JSON object on stderr with the exit status in it.
+#[test]
+fn every_command_speaks_json_and_so_do_its_errors() {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    let json = |home: &std::path::Path, args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = run_ok(home, &all);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {out}");
+        event_of(lines[0])
+    };
+    assert_eq!(
+        json(&a, &["register", "alice", "--server", &server.url])["username"],
+        "@alice"
+    );
+    json(&b, &["register", "bob", "--server", &server.url]);
+    let sent = json(&a, &["send", "@bob", "hi"]);
+    assert_eq!(
+        (sent["event"].as_str(), sent["text"].as_str()),
+        (Some("message"), Some("hi"))
+    );
+    let group = json(&a, &["group", "create", "g", "--member", "@bob"]);
+    assert_eq!(group["conversation"], "#g");
+    let id = group["id"].as_str().unwrap().to_owned();
+    json(&a, &["group", "remove", &id[..8], "@bob"]);
+    json(&a, &["group", "leave", "#g"]);
+    json(&a, &["group", "delete", "#g"]);
+    assert_eq!(json(&a, &["whoami"])["username"], "@alice");
+
+    let out = run(&a, &["--json", "send", "#nothing", "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let error = event_of(String::from_utf8_lossy(&out.stderr).trim());
+    assert_eq!(error["kind"], "unknown_conversation", "{error}");
+    assert_eq!(error["exit"], 1);
+}
