@@ -2539,14 +2539,8 @@ impl Client {
     fn render_logged(&self, id: i64, stored: store::StoredEvent) -> Result<LoggedEvent, Error> {
         let damaged = |e: serde_json::Error| Error::Store(format!("an event is damaged: {e}"));
         let (group, event) = match stored {
-            store::StoredEvent::Item { group, history_id } => {
-                let json = store::history_item(
-                    self.profile.conn(),
-                    &self.profile.sealer,
-                    &group,
-                    history_id,
-                )?;
-                let item: Item = serde_json::from_slice(&json).map_err(damaged)?;
+            store::StoredEvent::Item { group, item } => {
+                let item: Item = serde_json::from_slice(&item).map_err(damaged)?;
                 let group = GroupId::from_slice(&group)?;
                 (Some(group), item.render(self.display(group)))
             }

@@ -155,12 +155,12 @@ fn event_row(id: i64) -> [u8; 8] {
 
 /// One entry of the event log as stored: a history item, or a sealed record of its own.
 pub enum StoredEvent {
-    /// The history item `history_id` of the conversation `group`.
+    /// The history item `history_id` of the conversation `group` (opened).
     Item {
         /// The conversation.
         group: Vec<u8>,
-        /// Its row in `history`.
-        history_id: i64,
+        /// The item.
+        item: zeroize::Zeroizing<Vec<u8>>,
     },
     /// A record of its own (opened), with the conversation it belongs to if any.
     Record {
@@ -214,10 +214,13 @@ pub fn read_events(
     limit: usize,
     unseen_by: Option<&str>,
 ) -> Result<Vec<(i64, StoredEvent)>, Error> {
+    // One statement, the history items joined in (not one query per event).
     let mut stmt = conn.prepare_cached(
-        "SELECT id, group_id, history_id, event FROM events
-         WHERE id > ?1 AND (?2 IS NULL OR id NOT IN (SELECT id FROM events_seen WHERE consumer = ?2))
-         ORDER BY id LIMIT ?3",
+        "SELECT e.id, e.group_id, e.history_id, e.event, h.item FROM events e
+         LEFT JOIN history h ON h.id = e.history_id AND h.group_id = e.group_id
+         WHERE e.id > ?1
+           AND (?2 IS NULL OR e.id NOT IN (SELECT id FROM events_seen WHERE consumer = ?2))
+         ORDER BY e.id LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![after, unseen_by, limit as i64], |r| {
         Ok((
@@ -225,13 +228,20 @@ pub fn read_events(
             r.get::<_, Option<Vec<u8>>>(1)?,
             r.get::<_, Option<i64>>(2)?,
             r.get::<_, Option<Vec<u8>>>(3)?,
+            r.get::<_, Option<Vec<u8>>>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, group, history_id, sealed) = row?;
+        let (id, group, history_id, sealed, item) = row?;
         let event = match (group, history_id, sealed) {
-            (Some(group), Some(history_id), None) => StoredEvent::Item { group, history_id },
+            (Some(group), Some(history_id), None) => {
+                let item = item.ok_or_else(|| {
+                    Error::Store("an event names a history item that is gone".into())
+                })?;
+                let item = sealer.open_at("item", &item_row(&group, history_id), &item)?;
+                StoredEvent::Item { group, item }
+            }
             (group, None, Some(sealed)) => StoredEvent::Record {
                 group,
                 record: sealer.open_at("event", &event_row(id), &sealed)?,
@@ -247,21 +257,6 @@ pub fn read_events(
     Ok(out)
 }
 
-/// Opens the history item `id` of `group`.
-pub fn history_item(
-    conn: &Connection,
-    sealer: &Sealer,
-    group: &[u8],
-    id: i64,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
-    let sealed: Vec<u8> = conn
-        .prepare_cached("SELECT item FROM history WHERE id = ?1 AND group_id = ?2")?
-        .query_row(params![id, group], |r| r.get(0))
-        .optional()?
-        .ok_or_else(|| Error::Store("an event names a history item that is gone".into()))?;
-    sealer.open_at("item", &item_row(group, id), &sealed)
-}
-
 /// Where `consumer` stands in the event log (0 for a new consumer).
 pub fn event_cursor(conn: &Connection, consumer: &str) -> Result<i64, Error> {
     Ok(conn
@@ -275,22 +270,46 @@ pub fn event_cursor(conn: &Connection, consumer: &str) -> Result<i64, Error> {
 /// without a gap.
 pub fn mark_seen(tx: &Connection, consumer: &str, ids: &[i64]) -> Result<(), Error> {
     let cursor = event_cursor(tx, consumer)?;
+    let mut ids: Vec<i64> = ids.iter().copied().filter(|id| *id > cursor).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    // The common case — the events right after the cursor, in order — moves the cursor without
+    // a row per event: walk the log's next ids alongside.
+    let mut new_cursor = cursor;
+    let mut taken = 0;
+    {
+        let mut next =
+            tx.prepare_cached("SELECT id FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let log = next.query_map(params![cursor, ids.len() as i64], |r| r.get::<_, i64>(0))?;
+        for id in log {
+            if ids.get(taken) != Some(&id?) {
+                break;
+            }
+            new_cursor = ids[taken];
+            taken += 1;
+        }
+    }
+    // The rest are remembered one by one, beyond the cursor.
     let mut seen =
         tx.prepare_cached("INSERT OR IGNORE INTO events_seen (consumer, id) VALUES (?1, ?2)")?;
-    for id in ids.iter().filter(|id| **id > cursor) {
+    for id in &ids[taken..] {
         seen.execute(params![consumer, id])?;
     }
-    // The first event after the cursor that the consumer has not seen stops it.
+    // Events seen earlier may now follow on without a gap.
     let first_unseen: Option<i64> = tx
         .prepare_cached(
             "SELECT MIN(id) FROM events WHERE id > ?1
              AND id NOT IN (SELECT id FROM events_seen WHERE consumer = ?2)",
         )?
-        .query_row(params![cursor, consumer], |r| r.get(0))?;
+        .query_row(params![new_cursor, consumer], |r| r.get(0))?;
     let new_cursor = match first_unseen {
         Some(id) => id - 1,
         None => last_event(tx)?,
-    };
+    }
+    .max(new_cursor);
     if new_cursor > cursor {
         tx.prepare_cached(
             "INSERT INTO event_cursors (consumer, cursor) VALUES (?1, ?2)
@@ -729,6 +748,47 @@ pub fn reseal_record_unchecked(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A consumer's place in the event log: events seen in order move its cursor; one seen
+    /// ahead of a gap is remembered and left out of what is unseen; the cursor moves over it
+    /// once the gap is seen; ids are never reused after a deletion.
+    #[test]
+    fn consumers_see_each_event_once_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Profile::open(dir.path(), true, None).unwrap();
+        let c = &p.conn;
+        let ids: Vec<i64> = (0..6)
+            .map(|i| log_record(c, &p.sealer, None, format!("e{i}").as_bytes()).unwrap())
+            .collect();
+        let unseen = |who: &str| -> Vec<i64> {
+            let after = event_cursor(c, who).unwrap();
+            read_events(c, &p.sealer, after, 100, Some(who))
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        assert_eq!(unseen("ui"), ids);
+        mark_seen(c, "ui", &ids[..2]).unwrap();
+        assert_eq!(event_cursor(c, "ui").unwrap(), ids[1]);
+        mark_seen(c, "ui", &[ids[4]]).unwrap();
+        assert_eq!(event_cursor(c, "ui").unwrap(), ids[1]);
+        assert_eq!(unseen("ui"), [ids[2], ids[3], ids[5]]);
+        mark_seen(c, "ui", &[ids[3], ids[2]]).unwrap();
+        assert_eq!(event_cursor(c, "ui").unwrap(), ids[4]);
+        assert_eq!(unseen("ui"), [ids[5]]);
+        // Another consumer has its own place.
+        assert_eq!(unseen("cli").len(), 6);
+        // Seen again, or before the cursor: nothing changes.
+        mark_seen(c, "ui", &ids[..5]).unwrap();
+        assert_eq!(unseen("ui"), [ids[5]]);
+        // The newest event deleted, a new one gets a new id.
+        c.execute("DELETE FROM events WHERE id = ?1", [ids[5]])
+            .unwrap();
+        let next = log_record(c, &p.sealer, None, b"e6").unwrap();
+        assert!(next > ids[5]);
+        assert_eq!(unseen("ui"), [next]);
+    }
 
     /// A profile of format 2 (records sealed under their kind only) opens, with its records
     /// sealed again, bound to their rows; one of a newer format is refused, unchanged.
