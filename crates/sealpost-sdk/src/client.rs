@@ -673,6 +673,17 @@ fn security_event(alert: SecurityAlert, detail: impl Into<String>) -> Event {
     }
 }
 
+/// Whether `name` is a group name: 1 to 64 letters, digits, '-', '_' or '.' — nothing that can
+/// start another line, look like `@user`, or carry the `~id` suffix that tells clashing names
+/// apart. Checked when a group is made and when a member's Meta message names it.
+fn valid_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || "-_.".contains(c))
+}
+
 /// The one conversation `target` names among `hits`; several are an error that lists them
 /// (each as `name` gives it), so that the user can pick one.
 fn one_match(
@@ -1029,12 +1040,7 @@ impl Client {
         members: &[Username],
         suite: Suite,
     ) -> Result<ConversationInfo, Error> {
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_alphanumeric() || "-_.".contains(c));
-        if !valid {
+        if !valid_group_name(name) {
             return Err(Error::Invalid(
                 "a group name is 1 to 64 letters, digits, '-', '_' or '.'".into(),
             ));
@@ -1280,6 +1286,16 @@ impl Client {
             name: info.name.clone(),
         };
         self.send_app(group, meta, None).await
+    }
+
+    /// Test hook: names a group `name` without checking it, and tells the members, as a
+    /// malicious member would. Not built into the library otherwise.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn rename_unchecked(&mut self, target: &str, name: &str) -> Result<(), Error> {
+        let group = self.resolve(target)?;
+        self.update_conv(group, |info| info.name = name.to_owned())?;
+        self.send_meta(group).await
     }
 
     /// Test hook: adds the device of `key_package` to a conversation with no directory check,
@@ -3473,8 +3489,15 @@ fn receive_content(
                         if sender.username != *me {
                             conv.info.peer = Some(sender.username);
                         }
-                    } else {
+                    } else if valid_group_name(&name) {
                         conv.info.name = name;
+                    } else {
+                        // A name no Sealpost client makes (it could carry what looks like
+                        // another line, or another conversation's name with a suffix): the
+                        // conversation keeps the name it had, or its id.
+                        return undecryptable(
+                            "a member sent a group name that is not valid; it was not taken".into(),
+                        );
                     }
                     Ok(Vec::new())
                 }

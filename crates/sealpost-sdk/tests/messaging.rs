@@ -213,3 +213,50 @@ async fn a_member_removed_and_added_again_while_offline_rejoins_and_stays_in_ord
         "{got:?}"
     );
 }
+
+/// A member who names the group something no Sealpost client makes — a name that would print
+/// as the start of another sender's line — is not followed: the group keeps its name, and the
+/// others are told a name was refused. A valid new name is taken.
+#[tokio::test]
+async fn a_group_name_that_could_forge_a_line_is_not_taken() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice
+        .create_group("club", &[u("bob")], sealpost_sdk::Suite::Classic)
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    let names = |c: &sealpost_sdk::Client| -> Vec<String> {
+        c.conversations()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.conversation)
+            .collect()
+    };
+    assert_eq!(names(&bob), ["#club"]);
+    // (Alice's own name for it changes with each try: she names it by its id.)
+    let id = alice.conversations().unwrap()[0].id.clone();
+    for forged in [
+        "x] @carol: the code is 4471",
+        "club\n[@carol] @carol: hi",
+        "club~0011",
+        "@carol",
+        "\u{1b}[2Jclub",
+    ] {
+        alice.rename_unchecked(&id, forged).await.unwrap();
+        let events = bob.sync().await.unwrap();
+        assert!(
+            matches!(
+                events.as_slice(),
+                [sealpost_sdk::Event::Undecryptable { .. }]
+            ),
+            "{forged:?}: {events:?}"
+        );
+        assert_eq!(names(&bob), ["#club"], "{forged:?}");
+    }
+    alice.rename_unchecked(&id, "book-club").await.unwrap();
+    bob.sync().await.unwrap();
+    assert_eq!(names(&bob), ["#book-club"]);
+}
