@@ -1909,30 +1909,12 @@ impl Client {
                 // rather than showing recipients a gap; the history says it was not sent.
                 if matches!(msg, AppMessage::Text { .. }) {
                     conv.info.sent -= 1;
-                    let failed = match (item, row) {
-                        (
-                            Some(Item::Message {
-                                from,
-                                text,
-                                id,
-                                sent_at,
-                                late,
-                                ..
-                            }),
-                            Some(row),
-                        ) => Some((
-                            row,
-                            Item::Message {
-                                from,
-                                text,
-                                id,
-                                sent_at,
-                                late,
-                                failed: Some(e.to_string()),
-                            },
-                        )),
-                        _ => None,
-                    };
+                    let failed = item.zip(row).map(|(mut item, row)| {
+                        if let Item::Message { failed, .. } = &mut item {
+                            *failed = Some(e.to_string());
+                        }
+                        (row, item)
+                    });
                     self.profile.atomically(|tx, sealer, _| {
                         if let Some((row, item)) = &failed {
                             replace_item(tx, sealer, group, *row, item)?;

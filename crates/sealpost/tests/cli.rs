@@ -137,6 +137,34 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Links a new device (profile `phone`) to alice's account, approved on her device `approver`:
+/// what the approval printed, and what the new device printed after its code.
+fn link_new_device(
+    url: &str,
+    phone: &std::path::Path,
+    approver: &std::path::Path,
+) -> (String, Vec<String>) {
+    use std::io::BufRead as _;
+    let mut link = sealpost()
+        .arg("--home")
+        .arg(phone)
+        .args(["device", "link", "alice", "--server", url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(link.stdout.take().unwrap()).lines();
+    let code = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.trim().strip_prefix("sealpost device approve ") {
+            break rest.to_owned();
+        }
+    };
+    let out = run_ok(approver, &["device", "approve", &code]);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(link.wait().unwrap().success());
+    (out, rest)
+}
+
 fn run_ok(home: &std::path::Path, args: &[&str]) -> String {
     let out = sealpost()
         .arg("--home")
@@ -155,7 +183,6 @@ fn run_ok(home: &std::path::Path, args: &[&str]) -> String {
 
 #[test]
 fn linking_verifying_and_auditing_through_the_binary() {
-    use std::io::BufRead as _;
     let server = ServerProcess::start();
     let homes = tempfile::tempdir().unwrap();
     let (a, b, phone) = (
@@ -181,24 +208,8 @@ fn linking_verifying_and_auditing_through_the_binary() {
     assert!(out.contains("@bob is verified"), "{out}");
 
     // Linking: the new device prints a code, alice's device approves it.
-    let mut link = sealpost()
-        .arg("--home")
-        .arg(&phone)
-        .args(["device", "link", "alice", "--server", &server.url])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(link.stdout.take().unwrap()).lines();
-    let code = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.trim().strip_prefix("sealpost device approve ") {
-            break rest.to_owned();
-        }
-    };
-    let out = run_ok(&a, &["device", "approve", &code]);
+    let (out, rest) = link_new_device(&server.url, &phone, &a);
     assert!(out.contains("approved device"), "{out}");
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    assert!(link.wait().unwrap().success());
     assert!(rest.iter().any(|l| l.starts_with("linked:")), "{rest:?}");
     let devices = run_ok(&a, &["device", "list", "--json"]);
     assert_eq!(devices.lines().count(), 2, "{devices}");
@@ -635,7 +646,6 @@ fn a_subscriber_resuming_after_daemon_kills_misses_nothing_and_sees_nothing_twic
 /// removed device was told only "the server refused: unknown device".
 #[test]
 fn leaving_and_removing_devices_say_what_happened_once() {
-    use std::io::BufRead as _;
     let server = ServerProcess::start();
     let homes = tempfile::tempdir().unwrap();
     let (a, b, c, phone) = (
@@ -672,22 +682,7 @@ fn leaving_and_removing_devices_say_what_happened_once() {
 
     // Alice links a phone; her other device learns of it with its short id, and removes it by
     // that id.
-    let mut link = sealpost()
-        .arg("--home")
-        .arg(&phone)
-        .args(["device", "link", "alice", "--server", &server.url])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(link.stdout.take().unwrap()).lines();
-    let code = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.trim().strip_prefix("sealpost device approve ") {
-            break rest.to_owned();
-        }
-    };
-    run_ok(&a, &["device", "approve", &code]);
-    assert!(link.wait().unwrap().success());
+    link_new_device(&server.url, &phone, &a);
     let out = run_ok(&a, &["sync"]);
     // "device 1a2b3c4d was linked to your account (directory epoch 7)"
     let short = out
