@@ -3048,8 +3048,18 @@ impl Client {
     /// appended after this returns is missed (a catch-up by cursor covers what came before).
     /// A refused session token is forgotten, so that the next attempt signs in again.
     pub(crate) async fn open_push(&mut self) -> Result<PushSocket, Error> {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+        let request = self.push_request().await?;
+        let opened = connect_push(request, &self.identity.server).await;
+        if matches!(opened, Err(PushRefused::Token(_))) {
+            self.api.forget_token();
+        }
+        opened.map_err(PushRefused::into_error)
+    }
+
+    /// The request that opens the push connection (signing in if needed). With
+    /// [`connect_push`], the connection can be opened without holding the client.
+    pub(crate) async fn push_request(&mut self) -> Result<PushRequest, Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let token = self.api.token(&self.identity).await?;
         let mut request = self
             .api
@@ -3060,30 +3070,12 @@ impl Client {
             .parse()
             .map_err(|_| Error::Protocol("bad token".into()))?;
         request.headers_mut().insert("authorization", header);
-        let unreachable = |reason: String| Error::ServerUnreachable {
-            url: self.identity.server.clone(),
-            reason,
-        };
-        let (mut ws, _) =
-            match tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), false)
-                .await
-            {
-                Ok(c) => c,
-                Err(tungstenite::Error::Http(response)) if response.status() == 401 => {
-                    // Expired (24 h by default) or revoked: sign in again next time.
-                    self.api.forget_token();
-                    return Err(unreachable("the session expired; signing in again".into()));
-                }
-                Err(e) => return Err(unreachable(e.to_string())),
-            };
-        while let Some(frame) = ws.next().await {
-            match frame {
-                Ok(Message::Text(_)) => return Ok(ws),
-                Ok(_) => {}
-                Err(e) => return Err(unreachable(e.to_string())),
-            }
-        }
-        Err(unreachable("the push connection closed".into()))
+        Ok(request)
+    }
+
+    /// The server refused the session token on the push connection: the next call signs in.
+    pub(crate) fn push_token_refused(&mut self) {
+        self.api.forget_token();
     }
 
     /// Takes one frame from the push connection: the next delivery of a conversation is
@@ -3223,6 +3215,61 @@ fn keep_new(
     }
     *items = kept;
     Ok(())
+}
+
+/// The request that opens the push connection (its token inside: not to be logged).
+pub(crate) type PushRequest = tokio_tungstenite::tungstenite::handshake::client::Request;
+
+/// Why the push connection did not open.
+pub(crate) enum PushRefused {
+    /// The server refused the session token (expired or revoked): sign in again.
+    Token(Error),
+    /// Anything else: try again later.
+    Other(Error),
+}
+
+impl PushRefused {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            PushRefused::Token(e) | PushRefused::Other(e) => e,
+        }
+    }
+}
+
+/// Opens the push connection with `request` (see [`Client::push_request`]) and waits until the
+/// server has subscribed it.
+pub(crate) async fn connect_push(
+    request: PushRequest,
+    server: &str,
+) -> Result<PushSocket, PushRefused> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{self, Message};
+    let unreachable = |reason: String| Error::ServerUnreachable {
+        url: server.to_owned(),
+        reason,
+    };
+    let (mut ws, _) =
+        match tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), false).await
+        {
+            Ok(c) => c,
+            Err(tungstenite::Error::Http(response)) if response.status() == 401 => {
+                // Expired (24 h by default) or revoked.
+                return Err(PushRefused::Token(unreachable(
+                    "the session expired; signing in again".into(),
+                )));
+            }
+            Err(e) => return Err(PushRefused::Other(unreachable(e.to_string()))),
+        };
+    while let Some(frame) = ws.next().await {
+        match frame {
+            Ok(Message::Text(_)) => return Ok(ws),
+            Ok(_) => {}
+            Err(e) => return Err(PushRefused::Other(unreachable(e.to_string()))),
+        }
+    }
+    Err(PushRefused::Other(unreachable(
+        "the push connection closed".into(),
+    )))
 }
 
 /// The push connection to the server.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, MutexGuard, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Backoff, Client};
+use crate::client::{Backoff, Client, PushRefused, connect_push};
 use crate::error::Error;
 use crate::model::{EventId, LoggedEvent};
 
@@ -177,9 +177,22 @@ impl Live {
     /// One connection: open it, catch up, then take pushes until it fails. Returns why it
     /// ended.
     async fn connect_and_serve(&self) -> Error {
-        let mut ws = match self.lock().await.open_push().await {
+        // Connecting (which can take long when the server is away) does not hold the client:
+        // front ends go on meanwhile.
+        let (request, server) = {
+            let mut client = self.lock().await;
+            match client.push_request().await {
+                Ok(request) => (request, client.whoami().server),
+                Err(e) => return e,
+            }
+        };
+        let mut ws = match connect_push(request, &server).await {
             Ok(ws) => ws,
-            Err(e) => return e,
+            Err(PushRefused::Token(e)) => {
+                self.lock().await.push_token_refused();
+                return e;
+            }
+            Err(PushRefused::Other(e)) => return e,
         };
         {
             let mut client = self.lock().await;
@@ -200,13 +213,13 @@ impl Live {
                 }
                 Some(Err(e)) => {
                     return Error::ServerUnreachable {
-                        url: self.lock().await.whoami().server,
+                        url: server,
                         reason: e.to_string(),
                     };
                 }
                 None => {
                     return Error::ServerUnreachable {
-                        url: self.lock().await.whoami().server,
+                        url: server,
                         reason: "the push connection closed".into(),
                     };
                 }
