@@ -723,9 +723,15 @@ async fn listen(session: Session, json: bool) -> Result<()> {
                 async move { socket.serve(live, shutdown).await }
             });
             let mut sub = live.subscribe_as(CONSUMER);
+            let mut state = live.connection();
+            let mut said = None;
             let printed = loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
+                    Ok(()) = state.changed() => {
+                        say_connection(&state.borrow_and_update(), &mut said);
+                        continue;
+                    }
                     next = sub.next() => next,
                 };
                 let shown = next
@@ -746,8 +752,19 @@ async fn listen(session: Session, json: bool) -> Result<()> {
                 .call("subscribe", serde_json::json!({ "consumer": CONSUMER }))
                 .await?;
             let n = sub["subscription"].as_u64();
+            let mut said = None;
             while let Some(note) = remote.notification().await {
-                if note["params"]["subscription"].as_u64() != n || note["method"] != "event" {
+                if note["params"]["subscription"].as_u64() != n {
+                    continue;
+                }
+                if note["method"] == "connection" {
+                    if let Ok(state) = serde_json::from_value(note["params"]["connection"].clone())
+                    {
+                        say_connection(&state, &mut said);
+                    }
+                    continue;
+                }
+                if note["method"] != "event" {
                     continue;
                 }
                 let e: LoggedEvent = serde_json::from_value(note["params"]["event"].clone())
@@ -762,6 +779,29 @@ async fn listen(session: Session, json: bool) -> Result<()> {
             }
             bail!("the daemon stopped")
         }
+    }
+}
+
+/// Tells, on stderr (the events on stdout stay events), when the connection to the server is
+/// lost and when it is back: nothing is missed meanwhile, it comes when the connection does.
+/// Said once per change between connected and not (`said` remembers which was said last), not
+/// at every attempt to reconnect.
+fn say_connection(state: &sealpost_sdk::Connection, said: &mut Option<bool>) {
+    let up = match state {
+        sealpost_sdk::Connection::Starting => return,
+        sealpost_sdk::Connection::Connected { .. } => true,
+        sealpost_sdk::Connection::Disconnected { .. } => false,
+    };
+    if *said == Some(up) {
+        return;
+    }
+    *said = Some(up);
+    match state {
+        sealpost_sdk::Connection::Disconnected { reason, .. } => eprintln!(
+            "disconnected from the server ({}); trying again, and catching up once back",
+            safe(reason)
+        ),
+        _ => eprintln!("connected to the server"),
     }
 }
 
