@@ -55,8 +55,13 @@ pub fn default_socket(home: &Path) -> PathBuf {
         .unwrap_or_else(|_| home.to_owned())
         .hash(&mut h);
     let name = format!("{:016x}.sock", h.finish());
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("sealpost").join(name),
+    // The runtime directory when there is one (it must exist: the session made it, private to
+    // the user); otherwise the profile's own `run/`.
+    match std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_dir())
+    {
+        Some(dir) => dir.join("sealpost").join(name),
         None => home.join("run").join(name),
     }
 }
