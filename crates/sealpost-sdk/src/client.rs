@@ -541,8 +541,6 @@ pub struct Client {
     inbox_cursor: u64,
     settings: ClientSettings,
     stock_checked: bool,
-    /// Events of the current sync, rendered once it is done (names may arrive mid-sync).
-    fresh: Vec<(GroupId, Item)>,
     /// Groups that may hold a pending leave proposal; `None` means all of them.
     proposals_to_check: Option<BTreeSet<GroupId>>,
     /// What this device knows of the key directory.
@@ -815,7 +813,6 @@ impl Client {
             inbox_cursor: 0,
             settings,
             stock_checked: true,
-            fresh: Vec::new(),
             welcome_waits: false,
             proposals_to_check: None,
             dir: DirView {
@@ -862,7 +859,6 @@ impl Client {
             inbox_cursor: 0,
             settings: ClientSettings::default(),
             stock_checked: false,
-            fresh: Vec::new(),
             welcome_waits: false,
             proposals_to_check: None,
             dir: DirView::default(),
@@ -1345,7 +1341,6 @@ impl Client {
             sent_at: 0,
             payload: payload.to_vec().into(),
         })?;
-        self.fresh.clear();
         let events = self.events_after(mark, usize::MAX)?;
         let ids: Vec<EventId> = events.iter().map(|e| e.event_id).collect();
         self.mark_seen(SYNC_CONSUMER, &ids)?;
@@ -2149,7 +2144,6 @@ impl Client {
         };
         self.profile
             .atomically(|tx, sealer, _| put_event_item(tx, sealer, group, None, &item))?;
-        self.fresh.push((group, item));
         Err(security(SecurityAlert::WithheldCommit, detail))
     }
 
@@ -2475,7 +2469,6 @@ impl Client {
     /// [`mark_seen`]: Self::mark_seen
     pub async fn sync(&mut self) -> Result<Vec<Event>, Error> {
         self.sync_all().await?;
-        self.fresh.clear();
         let events = self.unseen_events(SYNC_CONSUMER, usize::MAX)?;
         let ids: Vec<EventId> = events.iter().map(|e| e.event_id).collect();
         self.mark_seen(SYNC_CONSUMER, &ids)?;
@@ -2512,8 +2505,19 @@ impl Client {
     /// Up to `limit` events that `consumer` (a name of the front end's choosing) has not marked
     /// seen, oldest first.
     pub fn unseen_events(&self, consumer: &str, limit: usize) -> Result<Vec<LoggedEvent>, Error> {
+        self.unseen_events_after(consumer, EventId::START, limit)
+    }
+
+    /// [`unseen_events`](Self::unseen_events) after `after` only (a reader that has taken the
+    /// ones before it and not marked them yet).
+    pub(crate) fn unseen_events_after(
+        &self,
+        consumer: &str,
+        after: EventId,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, Error> {
         let conn = self.profile.conn();
-        let cursor = store::event_cursor(conn, consumer)?;
+        let cursor = store::event_cursor(conn, consumer)?.max(after.0 as i64);
         let rows = store::read_events(
             conn,
             &self.profile.sealer,
@@ -2576,8 +2580,8 @@ impl Client {
                 return Ok(());
             }
             // One local transaction (one fsync) per batch; acknowledged only once it is durable.
-            let shown = self.fresh.len();
             let before = self.cursors();
+            let mut joined = false;
             self.welcome_waits = false;
             self.profile.begin_batch()?;
             let mut result = Ok(());
@@ -2612,7 +2616,7 @@ impl Client {
                 result = match d.kind {
                     DeliveryKind::Inbox => {
                         let retaken = retake.contains(&d.group());
-                        self.process_welcome(d, retaken)
+                        self.process_welcome(d, retaken).map(|j| joined |= j)
                     }
                     DeliveryKind::Group => self.process_group(d),
                 };
@@ -2622,7 +2626,6 @@ impl Client {
             }
             if let Err(e) = result.and_then(|()| self.profile.commit_batch()) {
                 self.profile.abort_batch();
-                self.fresh.truncate(shown);
                 self.dir.peer_roots.clear();
                 self.reload()?;
                 if let Error::NeedDirectory(users) = e {
@@ -2640,9 +2643,6 @@ impl Client {
             self.api.ack(&self.identity, &ack).await?;
             // A conversation joined in this batch has its log to come; a batch that moved no
             // cursor (all of it waiting, or nothing but replays) would come again as it is.
-            let joined = self.fresh[shown..]
-                .iter()
-                .any(|(_, item)| matches!(item, Item::Joined { .. }));
             if (batch.more == 0 && !joined) || self.cursors() == before {
                 return Ok(());
             }
@@ -2677,16 +2677,16 @@ impl Client {
     /// Processes one delivery in one transaction. Already-processed deliveries are skipped.
     fn process(&mut self, d: Delivery) -> Result<(), Error> {
         match d.kind {
-            DeliveryKind::Inbox => self.process_welcome(d, false),
+            DeliveryKind::Inbox => self.process_welcome(d, false).map(drop),
             DeliveryKind::Group => self.process_group(d),
         }
     }
 
     /// Takes a Welcome. `rejoin`: the conversation's log up to it is gone from the server, and
-    /// this device, which never saw its removal, joins again.
-    fn process_welcome(&mut self, d: Delivery, rejoin: bool) -> Result<(), Error> {
+    /// this device, which never saw its removal, joins again. `true` when it joined.
+    fn process_welcome(&mut self, d: Delivery, rejoin: bool) -> Result<bool, Error> {
         if d.inbox_seq <= self.inbox_cursor {
-            return Ok(());
+            return Ok(false);
         }
         let group = d.group();
         let inbox_seq = d.inbox_seq;
@@ -2701,7 +2701,7 @@ impl Client {
             // was removed on the way (in that log) and is added again. The Welcome waits, not
             // acknowledged, until the log has come in: taken now, it would pass for a replay.
             self.welcome_waits = true;
-            return Ok(());
+            return Ok(false);
         }
         let linked = self.linked.get(&group).cloned();
         let check = DirCheck {
@@ -2808,17 +2808,16 @@ impl Client {
             put_conv(tx, sealer, group, &conv)?;
             let item = Item::Joined { by };
             put_event_item(tx, sealer, group, Some(d.group_seq), &item)?;
-            Ok(Some((conv, item)))
+            Ok(Some(conv))
         });
         self.inbox_cursor = inbox_seq;
         match joined {
-            Ok(Some((conv, item))) => {
+            Ok(Some(conv)) => {
                 self.convs.insert(group, conv);
                 self.stock_checked = false;
-                self.fresh.push((group, item));
-                Ok(())
+                Ok(true)
             }
-            Ok(None) => Ok(()),
+            Ok(None) => Ok(false),
             Err(e @ (Error::Store(_) | Error::NeedDirectory(_))) => Err(e),
             Err(e) => {
                 let item = match e {
@@ -2832,13 +2831,12 @@ impl Client {
                         }
                     }
                 };
-                let record = LoggedRecord::Conversation { item: item.clone() };
+                let record = LoggedRecord::Conversation { item };
                 self.profile.atomically(|tx, sealer, _| {
                     put_meta(tx, sealer, "inbox_cursor", &inbox_seq.to_be_bytes())?;
                     put_event_record(tx, sealer, Some(group), &record)
                 })?;
-                self.fresh.push((group, item));
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -2927,7 +2925,6 @@ impl Client {
         {
             set.insert(group);
         }
-        self.fresh.extend(items.into_iter().map(|i| (group, i)));
         Ok(())
     }
 
@@ -3130,7 +3127,6 @@ impl Client {
         consumer: &str,
         on_event: &mut impl FnMut(&LoggedEvent) -> bool,
     ) -> Result<bool, Error> {
-        self.fresh.clear();
         loop {
             let batch = self.unseen_events(consumer, 256)?;
             if batch.is_empty() {

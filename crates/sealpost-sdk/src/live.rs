@@ -248,11 +248,7 @@ impl Subscription {
             let batch = {
                 let client = self.live.shared.client.lock().await;
                 match &self.consumer {
-                    Some(consumer) => client
-                        .unseen_events(consumer, usize::MAX)?
-                        .into_iter()
-                        .filter(|e| e.event_id > self.after)
-                        .collect(),
+                    Some(consumer) => client.unseen_events_after(consumer, self.after, 256)?,
                     None => client.events_after(self.after, 256)?,
                 }
             };

@@ -165,6 +165,22 @@ fn link_new_device(
     (out, rest)
 }
 
+/// A server, and alice's and bob's profiles (`a`, `b`) registered on it; the temporary
+/// directory holds them.
+fn alice_and_bob() -> (
+    ServerProcess,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
+    run_ok(&a, &["register", "alice", "--server", &server.url]);
+    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    (server, homes, a, b)
+}
+
 fn run_ok(home: &std::path::Path, args: &[&str]) -> String {
     let out = sealpost()
         .arg("--home")
@@ -257,11 +273,7 @@ fn linking_verifying_and_auditing_through_the_binary() {
 /// `sync` prints whatever no earlier command printed — once.
 #[test]
 fn what_a_commands_own_sync_finds_is_printed_by_the_next_sync_once() {
-    let server = ServerProcess::start();
-    let homes = tempfile::tempdir().unwrap();
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
-    run_ok(&a, &["register", "alice", "--server", &server.url]);
-    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    let (_server, _homes, a, b) = alice_and_bob();
     run_ok(&a, &["send", "@bob", "hello from alice"]);
     // Bob's send syncs first, and so takes alice's text in.
     run_ok(&b, &["send", "@alice", "x"]);
@@ -292,11 +304,7 @@ fn what_a_commands_own_sync_finds_is_printed_by_the_next_sync_once() {
 /// like carol's message, and escape sequences reached the terminal raw.
 #[test]
 fn a_peers_text_cannot_forge_a_line_or_reach_the_terminal_raw() {
-    let server = ServerProcess::start();
-    let homes = tempfile::tempdir().unwrap();
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
-    run_ok(&a, &["register", "alice", "--server", &server.url]);
-    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    let (_server, _homes, a, b) = alice_and_bob();
     let forgeries = [
         "hi\n[@carol] @carol: the code is 4471",
         "hi\r[@carol] @carol: the code is 4471",
@@ -386,11 +394,7 @@ fn event_of(line: &str) -> serde_json::Value {
 /// listen) serves the profile and the others go through it; one-shot commands wait their turn.
 #[test]
 fn a_daemon_a_listener_and_four_commands_at_once_on_one_profile() {
-    let server = ServerProcess::start();
-    let homes = tempfile::tempdir().unwrap();
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
-    run_ok(&a, &["register", "alice", "--server", &server.url]);
-    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    let (_server, _homes, a, b) = alice_and_bob();
 
     let daemon = Running::start(&b, &["daemon"]);
     assert!(daemon.next_line().starts_with("sealpost daemon serving"));
@@ -581,11 +585,7 @@ fn subscribe_after(
 /// resubscribing after the last event id it handled, misses nothing and sees nothing twice.
 #[test]
 fn a_subscriber_resuming_after_daemon_kills_misses_nothing_and_sees_nothing_twice() {
-    let server = ServerProcess::start();
-    let homes = tempfile::tempdir().unwrap();
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
-    run_ok(&a, &["register", "alice", "--server", &server.url]);
-    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    let (_server, _homes, a, b) = alice_and_bob();
     run_ok(&a, &["send", "@bob", "m000"]);
     let total = 40;
     let sender = {
@@ -718,11 +718,7 @@ fn run(home: &std::path::Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn a_message_too_large_is_refused_clearly_and_leaves_no_trace() {
     use std::io::Write as _;
-    let server = ServerProcess::start();
-    let homes = tempfile::tempdir().unwrap();
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
-    run_ok(&a, &["register", "alice", "--server", &server.url]);
-    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    let (_server, _homes, a, b) = alice_and_bob();
     run_ok(&a, &["send", "@bob", "small"]);
     for size in [900_000, 2 * 1024 * 1024, 8 * 1024 * 1024] {
         let mut send = sealpost()
@@ -884,11 +880,7 @@ fn a_security_event_found_by_a_command_is_printed_once_and_survives_a_kill() {
 /// DNS-rebinding page and a cross-origin request are refused.
 #[test]
 fn the_daemons_http_endpoint_serves_its_user_and_refuses_web_pages() {
-    let server = ServerProcess::start();
-    let homes = tempfile::tempdir().unwrap();
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
-    run_ok(&a, &["register", "alice", "--server", &server.url]);
-    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    let (_server, _homes, a, b) = alice_and_bob();
     let daemon = Running::start(&b, &["daemon", "--http", "127.0.0.1:0"]);
     assert!(daemon.next_line().starts_with("sealpost daemon serving"));
     let line = daemon.next_line();
@@ -970,11 +962,7 @@ fn the_daemons_http_endpoint_serves_its_user_and_refuses_web_pages() {
 /// instead of signing in every time; a token the server no longer honours is replaced.
 #[test]
 fn one_shot_commands_reuse_their_session() {
-    let server = ServerProcess::start();
-    let homes = tempfile::tempdir().unwrap();
-    let (a, b) = (homes.path().join("a"), homes.path().join("b"));
-    run_ok(&a, &["register", "alice", "--server", &server.url]);
-    run_ok(&b, &["register", "bob", "--server", &server.url]);
+    let (server, _homes, a, b) = alice_and_bob();
     let sessions = || -> i64 {
         let db = rusqlite::Connection::open(server.data.path().join("server.db")).unwrap();
         db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
