@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use sealpost_sdk::{Client, Event, Suite, Username};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::line;
+use crate::render::line;
 
 fn texts(events: &[Event]) -> Vec<String> {
     events

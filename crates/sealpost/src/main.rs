@@ -8,6 +8,7 @@ mod cli;
 mod daemon;
 mod daemon_http;
 mod demo;
+mod render;
 mod rpc;
 mod session;
 
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
         eprintln!("{line}");
     } else {
         // Errors may quote what the server or a peer sent: printed safely.
-        eprintln!("{word}: {}", cli::safe_body(&format!("{e:#}")));
+        eprintln!("{word}: {}", render::safe_body(&format!("{e:#}")));
     }
     ExitCode::from(code)
 }

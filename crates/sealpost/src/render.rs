@@ -1,0 +1,172 @@
+//! How events and other text are printed for a person: one line per event (a message may go on
+//! over indented lines), with everything that someone else chose made safe for a terminal.
+
+use sealpost_sdk::Event;
+
+/// Text that others chose (a message, a name, a reason the server gave), made safe to print as
+/// one line: control characters, escape sequences, line and paragraph separators and
+/// bidirectional overrides are shown escaped (`\u{1b}`), so that nobody can colour the terminal,
+/// set its title, move the cursor, or start what looks like a line of its own.
+pub fn safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        push_safe(&mut out, c);
+    }
+    out
+}
+
+/// A message body, made safe like [`safe`], but with its line breaks kept: each following line
+/// is indented, so that it can never pass for the start of another sender's message.
+pub fn safe_body(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '\n' {
+            out.push_str(CONTINUATION);
+        } else {
+            push_safe(&mut out, c);
+        }
+    }
+    out
+}
+
+/// What starts the second and later lines of a message: no event line starts with a space.
+const CONTINUATION: &str = "\n    | ";
+
+fn push_safe(out: &mut String, c: char) {
+    let hidden = c.is_control()
+        || matches!(c,
+            // Bidirectional embeddings, overrides and isolates, and the marks.
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+            // Line and paragraph separators.
+            | '\u{2028}' | '\u{2029}');
+    if hidden {
+        out.push_str(&c.escape_unicode().to_string());
+    } else {
+        out.push(c);
+    }
+}
+
+/// One line of human-readable output for an event (a message may continue on indented lines).
+/// Everything in it that someone else chose is passed through [`safe`].
+pub fn line(e: &Event) -> String {
+    match e {
+        Event::Message {
+            conversation,
+            from,
+            text,
+            late,
+            failed,
+            ..
+        } => {
+            let (conversation, from, text) = (safe(conversation), safe(from), safe_body(text));
+            if let Some(why) = failed {
+                format!("[{conversation}] {from} (NOT SENT: {}): {text}", safe(why))
+            } else if *late {
+                format!("[{conversation}] {from} (late, sent before earlier lines): {text}")
+            } else {
+                format!("[{conversation}] {from}: {text}")
+            }
+        }
+        Event::Gap {
+            conversation,
+            from,
+            missing,
+        } => format!(
+            "[{}] {missing} message(s) from {} are missing here: \
+             the server dropped or is holding them back",
+            safe(conversation),
+            safe(from)
+        ),
+        Event::MemberAdded {
+            conversation,
+            member,
+            by,
+        } => format!(
+            "[{}] {} added {}",
+            safe(conversation),
+            safe(by),
+            safe(member)
+        ),
+        Event::MemberRemoved {
+            conversation,
+            member,
+            by,
+        } => format!(
+            "[{}] {} removed {}",
+            safe(conversation),
+            safe(by),
+            safe(member)
+        ),
+        Event::MemberLeft {
+            conversation,
+            member,
+        } => format!("[{}] {} left", safe(conversation), safe(member)),
+        Event::DeviceAdded {
+            conversation,
+            member,
+            device,
+            by,
+        } => format!(
+            "[{}] {} added device {} of {}",
+            safe(conversation),
+            safe(by),
+            safe(device),
+            safe(member)
+        ),
+        Event::DeviceRemoved {
+            conversation,
+            member,
+            device,
+            by,
+        } => format!(
+            "[{}] {} removed device {} of {}",
+            safe(conversation),
+            safe(by),
+            safe(device),
+            safe(member)
+        ),
+        Event::AccountDevice {
+            device,
+            change,
+            epoch,
+        } => match change {
+            sealpost_sdk::DeviceChange::Added => format!(
+                "device {} was linked to your account (directory epoch {epoch})",
+                safe(device)
+            ),
+            sealpost_sdk::DeviceChange::Removed => format!(
+                "device {} was removed from your account (directory epoch {epoch})",
+                safe(device)
+            ),
+        },
+        Event::Joined { conversation, by } => {
+            format!("[{}] {} added you", safe(conversation), safe(by))
+        }
+        Event::Removed { conversation, by } => {
+            format!("[{}] {} removed you", safe(conversation), safe(by))
+        }
+        Event::Undecryptable {
+            conversation,
+            seq,
+            reason,
+        } => format!(
+            "[{}] message #{seq} could not be read: {}",
+            safe(conversation),
+            safe(reason)
+        ),
+        Event::Security {
+            conversation,
+            alert,
+            detail,
+        } => {
+            let alert = serde_json::to_value(alert)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            match conversation {
+                Some(c) => format!("[{}] SECURITY ({alert}): {}", safe(c), safe(detail)),
+                None => format!("SECURITY ({alert}): {}", safe(detail)),
+            }
+        }
+    }
+}
