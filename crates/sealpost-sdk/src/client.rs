@@ -36,6 +36,7 @@ use zeroize::Zeroizing;
 #[cfg(feature = "test-hooks")]
 mod forge;
 mod link;
+mod outbox;
 mod trust;
 mod verify;
 
@@ -198,6 +199,18 @@ enum Item {
         /// This device's own message that the server refused: why.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         failed: Option<String>,
+        /// This device's own message whose post was not confirmed yet (it is in the outbox).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unconfirmed: bool,
+    },
+    /// An unconfirmed message of this device's was confirmed by the server (an event only).
+    Sent {
+        id: String,
+    },
+    /// An unconfirmed message of this device's was refused by the server (an event only).
+    NotSent {
+        id: String,
+        reason: String,
     },
     Gap {
         from: String,
@@ -250,6 +263,7 @@ impl Item {
                 sent_at,
                 late,
                 failed,
+                unconfirmed,
             } => Event::Message {
                 conversation,
                 from,
@@ -258,6 +272,13 @@ impl Item {
                 sent_at,
                 late,
                 failed,
+                unconfirmed,
+            },
+            Item::Sent { id } => Event::Sent { conversation, id },
+            Item::NotSent { id, reason } => Event::NotSent {
+                conversation,
+                id,
+                reason,
             },
             Item::Gap { from, missing } => Event::Gap {
                 conversation,
@@ -1731,6 +1752,7 @@ impl Client {
             sent_at,
             late: false,
             failed: None,
+            unconfirmed: false,
         };
         self.send_app(group, msg, Some(item.clone())).await?;
         Ok(item.render(self.display(group)))
@@ -1775,6 +1797,7 @@ impl Client {
                 "history",
                 "events",
                 "sent",
+                "outbox",
                 "pending_commits",
                 "pending_welcomes",
             ] {
@@ -1859,8 +1882,11 @@ impl Client {
     }
 
     /// Encrypts and posts one application message. A text gets this device's next number in
-    /// the conversation, in the same transaction as the ratchet step, so no number is used twice
-    /// (a crash after encrypting and before posting leaves a gap the recipients are shown).
+    /// the conversation, in the same transaction as the ratchet step, so no number is used twice.
+    /// The ciphertext goes into the outbox in that transaction too: a post whose answer is lost
+    /// (or a crash before posting) leaves it there, and the next operation that reaches the
+    /// server posts the same ciphertext again (see `outbox`), so it is stored once whatever
+    /// happens, and the history says whether it is confirmed.
     async fn send_app(
         &mut self,
         group: GroupId,
@@ -1872,9 +1898,11 @@ impl Client {
             .get(&group)
             .cloned()
             .ok_or_else(|| Error::Invalid("no such conversation".into()))?;
-        if let AppMessage::Text { n, .. } = &mut msg {
+        let mut n = 0;
+        if let AppMessage::Text { n: number, .. } = &mut msg {
             conv.info.sent += 1;
-            *n = conv.info.sent;
+            *number = conv.info.sent;
+            n = conv.info.sent;
         }
         let body =
             Zeroizing::new(serde_json::to_vec(&msg).map_err(|e| Error::Store(e.to_string()))?);
@@ -1883,59 +1911,47 @@ impl Client {
         self.check_size(body.len()).await?;
         let padded = Zeroizing::new(pad(&body).map_err(|e| Error::Invalid(e.to_string()))?);
         let root = self.root_record();
-        let (payload, row) = self.profile.atomically(|tx, sealer, p| {
+        let outgoing = self.profile.atomically(|tx, sealer, p| {
             let mut g = load_group(p, group)?;
             g.set_aad(message_aad(&g, p, root)?);
             let out = g
                 .create_message(p, &self.identity.device_key, &padded)
                 .map_err(Error::mls)?;
             let row = match &item {
-                Some(item) => put_item(tx, sealer, group, None, item)?,
+                Some(Item::Message {
+                    from,
+                    text,
+                    id,
+                    sent_at,
+                    ..
+                }) => {
+                    let pending = Item::Message {
+                        from: from.clone(),
+                        text: text.clone(),
+                        id: id.clone(),
+                        sent_at: *sent_at,
+                        late: false,
+                        failed: None,
+                        unconfirmed: true,
+                    };
+                    put_item(tx, sealer, group, None, &pending)?
+                }
+                Some(other) => put_item(tx, sealer, group, None, other)?,
                 None => None,
             };
             put_conv(tx, sealer, group, &conv)?;
-            Ok((serialize(&out)?, row))
+            let payload = serialize(&out)?;
+            let id = store::put_outgoing(tx, group.as_bytes(), row, n, &payload)?;
+            Ok(store::Outgoing {
+                id,
+                group: group.as_bytes().to_vec(),
+                row,
+                n,
+                payload,
+            })
         })?;
-        self.convs.insert(group, conv.clone());
-        let posted = match self.api.post_message(&self.identity, group, payload).await {
-            Ok(posted) => posted,
-            Err(e @ Error::Server { .. }) => {
-                // Refused for certain: nobody will see this number, so the next text reuses it
-                // rather than showing recipients a gap; the history says it was not sent.
-                if matches!(msg, AppMessage::Text { .. }) {
-                    conv.info.sent -= 1;
-                    let failed = item.zip(row).map(|(mut item, row)| {
-                        if let Item::Message { failed, .. } = &mut item {
-                            *failed = Some(e.to_string());
-                        }
-                        (row, item)
-                    });
-                    self.profile.atomically(|tx, sealer, _| {
-                        if let Some((row, item)) = &failed {
-                            replace_item(tx, sealer, group, *row, item)?;
-                        }
-                        put_conv(tx, sealer, group, &conv)
-                    })?;
-                    self.convs.insert(group, conv);
-                }
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        self.profile.atomically(|tx, _, _| {
-            tx.execute(
-                "INSERT OR IGNORE INTO sent (group_id, seq) VALUES (?1, ?2)",
-                params![group.as_bytes(), posted.seq],
-            )?;
-            if let Some(Item::Message { id, .. }) = &item {
-                tx.execute(
-                    "UPDATE history SET seq = ?3 WHERE group_id = ?1 AND msg_id = ?2",
-                    params![group.as_bytes(), id, posted.seq],
-                )?;
-            }
-            Ok(())
-        })?;
-        Ok(())
+        self.convs.insert(group, conv);
+        self.post_outgoing(outgoing, false).await
     }
 
     /// Builds a commit, posts it, and lets sync merge it. A commit that loses its epoch to
@@ -2569,6 +2585,9 @@ impl Client {
     async fn sync_inner(&mut self) -> Result<(), Error> {
         self.dir.fresh.clear();
         self.dir.refused.clear();
+        // Messages whose post was not confirmed go first: nothing after them is built on a
+        // state they are missing from.
+        self.flush_outbox().await?;
         loop {
             let req = SyncRequest {
                 inbox_after: Some(self.inbox_cursor),
@@ -3505,6 +3524,7 @@ fn receive_content(
                         sent_at,
                         late,
                         failed: None,
+                        unconfirmed: false,
                     });
                     Ok(items)
                 }

@@ -55,6 +55,17 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A message was sent, but the server's answer was lost: it may have been stored. It is
+    /// kept, and the next sync posts the same ciphertext again, which the server stores only if
+    /// it has not already, and says what became of it.
+    #[error(
+        "the server did not confirm the message ({reason}): it is kept, and the next sync sends \
+         it again and says whether it arrived; sending it yourself again would send it twice"
+    )]
+    Unconfirmed {
+        /// Why there was no answer.
+        reason: String,
+    },
     /// The server answered with an error.
     #[error("the server refused: {message}")]
     Server {

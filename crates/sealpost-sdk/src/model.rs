@@ -69,6 +69,30 @@ pub enum Event {
         /// This device's own message that the server refused (why): nobody received it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         failed: Option<String>,
+        /// This device's own message whose post the server has not confirmed (the answer was
+        /// lost): it is kept, and posted again, as the same ciphertext, by the next operation
+        /// that reaches the server, until the server says what became of it (a [`Event::Sent`]
+        /// or [`Event::NotSent`] follows). Sending it again yourself would send it twice.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unconfirmed: bool,
+    },
+    /// An unconfirmed message of this device's (see [`Event::Message`]) reached the server:
+    /// it was stored once, and delivered.
+    Sent {
+        /// Conversation.
+        conversation: String,
+        /// The message id.
+        id: String,
+    },
+    /// An unconfirmed message of this device's (see [`Event::Message`]) was refused by the
+    /// server: nobody received it, and its history entry says so.
+    NotSent {
+        /// Conversation.
+        conversation: String,
+        /// The message id.
+        id: String,
+        /// The server's reason.
+        reason: String,
     },
     /// Texts from a sender are missing before the next one: each of a device's texts is
     /// numbered (inside the encryption), and this many numbers were skipped. They were dropped

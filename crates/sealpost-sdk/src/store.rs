@@ -50,6 +50,18 @@ CREATE TABLE IF NOT EXISTS used_key_packages (ref BLOB PRIMARY KEY) WITHOUT ROWI
 -- the group it joined: a Welcome for one of them to another group means the server handed it
 -- to two people adding this device.
 CREATE TABLE IF NOT EXISTS spent_key_packages (ref BLOB PRIMARY KEY, group_id BLOB NOT NULL) WITHOUT ROWID;
+-- Application messages encrypted and not yet confirmed by the server, in the order they were
+-- made: the same ciphertext is posted again until the server says what became of it (it keeps
+-- the first copy, and answers a repeat with where that landed). `row` is the message's history
+-- row, `n` its number among this device's texts in the conversation (0: not a text). The
+-- payload is the MLS ciphertext the server sees anyway.
+CREATE TABLE IF NOT EXISTS outbox (
+    id       INTEGER PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    row      INTEGER,
+    n        INTEGER NOT NULL,
+    payload  BLOB NOT NULL
+);
 -- The event log: everything this device learned, in order, appended in the transaction that
 -- changed the state it reports. An event is either a history item (`history_id`; its text stays
 -- sealed there, once) or a record of its own (`event`, sealed). Ids are never reused
@@ -169,6 +181,57 @@ pub enum StoredEvent {
         /// The opened record.
         record: zeroize::Zeroizing<Vec<u8>>,
     },
+}
+
+/// An application message waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Its place in the outbox.
+    pub id: i64,
+    /// The conversation.
+    pub group: Vec<u8>,
+    /// Its history row, if it is shown in the history.
+    pub row: Option<i64>,
+    /// Its number among this device's texts in the conversation (0: not a text).
+    pub n: u64,
+    /// The MLS ciphertext, as posted.
+    pub payload: Vec<u8>,
+}
+
+/// Puts a message in the outbox; returns its place.
+pub fn put_outgoing(
+    tx: &Connection,
+    group: &[u8],
+    row: Option<i64>,
+    n: u64,
+    payload: &[u8],
+) -> Result<i64, Error> {
+    tx.prepare_cached("INSERT INTO outbox (group_id, row, n, payload) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![group, row, n, payload])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// The messages in the outbox, oldest first.
+pub fn outgoing(conn: &Connection) -> Result<Vec<Outgoing>, Error> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, group_id, row, n, payload FROM outbox ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Outgoing {
+            id: r.get(0)?,
+            group: r.get(1)?,
+            row: r.get(2)?,
+            n: r.get(3)?,
+            payload: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Takes a message out of the outbox: the server said what became of it.
+pub fn drop_outgoing(tx: &Connection, id: i64) -> Result<(), Error> {
+    tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
 }
 
 /// Appends an event that is the history item `history_id` of `group`; returns its id.

@@ -451,8 +451,10 @@ async fn a_lost_answer_leaves_nothing_unreadable_or_doubled() {
     let got = bob.sync().await.unwrap();
     assert!(alerts(&got).is_empty(), "{got:?}");
     let shown: Vec<String> = texts(&got).into_iter().map(|(_, t)| t).collect();
-    // "third" failed at its commit, before the text was encrypted.
-    assert_eq!(shown, ["first", "second", "fourth"]);
+    // "first" was stored and left unconfirmed; "second" and "third" stopped at it (each
+    // operation posts the unconfirmed text again first) before they were encrypted; "fourth"
+    // settled it.
+    assert_eq!(shown, ["first", "fourth"]);
     assert!(
         !got.iter().any(|e| matches!(e, Event::Gap { .. })),
         "{got:?}"
@@ -778,4 +780,136 @@ async fn a_refused_text_is_marked_not_sent_and_leaves_no_gap() {
         !got.iter().any(|e| matches!(e, Event::Gap { .. })),
         "{got:?}"
     );
+}
+
+/// Alice's texts in `@bob`, each with whether it is unconfirmed and why it failed.
+fn sent_states(alice: &Client) -> Vec<(String, bool, Option<String>)> {
+    alice
+        .messages("@bob", 100)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message {
+                text,
+                unconfirmed,
+                failed,
+                ..
+            } => Some((text, unconfirmed, failed)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Bob's whole history with Alice is `expected`, each once, and readable.
+async fn bob_has(bob: &mut Client, expected: &[&str]) {
+    bob.sync().await.unwrap();
+    let history = bob.messages("@alice", 100).unwrap();
+    for event in &history {
+        assert!(
+            !matches!(event, Event::Undecryptable { .. } | Event::Gap { .. }),
+            "{history:?}"
+        );
+    }
+    let shown: Vec<String> = texts(&history).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(shown, expected);
+}
+
+/// Alice (through an interceptor) has sent Bob "first"; both are up to date.
+async fn talking_through_a_proxy() -> (TestServer, People, Interceptor, Client, Client) {
+    let server = TestServer::start().await;
+    let mitm = Interceptor::start(&server.url).await;
+    let people = People::new();
+    let mut alice = people.register_at(&mitm.url, "alice").await;
+    let bob = people.register(&server, "bob").await;
+    alice.send("@bob", "first").await.unwrap();
+    alice.sync().await.unwrap();
+    (server, people, mitm, alice, bob)
+}
+
+/// The server stores a text and its answer is lost (a node dies on the way back): the send
+/// says it is unconfirmed, and the next sync posts the same ciphertext again, which the server
+/// answers from the first copy. Bob gets the text once; Alice's history says it was sent.
+#[tokio::test]
+async fn a_send_whose_answer_was_lost_is_settled_by_the_next_sync_and_stored_once() {
+    let (_server, _people, mitm, mut alice, mut bob) = talking_through_a_proxy().await;
+    mitm.rewrite("/v1/groups/", |path, body| {
+        if path.ends_with("/messages") {
+            b"\x00".to_vec()
+        } else {
+            body
+        }
+    });
+    let lost = alice.send("@bob", "stored, answer lost").await;
+    assert!(matches!(lost, Err(Error::Unconfirmed { .. })), "{lost:?}");
+    assert_eq!(
+        sent_states(&alice)[1],
+        ("stored, answer lost".into(), true, None)
+    );
+    // While the answers are still lost, the next operation stops at the unconfirmed text
+    // (nothing is built on a state it may be missing from), and it stays unconfirmed.
+    assert!(alice.sync().await.is_err());
+    assert!(sent_states(&alice)[1].1);
+    mitm.clear();
+    let events = alice.sync().await.unwrap();
+    assert!(
+        matches!(events.as_slice(), [Event::Sent { conversation, .. }] if conversation == "@bob"),
+        "{events:?}"
+    );
+    assert_eq!(
+        sent_states(&alice),
+        [
+            ("first".into(), false, None),
+            ("stored, answer lost".into(), false, None)
+        ]
+    );
+    bob_has(&mut bob, &["first", "stored, answer lost"]).await;
+    // The conversation goes on, numbered as before.
+    alice.send("@bob", "third").await.unwrap();
+    bob_has(&mut bob, &["first", "stored, answer lost", "third"]).await;
+}
+
+/// A text that never reached the server (a proxy answers 502 for a dead node) is posted by the
+/// next sync; one whose retry the server refuses is marked not sent, with an event, and leaves
+/// the recipient no gap.
+#[tokio::test]
+async fn an_unconfirmed_send_is_posted_again_or_marked_not_sent() {
+    let (_server, _people, mitm, mut alice, mut bob) = talking_through_a_proxy().await;
+    mitm.answer("POST", "/v1/groups/", |_| (502, b"Bad Gateway".to_vec()));
+    let lost = alice.send("@bob", "never arrived").await;
+    assert!(matches!(lost, Err(Error::Unconfirmed { .. })), "{lost:?}");
+    mitm.clear();
+    let events = alice.sync().await.unwrap();
+    assert!(
+        matches!(events.as_slice(), [Event::Sent { .. }]),
+        "{events:?}"
+    );
+    bob_has(&mut bob, &["first", "never arrived"]).await;
+
+    mitm.answer("POST", "/v1/groups/", |_| (502, b"Bad Gateway".to_vec()));
+    let lost = alice.send("@bob", "refused on retry").await;
+    assert!(matches!(lost, Err(Error::Unconfirmed { .. })), "{lost:?}");
+    mitm.clear();
+    mitm.answer("POST", "/v1/groups/", |_| {
+        let refusal = r#"{"code":"forbidden","message":"not a member of this group"}"#;
+        (403, refusal.as_bytes().to_vec())
+    });
+    let events = alice.sync().await.unwrap();
+    assert!(
+        matches!(events.as_slice(), [Event::NotSent { reason, .. }] if reason.contains("not a member")),
+        "{events:?}"
+    );
+    mitm.clear();
+    alice.send("@bob", "last").await.unwrap();
+    assert_eq!(
+        sent_states(&alice)[2..],
+        [
+            (
+                "refused on retry".into(),
+                false,
+                Some("the server refused: not a member of this group".into())
+            ),
+            ("last".into(), false, None)
+        ]
+    );
+    bob_has(&mut bob, &["first", "never arrived", "last"]).await;
 }

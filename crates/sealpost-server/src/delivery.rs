@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use openmls::prelude::{
-    BasicCredential, ContentType, Credential, GroupId as MlsGroupId, MlsMessageBodyIn,
+    BasicCredential, ContentType, Credential, GroupId as MlsGroupId, HashType, MlsMessageBodyIn,
     MlsMessageIn, ProcessedMessageContent, Proposal, ProposalStore, ProtocolMessage, PublicGroup,
     Sender, WireFormat,
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
+use openmls_traits::crypto::OpenMlsCrypto as _;
 use sealpost_proto::{
     CommitUpload, Delivery, DeliveryKind, DeviceId, DeviceIdentity, GroupId, PostedResponse,
 };
@@ -250,21 +251,48 @@ impl DeliveryService {
                 ));
             }
         }
+        let digest: [u8; 32] = self
+            .crypto
+            .hash(HashType::Sha2_256, &body)
+            .ok()
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(ApiFailure::internal)?;
         let started = std::time::Instant::now();
-        let appended = self
+        let mut appended = self
             .store
-            .append_message(group, sender.device_id, body.clone())
+            .append_message(group, sender.device_id, body.clone(), digest)
             .await;
+        if matches!(appended, Err(StoreError::Conflict)) {
+            // The same message, retried, was being stored by another node at the same time:
+            // now it is there, and the answer is the first write's.
+            appended = self
+                .store
+                .append_message(group, sender.device_id, body.clone(), digest)
+                .await;
+        }
         self.metrics.record_write(started);
         let appended = appended?;
+        if appended.repeated {
+            // A retry of a message already stored (its first answer was lost): pushed then.
+            return Ok(PostedResponse {
+                seq: appended.seq,
+                sent_at: appended.sent_at,
+            });
+        }
         self.metrics.messages_accepted.inc();
-        let audience = self.audience(group, appended.epoch).await?;
-        self.push_group(
-            group,
-            &appended,
-            body,
-            audience.iter().filter(|d| **d != sender.device_id),
-        );
+        // Stored: from here on the answer is success whatever happens (an error would tell the
+        // sender it was not stored). Push is a shortcut; the members catch up by syncing.
+        match self.audience(group, appended.epoch).await {
+            Ok(audience) => self.push_group(
+                group,
+                &appended,
+                body,
+                audience.iter().filter(|d| **d != sender.device_id),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e.to_api_error().message, "stored a message but could not push it")
+            }
+        }
         Ok(PostedResponse {
             seq: appended.seq,
             sent_at: appended.sent_at,

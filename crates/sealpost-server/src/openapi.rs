@@ -57,7 +57,7 @@ pub const DOCUMENT: &str = r##"{
     "/v1/groups": { "post": { "summary": "Register a new group from its epoch-0 GroupInfo (with ratchet tree)", "security": [{"bearer":[]}],
       "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary", "description": "a TLS-encoded MLSMessage (RFC 9420)" } } } },
       "responses": { "201": { "description": "created" }, "400": {"$ref":"#/components/responses/Error"}, "409": {"$ref":"#/components/responses/Error"} } } },
-    "/v1/groups/{group}/messages": { "post": { "summary": "Post an application message (PrivateMessage) or a leave proposal", "security": [{"bearer":[]}],
+    "/v1/groups/{group}/messages": { "post": { "summary": "Post an application message (PrivateMessage) or a leave proposal", "description": "Idempotent for application messages: the same payload posted again (a retry whose answer was lost) is not stored again, and is answered with the sequence number and time of the first post.", "security": [{"bearer":[]}],
       "parameters": [ { "name": "group", "in": "path", "required": true, "schema": {"$ref":"#/components/schemas/Hex16"} } ],
       "requestBody": { "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary", "description": "a TLS-encoded MLSMessage (RFC 9420)" } } } },
       "responses": { "200": { "description": "appended", "content": { "application/json": { "schema": {"$ref":"#/components/schemas/Posted"} } } }, "403": {"$ref":"#/components/responses/Error"}, "429": {"$ref":"#/components/responses/Error"} } } },

@@ -56,17 +56,35 @@ pub fn line(e: &Event) -> String {
             text,
             late,
             failed,
+            unconfirmed,
             ..
         } => {
             let (conversation, from, text) = (safe(conversation), safe(from), safe_body(text));
             if let Some(why) = failed {
                 format!("[{conversation}] {from} (NOT SENT: {}): {text}", safe(why))
+            } else if *unconfirmed {
+                format!("[{conversation}] {from} (not confirmed yet: sync sends it again): {text}")
             } else if *late {
                 format!("[{conversation}] {from} (late, sent before earlier lines): {text}")
             } else {
                 format!("[{conversation}] {from}: {text}")
             }
         }
+        Event::Sent { conversation, id } => format!(
+            "[{}] your message {} was confirmed by the server: it was sent once",
+            safe(conversation),
+            short_id(id)
+        ),
+        Event::NotSent {
+            conversation,
+            id,
+            reason,
+        } => format!(
+            "[{}] your message {} was NOT sent: {}",
+            safe(conversation),
+            short_id(id),
+            safe(reason)
+        ),
         Event::Gap {
             conversation,
             from,
@@ -169,4 +187,9 @@ pub fn line(e: &Event) -> String {
             }
         }
     }
+}
+
+/// A message id as people are shown it: its first 8 characters.
+fn short_id(id: &str) -> String {
+    safe(&id.chars().take(8).collect::<String>())
 }

@@ -89,6 +89,7 @@ impl From<sealpost_sdk::Error> for RpcError {
             E::NotRegistered => "not_registered",
             E::DeviceRemoved => "device_removed",
             E::TooLarge { .. } => "too_large",
+            E::Unconfirmed { .. } => "unconfirmed",
             _ => "invalid",
         };
         let message = match &e {

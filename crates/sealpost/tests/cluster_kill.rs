@@ -49,7 +49,8 @@ async fn a_node_killed_mid_stream_loses_no_acknowledged_message() {
     );
 
     // Alice streams messages; the first node dies after the 60th acknowledgement. Sends that
-    // fail are not retried: only what the server acknowledged is promised.
+    // fail are not sent again by hand: a send whose answer was lost stays in Alice's outbox and
+    // is posted again, as the same ciphertext, by her next send.
     let total = 200;
     let acked = Arc::new(Mutex::new(Vec::new()));
     let (progress, mut seen) = tokio::sync::mpsc::unbounded_channel::<usize>();
@@ -68,7 +69,7 @@ async fn a_node_killed_mid_stream_loses_no_acknowledged_message() {
                     Err(_) => failures += 1,
                 }
             }
-            failures
+            (failures, alice)
         })
     };
     while let Some(n) = seen.recv().await {
@@ -77,10 +78,29 @@ async fn a_node_killed_mid_stream_loses_no_acknowledged_message() {
         }
     }
     first.kill();
-    let failures = tokio::time::timeout(Duration::from_secs(120), sender)
+    let (failures, mut alice) = tokio::time::timeout(Duration::from_secs(120), sender)
         .await
         .unwrap()
         .unwrap();
+    // Whatever is still unconfirmed is settled now, and Alice's history says what was sent.
+    alice.sync().await.unwrap();
+    let confirmed: Vec<String> = alice
+        .messages("@bob", 10_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message {
+                text,
+                failed,
+                unconfirmed,
+                ..
+            } => {
+                assert!(!unconfirmed, "{text} settled");
+                failed.is_none().then_some(text)
+            }
+            _ => None,
+        })
+        .collect();
     let acked = acked.lock().unwrap().clone();
     assert!(
         acked.len() >= total - 5,
@@ -112,6 +132,10 @@ async fn a_node_killed_mid_stream_loses_no_acknowledged_message() {
         assert_eq!(count.get(t.as_str()), Some(&1), "{t} delivered once");
     }
     assert!(count.values().all(|n| *n == 1), "nothing twice");
+    assert_eq!(
+        history, confirmed,
+        "Bob has exactly what Alice's history says was sent, including sends whose answer was lost"
+    );
     eprintln!(
         "{} sent, {} acknowledged, {failures} failed when the node died, {} delivered",
         total,

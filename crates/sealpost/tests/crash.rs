@@ -134,8 +134,9 @@ impl Points {
 }
 
 /// One sender's stream: `count` texts to `#crew`. A send that fails because the server died
-/// is not retried (its outcome is unknown: the server may have stored it before dying); the
-/// sender waits for the next server to be up and goes on with the next text.
+/// is not sent again by hand: if its outcome is unknown (the server may have stored it before
+/// dying), it is in the outbox, and the next send posts it again first. The sender waits for
+/// the next server to be up and goes on with the next text.
 async fn stream(
     mut client: Client,
     name: &'static str,
@@ -155,7 +156,10 @@ async fn stream(
             }
             Err(e) => {
                 assert!(
-                    matches!(e, Error::ServerUnreachable { .. }),
+                    matches!(
+                        e,
+                        Error::ServerUnreachable { .. } | Error::Unconfirmed { .. }
+                    ),
                     "{name}: only the server's death may fail a send, not: {e}"
                 );
                 failed.push(text);
@@ -276,7 +280,32 @@ async fn a_server_killed_again_and_again_loses_nothing_it_acknowledged() {
     for client in [&mut alice, &mut bob, &mut carol] {
         while !client.sync().await.unwrap().is_empty() {}
     }
-    let streams = [("a", &a_acked, &a_failed), ("b", &b_acked, &b_failed)];
+    // What each sender's history says it sent, now that every send is settled.
+    let confirmed = |client: &Client| -> Vec<String> {
+        client
+            .messages("#crew", 100_000)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message {
+                    from,
+                    text,
+                    failed,
+                    unconfirmed,
+                    ..
+                } if from == "@alice" || from == "@bob" => {
+                    assert!(!unconfirmed, "{text} is settled");
+                    failed.is_none().then_some(text)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let (a_sent, b_sent) = (confirmed(&alice), confirmed(&bob));
+    let streams = [
+        ("a", &a_acked, &a_failed, &a_sent),
+        ("b", &b_acked, &b_failed, &b_sent),
+    ];
     let mut checked = 0;
     for (reader, client) in [("a", &alice), ("b", &bob), ("c", &carol)] {
         let history = client.messages("#crew", 100_000).unwrap();
@@ -286,7 +315,7 @@ async fn a_server_killed_again_and_again_loses_nothing_it_acknowledged() {
                 "{reader}: no alert after crashes: {event:?}"
             );
         }
-        for (sender, acked, failed) in streams {
+        for (sender, acked, failed, sent) in streams {
             if sender == reader {
                 continue;
             }
@@ -312,6 +341,15 @@ async fn a_server_killed_again_and_again_loses_nothing_it_acknowledged() {
                     "{reader}: {t} was sent"
                 );
             }
+            let own: Vec<&str> = sent
+                .iter()
+                .filter(|t| t.starts_with(sender))
+                .map(String::as_str)
+                .collect();
+            assert_eq!(
+                texts, own,
+                "{reader}: exactly what {sender}'s history says was sent, even when the answer was lost"
+            );
             let mut sorted = texts.clone();
             sorted.sort_unstable();
             assert_eq!(

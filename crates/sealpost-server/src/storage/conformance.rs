@@ -11,9 +11,29 @@
 use sealpost_proto::{AckRequest, DeliveryKind, DeviceId, GroupId, Username};
 
 use super::{
-    DeviceRecord, FetchRequest, HandshakeWrite, KeyPackageRecord, NewAccount, NewGroup, Store,
-    StoreError,
+    Appended, DeviceRecord, FetchRequest, HandshakeWrite, KeyPackageRecord, NewAccount, NewGroup,
+    Store, StoreError,
 };
+
+/// Appends an application message with its digest (of the group and the payload, as a real
+/// MLS message's payload names its group).
+async fn post(
+    store: &dyn Store,
+    group: GroupId,
+    sender: DeviceId,
+    payload: Vec<u8>,
+) -> Result<Appended, StoreError> {
+    use openmls_traits::crypto::OpenMlsCrypto as _;
+    let digest = openmls_rust_crypto::RustCrypto::default()
+        .hash(
+            openmls::prelude::HashType::Sha2_256,
+            &[group.as_bytes().as_slice(), &payload].concat(),
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+    store.append_message(group, sender, payload, digest).await
+}
 
 fn device(n: u8) -> DeviceId {
     DeviceId::from_bytes([n; 16])
@@ -318,7 +338,7 @@ pub async fn competing_nodes(a: &dyn Store, b: &dyn Store, one_publisher: bool) 
     for i in 0..50u8 {
         sends.push(async move {
             let (store, sender) = if i % 2 == 0 { (a, gina) } else { (b, hank) };
-            store.append_message(g, sender, vec![i]).await.unwrap().seq
+            post(store, g, sender, vec![i]).await.unwrap().seq
         });
     }
     let mut seqs = futures_util::future::join_all(sends).await;
@@ -510,20 +530,27 @@ async fn groups_and_delivery(store: &dyn Store) {
 
     // Only members may post.
     assert!(matches!(
-        store.append_message(g, dave, vec![1]).await,
+        post(store, g, dave, vec![1]).await,
         Err(StoreError::NotMember)
     ));
     let unknown = GroupId::from_bytes([43; 16]);
     assert!(matches!(
-        store.append_message(unknown, carol, vec![1]).await,
+        post(store, unknown, carol, vec![1]).await,
         Err(StoreError::NotMember)
     ));
 
-    let m1 = store
-        .append_message(g, carol, b"m1".to_vec())
-        .await
-        .unwrap();
-    assert_eq!(m1.seq, 1);
+    let m1 = post(store, g, carol, b"m1".to_vec()).await.unwrap();
+    assert_eq!((m1.seq, m1.repeated), (1, false));
+    // The same message again (a retry whose first answer was lost): the first answer, and
+    // nothing stored twice.
+    let again = post(store, g, carol, b"m1".to_vec()).await.unwrap();
+    assert_eq!(
+        again,
+        Appended {
+            repeated: true,
+            ..m1.clone()
+        }
+    );
 
     // Carol adds dave: commit at seq 2, welcome in dave's inbox.
     let add = HandshakeWrite {
@@ -551,7 +578,7 @@ async fn groups_and_delivery(store: &dyn Store) {
     devices.sort();
     assert_eq!(devices, vec![carol, dave]);
 
-    let m3 = store.append_message(g, dave, b"m3".to_vec()).await.unwrap();
+    let m3 = post(store, g, dave, b"m3".to_vec()).await.unwrap();
     assert_eq!(m3.seq, 3);
 
     // Dave sees the welcome, then only what follows the commit that added him.
@@ -644,13 +671,10 @@ async fn groups_and_delivery(store: &dyn Store) {
     };
     assert_eq!(store.append_handshake(remove).await.unwrap().seq, 4);
     assert!(matches!(
-        store.append_message(g, dave, vec![1]).await,
+        post(store, g, dave, vec![1]).await,
         Err(StoreError::NotMember)
     ));
-    store
-        .append_message(g, carol, b"m5".to_vec())
-        .await
-        .unwrap();
+    post(store, g, carol, b"m5".to_vec()).await.unwrap();
     let batch = store.fetch(dave, fetch_all(None, vec![])).await.unwrap();
     assert_eq!(
         batch
@@ -723,10 +747,7 @@ pub async fn seed_one_message(store: &dyn Store) {
         })
         .await
         .unwrap();
-    store
-        .append_message(g, device(6), b"kept".to_vec())
-        .await
-        .unwrap();
+    post(store, g, device(6), b"kept".to_vec()).await.unwrap();
 }
 
 /// Checks what [`seed_one_message`] wrote is still there.
@@ -745,8 +766,7 @@ pub async fn check_seeded_message(store: &dyn Store) {
     assert_eq!(batch.deliveries.len(), 1);
     assert_eq!(batch.deliveries[0].payload.as_slice(), b"kept");
     // The sequence continues where it stopped.
-    let next = store
-        .append_message(GroupId::from_bytes([6; 16]), device(6), vec![1])
+    let next = post(store, GroupId::from_bytes([6; 16]), device(6), vec![1])
         .await
         .unwrap();
     assert_eq!(next.seq, 2);

@@ -143,6 +143,9 @@ pub struct Appended {
     pub epoch: u64,
     /// For a commit that adds devices: the inbox sequence number of each Welcome.
     pub welcomes: Vec<(DeviceId, u64)>,
+    /// The message was already in the log (a retry): nothing was written, and `seq` and
+    /// `sent_at` are those of the first time (`epoch` is then the group's current one).
+    pub repeated: bool,
 }
 
 /// Delivery limits for one fetch.
@@ -258,12 +261,16 @@ pub trait Store: Send + Sync + 'static {
     async fn create_group(&self, group: NewGroup) -> Result<(), StoreError>;
     /// Loads a group's public state.
     async fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, StoreError>;
-    /// Appends an application message from a current member.
+    /// Appends an application message from a current member. `digest` (the payload's SHA-256)
+    /// makes it idempotent: a payload already in the group's log is not stored again, and the
+    /// answer is where it landed the first time ([`Appended::repeated`]), whoever asks. A client
+    /// whose answer was lost sends the same ciphertext again, and so learns what became of it.
     async fn append_message(
         &self,
         group: GroupId,
         sender: DeviceId,
         payload: Vec<u8>,
+        digest: [u8; 32],
     ) -> Result<Appended, StoreError>;
     /// Appends a validated handshake message, updating the group state and membership.
     async fn append_handshake(&self, write: HandshakeWrite) -> Result<Appended, StoreError>;

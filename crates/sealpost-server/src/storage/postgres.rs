@@ -97,8 +97,12 @@ CREATE TABLE IF NOT EXISTS group_log (
     seq      BIGINT NOT NULL,
     sent_at  BIGINT NOT NULL,
     payload  BYTEA NOT NULL,
+    digest   BYTEA,
     PRIMARY KEY (group_id, seq)
 );
+-- Version 3 and before had no digest (an application message's SHA-256, for answering retries).
+ALTER TABLE group_log ADD COLUMN IF NOT EXISTS digest BYTEA;
+CREATE UNIQUE INDEX IF NOT EXISTS group_log_digest ON group_log(digest) WHERE digest IS NOT NULL;
 CREATE TABLE IF NOT EXISTS members (
     group_id  BYTEA NOT NULL,
     device_id BYTEA NOT NULL,
@@ -1006,38 +1010,47 @@ impl Store for PostgresStore {
         group: GroupId,
         sender: DeviceId,
         payload: Vec<u8>,
+        digest: [u8; 32],
     ) -> Result<Appended, StoreError> {
         let payload = Arc::new(payload);
         self.write(move |c| {
             let payload = payload.clone();
             Box::pin(async move {
                 let sent_at = now_ms();
-                // One statement: the membership check, the sequence number and the insert.
+                // One statement: the answer to a retry, or the membership check, the sequence
+                // number and the insert. (Two nodes taking the same retry at once: the later
+                // breaks the unique digest, and the service asks again.)
                 let row = c
                     .query_opt(
-                        "WITH g AS (
+                        "WITH prior AS (
+                            SELECT seq, sent_at FROM group_log WHERE digest = $5 AND group_id = $1),
+                         g AS (
                             UPDATE groups SET next_seq = next_seq + 1
-                            WHERE group_id = $1 AND EXISTS (
+                            WHERE group_id = $1 AND NOT EXISTS (SELECT 1 FROM prior) AND EXISTS (
                                 SELECT 1 FROM members WHERE group_id = $1 AND device_id = $2 AND until_seq IS NULL)
                             RETURNING next_seq - 1 AS seq, epoch),
                          ins AS (
-                            INSERT INTO group_log (group_id, seq, sent_at, payload)
-                            SELECT $1, seq, $3, $4 FROM g)
-                         SELECT seq, epoch FROM g",
+                            INSERT INTO group_log (group_id, seq, sent_at, payload, digest)
+                            SELECT $1, seq, $3, $4, $5 FROM g)
+                         SELECT seq, $3::BIGINT, epoch, FALSE FROM g
+                         UNION ALL
+                         SELECT p.seq, p.sent_at, gr.epoch, TRUE FROM prior p JOIN groups gr ON gr.group_id = $1",
                         &[
                             &group.as_bytes().as_slice(),
                             &sender.as_bytes().as_slice(),
                             &sent_at,
                             &payload.as_slice(),
+                            &digest.as_slice(),
                         ],
                     )
                     .await?
                     .ok_or(StoreError::NotMember)?;
                 Ok(Appended {
                     seq: uint(row.get(0)),
-                    sent_at: uint(sent_at),
-                    epoch: uint(row.get(1)),
+                    sent_at: uint(row.get(1)),
+                    epoch: uint(row.get(2)),
                     welcomes: Vec::new(),
+                    repeated: row.get(3),
                 })
             })
         })
@@ -1120,6 +1133,7 @@ impl Store for PostgresStore {
                     sent_at: uint(sent_at),
                     epoch: w.new_epoch,
                     welcomes,
+                    repeated: false,
                 })
             })
         })

@@ -81,6 +81,9 @@ CREATE TABLE IF NOT EXISTS group_log (
     seq      INTEGER NOT NULL,
     sent_at  INTEGER NOT NULL,
     payload  BLOB NOT NULL,
+    -- SHA-256 of an application message's payload (NULL for handshakes): a retry is answered
+    -- from the first write (unique index `group_log_digest`, made after migrating).
+    digest   BLOB,
     PRIMARY KEY (group_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS members (
@@ -139,7 +142,7 @@ CREATE INDEX IF NOT EXISTS pending_expiry ON pending(expires_at);
 "#;
 
 /// The schema version (SQLite's `user_version`; the PostgreSQL backend records the same).
-pub(crate) const SCHEMA_VERSION: i32 = 3;
+pub(crate) const SCHEMA_VERSION: i32 = 4;
 
 type Completion = Box<dyn FnOnce(bool) + Send>;
 /// A job runs on the writer's connection inside the open transaction; it sets the flag when it
@@ -203,6 +206,19 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        let has_digest = conn
+            .prepare("SELECT 1 FROM pragma_table_info('group_log') WHERE name = 'digest'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(backend)?;
+        if !has_digest {
+            // Version 3 and before: messages stored then are not recognised when retried.
+            conn.execute_batch("ALTER TABLE group_log ADD COLUMN digest BLOB;")
+                .map_err(backend)?;
+        }
+        conn.execute_batch(
+            "CREATE UNIQUE INDEX IF NOT EXISTS group_log_digest ON group_log(digest) WHERE digest IS NOT NULL;",
+        )
+        .map_err(backend)?;
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
             .map_err(backend)?;
         if version == 1 {
@@ -477,12 +493,13 @@ fn insert_log(
     seq: u64,
     sent_at: u64,
     payload: &[u8],
+    digest: Option<&[u8; 32]>,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO group_log (group_id, seq, sent_at, payload) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO group_log (group_id, seq, sent_at, payload, digest) VALUES (?1, ?2, ?3, ?4, ?5)",
     )
     .map_err(backend)?
-    .execute(params![group.as_bytes(), seq, sent_at, payload])
+    .execute(params![group.as_bytes(), seq, sent_at, payload, digest.map(|d| &d[..])])
     .map_err(backend)?;
     Ok(())
 }
@@ -707,20 +724,42 @@ impl Store for SqliteStore {
         group: GroupId,
         sender: DeviceId,
         payload: Vec<u8>,
+        digest: [u8; 32],
     ) -> Result<Appended, StoreError> {
         // Refuses (not a member, no such group) before its first write.
         self.write_unguarded(move |conn| {
+            let prior: Option<(u64, u64, u64)> = conn
+                .prepare_cached(
+                    "SELECT l.seq, l.sent_at, g.epoch FROM group_log l JOIN groups g USING (group_id)
+                     WHERE l.digest = ?1 AND l.group_id = ?2",
+                )
+                .map_err(backend)?
+                .query_row(params![&digest[..], group.as_bytes()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+                .map_err(backend)?;
+            if let Some((seq, sent_at, epoch)) = prior {
+                return Ok(Appended {
+                    seq,
+                    sent_at,
+                    epoch,
+                    welcomes: Vec::new(),
+                    repeated: true,
+                });
+            }
             if !is_member(conn, &group, &sender)? {
                 return Err(StoreError::NotMember);
             }
             let (seq, epoch) = next_seq(conn, &group)?;
             let sent_at = now_ms();
-            insert_log(conn, &group, seq, sent_at, &payload)?;
+            insert_log(conn, &group, seq, sent_at, &payload, Some(&digest))?;
             Ok(Appended {
                 seq,
                 sent_at,
                 epoch,
                 welcomes: Vec::new(),
+                repeated: false,
             })
         })
         .await
@@ -743,7 +782,7 @@ impl Store for SqliteStore {
             }
             let (seq, _) = next_seq(conn, &w.group_id)?;
             let sent_at = now_ms();
-            insert_log(conn, &w.group_id, seq, sent_at, &w.payload)?;
+            insert_log(conn, &w.group_id, seq, sent_at, &w.payload, None)?;
             conn.prepare_cached("UPDATE groups SET epoch = ?2 WHERE group_id = ?1")
                 .map_err(backend)?
                 .execute(params![w.group_id.as_bytes(), w.new_epoch])
@@ -784,7 +823,7 @@ impl Store for SqliteStore {
                     welcomes.push((*d, inbox_seq));
                 }
             }
-            Ok(Appended { seq, sent_at, epoch: w.new_epoch, welcomes })
+            Ok(Appended { seq, sent_at, epoch: w.new_epoch, welcomes, repeated: false })
         })
         .await
     }
@@ -1361,6 +1400,39 @@ mod tests {
         }
         let store = SqliteStore::open(&path).unwrap();
         super::super::conformance::check_seeded_message(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_version_3_database_gets_the_message_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE group_log (group_id BLOB NOT NULL, seq INTEGER NOT NULL,
+                 sent_at INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (group_id, seq))
+                 WITHOUT ROWID;
+                 INSERT INTO group_log VALUES (x'00', 1, 1, x'01');
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, i64::from(SCHEMA_VERSION));
+        let digest: Option<Vec<u8>> = conn
+            .query_row("SELECT digest FROM group_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(digest, None, "the old message is kept, without a digest");
+        let indexed: bool = conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'group_log_digest'")
+            .unwrap()
+            .exists([])
+            .unwrap();
+        assert!(indexed);
     }
 
     fn count_rows(conn: &Connection, kind: i64) -> Result<i64, StoreError> {
