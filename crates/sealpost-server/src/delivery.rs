@@ -258,18 +258,10 @@ impl DeliveryService {
             .and_then(|h| h.try_into().ok())
             .ok_or_else(ApiFailure::internal)?;
         let started = std::time::Instant::now();
-        let mut appended = self
+        let appended = self
             .store
             .append_message(group, sender.device_id, body.clone(), digest)
             .await;
-        if matches!(appended, Err(StoreError::Conflict)) {
-            // The same message, retried, was being stored by another node at the same time:
-            // now it is there, and the answer is the first write's.
-            appended = self
-                .store
-                .append_message(group, sender.device_id, body.clone(), digest)
-                .await;
-        }
         self.metrics.record_write(started);
         let appended = appended?;
         if appended.repeated {

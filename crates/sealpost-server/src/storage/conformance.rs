@@ -551,6 +551,11 @@ async fn groups_and_delivery(store: &dyn Store) {
             ..m1.clone()
         }
     );
+    // The same bytes from someone else are not a retry of theirs (and not a member's: refused).
+    assert!(matches!(
+        post(store, g, dave, b"m1".to_vec()).await,
+        Err(StoreError::NotMember)
+    ));
 
     // Carol adds dave: commit at seq 2, welcome in dave's inbox.
     let add = HandshakeWrite {

@@ -262,9 +262,11 @@ pub trait Store: Send + Sync + 'static {
     /// Loads a group's public state.
     async fn group(&self, group: GroupId) -> Result<Option<GroupRecord>, StoreError>;
     /// Appends an application message from a current member. `digest` (the payload's SHA-256)
-    /// makes it idempotent: a payload already in the group's log is not stored again, and the
-    /// answer is where it landed the first time ([`Appended::repeated`]), whoever asks. A client
-    /// whose answer was lost sends the same ciphertext again, and so learns what became of it.
+    /// makes a retry idempotent: the sender's last message in the group, posted again, is not
+    /// stored again, and the answer is where it landed the first time ([`Appended::repeated`]).
+    /// A client whose answer was lost sends the same ciphertext again before anything else, and
+    /// so learns what became of it. (Only the last one is kept per device: a cheap upsert per
+    /// message, where an index over every message's digest cost a third of the throughput.)
     async fn append_message(
         &self,
         group: GroupId,

@@ -97,12 +97,15 @@ CREATE TABLE IF NOT EXISTS group_log (
     seq      BIGINT NOT NULL,
     sent_at  BIGINT NOT NULL,
     payload  BYTEA NOT NULL,
-    digest   BYTEA,
     PRIMARY KEY (group_id, seq)
 );
--- Version 3 and before had no digest (an application message's SHA-256, for answering retries).
-ALTER TABLE group_log ADD COLUMN IF NOT EXISTS digest BYTEA;
-CREATE UNIQUE INDEX IF NOT EXISTS group_log_digest ON group_log(digest) WHERE digest IS NOT NULL;
+CREATE TABLE IF NOT EXISTS last_posts (
+    device_id BYTEA PRIMARY KEY,
+    group_id  BYTEA NOT NULL,
+    digest    BYTEA NOT NULL,
+    seq       BIGINT NOT NULL,
+    sent_at   BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS members (
     group_id  BYTEA NOT NULL,
     device_id BYTEA NOT NULL,
@@ -1017,21 +1020,28 @@ impl Store for PostgresStore {
             let payload = payload.clone();
             Box::pin(async move {
                 let sent_at = now_ms();
-                // One statement: the answer to a retry, or the membership check, the sequence
-                // number and the insert. (Two nodes taking the same retry at once: the later
-                // breaks the unique digest, and the service asks again.)
+                // One statement: the answer to a retry of the device's last message, or the
+                // membership check, the sequence number, the insert and the device's last message.
+                // (The same retry taken by two nodes at the very same time is stored twice; the
+                // recipients then see the second copy as unreadable, never the text twice.)
                 let row = c
                     .query_opt(
                         "WITH prior AS (
-                            SELECT seq, sent_at FROM group_log WHERE digest = $5 AND group_id = $1),
+                            SELECT seq, sent_at FROM last_posts
+                            WHERE device_id = $2 AND group_id = $1 AND digest = $5),
                          g AS (
                             UPDATE groups SET next_seq = next_seq + 1
                             WHERE group_id = $1 AND NOT EXISTS (SELECT 1 FROM prior) AND EXISTS (
                                 SELECT 1 FROM members WHERE group_id = $1 AND device_id = $2 AND until_seq IS NULL)
                             RETURNING next_seq - 1 AS seq, epoch),
                          ins AS (
-                            INSERT INTO group_log (group_id, seq, sent_at, payload, digest)
-                            SELECT $1, seq, $3, $4, $5 FROM g)
+                            INSERT INTO group_log (group_id, seq, sent_at, payload)
+                            SELECT $1, seq, $3, $4 FROM g),
+                         last AS (
+                            INSERT INTO last_posts (device_id, group_id, digest, seq, sent_at)
+                            SELECT $2, $1, $5, seq, $3 FROM g
+                            ON CONFLICT (device_id) DO UPDATE SET group_id = excluded.group_id,
+                                digest = excluded.digest, seq = excluded.seq, sent_at = excluded.sent_at)
                          SELECT seq, $3::BIGINT, epoch, FALSE FROM g
                          UNION ALL
                          SELECT p.seq, p.sent_at, gr.epoch, TRUE FROM prior p JOIN groups gr ON gr.group_id = $1",

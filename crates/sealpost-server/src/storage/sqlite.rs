@@ -81,10 +81,17 @@ CREATE TABLE IF NOT EXISTS group_log (
     seq      INTEGER NOT NULL,
     sent_at  INTEGER NOT NULL,
     payload  BLOB NOT NULL,
-    -- SHA-256 of an application message's payload (NULL for handshakes): a retry is answered
-    -- from the first write (unique index `group_log_digest`, made after migrating).
-    digest   BLOB,
     PRIMARY KEY (group_id, seq)
+) WITHOUT ROWID;
+-- Each device's last application message (its payload's SHA-256 and where it landed): the same
+-- message posted again, a retry whose answer was lost, is answered from here. A client settles
+-- a message before it posts the next, so the last one is the only one it can retry.
+CREATE TABLE IF NOT EXISTS last_posts (
+    device_id BLOB PRIMARY KEY,
+    group_id  BLOB NOT NULL,
+    digest    BLOB NOT NULL,
+    seq       INTEGER NOT NULL,
+    sent_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS members (
     group_id  BLOB NOT NULL,
@@ -206,19 +213,6 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(backend)?;
-        let has_digest = conn
-            .prepare("SELECT 1 FROM pragma_table_info('group_log') WHERE name = 'digest'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(backend)?;
-        if !has_digest {
-            // Version 3 and before: messages stored then are not recognised when retried.
-            conn.execute_batch("ALTER TABLE group_log ADD COLUMN digest BLOB;")
-                .map_err(backend)?;
-        }
-        conn.execute_batch(
-            "CREATE UNIQUE INDEX IF NOT EXISTS group_log_digest ON group_log(digest) WHERE digest IS NOT NULL;",
-        )
-        .map_err(backend)?;
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
             .map_err(backend)?;
         if version == 1 {
@@ -493,13 +487,12 @@ fn insert_log(
     seq: u64,
     sent_at: u64,
     payload: &[u8],
-    digest: Option<&[u8; 32]>,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO group_log (group_id, seq, sent_at, payload, digest) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO group_log (group_id, seq, sent_at, payload) VALUES (?1, ?2, ?3, ?4)",
     )
     .map_err(backend)?
-    .execute(params![group.as_bytes(), seq, sent_at, payload, digest.map(|d| &d[..])])
+    .execute(params![group.as_bytes(), seq, sent_at, payload])
     .map_err(backend)?;
     Ok(())
 }
@@ -730,11 +723,11 @@ impl Store for SqliteStore {
         self.write_unguarded(move |conn| {
             let prior: Option<(u64, u64, u64)> = conn
                 .prepare_cached(
-                    "SELECT l.seq, l.sent_at, g.epoch FROM group_log l JOIN groups g USING (group_id)
-                     WHERE l.digest = ?1 AND l.group_id = ?2",
+                    "SELECT l.seq, l.sent_at, g.epoch FROM last_posts l JOIN groups g USING (group_id)
+                     WHERE l.device_id = ?1 AND l.group_id = ?2 AND l.digest = ?3",
                 )
                 .map_err(backend)?
-                .query_row(params![&digest[..], group.as_bytes()], |r| {
+                .query_row(params![sender.as_bytes(), group.as_bytes(), &digest[..]], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .optional()
@@ -753,7 +746,15 @@ impl Store for SqliteStore {
             }
             let (seq, epoch) = next_seq(conn, &group)?;
             let sent_at = now_ms();
-            insert_log(conn, &group, seq, sent_at, &payload, Some(&digest))?;
+            insert_log(conn, &group, seq, sent_at, &payload)?;
+            conn.prepare_cached(
+                "INSERT INTO last_posts (device_id, group_id, digest, seq, sent_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(device_id) DO UPDATE SET group_id = excluded.group_id, digest = excluded.digest,
+                 seq = excluded.seq, sent_at = excluded.sent_at",
+            )
+            .map_err(backend)?
+            .execute(params![sender.as_bytes(), group.as_bytes(), &digest[..], seq, sent_at])
+            .map_err(backend)?;
             Ok(Appended {
                 seq,
                 sent_at,
@@ -782,7 +783,7 @@ impl Store for SqliteStore {
             }
             let (seq, _) = next_seq(conn, &w.group_id)?;
             let sent_at = now_ms();
-            insert_log(conn, &w.group_id, seq, sent_at, &w.payload, None)?;
+            insert_log(conn, &w.group_id, seq, sent_at, &w.payload)?;
             conn.prepare_cached("UPDATE groups SET epoch = ?2 WHERE group_id = ?1")
                 .map_err(backend)?
                 .execute(params![w.group_id.as_bytes(), w.new_epoch])
@@ -1400,39 +1401,6 @@ mod tests {
         }
         let store = SqliteStore::open(&path).unwrap();
         super::super::conformance::check_seeded_message(&store).await;
-    }
-
-    #[tokio::test]
-    async fn a_version_3_database_gets_the_message_digest() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("server.db");
-        {
-            let old = Connection::open(&path).unwrap();
-            old.execute_batch(
-                "CREATE TABLE group_log (group_id BLOB NOT NULL, seq INTEGER NOT NULL,
-                 sent_at INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (group_id, seq))
-                 WITHOUT ROWID;
-                 INSERT INTO group_log VALUES (x'00', 1, 1, x'01');
-                 PRAGMA user_version = 3;",
-            )
-            .unwrap();
-        }
-        drop(SqliteStore::open(&path).unwrap());
-        let conn = Connection::open(&path).unwrap();
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, i64::from(SCHEMA_VERSION));
-        let digest: Option<Vec<u8>> = conn
-            .query_row("SELECT digest FROM group_log", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(digest, None, "the old message is kept, without a digest");
-        let indexed: bool = conn
-            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'group_log_digest'")
-            .unwrap()
-            .exists([])
-            .unwrap();
-        assert!(indexed);
     }
 
     fn count_rows(conn: &Connection, kind: i64) -> Result<i64, StoreError> {
