@@ -573,6 +573,11 @@ pub struct Client {
     /// A Welcome of this batch waits for its group's log to catch up (see `process_welcome`);
     /// the Welcomes after it wait too, so that the inbox is taken in order.
     welcome_waits: bool,
+    /// Conversations' MLS groups as the deliveries of the current sync batch left them, so that
+    /// each delivery does not load its group again from the key-value state (most of the cost
+    /// of taking a message). `None` outside a batch. Only a group whose last delivery was taken
+    /// cleanly is kept; the batch's end, or any failure, drops them all.
+    batch_groups: Option<BTreeMap<GroupId, MlsGroup>>,
 }
 
 impl Drop for Client {
@@ -835,6 +840,7 @@ impl Client {
             settings,
             stock_checked: true,
             welcome_waits: false,
+            batch_groups: None,
             proposals_to_check: None,
             dir: DirView {
                 state: Some(dir_state),
@@ -881,6 +887,7 @@ impl Client {
             settings: ClientSettings::default(),
             stock_checked: false,
             welcome_waits: false,
+            batch_groups: None,
             proposals_to_check: None,
             dir: DirView::default(),
             linked: BTreeMap::new(),
@@ -2603,6 +2610,7 @@ impl Client {
             let mut joined = false;
             self.welcome_waits = false;
             self.profile.begin_batch()?;
+            self.batch_groups = Some(BTreeMap::new());
             let mut result = Ok(());
             // The groups' logs before the Welcomes: a device removed and added back takes its
             // removal (in the log) before the Welcome that adds it again, which it would
@@ -2643,6 +2651,7 @@ impl Client {
                     break;
                 }
             }
+            self.batch_groups = None;
             if let Err(e) = result.and_then(|()| self.profile.commit_batch()) {
                 self.profile.abort_batch();
                 self.dir.peer_roots.clear();
@@ -2709,6 +2718,10 @@ impl Client {
         }
         let group = d.group();
         let inbox_seq = d.inbox_seq;
+        // A Welcome may replace the group: whatever the batch kept of it is gone.
+        if let Some(cache) = self.batch_groups.as_mut() {
+            cache.remove(&group);
+        }
         // A Welcome for a conversation this device is in is a replay, and ignored; one for a
         // conversation it was removed from (or left) is a re-add: it joins again.
         let previous = self.convs.get(&group).cloned();
@@ -2881,6 +2894,8 @@ impl Client {
         let me = self.identity.username.clone();
         let mut items: Vec<Item> = Vec::new();
         let mut merged_own = false;
+        let cached = self.batch_groups.as_mut().and_then(|c| c.remove(&group));
+        let mut keep: Option<MlsGroup> = None;
         let mut check = DirCheck {
             entries: &self.dir.entries,
             fresh: &self.dir.fresh,
@@ -2906,7 +2921,10 @@ impl Client {
                 .optional()?;
             conv.cursor = seq;
             if !own {
-                let mut g = load_group(p, group)?;
+                let mut g = match cached {
+                    Some(g) => g,
+                    None => load_group(p, group)?,
+                };
                 if let Some(pending) = pending.filter(|_| is_commit(d.payload.as_slice())) {
                     forget_pending_commit(tx, group)?;
                     if pending == d.payload.as_slice() {
@@ -2931,10 +2949,23 @@ impl Client {
                     seq,
                 };
                 items = receive(&mut g, p, msg, &mut conv, &me, &mut check)?;
+                // A delivery that was refused (unreadable, an alert) may leave the group in
+                // memory other than its stored state: the next one loads it again.
+                if !items
+                    .iter()
+                    .any(|i| matches!(i, Item::Undecryptable { .. } | Item::Security { .. }))
+                {
+                    keep = Some(g);
+                }
+            } else {
+                keep = cached;
             }
             put_conv(tx, sealer, group, &conv)?;
             keep_new(tx, sealer, group, seq, &mut items)
         })?;
+        if let (Some(cache), Some(g)) = (self.batch_groups.as_mut(), keep) {
+            cache.insert(group, g);
+        }
         self.convs.insert(group, conv);
         if merged_own {
             self.merged_commits.push((group, seq));
