@@ -50,8 +50,8 @@ use crate::api::{Api, ChallengeSigner};
 use crate::directory::{DirectoryState, Roots, Verified, security, verify_proof};
 use crate::error::Error;
 use crate::model::{
-    ConversationInfo, ConversationKind, DeviceChange, Event, EventId, LoggedEvent, MemberInfo,
-    SecurityAlert, Suite, Whoami,
+    ConversationId, ConversationInfo, ConversationKind, DeviceChange, Event, EventId, HistoryEntry,
+    LoggedEvent, MemberInfo, SecurityAlert, Suite, Whoami,
 };
 use crate::store::{self, Profile, Provider, Sealer, conv_row, item_row, put_meta};
 use sealpost_proto::directory::MAX_BATCH_LOOKUP;
@@ -491,6 +491,12 @@ fn put_item(
         )?
         .execute(params![id, group.as_bytes(), seq, msg_id, sealed])?;
     Ok((n == 1).then_some(id))
+}
+
+/// Opens the history item sealed for `row` of `group`.
+fn open_item(sealer: &Sealer, group: GroupId, row: i64, sealed: &[u8]) -> Result<Item, Error> {
+    let json = sealer.open_at("item", &item_row(group.as_bytes(), row), sealed)?;
+    serde_json::from_slice(&json).map_err(|e| Error::Store(e.to_string()))
 }
 
 /// Puts `item` in the place of the history item `row` of `group` (sealed for that row again).
@@ -1649,7 +1655,7 @@ impl Client {
         };
         Ok(ConversationInfo {
             conversation: self.display(group),
-            id: group.to_string(),
+            id: ConversationId::of(group),
             kind: conv.info.kind,
             ciphersuite: conv.info.suite,
             members,
@@ -1672,25 +1678,42 @@ impl Client {
 
     /// Local history of a conversation, oldest first.
     pub fn messages(&self, target: &str, limit: usize) -> Result<Vec<Event>, Error> {
+        Ok(self
+            .history(target, None, limit)?
+            .into_iter()
+            .map(|e| e.event)
+            .collect())
+    }
+
+    /// A page of a conversation's history, oldest first: the newest `limit` entries before
+    /// `before` (a position from an earlier page), or the newest of all.
+    pub fn history(
+        &self,
+        target: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, Error> {
         let group = self.resolve(target)?;
         let conn = self.profile.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, item FROM history WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2",
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, item FROM history WHERE group_id = ?1 AND (?2 IS NULL OR id < ?2)
+             ORDER BY id DESC LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![group.as_bytes(), limit as u64], |r| {
+        let before = before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        let rows = stmt.query_map(params![group.as_bytes(), before, limit as u64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
         })?;
         let name = self.display(group);
+        let conversation_id = ConversationId::of(group);
         let mut out = Vec::new();
         for row in rows {
             let (id, sealed) = row?;
-            let json =
-                self.profile
-                    .sealer
-                    .open_at("item", &item_row(group.as_bytes(), id), &sealed)?;
-            let item: Item =
-                serde_json::from_slice(&json).map_err(|e| Error::Store(e.to_string()))?;
-            out.push(item.render(name.clone()));
+            let item = open_item(&self.profile.sealer, group, id, &sealed)?;
+            out.push(HistoryEntry {
+                position: id.unsigned_abs(),
+                conversation_id: conversation_id.clone(),
+                event: item.render(name.clone()),
+            });
         }
         out.reverse();
         Ok(out)
@@ -2584,7 +2607,7 @@ impl Client {
         };
         Ok(LoggedEvent {
             event_id: EventId(id as u64),
-            conversation_id: group.map(|g| g.to_string()),
+            conversation_id: group.map(ConversationId::of),
             event,
         })
     }

@@ -52,8 +52,8 @@ pub use client::{CommitForgery, KeyPackageForgery};
 pub use error::Error;
 pub use live::{ClientGuard, Connection, Live, Subscription};
 pub use model::{
-    ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, EventId, LoggedEvent,
-    MemberInfo, SecurityAlert, Suite, Whoami,
+    ConversationId, ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, EventId,
+    HistoryEntry, LoggedEvent, MemberInfo, SecurityAlert, Suite, Whoami,
 };
 pub use sealpost_proto::Username;
 pub use store::profile_holder;

@@ -197,6 +197,44 @@ pub enum Event {
     },
 }
 
+/// A conversation's id: its MLS group id, as 32 hex digits. Stable and unique, where a name is
+/// for display (two groups can share one). Anything that takes a conversation takes it, or a
+/// unique prefix of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConversationId(String);
+
+impl ConversationId {
+    pub(crate) fn of(group: sealpost_proto::GroupId) -> ConversationId {
+        ConversationId(group.to_string())
+    }
+
+    /// The hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An entry of a conversation's history with its place, for reading the history a page at a
+/// time (see `Client::history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Its place in the history: entries further back have smaller positions. Pass the first
+    /// entry's position as `before` to read the page before it.
+    pub position: u64,
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
 /// The place of an event in a profile's event log: ids grow, and are never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -218,9 +256,9 @@ impl std::fmt::Display for EventId {
 pub struct LoggedEvent {
     /// Its place in the log.
     pub event_id: EventId,
-    /// The conversation's id (the MLS group id, hex), if it belongs to one.
+    /// The conversation's id, if it belongs to one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub conversation_id: Option<String>,
+    pub conversation_id: Option<ConversationId>,
     /// What happened.
     #[serde(flatten)]
     pub event: Event,
@@ -290,8 +328,8 @@ pub enum SecurityAlert {
 pub struct ConversationInfo {
     /// `#name` (with `~id` when names clash) or `@user`.
     pub conversation: String,
-    /// The group id.
-    pub id: String,
+    /// Its id (the MLS group id).
+    pub id: ConversationId,
     /// Direct or group.
     pub kind: ConversationKind,
     /// The ciphersuite.

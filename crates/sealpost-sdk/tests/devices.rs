@@ -153,7 +153,7 @@ async fn a_linked_device_receives_new_messages_and_a_removed_one_reads_nothing_a
         .into_iter()
         .find(|c| c.conversation == "#team")
         .unwrap();
-    let group: GroupId = team.id.parse().unwrap();
+    let group: GroupId = team.id.as_str().parse().unwrap();
     let alice_device = alice.whoami().device.parse().unwrap();
     let batch = server
         .store

@@ -245,7 +245,7 @@ async fn a_group_name_that_could_forge_a_line_is_not_taken() {
         "@carol",
         "\u{1b}[2Jclub",
     ] {
-        alice.rename_unchecked(&id, forged).await.unwrap();
+        alice.rename_unchecked(id.as_str(), forged).await.unwrap();
         let events = bob.sync().await.unwrap();
         assert!(
             matches!(
@@ -256,7 +256,10 @@ async fn a_group_name_that_could_forge_a_line_is_not_taken() {
         );
         assert_eq!(names(&bob), ["#club"], "{forged:?}");
     }
-    alice.rename_unchecked(&id, "book-club").await.unwrap();
+    alice
+        .rename_unchecked(id.as_str(), "book-club")
+        .await
+        .unwrap();
     bob.sync().await.unwrap();
     assert_eq!(names(&bob), ["#book-club"]);
 }

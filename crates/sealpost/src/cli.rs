@@ -81,6 +81,10 @@ enum Command {
         /// At most this many (the newest).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only entries before this position, to page further back (`--json` shows each entry's
+        /// `position`; a full page says the one to pass next).
+        #[arg(long)]
+        before: Option<u64>,
     },
     /// Stay connected and print messages as they arrive (first those no command printed yet).
     /// While it runs, other commands on this profile go through it.
@@ -319,17 +323,6 @@ fn exit_on_alerts(n: usize) -> Result<()> {
     Ok(())
 }
 
-fn print_events(events: &[Event], json: bool) -> Result<()> {
-    for e in events {
-        if json {
-            print_json(e)?
-        } else {
-            println!("{}", line(e))
-        }
-    }
-    Ok(())
-}
-
 /// The name under which the command line keeps its place in the profile's event log: whatever
 /// one command found and did not print, the next `sync` or `listen` prints.
 const CONSUMER: &str = "cli";
@@ -452,10 +445,26 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Messages {
             conversation,
             limit,
+            before,
         } => {
-            let params = json!({ "conversation": conversation, "limit": limit });
-            let events: Vec<Event> = session.call("messages", params).await?;
-            print_events(&events, as_json)
+            let params = json!({ "conversation": conversation, "limit": limit, "before": before });
+            let page: Vec<sealpost_sdk::HistoryEntry> = session.call("messages", params).await?;
+            for entry in &page {
+                if as_json {
+                    print_json(entry)?;
+                } else {
+                    println!("{}", line(&entry.event));
+                }
+            }
+            match page.first() {
+                Some(first) if page.len() == limit && !as_json => eprintln!(
+                    "(older entries: sealpost messages '{}' --before {})",
+                    safe(&conversation),
+                    first.position
+                ),
+                _ => {}
+            }
+            Ok(())
         }
         Command::Listen => listen(session, as_json).await,
         Command::Conversations => {

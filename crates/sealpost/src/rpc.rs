@@ -155,6 +155,9 @@ struct Messages {
     conversation: String,
     #[serde(default = "fifty")]
     limit: usize,
+    /// Entries before this position (a page further back).
+    #[serde(default)]
+    before: Option<u64>,
 }
 
 fn fifty() -> usize {
@@ -288,8 +291,9 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
             let Messages {
                 conversation,
                 limit,
+                before,
             } = params(p)?;
-            answer(live.lock().await.messages(&conversation, limit)?)
+            answer(live.lock().await.history(&conversation, before, limit)?)
         }
         "group.create" => {
             let GroupCreate {

@@ -1028,3 +1028,52 @@ fn every_command_speaks_json_and_so_do_its_errors() {
     assert_eq!(error["kind"], "unknown_conversation", "{error}");
     assert_eq!(error["exit"], 1);
 }
+
+/// History is read a page at a time: each entry has its position and the conversation's id, a
+/// full page says where the next one starts, and paging back reaches the first entry without
+/// repeating one.
+#[test]
+fn history_is_paged() {
+    let (_server, _homes, a, b) = alice_and_bob();
+    for i in 0..5 {
+        run_ok(&a, &["send", "@bob", &format!("text {i}")]);
+    }
+    run_ok(&b, &["sync"]);
+    let page = |before: Option<u64>| -> Vec<serde_json::Value> {
+        let mut args = vec!["messages", "@alice", "--limit", "2", "--json"];
+        let before = before.map(|b| b.to_string());
+        if let Some(b) = &before {
+            args.extend(["--before", b.as_str()]);
+        }
+        run_ok(&b, &args).lines().map(event_of).collect()
+    };
+    let mut texts = Vec::new();
+    let mut before = None;
+    loop {
+        let entries = page(before);
+        for e in &entries {
+            assert_eq!(e["conversation_id"].as_str().unwrap().len(), 32, "{e}");
+        }
+        let positions: Vec<u64> = entries
+            .iter()
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "oldest first");
+        let Some(first) = positions.first() else {
+            break;
+        };
+        before = Some(*first);
+        let mut page_texts: Vec<String> = entries
+            .iter()
+            .filter_map(|e| e["text"].as_str().map(str::to_owned))
+            .collect();
+        page_texts.append(&mut texts);
+        texts = page_texts;
+    }
+    let want: Vec<String> = (0..5).map(|i| format!("text {i}")).collect();
+    assert_eq!(texts, want);
+    // A person is told how to read further back.
+    let out = run(&b, &["messages", "@alice", "--limit", "2"]);
+    let hint = String::from_utf8_lossy(&out.stderr);
+    assert!(hint.contains("--before"), "{hint}");
+}

@@ -171,11 +171,7 @@ fn load_item(
         .prepare_cached("SELECT item FROM history WHERE id = ?1 AND group_id = ?2")?
         .query_row(params![row, group.as_bytes()], |r| r.get(0))
         .optional()?;
-    let Some(sealed) = sealed else {
-        return Ok(None);
-    };
-    let json = sealer.open_at("item", &item_row(group.as_bytes(), row), &sealed)?;
-    serde_json::from_slice(&json)
-        .map(Some)
-        .map_err(|e| Error::Store(e.to_string()))
+    sealed
+        .map(|sealed| open_item(sealer, group, row, &sealed))
+        .transpose()
 }

@@ -139,6 +139,7 @@ pub fn group_of(client: &Client, conversation: &str) -> sealpost_proto::GroupId 
         .find(|c| c.conversation == conversation)
         .unwrap()
         .id
+        .as_str()
         .parse()
         .unwrap()
 }
