@@ -1,4 +1,5 @@
-//! The SDK's errors. Messages are for people; none contains message text or key material.
+//! The SDK's errors. Messages are for people; none contains message text or key material, and
+//! none names a command or an option of a front end (front ends add their own advice).
 
 use sealpost_proto::{ErrorCode, IdError};
 
@@ -7,16 +8,16 @@ use sealpost_proto::{ErrorCode, IdError};
 #[non_exhaustive]
 pub enum Error {
     /// The profile directory has no account yet.
-    #[error("no account in this profile: run `sealpost register <username> --server <URL>` first")]
+    #[error("no account in this profile")]
     NotRegistered,
     /// The profile already has an account.
-    #[error("this profile already has an account ({0}); use another --home for another account")]
+    #[error("this profile already has an account ({0})")]
     AlreadyRegistered(String),
     /// Another process has the profile open.
     #[error("the profile is in use by another sealpost process")]
     ProfileLocked,
     /// The store key is wrapped and no passphrase was given.
-    #[error("this profile is protected by a passphrase: set SEALPOST_PASSPHRASE")]
+    #[error("this profile is protected by a passphrase, and none was given")]
     PassphraseRequired,
     /// The passphrase does not open the store key.
     #[error("wrong passphrase")]

@@ -382,7 +382,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 username.trim_start_matches('@'),
                 passphrase().as_deref(),
             )
-            .await?;
+            .await
+            .map_err(crate::rpc::RpcError::from)?;
             let me = client.whoami();
             if as_json {
                 return print_json(&me);
@@ -747,7 +748,9 @@ fn qr(data: &str) -> String {
 
 async fn link(home: &std::path::Path, server: &str, username: &str, as_json: bool) -> Result<()> {
     let mut pending =
-        sealpost_sdk::PendingLink::start(home, server, username, passphrase().as_deref()).await?;
+        sealpost_sdk::PendingLink::start(home, server, username, passphrase().as_deref())
+            .await
+            .map_err(crate::rpc::RpcError::from)?;
     let code = pending.code();
     if as_json {
         print_json(&serde_json::json!({ "code": code, "waiting_minutes": 10 }))?;

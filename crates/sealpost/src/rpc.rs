@@ -98,6 +98,11 @@ impl From<sealpost_sdk::Error> for RpcError {
                  directory> device link <username> --server <url>`, approved on a device of the \
                  account"
             ),
+            E::NotRegistered => {
+                format!("{e}: run `sealpost register <username> --server <URL>` first")
+            }
+            E::AlreadyRegistered(_) => format!("{e}; use another --home for another account"),
+            E::PassphraseRequired => format!("{e}: set SEALPOST_PASSPHRASE"),
             _ => e.to_string(),
         };
         let alert = match &e {

@@ -67,7 +67,7 @@ impl Session {
                     }
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(rpc::RpcError::from(e).into()),
             }
         }
     }

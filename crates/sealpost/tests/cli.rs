@@ -36,7 +36,12 @@ fn errors_go_to_stderr_with_a_nonzero_exit() {
         .unwrap();
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no account in this profile"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no account in this profile"), "{said}");
+    assert!(
+        said.contains("sealpost register"),
+        "the command line says what to do: {said}"
+    );
 
     let out = sealpost()
         .arg("--home")
