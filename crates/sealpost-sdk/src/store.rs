@@ -183,6 +183,14 @@ pub enum StoredEvent {
     },
 }
 
+/// The commit this device posted to `group` and has not seen settled yet, as posted.
+pub fn pending_commit(conn: &Connection, group: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT payload FROM pending_commits WHERE group_id = ?1")?
+        .query_row([group], |r| r.get(0))
+        .optional()?)
+}
+
 /// An application message waiting in the outbox.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
