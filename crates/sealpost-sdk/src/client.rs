@@ -34,7 +34,7 @@ use tls_codec::{Deserialize as _, Serialize as _};
 use zeroize::Zeroizing;
 
 #[cfg(feature = "test-hooks")]
-mod forge;
+mod hooks;
 mod link;
 mod outbox;
 mod receive;
@@ -42,7 +42,7 @@ mod trust;
 mod verify;
 
 #[cfg(feature = "test-hooks")]
-pub use forge::{CommitForgery, KeyPackageForgery};
+pub use hooks::{CommitForgery, KeyPackageForgery};
 pub use link::{LinkStep, PendingLink};
 use receive::message_aad;
 pub use receive::ws_config;
@@ -361,21 +361,6 @@ fn usable_leaf_key(
     let key = tls_codec::VLBytes::tls_deserialize_exact(encoded.as_slice())
         .map_err(|e| Error::Protocol(format!("a leaf's key does not decode: {e}")))?;
     Ok(usable_key(crypto, suite, key.as_slice()))
-}
-
-/// The private half of a key pair, as openmls stores it (for the test hook that exposes it).
-#[cfg(feature = "test-hooks")]
-fn private_key_of(key: &SignatureKeyPair) -> Zeroizing<Vec<u8>> {
-    #[derive(Deserialize)]
-    struct Stored {
-        private: Vec<u8>,
-    }
-    let json = Zeroizing::new(serde_json::to_vec(key).unwrap_or_default());
-    Zeroizing::new(
-        serde_json::from_slice::<Stored>(&json)
-            .map(|s| s.private)
-            .unwrap_or_default(),
-    )
 }
 
 fn at(user: &Username) -> String {
@@ -1320,137 +1305,6 @@ impl Client {
             name: info.name.clone(),
         };
         self.send_app(group, meta, None).await
-    }
-
-    /// Test hook: names a group `name` without checking it, and tells the members, as a
-    /// malicious member would. Not built into the library otherwise.
-    #[cfg(feature = "test-hooks")]
-    #[doc(hidden)]
-    pub async fn rename_unchecked(&mut self, target: &str, name: &str) -> Result<(), Error> {
-        let group = self.resolve(target)?;
-        self.update_conv(group, |info| info.name = name.to_owned())?;
-        self.send_meta(group).await
-    }
-
-    /// Test hook: adds the device of `key_package` to a conversation with no directory check,
-    /// as a malicious or broken member would. Not built into the library otherwise.
-    #[cfg(feature = "test-hooks")]
-    #[doc(hidden)]
-    pub async fn add_key_package_unchecked(
-        &mut self,
-        target: &str,
-        key_package: &[u8],
-    ) -> Result<(), Error> {
-        let group = self.resolve(target)?;
-        let msg = MlsMessageIn::tls_deserialize_exact(key_package)
-            .map_err(|_| Error::Invalid("not a key package".into()))?;
-        let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
-            return Err(Error::Invalid("not a key package".into()));
-        };
-        let kp = kp
-            .validate(self.profile.mls.provider.crypto(), ProtocolVersion::Mls10)
-            .map_err(Error::mls)?;
-        self.commit(group, move |g, p, s| {
-            let (commit, welcome, _) = g
-                .add_members(p, s, std::slice::from_ref(&kp))
-                .map_err(Error::mls)?;
-            Ok((commit, Some(welcome)))
-        })
-        .await
-    }
-
-    /// Test hook: runs the receive path on a raw group message, as if the server delivered it
-    /// at `seq` in the conversation's log. Not built into the library otherwise.
-    #[cfg(feature = "test-hooks")]
-    #[doc(hidden)]
-    pub fn receive_unchecked(
-        &mut self,
-        target: &str,
-        seq: u64,
-        payload: &[u8],
-    ) -> Result<Vec<Event>, Error> {
-        let group = self.resolve(target)?;
-        let mark = self.last_event_id()?;
-        self.process(Delivery {
-            kind: DeliveryKind::Group,
-            inbox_seq: 0,
-            group_id: *group.as_bytes(),
-            group_seq: seq,
-            sent_at: 0,
-            payload: payload.to_vec().into(),
-        })?;
-        let events = self.events_after(mark, usize::MAX)?;
-        let ids: Vec<EventId> = events.iter().map(|e| e.event_id).collect();
-        self.mark_seen(SYNC_CONSUMER, &ids)?;
-        Ok(events.into_iter().map(|e| e.event).collect())
-    }
-
-    /// Test hook: this device's secret keys, raw (its device and account signing keys, and the
-    /// key that seals its local store), for tests that search logs and traffic for them. Not
-    /// built into the library otherwise.
-    #[cfg(feature = "test-hooks")]
-    #[doc(hidden)]
-    pub fn secret_keys_unchecked(&self) -> Vec<(&'static str, Zeroizing<Vec<u8>>)> {
-        vec![
-            ("device key", private_key_of(&self.identity.device_key)),
-            ("account key", private_key_of(&self.identity.account_key)),
-            (
-                "store key",
-                Zeroizing::new(self.profile.sealer.expose_key().to_vec()),
-            ),
-        ]
-    }
-
-    /// Test hook: every secret in this device's MLS state — epoch secrets, the secret tree's
-    /// ratchets, membership and sender-data keys, HPKE private keys of its leaves and key
-    /// packages — as `(record, bytes)`: each byte string of 32 bytes or more that sits under a
-    /// field whose name says `secret` or `private` (not the group context stored with them).
-    /// For tests that search logs and traffic.
-    #[cfg(feature = "test-hooks")]
-    #[doc(hidden)]
-    pub fn mls_secrets_unchecked(&self) -> Vec<(String, Zeroizing<Vec<u8>>)> {
-        fn walk(v: &serde_json::Value, secret: bool, out: &mut Vec<Zeroizing<Vec<u8>>>) {
-            match v {
-                serde_json::Value::Array(items) => {
-                    let bytes: Option<Vec<u8>> = items
-                        .iter()
-                        .map(|i| i.as_u64().and_then(|b| u8::try_from(b).ok()))
-                        .collect();
-                    match bytes {
-                        Some(b) if secret && b.len() >= 32 => out.push(Zeroizing::new(b)),
-                        Some(_) => {}
-                        None => items.iter().for_each(|i| walk(i, secret, out)),
-                    }
-                }
-                serde_json::Value::Object(fields) => {
-                    for (name, field) in fields {
-                        // The group context kept beside the message secrets is public.
-                        let public = name.contains("context");
-                        let named = name.contains("secret") || name.contains("private");
-                        walk(field, !public && (secret || named), out);
-                    }
-                }
-                _ => {}
-            }
-        }
-        let Ok(values) = self.profile.mls.provider.storage().values().read() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (key, value) in values.iter() {
-            let record: String = key
-                .iter()
-                .take_while(|b| b.is_ascii_alphabetic())
-                .map(|b| char::from(*b))
-                .collect();
-            let Ok(json) = serde_json::from_slice::<serde_json::Value>(value) else {
-                continue;
-            };
-            let mut found = Vec::new();
-            walk(&json, false, &mut found);
-            out.extend(found.into_iter().map(|b| (record.clone(), b)));
-        }
-        out
     }
 
     /// For tests that play a member leaking a conversation's state: its current MLS GroupInfo

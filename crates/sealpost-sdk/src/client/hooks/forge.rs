@@ -12,7 +12,7 @@ use openmls_traits::types::HashType;
 use serde::{Deserialize, Serialize};
 use tls_codec::{Deserialize as _, SecretVLBytes, Serialize as _, Size as _, VLBytes};
 
-use super::{Client, capabilities, credential_for, load_group, mls_id, now_ms, serialize};
+use crate::client::{Client, capabilities, credential_for, load_group, mls_id, now_ms, serialize};
 use crate::error::Error;
 use crate::model::Suite;
 
