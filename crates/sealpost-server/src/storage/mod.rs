@@ -1,10 +1,12 @@
 //! The server's durable state, behind one trait so that backends can be swapped.
 //!
 //! The delivery logic (in `delivery`) never sees SQL: it calls [`Store`]. Every backend must pass
-//! the [`conformance`] suite. A write returns only once it is durable (committed and fsync'd), so
-//! the server can acknowledge it to the client.
+//! the conformance suite (`conformance.rs`, run by each backend's tests; not in the built
+//! server). A write returns only once it is durable (committed and fsync'd), so the server can
+//! acknowledge it to the client.
 
-pub mod conformance;
+#[cfg(test)]
+mod conformance;
 pub mod postgres;
 pub mod sqlite;
 
