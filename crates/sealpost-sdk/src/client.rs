@@ -55,7 +55,7 @@ use crate::directory::{DirectoryState, Roots, Verified, security, verify_proof};
 use crate::error::Error;
 use crate::model::{
     ConversationId, ConversationInfo, ConversationKind, DeviceChange, Event, EventId, HistoryEntry,
-    LoggedEvent, MemberInfo, SecurityAlert, Suite, Whoami,
+    LoggedEvent, MemberInfo, MessageId, SecurityAlert, Suite, Whoami,
 };
 use crate::store::{self, Profile, Provider, Sealer, conv_row, item_row, put_meta};
 use sealpost_proto::directory::MAX_BATCH_LOOKUP;
@@ -272,16 +272,19 @@ impl Item {
                 conversation,
                 from,
                 text,
-                id,
+                id: MessageId::new(id),
                 sent_at,
                 late,
                 failed,
                 unconfirmed,
             },
-            Item::Sent { id } => Event::Sent { conversation, id },
+            Item::Sent { id } => Event::Sent {
+                conversation,
+                id: MessageId::new(id),
+            },
             Item::NotSent { id, reason } => Event::NotSent {
                 conversation,
-                id,
+                id: MessageId::new(id),
                 reason,
             },
             Item::Gap { from, missing } => Event::Gap {

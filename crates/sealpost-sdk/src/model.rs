@@ -59,7 +59,7 @@ pub enum Event {
         /// The text.
         text: String,
         /// The sender's message id.
-        id: String,
+        id: MessageId,
         /// When the sender sent it (sender's clock, unix milliseconds).
         sent_at: u64,
         /// The sender sent it before a message of theirs already shown: it was held back on
@@ -82,7 +82,7 @@ pub enum Event {
         /// Conversation.
         conversation: String,
         /// The message id.
-        id: String,
+        id: MessageId,
     },
     /// An unconfirmed message of this device's (see [`Event::Message`]) was refused by the
     /// server: nobody received it, and its history entry says so.
@@ -90,7 +90,7 @@ pub enum Event {
         /// Conversation.
         conversation: String,
         /// The message id.
-        id: String,
+        id: MessageId,
         /// The server's reason.
         reason: String,
     },
@@ -216,6 +216,29 @@ impl ConversationId {
 }
 
 impl std::fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message's id, chosen by its sender (16 random bytes, as hex) and the same on every device:
+/// a message seen twice (a replay, a resend after a crash) is shown once.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(String);
+
+impl MessageId {
+    pub(crate) fn new(id: String) -> MessageId {
+        MessageId(id)
+    }
+
+    /// The hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }

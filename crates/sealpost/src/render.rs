@@ -190,6 +190,6 @@ pub fn line(e: &Event) -> String {
 }
 
 /// A message id as people are shown it: its first 8 characters.
-fn short_id(id: &str) -> String {
-    safe(&id.chars().take(8).collect::<String>())
+fn short_id(id: &sealpost_sdk::MessageId) -> String {
+    safe(&id.as_str().chars().take(8).collect::<String>())
 }
