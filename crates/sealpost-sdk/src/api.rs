@@ -207,20 +207,19 @@ impl Api {
                 code: e.code,
                 message: e.message,
             }),
-            // Not the server's own answer: a proxy or load balancer in front of it (a 502 when
-            // the node behind died mid-request, a 503 or 504 when none answered). Whether the
-            // server took the request is unknown, as when the connection breaks.
-            Err(_) if status.is_server_error() => Err(Error::ServerUnreachable {
+            // A refused token, whoever said it: sign in again.
+            Err(_) if status == StatusCode::UNAUTHORIZED => Err(Error::Server {
+                code: ErrorCode::Unauthorized,
+                message: format!("HTTP {status}"),
+            }),
+            // Not the server's own answer (it answers every refusal in JSON): a proxy or load
+            // balancer in front of it (a 502 when the node behind died mid-request, a 503 or 504
+            // when none answered), or an answer damaged on the way. Whether the server took the
+            // request is unknown, as when the connection breaks: a refusal that is not the
+            // server's must not make the client drop what it may have stored.
+            Err(_) => Err(Error::ServerUnreachable {
                 url: self.base.clone(),
                 reason: format!("HTTP {status} from something in front of the server"),
-            }),
-            Err(_) => Err(Error::Server {
-                code: if status == StatusCode::UNAUTHORIZED {
-                    ErrorCode::Unauthorized
-                } else {
-                    ErrorCode::Internal
-                },
-                message: format!("HTTP {status}"),
             }),
         }
     }

@@ -913,3 +913,40 @@ async fn an_unconfirmed_send_is_posted_again_or_marked_not_sent() {
     );
     bob_has(&mut bob, &["first", "never arrived", "last"]).await;
 }
+
+/// A commit the server stored whose answer was lost, then its retry refused as late (409) with
+/// an answer that is not the server's own (a proxy's, or garbled): the refusal of the retry
+/// says nothing of the first post, so the commit stays pending and is merged when it comes
+/// back. (Found by the stateful fuzz, seed 1796548093978649360: the commit was dropped, came
+/// back as "created by this client but does not match the pending commit", and the device
+/// stayed behind for good.)
+#[tokio::test]
+async fn a_stored_commit_whose_retry_gets_a_foreign_refusal_stays_pending() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let (mut alice, mut bob, mitm) = crew_through(&people, &server).await;
+    let garble_commits = |path: &str, body: Vec<u8>| {
+        if path.ends_with("/commits") {
+            b"\x00".to_vec()
+        } else {
+            body
+        }
+    };
+    // The leaf renewal before "first" is stored; its answer is lost.
+    mitm.rewrite("/v1/groups/", garble_commits);
+    assert!(alice.send("#crew", "first").await.is_err());
+    // Alice's syncs are held back (the group's log left out), so she does not see it come
+    // back; the retry is refused as late, and that answer is garbled too.
+    mitm.rewrite_sync(|ds| ds.retain(|d| d.kind != sealpost_proto::DeliveryKind::Group));
+    assert!(alice.send("#crew", "second").await.is_err());
+    mitm.clear();
+    alice.send("#crew", "third").await.unwrap();
+    let got = bob.sync().await.unwrap();
+    assert!(
+        texts(&got).contains(&("@alice".to_owned(), "third".to_owned())),
+        "{got:?}"
+    );
+    all_readable(&alice);
+    all_readable(&bob);
+    assert_eq!(alice.epoch("#crew").unwrap(), bob.epoch("#crew").unwrap());
+}
