@@ -1782,7 +1782,7 @@ impl Client {
         &mut self,
         group: GroupId,
         mut msg: AppMessage,
-        item: Option<Item>,
+        mut item: Option<Item>,
     ) -> Result<(), Error> {
         let mut conv = self
             .convs
@@ -1802,6 +1802,10 @@ impl Client {
         self.check_size(body.len()).await?;
         let padded = Zeroizing::new(pad(&body).map_err(|e| Error::Invalid(e.to_string()))?);
         let root = self.root_record();
+        // Kept as unconfirmed until the server answers for it (see `outbox`).
+        if let Some(Item::Message { unconfirmed, .. }) = &mut item {
+            *unconfirmed = true;
+        }
         let outgoing = self.profile.atomically(|tx, sealer, p| {
             let mut g = load_group(p, group)?;
             g.set_aad(message_aad(&g, p, root)?);
@@ -1809,25 +1813,7 @@ impl Client {
                 .create_message(p, &self.identity.device_key, &padded)
                 .map_err(Error::mls)?;
             let row = match &item {
-                Some(Item::Message {
-                    from,
-                    text,
-                    id,
-                    sent_at,
-                    ..
-                }) => {
-                    let pending = Item::Message {
-                        from: from.clone(),
-                        text: text.clone(),
-                        id: id.clone(),
-                        sent_at: *sent_at,
-                        late: false,
-                        failed: None,
-                        unconfirmed: true,
-                    };
-                    put_item(tx, sealer, group, None, &pending)?
-                }
-                Some(other) => put_item(tx, sealer, group, None, other)?,
+                Some(item) => put_item(tx, sealer, group, None, item)?,
                 None => None,
             };
             put_conv(tx, sealer, group, &conv)?;

@@ -61,14 +61,14 @@ impl Client {
     /// a refused retry is not an error of the operation that made it).
     pub(super) async fn post_outgoing(
         &mut self,
-        outgoing: Outgoing,
+        mut outgoing: Outgoing,
         retry: bool,
     ) -> Result<(), Error> {
         let group = GroupId::from_slice(&outgoing.group)
             .map_err(|_| Error::Store("an outbox entry names no conversation".into()))?;
         let result = self
             .api
-            .post_message(&self.identity, group, outgoing.payload.clone())
+            .post_message(&self.identity, group, std::mem::take(&mut outgoing.payload))
             .await;
         match Outcome::of(result) {
             Outcome::Sent(posted) => self.settle(&outgoing, group, Ok(posted), retry),
