@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sealpost_sdk::{Client, Event, LoggedEvent, Suite, Username};
+use sealpost_sdk::{Client, Event, Live, LoggedEvent, Suite, Username};
 
 use crate::render::{line, safe};
 use crate::session::Session;
@@ -89,9 +89,9 @@ enum Command {
     /// Stay connected and print messages as they arrive (first those no command printed yet).
     /// While it runs, other commands on this profile go through it.
     Listen,
-    /// Keep this profile connected and serve it to other programs over JSON-RPC 2.0 on a Unix
-    /// socket (see docs/jsonrpc.md). While it runs, every other command on this profile goes
-    /// through it. Stops on Ctrl-C or SIGTERM.
+    /// Keep this profile (and any given with --profile) connected and serve it to other
+    /// programs over JSON-RPC 2.0 on a Unix socket (see docs/jsonrpc.md). While it runs, every
+    /// other command on a profile it serves goes through it. Stops on Ctrl-C or SIGTERM.
     Daemon(DaemonArgs),
     /// Manage groups.
     #[command(subcommand)]
@@ -211,6 +211,12 @@ struct DaemonArgs {
     /// profile; requests from web pages are refused.
     #[arg(long, value_name = "ADDR")]
     http: Option<std::net::SocketAddr>,
+    /// Serve this profile directory too, besides --home's (repeatable). Each profile gets its
+    /// own socket at the default place, and other commands on it go through this daemon; over
+    /// HTTP, `?profile=@user` picks one. Every profile is opened with the same
+    /// SEALPOST_PASSPHRASE.
+    #[arg(long, value_name = "DIR")]
+    profile: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -648,68 +654,110 @@ fn say_connection(state: &sealpost_sdk::Connection, said: &mut Option<bool>) {
     }
 }
 
-/// `sealpost daemon`: serves the profile until SIGINT or SIGTERM.
+/// `sealpost daemon`: serves its profiles until SIGINT or SIGTERM.
 async fn daemon(
     home: &std::path::Path,
     session: Session,
     args: DaemonArgs,
     as_json: bool,
 ) -> Result<()> {
-    let Session::Local { live, .. } = session else {
-        bail!(
-            "a daemon already serves this profile (see daemon.json in {})",
-            home.display()
-        );
-    };
+    if args.socket.is_some() && !args.profile.is_empty() {
+        bail!("--socket names one profile's socket: leave it out to serve several profiles");
+    }
+    // Every profile is opened before anything is served: all of them, or none.
+    let mut profiles = vec![held_by_this_process(home, session)?];
+    for extra in &args.profile {
+        let session = Session::open(extra, passphrase().as_deref()).await?;
+        profiles.push(held_by_this_process(extra, session)?);
+    }
+    let mut served = Vec::with_capacity(profiles.len());
+    for (i, (home, live)) in profiles.into_iter().enumerate() {
+        let path = match (&args.socket, i) {
+            (Some(path), 0) => path.clone(),
+            _ => crate::daemon::default_socket(&home),
+        };
+        let socket = std::sync::Arc::new(crate::daemon::Socket::bind(&home, &path)?);
+        let username = live.lock().await.whoami().username;
+        if served
+            .iter()
+            .any(|(_, other, _, _): &(_, String, _, _)| *other == username)
+        {
+            bail!(
+                "two of these profiles are {}: serve them from two daemons",
+                safe(&username)
+            );
+        }
+        served.push((home, username, live, socket));
+    }
     let shutdown = CancellationToken::new();
     let signals = Signals::install()?;
     tokio::spawn(signals.cancel_on_first(shutdown.clone()));
-    let path = args
-        .socket
-        .unwrap_or_else(|| crate::daemon::default_socket(home));
-    let socket = crate::daemon::Socket::bind(home, &path)?;
+    let homes: Vec<&std::path::Path> = served.iter().map(|(home, ..)| home.as_path()).collect();
     let http = match args.http {
-        Some(addr) => Some(crate::daemon_http::bind(home, addr).await?),
+        Some(addr) => Some(crate::daemon_http::bind(&homes, addr).await?),
         None => None,
     };
-    let token_file = crate::daemon_http::token_file(home);
-    if as_json {
-        print_json(&serde_json::json!({
-            "serving": home,
-            "socket": socket.path(),
-            "http": http.as_ref().map(|(_, url)| url),
-            "token_file": http.as_ref().map(|_| &token_file),
-        }))?;
-    } else {
-        println!(
-            "sealpost daemon serving {} on {}",
-            home.display(),
-            socket.path().display()
-        );
-        if let Some((_, url)) = &http {
+    for (home, username, _, socket) in &served {
+        let token_file = crate::daemon_http::token_file(home);
+        if as_json {
+            print_json(&serde_json::json!({
+                "serving": home,
+                "username": username,
+                "socket": socket.path(),
+                "http": http.as_ref().map(|h| &h.url),
+                "token_file": http.as_ref().map(|_| &token_file),
+            }))?;
+        } else {
             println!(
-                "and on {url} (POST /api/v1/rpc, GET /api/v1/events; token in {})",
-                token_file.display()
+                "sealpost daemon serving {} ({}) on {}",
+                home.display(),
+                safe(username),
+                socket.path().display()
             );
         }
     }
-    let connection = tokio::spawn({
-        let (live, shutdown) = (live.clone(), shutdown.clone());
-        async move { live.run(shutdown).await }
+    if let (Some(h), false) = (&http, as_json) {
+        println!(
+            "and on {} (POST /api/v1/rpc, GET /api/v1/events; token in {})",
+            h.url,
+            crate::daemon_http::token_file(homes[0]).display()
+        );
+    }
+    let tasks = tokio_util::task::TaskTracker::new();
+    for (_, _, live, socket) in &served {
+        let connection = (live.clone(), shutdown.clone());
+        tasks.spawn(async move { connection.0.run(connection.1).await });
+        let serving = (live.clone(), shutdown.clone());
+        let socket = socket.clone();
+        tasks.spawn(async move { socket.serve(serving.0, serving.1).await });
+    }
+    let web = http.map(|h| {
+        let profiles = served
+            .iter()
+            .map(|(_, username, live, _)| (username.clone(), live.clone()))
+            .collect();
+        tokio::spawn(crate::daemon_http::serve(h, profiles, shutdown.clone()))
     });
-    let web = http.map(|(listener, _)| {
-        let (live, shutdown, home) = (live.clone(), shutdown.clone(), home.to_owned());
-        tokio::spawn(
-            async move { crate::daemon_http::serve(&home, listener, live, shutdown).await },
-        )
-    });
-    socket.serve(live, shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = connection.await;
+    shutdown.cancelled().await;
+    tasks.close();
+    tasks.wait().await;
     if let Some(web) = web {
         web.await.context("the HTTP endpoint stopped")??;
     }
+    // The sockets and daemon.json files go last, once nothing is served.
+    drop(served);
     Ok(())
+}
+
+/// The live client of a profile this process holds; an error if a daemon holds it already.
+fn held_by_this_process(home: &std::path::Path, session: Session) -> Result<(PathBuf, Live)> {
+    match session {
+        Session::Local { live, .. } => Ok((home.to_owned(), live)),
+        Session::Remote(_) => bail!(
+            "a daemon already serves the profile {} (see daemon.json there)",
+            home.display()
+        ),
+    }
 }
 
 fn show_verification(v: &sealpost_sdk::Verification, json: bool) -> Result<()> {

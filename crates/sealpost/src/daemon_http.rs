@@ -1,6 +1,7 @@
 //! `sealpost daemon --http 127.0.0.1:PORT`: the daemon's methods over HTTP on loopback —
 //! `POST /api/v1/rpc` (one JSON-RPC request), `GET /api/v1/events` (Server-Sent Events) and
-//! `GET /api/v1/check` — the shape signal-cli's users know.
+//! `GET /api/v1/check` — the shape signal-cli's users know. A daemon serving several profiles
+//! serves them all on one endpoint; `?profile=@user` picks one.
 //!
 //! The user's own browser can reach a loopback port, so a web page must not be able to use it:
 //! - only loopback addresses are served;
@@ -9,8 +10,8 @@
 //! - a request that carries an `Origin` (every cross-origin request a browser makes, and every
 //!   POST) is refused unless it is this endpoint's own origin;
 //! - every call but `check` needs `Authorization: Bearer <token>`, a random token kept in
-//!   `daemon-http.token` in the profile, readable by the user only (mode 0600). A page cannot
-//!   read the file, and a browser does not add the header by itself.
+//!   `daemon-http.token` in each profile served, readable by the user only (mode 0600). A page
+//!   cannot read the file, and a browser does not add the header by itself.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,7 +38,8 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 
 #[derive(Clone)]
 struct Http {
-    live: Live,
+    /// The profiles served, by `@username`.
+    profiles: std::sync::Arc<Vec<(String, Live)>>,
     token: String,
     /// The `Host` values this endpoint answers to.
     hosts: Vec<String>,
@@ -50,22 +52,24 @@ pub fn token_file(home: &Path) -> PathBuf {
     home.join("daemon-http.token")
 }
 
-/// Makes a new random token and writes it, readable by the user only.
-fn new_token(home: &Path) -> Result<String> {
+/// Makes a new random token and writes it into each profile, readable by the user only.
+fn new_token(homes: &[&Path]) -> Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut raw = [0u8; 32];
     getrandom(&mut raw)?;
     let token = hex::encode(raw);
-    let path = token_file(home);
-    let _ = std::fs::remove_file(&path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(token.as_bytes())?;
+    for home in homes {
+        let path = token_file(home);
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        file.write_all(token.as_bytes())?;
+    }
     Ok(token)
 }
 
@@ -78,8 +82,16 @@ fn getrandom(buf: &mut [u8]) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("no randomness from the operating system"))
 }
 
-/// Binds `addr` (loopback only) and writes a fresh token. Returns the listener and the URL.
-pub async fn bind(home: &Path, addr: SocketAddr) -> Result<(tokio::net::TcpListener, String)> {
+/// The endpoint, bound and not yet served.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    token: String,
+    /// Where it listens, e.g. `http://127.0.0.1:7583`.
+    pub url: String,
+}
+
+/// Binds `addr` (loopback only) and writes a fresh token into each of `homes`.
+pub async fn bind(homes: &[&Path], addr: SocketAddr) -> Result<Bound> {
     if !addr.ip().is_loopback() {
         bail!(
             "--http serves loopback only (127.0.0.1 or [::1]), not {}: the daemon holds your keys",
@@ -89,19 +101,24 @@ pub async fn bind(home: &Path, addr: SocketAddr) -> Result<(tokio::net::TcpListe
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    new_token(home)?;
+    let token = new_token(homes)?;
     let url = format!("http://{}", listener.local_addr()?);
-    Ok((listener, url))
+    Ok(Bound {
+        listener,
+        token,
+        url,
+    })
 }
 
-/// Serves until `shutdown`.
+/// Serves `profiles` (each `@username` with its live client) until `shutdown`.
 pub async fn serve(
-    home: &Path,
-    listener: tokio::net::TcpListener,
-    live: Live,
+    bound: Bound,
+    profiles: Vec<(String, Live)>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let token = std::fs::read_to_string(token_file(home)).context("the token file is gone")?;
+    let Bound {
+        listener, token, ..
+    } = bound;
     let addr = listener.local_addr()?;
     let port = addr.port();
     let hosts = match addr {
@@ -110,7 +127,7 @@ pub async fn serve(
     };
     let origins = hosts.iter().map(|h| format!("http://{h}")).collect();
     let state = Http {
-        live,
+        profiles: std::sync::Arc::new(profiles),
         token,
         hosts,
         origins,
@@ -174,8 +191,49 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
+/// Which profile a request is for: `?profile=@user` (or `user`); needed when several are served.
+#[derive(Deserialize)]
+struct Pick {
+    profile: Option<String>,
+}
+
+impl Http {
+    fn live(&self, pick: Option<&str>) -> Result<&Live, RpcError> {
+        let names = || {
+            self.profiles
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (pick, self.profiles.as_slice()) {
+            (None, [(_, live)]) => Ok(live),
+            (None, _) => Err(RpcError::params(format!(
+                "this daemon serves several profiles: add ?profile=<one of {}> to the URL",
+                names()
+            ))),
+            (Some(pick), all) => {
+                let wanted = format!("@{}", pick.trim_start_matches('@'));
+                all.iter()
+                    .find(|(name, _)| *name == wanted)
+                    .map(|(_, live)| live)
+                    .ok_or_else(|| {
+                        RpcError::params(format!(
+                            "this daemon does not serve that profile; it serves {}",
+                            names()
+                        ))
+                    })
+            }
+        }
+    }
+}
+
 /// One JSON-RPC request, one answer (subscriptions are `GET /api/v1/events`).
-async fn rpc_call(State(http): State<Http>, body: axum::body::Bytes) -> Response {
+async fn rpc_call(
+    State(http): State<Http>,
+    Query(pick): Query<Pick>,
+    body: axum::body::Bytes,
+) -> Response {
     #[derive(Deserialize)]
     struct Call {
         #[serde(default)]
@@ -196,7 +254,10 @@ async fn rpc_call(State(http): State<Http>, body: axum::body::Bytes) -> Response
             "{} (over HTTP, read GET /api/v1/events)",
             call.method
         ))),
-        method => rpc::dispatch(&http.live, method, call.params).await,
+        method => match http.live(pick.profile.as_deref()) {
+            Ok(live) => rpc::dispatch(live, method, call.params).await,
+            Err(e) => Err(e),
+        },
     };
     let body = match answer {
         Ok(result) => json!({ "jsonrpc": "2.0", "id": call.id, "result": result }),
@@ -211,6 +272,8 @@ struct EventsQuery {
     after: Option<u64>,
     /// Or: what this consumer has not marked seen.
     consumer: Option<String>,
+    /// The profile, when several are served.
+    profile: Option<String>,
 }
 
 /// The event log as Server-Sent Events: `id:` is the event id, so a client that reconnects
@@ -219,14 +282,18 @@ async fn events(
     State(http): State<Http>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
-) -> impl IntoResponse {
+) -> Response {
+    let live = match http.live(q.profile.as_deref()) {
+        Ok(live) => live.clone(),
+        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    };
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let sub = match (q.consumer, resume.or(q.after)) {
-        (Some(consumer), None) => http.live.subscribe_as(&consumer),
-        (_, after) => http.live.subscribe(EventId(after.unwrap_or(0))),
+        (Some(consumer), None) => live.subscribe_as(&consumer),
+        (_, after) => live.subscribe(EventId(after.unwrap_or(0))),
     };
     // After an error the stream ends: the client reconnects with `Last-Event-ID`.
     let stream = futures_util::stream::unfold(Some(sub), |sub| async move {
@@ -249,5 +316,7 @@ async fn events(
         let event = event.unwrap_or_else(|_| SseEvent::default().event("error"));
         Some((Ok::<_, Infallible>(event), next))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

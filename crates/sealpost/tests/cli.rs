@@ -963,6 +963,78 @@ fn the_daemons_http_endpoint_serves_its_user_and_refuses_web_pages() {
     drop(daemon);
 }
 
+/// One daemon serves two profiles: commands on either go through it (neither waits for the
+/// profile's lock), and over HTTP `?profile=@user` picks one, and must when there are two.
+#[test]
+fn one_daemon_serves_two_profiles() {
+    let (_server, _homes, a, b) = alice_and_bob();
+    let a_dir = a.to_str().unwrap();
+    let daemon = Running::start(
+        &b,
+        &[
+            "--json",
+            "daemon",
+            "--profile",
+            a_dir,
+            "--http",
+            "127.0.0.1:0",
+        ],
+    );
+    let (first, second) = (event_of(&daemon.next_line()), event_of(&daemon.next_line()));
+    assert_eq!(first["username"], "@bob", "{first}");
+    assert_eq!(second["username"], "@alice", "{second}");
+    assert_ne!(first["socket"], second["socket"]);
+    assert_eq!(first["http"], second["http"]);
+    let base = first["http"].as_str().unwrap().to_owned();
+    let token = std::fs::read_to_string(a.join("daemon-http.token")).unwrap();
+    assert_eq!(
+        token,
+        std::fs::read_to_string(b.join("daemon-http.token")).unwrap()
+    );
+
+    // Both are held by the daemon: a command on either goes through it.
+    run_ok(&a, &["send", "@bob", "through one daemon"]);
+    let mut shown = String::new();
+    while !shown.contains("through one daemon") {
+        shown.push_str(&run_ok(&b, &["sync"]));
+    }
+    assert!(shown.contains("@alice"), "{shown}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let whoami = |query: &'static str| {
+            http.post(format!("{base}/api/v1/rpc{query}"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "whoami"}))
+                .send()
+        };
+        let answer = |r: reqwest::Response| async move {
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        };
+        let alice = answer(whoami("?profile=@alice").await.unwrap()).await;
+        assert_eq!(alice["result"]["username"], "@alice", "{alice}");
+        let bob = answer(whoami("?profile=bob").await.unwrap()).await;
+        assert_eq!(bob["result"]["username"], "@bob", "{bob}");
+        let neither = answer(whoami("").await.unwrap()).await;
+        let why = neither["error"]["message"].as_str().unwrap();
+        assert!(why.contains("several profiles"), "{neither}");
+        assert!(why.contains("@alice") && why.contains("@bob"), "{neither}");
+        let stranger = answer(whoami("?profile=carol").await.unwrap()).await;
+        assert!(stranger["error"]["message"].is_string(), "{stranger}");
+        let events = http
+            .get(format!("{base}/api/v1/events?after=0"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(events.status(), 400);
+    });
+    drop(daemon);
+}
+
 /// One-shot commands keep their session token in the profile (sealed like the rest of it)
 /// instead of signing in every time; a token the server no longer honours is replaced.
 #[test]
