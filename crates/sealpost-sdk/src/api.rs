@@ -65,9 +65,7 @@ impl Api {
             .map_err(|e| Error::Protocol(format!("cannot build the HTTP client: {e}")))?;
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::Invalid(
-                "the server URL must start with http:// or https://".into(),
-            ));
+            return Err(Error::BadServerUrl);
         }
         Ok(Self {
             base,

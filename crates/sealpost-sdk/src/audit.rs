@@ -52,11 +52,11 @@ pub async fn audit(
     let mut state = match read_state(state_file)? {
         Some(state) if state.server == server => state,
         Some(state) => {
-            return Err(Error::Invalid(format!(
-                "{} holds the audit of {}, not {server}; use another --state file",
-                state_file.display(),
-                state.server
-            )));
+            return Err(Error::AuditOfAnotherServer {
+                file: state_file.to_owned(),
+                holds: state.server,
+                wanted: server.to_owned(),
+            });
         }
         None => {
             let keys = api.directory_keys().await?;

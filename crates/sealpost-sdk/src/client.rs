@@ -958,7 +958,7 @@ impl Client {
     pub fn whoami(&self) -> Whoami {
         Whoami {
             username: at(&self.identity.username),
-            device: self.identity.device_id.to_string(),
+            device: self.identity.device_id,
             server: self.identity.server.clone(),
         }
     }
@@ -1035,9 +1035,7 @@ impl Client {
     fn find_by_id(&self, target: &str) -> Result<Option<GroupId>, Error> {
         let prefix = target.to_ascii_lowercase();
         if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::Invalid(format!(
-                "{target}: name a person as @user, a group as #name, or a conversation by its id"
-            )));
+            return Err(Error::BadTarget(target.to_owned()));
         }
         let hits: Vec<GroupId> = self
             .convs
@@ -1063,9 +1061,7 @@ impl Client {
         suite: Suite,
     ) -> Result<ConversationInfo, Error> {
         if !valid_group_name(name) {
-            return Err(Error::Invalid(
-                "a group name is 1 to 64 letters, digits, '-', '_' or '.'".into(),
-            ));
+            return Err(Error::BadGroupName);
         }
         let users = self.with_my_other_devices(members).await?;
         // All or nothing: every member passes the trust gate before anything is created.
@@ -1204,7 +1200,7 @@ impl Client {
                     Error::Server {
                         code: ErrorCode::NotFound,
                         ..
-                    } => Error::Invalid(format!("{} does not exist on this server", at(user))),
+                    } => Error::UnknownUser(at(user)),
                     other => other,
                 })?;
             // Every key package must belong to a device of the user's verified directory entry.
@@ -1245,9 +1241,7 @@ impl Client {
             if let Some(e) = refused {
                 return Err(e);
             }
-            return Err(Error::Invalid(
-                "nobody to add: they are members already or have no device".into(),
-            ));
+            return Err(Error::NobodyToAdd);
         }
         Ok(kps)
     }
@@ -1434,12 +1428,10 @@ impl Client {
                 .collect()
         };
         if leaves.is_empty() {
-            return Err(Error::Invalid("none of them is a member".into()));
+            return Err(Error::NotMembers);
         }
         if users.contains(&self.identity.username) {
-            return Err(Error::Invalid(
-                "to remove yourself, use `group leave`".into(),
-            ));
+            return Err(Error::RemoveSelf);
         }
         self.commit(group, move |g, p, s| {
             let (commit, welcome, _) = g.remove_members(p, s, &leaves).map_err(Error::mls)?;
@@ -1453,9 +1445,7 @@ impl Client {
     pub fn delete_conversation(&mut self, target: &str) -> Result<(), Error> {
         let group = self.resolve(target)?;
         if self.convs.get(&group).is_some_and(|c| c.info.active) {
-            return Err(Error::Invalid(format!(
-                "you are still in {target}: leave it first"
-            )));
+            return Err(Error::StillMember(target.to_owned()));
         }
         self.forget_conversation(group)
     }
@@ -1489,16 +1479,14 @@ impl Client {
         let group = self.resolve(target)?;
         if !self.convs.get(&group).is_some_and(|c| c.info.active) {
             // Its state is the one of the epoch this device left: no longer its members.
-            return Err(Error::Invalid(format!(
-                "you are no longer a member of {target}"
-            )));
+            return Err(Error::NotMember(target.to_owned()));
         }
         Ok(self
             .member_devices(group)?
             .into_iter()
             .map(|d| MemberInfo {
                 member: at(&d.username),
-                device: d.device_id.to_string(),
+                device: d.device_id,
                 you: d.device_id == self.identity.device_id,
             })
             .collect())
@@ -1592,9 +1580,7 @@ impl Client {
                 Some(user) => {
                     let user = Username::new(user)?;
                     if user == self.identity.username {
-                        return Err(Error::Invalid(
-                            "you cannot open a conversation with yourself".into(),
-                        ));
+                        return Err(Error::SelfConversation);
                     }
                     let users = self
                         .with_my_other_devices(std::slice::from_ref(&user))
@@ -1614,9 +1600,7 @@ impl Client {
             },
         };
         if !self.convs.get(&group).is_some_and(|c| c.info.active) {
-            return Err(Error::Invalid(format!(
-                "you are no longer a member of {target}"
-            )));
+            return Err(Error::NotMember(target.to_owned()));
         }
         self.refresh_verified(group).await?;
         self.check_not_blocked(group)?;
@@ -1788,7 +1772,7 @@ impl Client {
             .convs
             .get(&group)
             .cloned()
-            .ok_or_else(|| Error::Invalid("no such conversation".into()))?;
+            .ok_or_else(|| Error::UnknownConversation(group.to_string()))?;
         let mut n = 0;
         if let AppMessage::Text { n: number, .. } = &mut msg {
             conv.info.sent += 1;
@@ -1800,7 +1784,10 @@ impl Client {
         // Too large for this server: refused here, before anything is encrypted or kept (a
         // server cut off mid-upload would look unreachable, and the number spent a gap).
         self.check_size(body.len()).await?;
-        let padded = Zeroizing::new(pad(&body).map_err(|e| Error::Invalid(e.to_string()))?);
+        let padded = Zeroizing::new(pad(&body).map_err(|_| Error::TooLarge {
+            size: body.len() as u64,
+            limit: u64::from(u32::MAX),
+        })?);
         let root = self.root_record();
         // Kept as unconfirmed until the server answers for it (see `outbox`).
         if let Some(Item::Message { unconfirmed, .. }) = &mut item {
@@ -1841,9 +1828,13 @@ impl Client {
             &SignatureKeyPair,
         ) -> Result<(MlsMessageOut, Option<MlsMessageOut>), Error>,
     {
+        // Whether the last round waited for an earlier change of this device's own.
+        let mut own_pending = false;
         for _ in 0..8 {
             self.sync_inner().await?;
+            own_pending = false;
             if let Some((commit, welcome)) = self.unsettled_commit(group)? {
+                own_pending = true;
                 // An earlier commit whose post broke off (the server may or may not have taken
                 // it) and that has not come back: post the same bytes again. A server that
                 // never got it takes it now; one that did, or saw another member's commit take
@@ -1856,9 +1847,7 @@ impl Client {
             let (commit, welcome) = self.profile.atomically(|tx, _, p| {
                 let mut g = load_group(p, group)?;
                 if g.pending_commit().is_some() {
-                    return Err(Error::Invalid(
-                        "an earlier change to this conversation has not come back from the server yet: sync, then try again".into(),
-                    ));
+                    return Err(Error::ChangePending);
                 }
                 g.set_aad(message_aad(&g, p, root)?);
                 let (commit, welcome) = build(&mut g, p, &self.identity.device_key)?;
@@ -1886,7 +1875,11 @@ impl Client {
             // Another member's commit took the epoch: catch up and build ours again.
             self.drop_pending_commit(group)?;
         }
-        Err(Error::Invalid("the group is busy: try again".into()))
+        Err(if own_pending {
+            Error::ChangePending
+        } else {
+            Error::Busy
+        })
     }
 
     /// For load generators only: a signed-in session (server URL, bearer token), the group
@@ -1916,8 +1909,10 @@ impl Client {
                     let body = Zeroizing::new(
                         serde_json::to_vec(&msg).map_err(|e| Error::Store(e.to_string()))?,
                     );
-                    let padded =
-                        Zeroizing::new(pad(&body).map_err(|e| Error::Invalid(e.to_string()))?);
+                    let padded = Zeroizing::new(pad(&body).map_err(|_| Error::TooLarge {
+                        size: body.len() as u64,
+                        limit: u64::from(u32::MAX),
+                    })?);
                     serialize(
                         &g.create_message(p, &self.identity.device_key, &padded)
                             .map_err(Error::mls)?,
@@ -2129,7 +2124,7 @@ impl Client {
                 Error::Server {
                     code: ErrorCode::NotFound,
                     ..
-                } => Error::Invalid(format!("{} is not in the key directory", at(user))),
+                } => Error::UnknownUser(at(user)),
                 other => other,
             })?;
         let verified = match state.verify_lookup(user, &resp) {

@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use sealpost_proto::Username;
 use sealpost_proto::directory::{
     DirectoryConfig, DirectoryEntry, DirectoryKeys, HistoryResponse, LookupResponse, SignedRoot,
     decode_history_proof, decode_lookup_proof, directory_label,
 };
+use sealpost_proto::{DeviceId, Username};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -34,7 +34,7 @@ pub(crate) struct Verified {
     pub epoch: u64,
     pub root: [u8; 32],
     pub entry: DirectoryEntry,
-    pub uncertified: Vec<String>,
+    pub uncertified: Vec<DeviceId>,
 }
 
 pub(crate) fn security(alert: SecurityAlert, detail: impl Into<String>) -> Error {
@@ -146,7 +146,7 @@ pub(crate) fn certified(
         if entry.certifies(user, &d) {
             entry.devices.push(d);
         } else {
-            uncertified.push(d.id().to_string());
+            uncertified.push(d.id());
         }
     }
     Verified {

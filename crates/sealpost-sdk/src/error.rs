@@ -96,9 +96,85 @@ pub enum Error {
     #[doc(hidden)]
     #[error("directory entries needed for {0:?}")]
     NeedDirectory(Vec<sealpost_proto::Username>),
-    /// The request does not make sense (e.g. removing someone who is not a member).
-    #[error("{0}")]
-    Invalid(String),
+    /// A conversation was named by something that is neither `@user`, `#name` nor an id.
+    #[error("{0}: name a person as @user, a group as #name, or a conversation by its id")]
+    BadTarget(String),
+    /// A group name outside the rules.
+    #[error("a group name is 1 to 64 letters, digits, '-', '_' or '.'")]
+    BadGroupName,
+    /// The server URL is not an http(s) URL.
+    #[error("the server URL must start with http:// or https://")]
+    BadServerUrl,
+    /// No account of this name on the server (or in its key directory).
+    #[error("{0} does not exist on this server")]
+    UnknownUser(String),
+    /// Not a device id or a prefix of one (at least 4 hex digits).
+    #[error("{0} is not a device id")]
+    BadDeviceId(String),
+    /// No device of this account has this id (or prefix).
+    #[error("your account has no device {0}")]
+    UnknownDevice(String),
+    /// Several devices of this account start with this prefix.
+    #[error("{0} could be any of {1}: give more of the id")]
+    AmbiguousDevice(String, String),
+    /// A device cannot remove itself from its account.
+    #[error("this is the device you are using: remove it from another device of the account")]
+    OwnDevice,
+    /// A link code that does not decode.
+    #[error("not a link code: {0}")]
+    BadLinkCode(String),
+    /// No new device waits with this link code.
+    #[error("no device is waiting with this code")]
+    NoLinkWaiting,
+    /// A conversation with oneself.
+    #[error("you cannot open a conversation with yourself")]
+    SelfConversation,
+    /// A safety number with oneself.
+    #[error("this is your own account: verify someone else")]
+    OwnAccount,
+    /// The safety number given is not the current one; nothing changed.
+    #[error("that is not the safety number with {0}: compare again (nothing was changed)")]
+    WrongSafetyNumber(String),
+    /// Everyone to be added is a member already, or has no device.
+    #[error("nobody to add: they are members already or have no device")]
+    NobodyToAdd,
+    /// None of those to be removed is a member.
+    #[error("none of them is a member")]
+    NotMembers,
+    /// Removing oneself is leaving.
+    #[error("you cannot remove yourself: leave the conversation instead")]
+    RemoveSelf,
+    /// This device is no longer a member of the conversation.
+    #[error("you are no longer a member of {0}")]
+    NotMember(String),
+    /// A conversation this device is still in cannot be deleted.
+    #[error("you are still in {0}: leave it first")]
+    StillMember(String),
+    /// An earlier change to the conversation has not come back from the server: the next sync
+    /// settles it.
+    #[error(
+        "an earlier change to this conversation has not come back from the server yet: try again \
+         after the next sync"
+    )]
+    ChangePending,
+    /// Other members' changes kept taking the conversation's epoch first.
+    #[error("the conversation is busy with other members' changes: try again")]
+    Busy,
+    /// An audit state file holds another server's audit.
+    #[error("{} holds the audit of {holds}, not {wanted}", file.display())]
+    AuditOfAnotherServer {
+        /// The state file.
+        file: std::path::PathBuf,
+        /// The server it audits.
+        holds: String,
+        /// The server asked for.
+        wanted: String,
+    },
+    /// A test hook could not do what it was asked (test builds only).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    #[error("test hook: {0}")]
+    Hook(String),
 }
 
 impl Error {

@@ -55,7 +55,7 @@ pub use model::{
     ConversationId, ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, EventId,
     HistoryEntry, LoggedEvent, MemberInfo, MessageId, SecurityAlert, Suite, Whoami,
 };
-pub use sealpost_proto::Username;
+pub use sealpost_proto::{DeviceId, Username};
 pub use store::profile_holder;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]

@@ -1,6 +1,7 @@
 //! What the SDK shows: conversations, history items and events. These are the shapes the command
 //! line prints with `--json`.
 
+use sealpost_proto::DeviceId;
 use serde::{Deserialize, Serialize};
 
 /// Which ciphersuite a conversation uses.
@@ -369,7 +370,7 @@ pub struct MemberInfo {
     /// `@username`.
     pub member: String,
     /// The device.
-    pub device: String,
+    pub device: DeviceId,
     /// This device.
     pub you: bool,
 }
@@ -378,7 +379,7 @@ pub struct MemberInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceEntry {
     /// The device id.
-    pub device: String,
+    pub device: DeviceId,
     /// This device.
     pub you: bool,
     /// Whether the account key certified it (an uncertified one is an attack).
@@ -391,7 +392,7 @@ pub struct Whoami {
     /// `@username`.
     pub username: String,
     /// This device.
-    pub device: String,
+    pub device: DeviceId,
     /// The server URL.
     pub server: String,
 }

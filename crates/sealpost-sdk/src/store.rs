@@ -793,7 +793,7 @@ pub fn reseal_record_unchecked(
             "SELECT id, group_id, item FROM history ORDER BY id",
             "UPDATE history SET item = ?2 WHERE id = ?1",
         ),
-        _ => return Err(Error::Invalid(format!("no sealed records in {table}"))),
+        _ => return Err(Error::Store(format!("no sealed records in {table}"))),
     };
     let row = conn
         .query_row(&format!("{select} LIMIT 1 OFFSET {nth}"), [], |r| {

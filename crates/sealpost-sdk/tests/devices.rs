@@ -41,7 +41,7 @@ async fn a_linked_device_receives_new_messages_and_a_removed_one_reads_nothing_a
     let phone_id = pending.device_id();
     // A wrong code changes nothing: the account still has one device, the phone still waits.
     let wrong = alice.approve_link("ABCD-EFGH-JKMN-PQRS").await;
-    assert!(matches!(wrong, Err(Error::Invalid(_))), "{wrong:?}");
+    assert!(matches!(wrong, Err(Error::NoLinkWaiting)), "{wrong:?}");
     assert_eq!(alice.devices().await.unwrap().len(), 1);
     let pending = match pending.try_finish().await.unwrap() {
         LinkStep::Waiting(p) => *p,
@@ -132,7 +132,7 @@ async fn a_linked_device_receives_new_messages_and_a_removed_one_reads_nothing_a
     );
 
     // Removing the phone: gone from the directory and from every conversation.
-    alice.remove_device(&phone_id.to_string()).await.unwrap();
+    alice.remove_device(phone_id).await.unwrap();
     assert_eq!(alice.devices().await.unwrap().len(), 1);
     assert!(
         bob.sync()
@@ -154,7 +154,7 @@ async fn a_linked_device_receives_new_messages_and_a_removed_one_reads_nothing_a
         .find(|c| c.conversation == "#team")
         .unwrap();
     let group: GroupId = team.id.as_str().parse().unwrap();
-    let alice_device = alice.whoami().device.parse().unwrap();
+    let alice_device = alice.whoami().device;
     let batch = server
         .store
         .fetch(
@@ -204,17 +204,30 @@ async fn removing_unknown_or_own_devices_is_refused() {
     let people = People::new();
     let mut alice = people.register(&server, "alice").await;
     let me = alice.whoami().device;
-    for bad in [me.as_str(), "00000000000000000000000000000000", "nope"] {
-        assert!(
-            matches!(alice.remove_device(bad).await, Err(Error::Invalid(_))),
-            "{bad}"
-        );
-    }
+    let own = alice.remove_device(me).await;
+    assert!(matches!(own, Err(Error::OwnDevice)), "{own:?}");
+    let nobody = alice.own_device(&"0".repeat(32)).await.unwrap();
+    let unknown = alice.remove_device(nobody).await;
+    assert!(
+        matches!(unknown, Err(Error::UnknownDevice(_))),
+        "{unknown:?}"
+    );
+    let bad = alice.own_device("nope").await;
+    assert!(matches!(bad, Err(Error::BadDeviceId(_))), "{bad:?}");
+    // A prefix is found among the account's devices, or refused.
+    assert_eq!(alice.own_device(&me.short()).await.unwrap(), me);
+    let other = if me.short().starts_with('0') {
+        "1111"
+    } else {
+        "0000"
+    };
+    let none = alice.own_device(other).await;
+    assert!(matches!(none, Err(Error::UnknownDevice(_))), "{none:?}");
     assert_eq!(alice.devices().await.unwrap().len(), 1);
     // A link request for an account that does not exist is refused up front.
     assert!(matches!(
         PendingLink::start(&people.home("x"), &server.url, "nobody", None).await,
-        Err(Error::Invalid(_))
+        Err(Error::UnknownUser(_))
     ));
 }
 
@@ -229,7 +242,7 @@ async fn a_verified_contacts_new_account_key_blocks_sending_until_confirmed() {
     assert_eq!(at_alice.safety_number, at_bob.safety_number);
     assert!(!at_alice.verified);
     let wrong = alice.confirm_verification(&u("bob"), "12345").await;
-    assert!(matches!(wrong, Err(Error::Invalid(_))));
+    assert!(matches!(wrong, Err(Error::WrongSafetyNumber(_))));
     assert!(!alice.verification(&u("bob")).await.unwrap().verified);
     let confirmed = alice
         .confirm_verification(&u("bob"), &at_bob.safety_number)
@@ -464,7 +477,7 @@ async fn an_operator_who_replaces_an_account_key_gets_no_device_into_any_convers
     );
     // Carol can still write to the real bob in their conversation; nobody else reads it.
     carol.send("@bob", "only you").await.unwrap();
-    let members: Vec<String> = carol
+    let members: Vec<sealpost_sdk::DeviceId> = carol
         .members("@bob")
         .unwrap()
         .into_iter()

@@ -254,7 +254,7 @@ impl std::error::Error for SecurityExit {}
 fn security_exit(e: sealpost_sdk::Error) -> anyhow::Error {
     match e {
         e @ sealpost_sdk::Error::Security { .. } => SecurityExit(e.to_string()).into(),
-        other => other.into(),
+        other => crate::rpc::RpcError::from(other).into(),
     }
 }
 

@@ -82,7 +82,10 @@ impl From<sealpost_sdk::Error> for RpcError {
         let kind = match &e {
             E::Security { .. } => "security",
             E::UnknownConversation(_) => "unknown_conversation",
-            E::AmbiguousConversation(..) => "ambiguous",
+            E::AmbiguousConversation(..) | E::AmbiguousDevice(..) => "ambiguous",
+            E::UnknownUser(_) => "unknown_user",
+            E::BadDeviceId(_) | E::UnknownDevice(_) => "unknown_device",
+            E::Busy | E::ChangePending => "busy",
             E::ServerUnreachable { .. } => "unreachable",
             E::Server { .. } => "refused",
             E::Store(_) => "store",
@@ -103,6 +106,14 @@ impl From<sealpost_sdk::Error> for RpcError {
             }
             E::AlreadyRegistered(_) => format!("{e}; use another --home for another account"),
             E::PassphraseRequired => format!("{e}: set SEALPOST_PASSPHRASE"),
+            E::BadDeviceId(_) | E::UnknownDevice(_) => {
+                format!("{e} (`sealpost device list` shows them)")
+            }
+            E::NoLinkWaiting => {
+                format!("{e}: check it, or start `sealpost device link` again on the new device")
+            }
+            E::RemoveSelf => format!("{e} (`sealpost group leave`)"),
+            E::AuditOfAnotherServer { .. } => format!("{e}; use another --state file"),
             _ => e.to_string(),
         };
         let alert = match &e {
@@ -361,7 +372,9 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
         }
         "device.remove" => {
             let Device { device } = params(p)?;
-            live.lock().await.remove_device(&device).await?;
+            let mut client = live.lock().await;
+            let device = client.own_device(&device).await?;
+            client.remove_device(device).await?;
             answer(json!({}))
         }
         "verify" => {

@@ -28,9 +28,9 @@ impl Client {
     ) -> Result<(), Error> {
         let group = self.resolve(target)?;
         let msg = MlsMessageIn::tls_deserialize_exact(key_package)
-            .map_err(|_| Error::Invalid("not a key package".into()))?;
+            .map_err(|_| Error::Hook("not a key package".into()))?;
         let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
-            return Err(Error::Invalid("not a key package".into()));
+            return Err(Error::Hook("not a key package".into()));
         };
         let kp = kp
             .validate(self.profile.mls.provider.crypto(), ProtocolVersion::Mls10)

@@ -164,7 +164,7 @@ impl PendingLink {
             Error::Server {
                 code: ErrorCode::NotFound,
                 ..
-            } => Error::Invalid(format!("{} does not exist on this server", at(&username))),
+            } => Error::UnknownUser(at(&username)),
             other => other,
         })?;
         Ok(PendingLink {
@@ -302,7 +302,7 @@ impl Client {
     /// changes nothing. Returns the new device's id.
     pub async fn approve_link(&mut self, code: &str) -> Result<DeviceId, Error> {
         let secret =
-            Zeroizing::new(decode_link_code(code).map_err(|e| Error::Invalid(e.to_string()))?);
+            Zeroizing::new(decode_link_code(code).map_err(|e| Error::BadLinkCode(e.to_string()))?);
         let keys = link_keys(self.profile.mls.provider.crypto(), &secret)?;
         let req = self
             .api
@@ -312,9 +312,7 @@ impl Client {
                 Error::Server {
                     code: ErrorCode::NotFound,
                     ..
-                } => Error::Invalid(
-                    "no device is waiting with this code: check it, or start `sealpost device link` again on the new device".into(),
-                ),
+                } => Error::NoLinkWaiting,
                 other => other,
             })?;
         let crypto = self.profile.mls.provider.crypto();
@@ -365,7 +363,7 @@ impl Client {
                 keys.link_id.as_bytes(),
                 &plain,
             )
-            .map_err(|_| Error::Invalid("the new device's encryption key is not usable".into()))?;
+            .map_err(|_| Error::Protocol("the new device's encryption key is not usable".into()))?;
         let mut approval = LinkApproval {
             certificate,
             kem_output: sealed.kem_output.as_slice().to_vec(),
@@ -399,26 +397,29 @@ impl Client {
             .devices
             .iter()
             .map(|d| DeviceEntry {
-                device: d.id().to_string(),
+                device: d.id(),
                 you: d.id() == self.identity.device_id,
                 certified: true,
             })
             .collect();
         out.extend(verified.uncertified.iter().map(|id| DeviceEntry {
-            device: id.clone(),
+            device: *id,
             you: false,
             certified: false,
         }));
         Ok(out)
     }
 
-    /// The device of this account whose id starts with `prefix` (at least 4 hex digits).
-    async fn own_device_by_prefix(&mut self, prefix: &str) -> Result<DeviceId, Error> {
+    /// The device of this account named by `name`: its id, or a unique prefix of it (at least
+    /// 4 hex digits, such as the short ids events show), as git takes hashes.
+    pub async fn own_device(&mut self, name: &str) -> Result<DeviceId, Error> {
+        if let Ok(id) = name.parse::<DeviceId>() {
+            return Ok(id);
+        }
+        let prefix = name;
         let wanted = prefix.to_ascii_lowercase();
         if wanted.len() < 4 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::Invalid(format!(
-                "{prefix} is not a device id (see `sealpost device list`)"
-            )));
+            return Err(Error::BadDeviceId(prefix.to_owned()));
         }
         let me = self.identity.username.clone();
         let entry = self.lookup_verified(&me).await?;
@@ -431,33 +432,23 @@ impl Client {
             .collect();
         match hits.as_slice() {
             [one] => Ok(*one),
-            [] => Err(Error::Invalid(format!(
-                "your account has no device {prefix}"
-            ))),
-            many => Err(Error::Invalid(format!(
-                "{prefix} could be any of {}: give more of the id",
+            [] => Err(Error::UnknownDevice(prefix.to_owned())),
+            many => Err(Error::AmbiguousDevice(
+                prefix.to_owned(),
                 many.iter()
                     .map(DeviceId::to_string)
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+                    .join(", "),
+            )),
         }
     }
 
-    /// Removes another device of this account — named by its id or a unique prefix of it —
-    /// from the key directory (it can no longer sign in) and from every conversation (it cannot
+    /// Removes another device of this account (see [`own_device`](Self::own_device) for finding
+    /// it by a prefix of its id) from the key directory (it can no longer sign in) and from every conversation (it cannot
     /// read what is sent after).
-    pub async fn remove_device(&mut self, device: &str) -> Result<(), Error> {
-        let device = match device.parse::<DeviceId>() {
-            Ok(id) => id,
-            // A short id (as events show them) or any unique prefix, as git takes hashes.
-            Err(_) => self.own_device_by_prefix(device).await?,
-        };
+    pub async fn remove_device(&mut self, device: DeviceId) -> Result<(), Error> {
         if device == self.identity.device_id {
-            return Err(Error::Invalid(
-                "this is the device you are using: remove it from another device of the account"
-                    .into(),
-            ));
+            return Err(Error::OwnDevice);
         }
         self.api
             .remove_device(&self.identity, device)
@@ -466,7 +457,7 @@ impl Client {
                 Error::Server {
                     code: ErrorCode::NotFound,
                     ..
-                } => Error::Invalid(format!("your account has no device {device}")),
+                } => Error::UnknownDevice(device.to_string()),
                 other => other,
             })?;
         let me = self.identity.username.clone();

@@ -88,7 +88,12 @@ impl Client {
                         format!(
                             "the directory entry of {} lists devices their account key did not certify ({}); they are not trusted",
                             at(user),
-                            verified.uncertified.join(", ")
+                            verified
+                                .uncertified
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ))?;
                 }

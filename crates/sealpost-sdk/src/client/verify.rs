@@ -108,9 +108,7 @@ impl Client {
 
     fn verification_of(&self, user: &Username, entry: &Verified) -> Result<Verification, Error> {
         if *user == self.identity.username {
-            return Err(Error::Invalid(
-                "verify someone else: this is your own account".into(),
-            ));
+            return Err(Error::OwnAccount);
         }
         let theirs = entry.entry.account_key.as_slice();
         let mine = self.identity.account_key.to_public_vec();
@@ -140,10 +138,7 @@ impl Client {
         let entry = self.lookup_checked(user).await?;
         let current = self.verification_of(user, &entry)?;
         if digits(number) != digits(&current.safety_number) {
-            return Err(Error::Invalid(format!(
-                "that is not the safety number with {}: compare again (nothing was changed)",
-                at(user)
-            )));
+            return Err(Error::WrongSafetyNumber(at(user)));
         }
         let contact = Contact {
             account_key: entry.entry.account_key.as_slice().to_vec(),

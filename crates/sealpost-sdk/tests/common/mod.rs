@@ -503,7 +503,7 @@ pub async fn logged(
     server
         .store
         .fetch(
-            member.whoami().device.parse().unwrap(),
+            member.whoami().device,
             sealpost_server::storage::FetchRequest {
                 inbox_after: Some(0),
                 groups: vec![(group, 0)],

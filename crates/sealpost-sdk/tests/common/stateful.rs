@@ -133,7 +133,7 @@ pub async fn run(draw: &mut impl Draw, actions: u64, replay: &str) {
     let group = super::group_of(devices[0].client(), ROOM);
     let mut names = BTreeMap::new();
     for d in &mut devices {
-        let id: DeviceId = d.client().whoami().device.parse().unwrap();
+        let id: DeviceId = d.client().whoami().device;
         names.insert(id, d.name);
     }
 

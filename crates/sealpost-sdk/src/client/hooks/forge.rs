@@ -80,14 +80,14 @@ fn sign_with_label(key: &impl Signer, label: &str, content: &[u8]) -> Result<Vec
         .map_err(forged)?;
     let signature = key
         .sign(&signed)
-        .map_err(|e| Error::Invalid(format!("{e:?}")))?;
+        .map_err(|e| Error::Hook(format!("{e:?}")))?;
     VLBytes::new(signature)
         .tls_serialize_detached()
         .map_err(forged)
 }
 
 fn forged(e: tls_codec::Error) -> Error {
-    Error::Invalid(format!("forging: {e}"))
+    Error::Hook(format!("forging: {e}"))
 }
 
 /// The length of the `<V>` field that starts `bytes`, prefix included.
@@ -101,7 +101,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Result<usize, Error> {
     haystack
         .windows(needle.len())
         .position(|w| w == needle)
-        .ok_or_else(|| Error::Invalid("forging: a field is not where it should be".into()))
+        .ok_or_else(|| Error::Hook("forging: a field is not where it should be".into()))
 }
 
 impl Client {
@@ -134,13 +134,13 @@ impl Client {
                 let leaf = g
                     .pending_commit()
                     .and_then(|c| c.update_path_leaf_node())
-                    .ok_or_else(|| Error::Invalid("forging: the update has no path".into()))?
+                    .ok_or_else(|| Error::Hook("forging: the update has no path".into()))?
                     .clone();
                 let secrets: StoredSecrets = p
                     .storage()
                     .message_secrets(&mls_id(group))
                     .map_err(Error::mls)?
-                    .ok_or_else(|| Error::Invalid("forging: no message secrets".into()))?;
+                    .ok_or_else(|| Error::Hook("forging: no message secrets".into()))?;
                 // MLSMessage = version wire_format PublicMessage; PublicMessage = FramedContent
                 // auth membership_tag; the commit's path (leaf, nodes) ends the FramedContent.
                 let leaf_bytes = leaf.tls_serialize_detached().map_err(forged)?;
@@ -197,7 +197,7 @@ impl Client {
                 let tag = p
                     .crypto()
                     .hmac(HashType::Sha2_256, membership_key.as_slice(), &tbm)
-                    .map_err(|e| Error::Invalid(format!("forging: {e:?}")))?;
+                    .map_err(|e| Error::Hook(format!("forging: {e:?}")))?;
                 bytes.truncate(content_end);
                 bytes.extend(signature);
                 bytes.extend(confirmation);
@@ -208,9 +208,9 @@ impl Client {
                 );
                 Ok(bytes)
             })());
-            Err(Error::Invalid("rolled back".into()))
+            Err(Error::Hook("rolled back".into()))
         });
-        out.unwrap_or_else(|| Err(Error::Invalid("forging: nothing was made".into())))
+        out.unwrap_or_else(|| Err(Error::Hook("forging: nothing was made".into())))
     }
 
     /// A key package of this device with `forgery` in it, signed as the device signs its own.
