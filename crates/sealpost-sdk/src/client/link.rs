@@ -160,13 +160,9 @@ impl PendingLink {
         // The key packages' private halves are durable before the public halves leave.
         profile.atomically(|_, _, _| Ok(()))?;
         let api = Api::new(server, device_id)?;
-        api.link_request(&request).await.map_err(|e| match e {
-            Error::Server {
-                code: ErrorCode::NotFound,
-                ..
-            } => Error::UnknownUser(at(&username)),
-            other => other,
-        })?;
+        api.link_request(&request)
+            .await
+            .map_err(unknown_user(&username))?;
         Ok(PendingLink {
             profile,
             api,

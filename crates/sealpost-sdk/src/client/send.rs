@@ -1,0 +1,246 @@
+//! Sending an application message: resolving (or opening) the conversation, checking the
+//! recipients and the size before anything is encrypted, and handing the ciphertext to the outbox.
+
+use super::*;
+
+impl Client {
+    /// Sends a text to `@user` (creating the 1:1 conversation if needed) or `#group`.
+    pub async fn send(&mut self, target: &str, text: &str) -> Result<Event, Error> {
+        self.sync_inner().await?;
+        self.send_owed_meta().await?;
+        let group = match self.find(target)? {
+            Some(g) => g,
+            None => match target.strip_prefix('@') {
+                Some(user) => {
+                    let user = Username::new(user)?;
+                    if user == self.identity.username {
+                        return Err(Error::SelfConversation);
+                    }
+                    let users = self
+                        .with_my_other_devices(std::slice::from_ref(&user))
+                        .await?;
+                    // The peer passes the trust gate before the conversation is created; a 1:1
+                    // conversation without the peer must not linger (sends would reach nobody).
+                    let suite = Suite::default();
+                    let me = [self.identity.device_id];
+                    let kps = self.key_packages_for(suite, &me, &users).await?;
+                    let group = self
+                        .new_conversation(ConversationKind::Direct, "", Some(user.clone()), suite)
+                        .await?;
+                    self.add_or_forget(group, kps).await?;
+                    group
+                }
+                None => return Err(Error::UnknownConversation(target.to_owned())),
+            },
+        };
+        if !self.convs.get(&group).is_some_and(|c| c.info.active) {
+            return Err(Error::NotMember(target.to_owned()));
+        }
+        self.refresh_verified(group).await?;
+        self.check_not_blocked(group)?;
+        self.before_send(group).await?;
+        let id = hex::encode(
+            self.profile
+                .mls
+                .provider
+                .rand()
+                .random_vec(16)
+                .map_err(|_| Error::Crypto("no randomness"))?,
+        );
+        let sent_at = now_ms();
+        let msg = AppMessage::Text {
+            id: id.clone(),
+            body: text.to_owned(),
+            sent_at,
+            n: 0,
+        };
+        let item = Item::Message {
+            from: at(&self.identity.username),
+            text: text.to_owned(),
+            id,
+            sent_at,
+            late: false,
+            failed: None,
+            unconfirmed: false,
+        };
+        self.send_app(group, msg, Some(item.clone())).await?;
+        Ok(item.render(self.display(group)))
+    }
+
+    /// Commits pending proposals and renews the leaf when due, so a message can be sent.
+    pub(super) async fn before_send(&mut self, group: GroupId) -> Result<(), Error> {
+        let pending = load_group(&self.profile.mls.provider, group)?
+            .pending_proposals()
+            .next()
+            .is_some();
+        if pending {
+            self.commit_pending_proposals(group).await?;
+        }
+        let due = self.convs.get(&group).is_some_and(|c| {
+            now_ms().saturating_sub(c.info.last_self_update_ms)
+                >= self.settings.self_update_after.as_millis() as u64
+        });
+        if due {
+            self.commit(group, |g, p, s| {
+                let bundle = g
+                    .self_update(p, s, LeafNodeParameters::default())
+                    .map_err(Error::mls)?;
+                Ok((bundle.into_commit(), None))
+            })
+            .await?;
+            if let Some(conv) = self.convs.get_mut(&group) {
+                conv.info.last_self_update_ms = now_ms();
+                let conv = conv.clone();
+                self.profile
+                    .atomically(|tx, sealer, _| put_conv(tx, sealer, group, &conv))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses an application message whose encoded body, padded and encrypted, would be larger
+    /// than the server accepts. Bodies that fit the smaller padding buckets go without asking.
+    pub(super) async fn check_size(&mut self, body: usize) -> Result<(), Error> {
+        /// MLS framing, authenticated data and signature around the padded body, with room.
+        const OVERHEAD: usize = 4096;
+        /// What any server is taken to accept without asking.
+        const SMALL: usize = 64 * 1024;
+        let wire = padded_len(body) + OVERHEAD;
+        if wire <= SMALL {
+            return Ok(());
+        }
+        let Some(limits) = self.api.limits().await? else {
+            // A server that does not say: it answers for itself.
+            return Ok(());
+        };
+        let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+        if wire <= limit {
+            return Ok(());
+        }
+        // The largest body that fits: padded to a bucket, or to a multiple of the last one.
+        let room = limit.saturating_sub(OVERHEAD);
+        let last = PADDING_BUCKETS[PADDING_BUCKETS.len() - 1];
+        let largest_pad = if room >= last {
+            room / last * last
+        } else {
+            PADDING_BUCKETS
+                .iter()
+                .copied()
+                .filter(|b| *b <= room)
+                .max()
+                .unwrap_or(0)
+        };
+        Err(Error::TooLarge {
+            size: body as u64,
+            limit: largest_pad.saturating_sub(4) as u64,
+        })
+    }
+
+    /// Encrypts and posts one application message. A text gets this device's next number in
+    /// the conversation, in the same transaction as the ratchet step, so no number is used twice.
+    /// The ciphertext goes into the outbox in that transaction too: a post whose answer is lost
+    /// (or a crash before posting) leaves it there, and the next operation that reaches the
+    /// server posts the same ciphertext again (see `outbox`), so it is stored once whatever
+    /// happens, and the history says whether it is confirmed.
+    pub(super) async fn send_app(
+        &mut self,
+        group: GroupId,
+        mut msg: AppMessage,
+        mut item: Option<Item>,
+    ) -> Result<(), Error> {
+        let mut conv = self
+            .convs
+            .get(&group)
+            .cloned()
+            .ok_or_else(|| Error::UnknownConversation(group.to_string()))?;
+        let mut n = 0;
+        if let AppMessage::Text { n: number, .. } = &mut msg {
+            conv.info.sent += 1;
+            *number = conv.info.sent;
+            n = conv.info.sent;
+        }
+        let body =
+            Zeroizing::new(serde_json::to_vec(&msg).map_err(|e| Error::Store(e.to_string()))?);
+        // Too large for this server: refused here, before anything is encrypted or kept (a
+        // server cut off mid-upload would look unreachable, and the number spent a gap).
+        self.check_size(body.len()).await?;
+        let padded = Zeroizing::new(pad(&body).map_err(|_| Error::TooLarge {
+            size: body.len() as u64,
+            limit: u64::from(u32::MAX),
+        })?);
+        let root = self.root_record();
+        // Kept as unconfirmed until the server answers for it (see `outbox`).
+        if let Some(Item::Message { unconfirmed, .. }) = &mut item {
+            *unconfirmed = true;
+        }
+        let outgoing = self.profile.atomically(|tx, sealer, p| {
+            let mut g = load_group(p, group)?;
+            g.set_aad(message_aad(&g, p, root)?);
+            let out = g
+                .create_message(p, &self.identity.device_key, &padded)
+                .map_err(Error::mls)?;
+            let row = match &item {
+                Some(item) => put_item(tx, sealer, group, None, item)?,
+                None => None,
+            };
+            put_conv(tx, sealer, group, &conv)?;
+            let payload = serialize(&out)?;
+            let id = store::put_outgoing(tx, group.as_bytes(), row, n, &payload)?;
+            Ok(store::Outgoing {
+                id,
+                group: group.as_bytes().to_vec(),
+                row,
+                n,
+                payload,
+            })
+        })?;
+        self.convs.insert(group, conv);
+        self.post_outgoing(outgoing, false).await
+    }
+
+    /// For load generators only: a signed-in session (server URL, bearer token), the group
+    /// behind `target`, and `n` application messages encrypted for it but not sent. The
+    /// messages advance this device's ratchet (committed locally), so they are valid to post
+    /// once each, in order. Not for applications: the token is a secret.
+    #[doc(hidden)]
+    pub async fn bench_prepare(
+        &mut self,
+        target: &str,
+        n: usize,
+        text: &str,
+    ) -> Result<BenchBatch, Error> {
+        let group = self.resolve(target)?;
+        let token = self.api.token(&self.identity).await?;
+        let sent_at = now_ms();
+        let messages = self.profile.atomically(|_, _, p| {
+            let mut g = load_group(p, group)?;
+            (0..n)
+                .map(|i| {
+                    let msg = AppMessage::Text {
+                        id: format!("{:032x}", (sent_at as u128) << 32 | i as u128),
+                        body: text.to_owned(),
+                        sent_at,
+                        n: 0,
+                    };
+                    let body = Zeroizing::new(
+                        serde_json::to_vec(&msg).map_err(|e| Error::Store(e.to_string()))?,
+                    );
+                    let padded = Zeroizing::new(pad(&body).map_err(|_| Error::TooLarge {
+                        size: body.len() as u64,
+                        limit: u64::from(u32::MAX),
+                    })?);
+                    serialize(
+                        &g.create_message(p, &self.identity.device_key, &padded)
+                            .map_err(Error::mls)?,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(BenchBatch {
+            server: self.identity.server.clone(),
+            token,
+            group: group.to_string(),
+            messages,
+        })
+    }
+}
