@@ -30,7 +30,7 @@ use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::random::OpenMlsRand;
 use openmls_traits::signatures::Signer;
 use openmls_traits::types::SignatureScheme;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 use sealpost_proto::{
     AckRequest, Delivery, DeliveryKind, DeviceId, DeviceIdentity, ErrorCode, GroupId,
     PADDING_BUCKETS, RegisterRequest, SyncRequest, Username, device_certificate_message, pad,
@@ -460,16 +460,8 @@ fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, Error> {
 
 fn put_conv(tx: &Connection, sealer: &Sealer, group: GroupId, conv: &Conv) -> Result<(), Error> {
     let info = serde_json::to_vec(&conv.info).map_err(|e| Error::Store(e.to_string()))?;
-    tx.execute(
-        "INSERT INTO conversations (group_id, cursor, info) VALUES (?1, ?2, ?3)
-         ON CONFLICT(group_id) DO UPDATE SET cursor = excluded.cursor, info = excluded.info",
-        params![
-            group.as_bytes(),
-            conv.cursor,
-            sealer.seal_at("conv", &conv_row(group.as_bytes(), conv.cursor), &info)?
-        ],
-    )?;
-    Ok(())
+    let sealed = sealer.seal_at("conv", &conv_row(group.as_bytes(), conv.cursor), &info)?;
+    store::put_conversation(tx, group.as_bytes(), conv.cursor, &sealed)
 }
 
 /// Stores a history item; returns its row id, or `None` if a message with its id is already
@@ -486,18 +478,11 @@ fn put_item(
         _ => None,
     };
     let json = Zeroizing::new(serde_json::to_vec(item).map_err(|e| Error::Store(e.to_string()))?);
-    // The row id orders the history and is bound into the seal, so it is chosen here (as SQLite
-    // would choose it).
-    let id: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM history")?
-        .query_row([], |r| r.get(0))?;
+    // The row id orders the history and is bound into the seal.
+    let id = store::next_history_id(tx)?;
     let sealed = sealer.seal_at("item", &item_row(group.as_bytes(), id), &json)?;
-    let n = tx
-        .prepare_cached(
-            "INSERT INTO history (id, group_id, seq, msg_id, item) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![id, group.as_bytes(), seq, msg_id, sealed])?;
-    Ok((n == 1).then_some(id))
+    let new = store::insert_history(tx, id, group.as_bytes(), seq, msg_id.as_deref(), &sealed)?;
+    Ok(new.then_some(id))
 }
 
 /// Opens the history item sealed for `row` of `group`.
@@ -516,9 +501,7 @@ fn replace_item(
 ) -> Result<(), Error> {
     let json = Zeroizing::new(serde_json::to_vec(item).map_err(|e| Error::Store(e.to_string()))?);
     let sealed = sealer.seal_at("item", &item_row(group.as_bytes(), row), &json)?;
-    tx.prepare_cached("UPDATE history SET item = ?2 WHERE id = ?1")?
-        .execute(params![row, sealed])?;
-    Ok(())
+    store::replace_history_item(tx, row, &sealed)
 }
 
 /// Stores a history item and appends it to the event log (in the caller's transaction): what
@@ -783,17 +766,13 @@ impl Client {
 
     fn reload(&mut self) -> Result<(), Error> {
         let conn = self.profile.conn();
-        let mut stmt = conn.prepare("SELECT group_id, cursor, info FROM conversations")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, u64>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
         let mut convs = BTreeMap::new();
-        for row in rows {
-            let (gid, cursor, info) = row?;
+        for store::ConversationRow {
+            group: gid,
+            cursor,
+            sealed: info,
+        } in store::conversations(conn)?
+        {
             let info = self
                 .profile
                 .sealer
@@ -802,7 +781,6 @@ impl Client {
                 serde_json::from_slice(&info).map_err(|e| Error::Store(e.to_string()))?;
             convs.insert(GroupId::from_slice(&gid)?, Conv { info, cursor });
         }
-        drop(stmt);
         self.convs = convs;
         self.dir.state = match self.profile.meta("directory")? {
             Some(json) => Some(
@@ -811,16 +789,12 @@ impl Client {
             ),
             None => None,
         };
-        let mut stmt = conn.prepare("SELECT epoch, root FROM directory_roots")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         let mut roots = Roots::new();
-        for row in rows {
-            let (epoch, root) = row?;
+        for (epoch, root) in store::directory_roots(conn)? {
             let root = <[u8; 32]>::try_from(root.as_slice())
                 .map_err(|_| Error::Store("a stored directory root is damaged".into()))?;
             roots.insert(epoch, root);
         }
-        drop(stmt);
         self.dir.roots = roots;
         if let Some(json) = self.profile.meta("linked_conversations")? {
             let list: Vec<link::LinkedConversation> = serde_json::from_slice(&json)

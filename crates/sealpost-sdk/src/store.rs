@@ -191,6 +191,231 @@ pub fn pending_commit(conn: &Connection, group: &[u8]) -> Result<Option<Vec<u8>>
         .optional()?)
 }
 
+/// Stages this device's commit to `group` (and the Welcome it sends, if any) until it settles.
+pub fn stage_commit(
+    tx: &Connection,
+    group: &[u8],
+    commit: &[u8],
+    welcome: Option<&[u8]>,
+) -> Result<(), Error> {
+    tx.execute(
+        "INSERT INTO pending_commits (group_id, payload) VALUES (?1, ?2) ON CONFLICT(group_id) DO UPDATE SET payload = excluded.payload",
+        params![group, commit],
+    )?;
+    tx.execute("DELETE FROM pending_welcomes WHERE group_id = ?1", [group])?;
+    if let Some(welcome) = welcome {
+        tx.execute(
+            "INSERT INTO pending_welcomes (group_id, welcome) VALUES (?1, ?2)",
+            params![group, welcome],
+        )?;
+    }
+    Ok(())
+}
+
+/// The Welcome of this device's pending commit to `group`, if it adds anyone.
+pub fn pending_welcome(conn: &Connection, group: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    Ok(conn
+        .query_row(
+            "SELECT welcome FROM pending_welcomes WHERE group_id = ?1",
+            [group],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Forgets this device's pending commit to `group` and its Welcome.
+pub fn forget_pending_commit(tx: &Connection, group: &[u8]) -> Result<(), Error> {
+    for table in ["pending_commits", "pending_welcomes"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [group])?;
+    }
+    Ok(())
+}
+
+/// Deletes everything the profile holds about `group` but its MLS state (the caller deletes
+/// that through the MLS storage): the conversation, its history and events, sent numbers,
+/// outbox and pending commit.
+pub fn forget_conversation(tx: &Connection, group: &[u8]) -> Result<(), Error> {
+    for table in [
+        "conversations",
+        "history",
+        "events",
+        "sent",
+        "outbox",
+        "pending_commits",
+        "pending_welcomes",
+    ] {
+        tx.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [group])?;
+    }
+    Ok(())
+}
+
+/// Stores a conversation's sealed record (bound to its cursor, see [`conv_row`]).
+pub fn put_conversation(
+    tx: &Connection,
+    group: &[u8],
+    cursor: u64,
+    sealed: &[u8],
+) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT INTO conversations (group_id, cursor, info) VALUES (?1, ?2, ?3)
+         ON CONFLICT(group_id) DO UPDATE SET cursor = excluded.cursor, info = excluded.info",
+    )?
+    .execute(params![group, cursor, sealed])?;
+    Ok(())
+}
+
+/// A conversation's row: its group id, cursor and sealed record.
+pub struct ConversationRow {
+    /// The MLS group id.
+    pub group: Vec<u8>,
+    /// The last log position processed.
+    pub cursor: u64,
+    /// The sealed record (see [`conv_row`]).
+    pub sealed: Vec<u8>,
+}
+
+/// Every conversation.
+pub fn conversations(conn: &Connection) -> Result<Vec<ConversationRow>, Error> {
+    let mut stmt = conn.prepare("SELECT group_id, cursor, info FROM conversations")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(ConversationRow {
+            group: r.get(0)?,
+            cursor: r.get(1)?,
+            sealed: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The row id the next history item gets (bound into its seal, so chosen before it is sealed,
+/// as SQLite would choose it).
+pub fn next_history_id(tx: &Connection) -> Result<i64, Error> {
+    Ok(tx
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM history")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Inserts a sealed history item at `id`; `false` if a message with `msg_id` is already there.
+pub fn insert_history(
+    tx: &Connection,
+    id: i64,
+    group: &[u8],
+    seq: Option<u64>,
+    msg_id: Option<&str>,
+    sealed: &[u8],
+) -> Result<bool, Error> {
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO history (id, group_id, seq, msg_id, item) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![id, group, seq, msg_id, sealed])?;
+    Ok(n == 1)
+}
+
+/// The sealed history item `row` of `group`.
+pub fn history_item(conn: &Connection, group: &[u8], row: i64) -> Result<Option<Vec<u8>>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT item FROM history WHERE id = ?1 AND group_id = ?2")?
+        .query_row(params![row, group], |r| r.get(0))
+        .optional()?)
+}
+
+/// The newest `limit` sealed history items of `group` before row `before` (or the newest of
+/// all), newest first: (row, sealed item).
+pub fn history_page(
+    conn: &Connection,
+    group: &[u8],
+    before: Option<i64>,
+    limit: usize,
+) -> Result<Vec<(i64, Vec<u8>)>, Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, item FROM history WHERE group_id = ?1 AND (?2 IS NULL OR id < ?2)
+         ORDER BY id DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![group, before, limit as u64], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Puts a new sealed item in the place of history row `row`.
+pub fn replace_history_item(tx: &Connection, row: i64, sealed: &[u8]) -> Result<(), Error> {
+    tx.prepare_cached("UPDATE history SET item = ?2 WHERE id = ?1")?
+        .execute(params![row, sealed])?;
+    Ok(())
+}
+
+/// Records that this device's message to `group` was stored at `seq` (and, when it is shown
+/// in the history at `row`, gives that entry its number in the log).
+pub fn note_sent(tx: &Connection, group: &[u8], seq: u64, row: Option<i64>) -> Result<(), Error> {
+    tx.prepare_cached("INSERT OR IGNORE INTO sent (group_id, seq) VALUES (?1, ?2)")?
+        .execute(params![group, seq])?;
+    if let Some(row) = row {
+        tx.prepare_cached("UPDATE history SET seq = ?2 WHERE id = ?1")?
+            .execute(params![row, seq])?;
+    }
+    Ok(())
+}
+
+/// Whether the message at `seq` of `group` is this device's own.
+pub fn is_own(conn: &Connection, group: &[u8], seq: u64) -> Result<bool, Error> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sent WHERE group_id = ?1 AND seq = ?2")?
+        .query_row(params![group, seq], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// The directory roots this device verified: (epoch, root).
+pub fn directory_roots(conn: &Connection) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+    let mut stmt = conn.prepare("SELECT epoch, root FROM directory_roots")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Keeps a verified directory root.
+pub fn put_directory_root(tx: &Connection, epoch: u64, root: &[u8]) -> Result<(), Error> {
+    tx.execute(
+        "INSERT OR IGNORE INTO directory_roots (epoch, root) VALUES (?1, ?2)",
+        params![epoch, root],
+    )?;
+    Ok(())
+}
+
+/// Notes that this device used another's key package (by its hash) to add it; `false` if it
+/// had used it before.
+pub fn use_key_package(tx: &Connection, hash: &[u8]) -> Result<bool, Error> {
+    Ok(tx.execute(
+        "INSERT OR IGNORE INTO used_key_packages (ref) VALUES (?1)",
+        [hash],
+    )? == 1)
+}
+
+/// Notes that one of this device's own key packages was spent joining `group`.
+pub fn spend_key_package(tx: &Connection, hash: &[u8], group: &[u8]) -> Result<(), Error> {
+    tx.execute(
+        "INSERT OR IGNORE INTO spent_key_packages (ref, group_id) VALUES (?1, ?2)",
+        params![hash, group],
+    )?;
+    Ok(())
+}
+
+/// Whether this device's key package `hash` was spent joining a conversation other than `group`.
+pub fn key_package_spent_elsewhere(
+    conn: &Connection,
+    hash: &[u8],
+    group: &[u8],
+) -> Result<bool, Error> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM spent_key_packages WHERE ref = ?1 AND group_id <> ?2",
+            params![hash, group],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// An application message waiting in the outbox.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -673,13 +898,13 @@ impl Profile {
         &mut self,
         f: impl FnOnce(&Connection, &Sealer, &crate::store::Provider) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let result = (|| {
+        let result = blocking(|| {
             let sp = self.conn.savepoint()?;
             let value = f(&sp, &self.sealer, &self.mls.provider)?;
             let changes = self.mls.write(&sp, &self.sealer)?;
             sp.commit()?;
             Ok((value, changes))
-        })();
+        });
         match result {
             Ok((value, changes)) => {
                 self.mls.mark_committed(changes);
@@ -704,7 +929,7 @@ impl Profile {
     ///
     /// [`abort_batch`]: Self::abort_batch
     pub fn commit_batch(&mut self) -> Result<(), Error> {
-        match self.conn.execute_batch("COMMIT") {
+        match blocking(|| self.conn.execute_batch("COMMIT")) {
             Ok(()) => {
                 self.batch_snapshot = None;
                 Ok(())
@@ -733,6 +958,18 @@ impl Profile {
             .optional()?;
         v.map(|v| self.sealer.open_at("meta", key.as_bytes(), &v))
             .transpose()
+    }
+}
+
+/// Runs blocking work — a transaction: its SQLite writes, the fsync of its commit, and the MLS
+/// work done inside it — without holding up the runtime's other tasks. On a multi-threaded
+/// runtime (the daemon's, the command line's) the worker thread hands its other tasks to another
+/// worker for the duration; elsewhere (a current-thread runtime, or none) it simply runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -823,6 +1060,39 @@ pub fn reseal_record_unchecked(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transaction does not hold up the runtime's other tasks: on a runtime of one worker,
+    /// a transaction that waits for another task (standing in for a long commit) finishes,
+    /// because that task runs meanwhile. Run on the worker itself it would wait for ever (the
+    /// wait gives up after a minute, and the test fails).
+    #[test]
+    fn a_transaction_leaves_the_runtime_to_other_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let outcome = rt.block_on(async move {
+            tokio::spawn(async move {
+                let mut p = Profile::open(dir.path(), true, None).unwrap();
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (go, went) = tokio::sync::oneshot::channel::<()>();
+                // Another task on the same runtime, started while the transaction runs.
+                tokio::spawn(async move {
+                    let _ = went.await;
+                    let _ = tx.send(());
+                });
+                p.atomically(|_, _, _| {
+                    let _ = go.send(());
+                    Ok(rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok())
+                })
+            })
+            .await
+            .unwrap()
+        });
+        assert!(outcome.unwrap(), "the other task never ran");
+    }
 
     /// A consumer's place in the event log: events seen in order move its cursor; one seen
     /// ahead of a gap is remembered and left out of what is unseen; the cursor moves over it

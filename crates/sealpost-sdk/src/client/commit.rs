@@ -41,20 +41,7 @@ impl Client {
                 let (commit, welcome) = build(&mut g, p, &self.identity.device_key)?;
                 let commit = serialize(&commit)?;
                 let welcome = welcome.as_ref().map(serialize).transpose()?;
-                tx.execute(
-                    "INSERT INTO pending_commits (group_id, payload) VALUES (?1, ?2) ON CONFLICT(group_id) DO UPDATE SET payload = excluded.payload",
-                    params![group.as_bytes(), commit],
-                )?;
-                tx.execute(
-                    "DELETE FROM pending_welcomes WHERE group_id = ?1",
-                    [group.as_bytes()],
-                )?;
-                if let Some(welcome) = &welcome {
-                    tx.execute(
-                        "INSERT INTO pending_welcomes (group_id, welcome) VALUES (?1, ?2)",
-                        params![group.as_bytes(), welcome],
-                    )?;
-                }
+                store::stage_commit(tx, group.as_bytes(), &commit, welcome.as_deref())?;
                 Ok((commit, welcome))
             })?;
             if self.post_staged(group, commit, welcome).await? {
@@ -136,13 +123,7 @@ impl Client {
                 forget_pending_commit(tx, group)?;
                 return Ok(None);
             };
-            let welcome = tx
-                .query_row(
-                    "SELECT welcome FROM pending_welcomes WHERE group_id = ?1",
-                    [group.as_bytes()],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let welcome = store::pending_welcome(tx, group.as_bytes())?;
             Ok(Some((commit, welcome)))
         })
     }
@@ -178,13 +159,7 @@ impl Client {
 /// Forgets this device's pending commit to `group` (and its Welcome): it came back, lost its
 /// epoch, or was refused.
 pub(super) fn forget_pending_commit(tx: &Connection, group: GroupId) -> Result<(), Error> {
-    for table in ["pending_commits", "pending_welcomes"] {
-        tx.execute(
-            &format!("DELETE FROM {table} WHERE group_id = ?1"),
-            [group.as_bytes()],
-        )?;
-    }
-    Ok(())
+    store::forget_pending_commit(tx, group.as_bytes())
 }
 
 /// A commit as posted, with its Welcome if it adds members.

@@ -334,20 +334,12 @@ impl Client {
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, Error> {
         let group = self.resolve(target)?;
-        let conn = self.profile.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, item FROM history WHERE group_id = ?1 AND (?2 IS NULL OR id < ?2)
-             ORDER BY id DESC LIMIT ?3",
-        )?;
         let before = before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
-        let rows = stmt.query_map(params![group.as_bytes(), before, limit as u64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
+        let rows = store::history_page(self.profile.conn(), group.as_bytes(), before, limit)?;
         let name = self.display(group);
         let conversation_id = ConversationId::of(group);
         let mut out = Vec::new();
-        for row in rows {
-            let (id, sealed) = row?;
+        for (id, sealed) in rows {
             let item = open_item(&self.profile.sealer, group, id, &sealed)?;
             out.push(HistoryEntry {
                 position: id.unsigned_abs(),
@@ -396,20 +388,7 @@ impl Client {
             if let Some(mut g) = MlsGroup::load(p.storage(), &mls_id(group)).map_err(Error::mls)? {
                 g.delete(p.storage()).map_err(Error::mls)?;
             }
-            for table in [
-                "conversations",
-                "history",
-                "events",
-                "sent",
-                "outbox",
-                "pending_commits",
-                "pending_welcomes",
-            ] {
-                tx.execute(
-                    &format!("DELETE FROM {table} WHERE group_id = ?1"),
-                    [group.as_bytes()],
-                )?;
-            }
+            store::forget_conversation(tx, group.as_bytes())?;
             Ok(())
         })?;
         self.convs.remove(&group);

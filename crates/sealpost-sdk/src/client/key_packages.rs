@@ -92,12 +92,9 @@ impl Client {
         let hash = kp
             .hash_ref(self.profile.mls.provider.crypto())
             .map_err(Error::mls)?;
-        let fresh = self.profile.atomically(|tx, _, _| {
-            Ok(tx.execute(
-                "INSERT OR IGNORE INTO used_key_packages (ref) VALUES (?1)",
-                [hash.as_slice()],
-            )? == 1)
-        })?;
+        let fresh = self
+            .profile
+            .atomically(|tx, _, _| store::use_key_package(tx, hash.as_slice()))?;
         if fresh {
             return Ok(());
         }

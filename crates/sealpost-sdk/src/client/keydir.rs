@@ -68,13 +68,8 @@ impl Client {
                 return Err(e);
             }
             None => {
-                self.profile.atomically(|tx, _, _| {
-                    tx.execute(
-                        "INSERT OR IGNORE INTO directory_roots (epoch, root) VALUES (?1, ?2)",
-                        params![epoch, root.as_slice()],
-                    )?;
-                    Ok(())
-                })?;
+                self.profile
+                    .atomically(|tx, _, _| store::put_directory_root(tx, epoch, &root))?;
                 self.dir.roots.insert(epoch, root);
             }
         }

@@ -97,14 +97,7 @@ impl Client {
             store::drop_outgoing(tx, outgoing.id)?;
             let failure = match answer {
                 Ok(posted) => {
-                    tx.prepare_cached(
-                        "INSERT OR IGNORE INTO sent (group_id, seq) VALUES (?1, ?2)",
-                    )?
-                    .execute(params![group.as_bytes(), posted.seq])?;
-                    if let Some(row) = outgoing.row {
-                        tx.prepare_cached("UPDATE history SET seq = ?2 WHERE id = ?1")?
-                            .execute(params![row, posted.seq])?;
-                    }
+                    store::note_sent(tx, group.as_bytes(), posted.seq, outgoing.row)?;
                     None
                 }
                 Err(e) => {
@@ -167,11 +160,7 @@ fn load_item(
     group: GroupId,
     row: i64,
 ) -> Result<Option<Item>, Error> {
-    let sealed: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT item FROM history WHERE id = ?1 AND group_id = ?2")?
-        .query_row(params![row, group.as_bytes()], |r| r.get(0))
-        .optional()?;
-    sealed
+    store::history_item(tx, group.as_bytes(), row)?
         .map(|sealed| open_item(sealer, group, row, &sealed))
         .transpose()
 }

@@ -431,14 +431,7 @@ impl Client {
             peer_roots: &mut self.dir.peer_roots,
         };
         self.profile.atomically(|tx, sealer, p| {
-            let own: bool = tx
-                .query_row(
-                    "SELECT 1 FROM sent WHERE group_id = ?1 AND seq = ?2",
-                    params![group.as_bytes(), seq],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+            let own = store::is_own(tx, group.as_bytes(), seq)?;
             let pending: Option<Vec<u8>> = store::pending_commit(tx, group.as_bytes())?;
             conv.cursor = seq;
             if !own {
@@ -738,23 +731,17 @@ pub(super) fn spend_key_package(
                 .map_err(Error::mls)?;
         if let Some(bundle) = held {
             if !bundle.key_package().last_resort() {
-                tx.execute(
-                    "INSERT OR IGNORE INTO spent_key_packages (ref, group_id) VALUES (?1, ?2)",
-                    params![hash.as_slice(), group.as_bytes()],
-                )?;
+                store::spend_key_package(tx, hash.as_slice(), group.as_bytes())?;
             }
             return Ok(());
         }
     }
     for secrets in welcome.secrets() {
-        let spent = tx
-            .query_row(
-                "SELECT 1 FROM spent_key_packages WHERE ref = ?1 AND group_id <> ?2",
-                params![secrets.new_member().as_slice(), group.as_bytes()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
+        let spent = store::key_package_spent_elsewhere(
+            tx,
+            secrets.new_member().as_slice(),
+            group.as_bytes(),
+        )?;
         if spent {
             return Err(security(
                 SecurityAlert::ReusedKeyPackage,
