@@ -13,6 +13,7 @@ mod delivery;
 pub mod directory;
 mod ids;
 pub mod link;
+pub mod mimi;
 mod padding;
 
 pub use api::{
