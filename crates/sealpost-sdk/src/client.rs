@@ -253,11 +253,15 @@ enum Item {
     DeviceAdded {
         member: String,
         device: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_id: Option<DeviceId>,
         by: String,
     },
     DeviceRemoved {
         member: String,
         device: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_id: Option<DeviceId>,
         by: String,
     },
     Joined {
@@ -325,16 +329,28 @@ impl Item {
                 conversation,
                 member,
             },
-            Item::DeviceAdded { member, device, by } => Event::DeviceAdded {
+            Item::DeviceAdded {
+                member,
+                device,
+                device_id,
+                by,
+            } => Event::DeviceAdded {
                 conversation,
                 member,
                 device,
+                device_id,
                 by,
             },
-            Item::DeviceRemoved { member, device, by } => Event::DeviceRemoved {
+            Item::DeviceRemoved {
+                member,
+                device,
+                device_id,
+                by,
+            } => Event::DeviceRemoved {
                 conversation,
                 member,
                 device,
+                device_id,
                 by,
             },
             Item::Joined { by } => Event::Joined { conversation, by },

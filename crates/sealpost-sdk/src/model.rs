@@ -132,6 +132,9 @@ pub enum Event {
         member: String,
         /// The device (short id).
         device: String,
+        /// The device's full id (absent in events stored before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_id: Option<DeviceId>,
         /// `@adder`.
         by: String,
     },
@@ -143,6 +146,9 @@ pub enum Event {
         member: String,
         /// The device (short id).
         device: String,
+        /// The device's full id (absent in events stored before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_id: Option<DeviceId>,
         /// `@remover`.
         by: String,
     },
@@ -151,6 +157,9 @@ pub enum Event {
     AccountDevice {
         /// The device (short id).
         device: String,
+        /// The device's full id (absent in events stored before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_id: Option<DeviceId>,
         /// Added or removed.
         change: DeviceChange,
         /// The directory epoch of the change.

@@ -79,7 +79,8 @@ async fn a_linked_device_receives_new_messages_and_a_removed_one_reads_nothing_a
     assert!(
         at_bob
             .iter()
-            .any(|e| matches!(e, Event::DeviceAdded { member, .. } if member == "@alice")),
+            .any(|e| matches!(e, Event::DeviceAdded { member, device_id, .. }
+                if member == "@alice" && *device_id == Some(phone_id))),
         "{at_bob:?}"
     );
     bob.send("#team", "hello both").await.unwrap();
@@ -103,8 +104,9 @@ async fn a_linked_device_receives_new_messages_and_a_removed_one_reads_nothing_a
             e,
             Event::AccountDevice {
                 change: DeviceChange::Added,
+                device_id,
                 ..
-            }
+            } if *device_id == Some(phone_id)
         )),
         "{at_alice:?}"
     );
@@ -134,13 +136,10 @@ async fn a_linked_device_receives_new_messages_and_a_removed_one_reads_nothing_a
     // Removing the phone: gone from the directory and from every conversation.
     alice.remove_device(phone_id).await.unwrap();
     assert_eq!(alice.devices().await.unwrap().len(), 1);
-    assert!(
-        bob.sync()
-            .await
-            .unwrap()
-            .iter()
-            .any(|e| matches!(e, Event::DeviceRemoved { member, .. } if member == "@alice"))
-    );
+    assert!(bob.sync().await.unwrap().iter().any(
+        |e| matches!(e, Event::DeviceRemoved { member, device_id, .. }
+                if member == "@alice" && *device_id == Some(phone_id))
+    ));
     bob.send("#team", "after removal").await.unwrap();
     assert!(
         phone.sync().await.is_err(),

@@ -124,6 +124,7 @@ pub fn line(e: &Event) -> String {
             member,
             device,
             by,
+            ..
         } => format!(
             "[{}] {} added device {} of {}",
             safe(conversation),
@@ -136,6 +137,7 @@ pub fn line(e: &Event) -> String {
             member,
             device,
             by,
+            ..
         } => format!(
             "[{}] {} removed device {} of {}",
             safe(conversation),
@@ -147,6 +149,7 @@ pub fn line(e: &Event) -> String {
             device,
             change,
             epoch,
+            ..
         } => match change {
             sealpost_sdk::DeviceChange::Added => format!(
                 "device {} was linked to your account (directory epoch {epoch})",

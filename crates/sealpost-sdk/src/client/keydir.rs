@@ -247,6 +247,7 @@ impl Client {
                 for id in set.difference(other) {
                     events.push(Event::AccountDevice {
                         device: DeviceId::from_bytes(*id).short(),
+                        device_id: Some(DeviceId::from_bytes(*id)),
                         change,
                         epoch: *epoch,
                     });

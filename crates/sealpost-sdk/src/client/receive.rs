@@ -888,6 +888,7 @@ pub(super) fn roster_items(
             Some(d) if stays(&d.username, None) => items.push(Item::DeviceAdded {
                 member,
                 device: d.device_id.short(),
+                device_id: Some(d.device_id),
                 by: by.to_owned(),
             }),
             _ => items.push(Item::MemberAdded {
@@ -913,6 +914,7 @@ pub(super) fn roster_items(
             items.push(Item::DeviceRemoved {
                 member,
                 device: d.device_id.short(),
+                device_id: Some(d.device_id),
                 by: by.to_owned(),
             });
         } else {
