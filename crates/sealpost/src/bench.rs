@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Messages posted to the group.
     #[arg(long, default_value_t = 500)]
     group_messages: usize,
+    /// Messages the `client` run decrypts in one sync (more gives a steadier figure on a noisy
+    /// machine).
+    #[arg(long, default_value_t = 2000)]
+    client_messages: usize,
     /// Run only these scenarios (comma-separated from a, rate, b, c, client; `directory` runs
     /// the key-directory measurements on their own; `ceilings` measures the machine: disk
     /// fsyncs, PostgreSQL commits with --database, NATS pub/sub with --nats).
@@ -797,7 +801,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let mut dec = users(&url, tmp.path(), "dec", 0..2).await?;
         dec[0].send("@dec1", "hello").await?;
         dec[1].sync().await?;
-        let n_dec = 2000;
+        let n_dec = args.client_messages;
         let b = dec[0].bench_prepare("@dec1", n_dec, TEXT).await?;
         let s = Sender {
             http: http.clone(),
