@@ -268,6 +268,18 @@ pub struct HistoryEntry {
     pub event: Event,
 }
 
+/// A message of this device's whose sending is not settled: the server's answer was lost, so
+/// it may or may not have been stored (see `Client::unconfirmed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unconfirmed {
+    /// The conversation, as shown.
+    pub conversation: String,
+    /// The conversation's id.
+    pub conversation_id: ConversationId,
+    /// The message's id, for a text (a message that names the group for new members has none).
+    pub id: Option<MessageId>,
+}
+
 /// The place of an event in a profile's event log: ids grow, and are never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

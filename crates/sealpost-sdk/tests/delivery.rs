@@ -914,6 +914,54 @@ async fn an_unconfirmed_send_is_posted_again_or_marked_not_sent() {
     bob_has(&mut bob, &["first", "never arrived", "last"]).await;
 }
 
+/// A server that keeps failing on one message (`internal`, so it may have stored it) would hold
+/// up every sync for good: each sync posts the unconfirmed message first. The user can give up
+/// on it; it is then shown as not sent (with why), its number stays spent, and syncing and
+/// sending work again.
+#[tokio::test]
+async fn an_unconfirmed_message_can_be_given_up_and_no_longer_holds_up_the_profile() {
+    let (_server, _people, mitm, mut alice, mut bob) = talking_through_a_proxy().await;
+    mitm.answer("POST", "/v1/groups/", |_| {
+        let failure = r#"{"code":"internal","message":"internal error"}"#;
+        (500, failure.as_bytes().to_vec())
+    });
+    let lost = alice.send("@bob", "stuck").await;
+    assert!(matches!(lost, Err(Error::Unconfirmed { .. })), "{lost:?}");
+    assert!(
+        alice.sync().await.is_err(),
+        "the stuck message holds up syncing"
+    );
+    let stuck = alice.unconfirmed().unwrap();
+    assert_eq!(stuck.len(), 1);
+    assert_eq!(stuck[0].conversation, "@bob");
+    assert!(stuck[0].id.is_some());
+
+    assert_eq!(alice.give_up_unconfirmed("@bob").unwrap(), 1);
+    assert!(alice.unconfirmed().unwrap().is_empty());
+    let events = alice.sync().await.unwrap();
+    assert!(
+        matches!(events.as_slice(), [Event::NotSent { reason, .. }] if reason.contains("stopped trying")),
+        "{events:?}"
+    );
+    let states = sent_states(&alice);
+    assert_eq!(states[1].0, "stuck");
+    assert!(!states[1].1, "no longer unconfirmed");
+    assert!(
+        states[1]
+            .2
+            .as_deref()
+            .is_some_and(|r| r.contains("some may have received it"))
+    );
+    mitm.clear();
+    alice.send("@bob", "after").await.unwrap();
+    bob.sync().await.unwrap();
+    let shown: Vec<String> = texts(&bob.messages("@alice", 100).unwrap())
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(shown, ["first", "after"]);
+}
+
 /// A commit the server stored whose answer was lost, then its retry refused as late (409) with
 /// an answer that is not the server's own (a proxy's, or garbled): the refusal of the retry
 /// says nothing of the first post, so the commit stays pending and is merged when it comes

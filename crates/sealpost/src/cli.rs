@@ -111,6 +111,15 @@ enum Command {
     },
     /// List conversations.
     Conversations,
+    /// List this device's messages whose sending is not settled (the server's answer was
+    /// lost: each sync sends them again until the server answers for them), or stop trying.
+    Outbox {
+        /// Stop trying to send the unsettled messages to @user or #group: they are shown as not
+        /// sent, though some may have received them. For a server that keeps failing on one
+        /// message, which would otherwise hold up every sync.
+        #[arg(long, value_name = "CONVERSATION")]
+        give_up: Option<String>,
+    },
     /// Verify that a server's key directory only ever appended (akd audit proofs), epoch by
     /// epoch, from where the last run stopped. Exits with status 3 if a check fails.
     Audit(AuditArgs),
@@ -493,6 +502,36 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Outbox { give_up: None } => {
+            let list: Vec<sealpost_sdk::Unconfirmed> = session.call("outbox", json!({})).await?;
+            for u in list {
+                if as_json {
+                    print_json(&u)?;
+                } else {
+                    let id = u.id.as_ref().map_or("(the group's name)", |id| id.as_str());
+                    println!("{}  {}  unconfirmed", safe(&u.conversation), safe(id));
+                }
+            }
+            Ok(())
+        }
+        Command::Outbox {
+            give_up: Some(conversation),
+        } => {
+            let params = json!({ "conversation": conversation });
+            out.settle("outbox.give_up", params, |v: serde_json::Value| {
+                if as_json {
+                    print_json(&v)
+                } else {
+                    println!(
+                        "stopped trying to send {} message(s) to {}",
+                        v["given_up"],
+                        safe(&conversation)
+                    );
+                    Ok(())
+                }
+            })
+            .await
         }
         Command::Group(g) => group(&out, g).await,
         Command::Device(d) => device(&out, d).await,

@@ -299,6 +299,15 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
             live.lock().await.sync().await?;
             answer(json!({}))
         }
+        "outbox" => {
+            params::<NoParams>(p)?;
+            answer(live.lock().await.unconfirmed()?)
+        }
+        "outbox.give_up" => {
+            let Conversation { conversation } = params(p)?;
+            let given_up = live.lock().await.give_up_unconfirmed(&conversation)?;
+            answer(json!({ "given_up": given_up }))
+        }
         "conversations" => {
             params::<NoParams>(p)?;
             answer(live.lock().await.conversations()?)

@@ -45,7 +45,62 @@ impl Outcome {
     }
 }
 
+/// How an outbox entry ends.
+enum Ending<'a> {
+    /// The server stored it, here.
+    Sent(PostedResponse),
+    /// The server refused it: nothing was stored.
+    Refused(&'a Error),
+    /// The user stopped trying: it may or may not have been stored.
+    GivenUp,
+}
+
+/// Why a message given up on shows as not sent.
+const GIVEN_UP: &str =
+    "you stopped trying to send it; the server never confirmed it, so some may have received it";
+
 impl Client {
+    /// The messages whose sending is not settled yet (the server's answer was lost), oldest
+    /// first. Every sync posts them again until the server answers for them.
+    pub fn unconfirmed(&self) -> Result<Vec<Unconfirmed>, Error> {
+        let mut out = Vec::new();
+        for outgoing in store::outgoing(self.profile.conn())? {
+            let group = GroupId::from_slice(&outgoing.group)
+                .map_err(|_| Error::Store("an outbox entry names no conversation".into()))?;
+            let message = match outgoing.row {
+                Some(row) => {
+                    match load_item(self.profile.conn(), &self.profile.sealer, group, row)? {
+                        Some(Item::Message { id, .. }) => Some(MessageId::new(id)),
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
+            out.push(Unconfirmed {
+                conversation: self.display(group),
+                conversation_id: ConversationId::of(group),
+                id: message,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stops trying to send the unconfirmed messages of the conversation `target`: each is
+    /// taken out of the outbox and shown as not sent, with a `not_sent` event, although the
+    /// server may have stored it (its answer never came). For a server that keeps failing on
+    /// one message, which would otherwise hold up every sync. Returns how many there were.
+    pub fn give_up_unconfirmed(&mut self, target: &str) -> Result<usize, Error> {
+        let group = self.resolve(target)?;
+        let mut n = 0;
+        for outgoing in store::outgoing(self.profile.conn())? {
+            if outgoing.group == group.as_bytes() {
+                self.settle(&outgoing, group, Ending::GivenUp, true)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Posts the messages left in the outbox, oldest first, and settles each. Stops at the
     /// first whose outcome is still unknown (the server is out of reach) with that error, so
     /// that nothing that depends on it happens before it is settled.
@@ -71,9 +126,9 @@ impl Client {
             .post_message(&self.identity, group, std::mem::take(&mut outgoing.payload))
             .await;
         match Outcome::of(result) {
-            Outcome::Sent(posted) => self.settle(&outgoing, group, Ok(posted), retry),
+            Outcome::Sent(posted) => self.settle(&outgoing, group, Ending::Sent(posted), retry),
             Outcome::Refused(e) => {
-                self.settle(&outgoing, group, Err(&e), retry)?;
+                self.settle(&outgoing, group, Ending::Refused(&e), retry)?;
                 if retry { Ok(()) } else { Err(e) }
             }
             Outcome::Unknown(e) if retry => Err(e),
@@ -83,24 +138,27 @@ impl Client {
         }
     }
 
-    /// Takes a message out of the outbox with the server's answer, in one transaction: its
-    /// history entry says sent or failed, and a retry's ending is logged.
+    /// Takes a message out of the outbox with how it ended, in one transaction: its history
+    /// entry says sent or failed, and a retry's ending is logged.
     fn settle(
         &mut self,
         outgoing: &Outgoing,
         group: GroupId,
-        answer: Result<PostedResponse, &Error>,
+        ending: Ending<'_>,
         retry: bool,
     ) -> Result<(), Error> {
         let mut conv = self.convs.get(&group).cloned();
         self.profile.atomically(|tx, sealer, _| {
             store::drop_outgoing(tx, outgoing.id)?;
-            let failure = match answer {
-                Ok(posted) => {
+            let failure = match ending {
+                Ending::Sent(posted) => {
                     store::note_sent(tx, group.as_bytes(), posted.seq, outgoing.row)?;
                     None
                 }
-                Err(e) => {
+                // It may have been stored: its number stays spent (recipients who did not get
+                // it see a gap, which is what happened).
+                Ending::GivenUp => Some(GIVEN_UP.to_owned()),
+                Ending::Refused(e) => {
                     // Nobody will see this number: if no later text took the next one, the next
                     // text reuses it, and the recipients see no gap.
                     if let Some(conv) = conv.as_mut()
