@@ -762,9 +762,11 @@ fn read_value(d: &mut Decoder<'_>, level: usize) -> Result<Value, MimiError> {
             Value::Map(entries)
         }
         Type::Tag => {
+            // A tag and what it tags are one level (the draft counts the URI inside a tag in
+            // an array at level 3 as level 4).
             container(level)?;
             let tag = d.tag()?.as_u64();
-            Value::Tag(tag, Box::new(read_value(d, level + 1)?))
+            Value::Tag(tag, Box::new(read_value(d, level)?))
         }
         Type::Bool => Value::Bool(d.bool()?),
         Type::Null => {
@@ -1080,6 +1082,28 @@ mod tests {
             Content::decode(&bad),
             Err(MimiError::Malformed(_))
         ));
+    }
+
+    /// The draft's own example of an extension four levels deep is taken; one level more is
+    /// refused.
+    #[test]
+    fn the_drafts_depth_example_is_the_limit() {
+        let uri = |u: &str| Value::Tag(32, Box::new(Value::Text(u.into())));
+        let deepest = |inner: Value| {
+            Value::Array(vec![
+                Value::Array(vec![Value::Bytes(vec![0x12, 0x34]), inner]),
+                Value::Array(vec![Value::Bytes(vec![0x34, 0x56]), Value::Uint(5771)]),
+            ])
+        };
+        let with = |value: Value| {
+            let mut c = Content::decode(EXAMPLES[10].1).unwrap();
+            c.extensions.insert(ExtensionKey::Int(256), value).unwrap();
+            c.encode()
+        };
+        let example = with(deepest(uri("http://example.com")));
+        assert!(Content::decode(&example).is_ok());
+        let deeper = with(deepest(Value::Array(vec![uri("http://example.com")])));
+        assert_eq!(Content::decode(&deeper), Err(MimiError::TooDeep));
     }
 
     /// Unknown dispositions, media types and extensions are kept as they came.
