@@ -254,6 +254,8 @@ pub const METHODS: &[&str] = &[
     "sync",
     "conversations",
     "messages",
+    "outbox",
+    "outbox.give_up",
     "group.create",
     "group.add",
     "group.remove",
