@@ -392,6 +392,25 @@ fn encode_key(k: &ExtensionKey) -> Vec<u8> {
 }
 
 impl Value {
+    /// The value in deterministic CBOR.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    /// Reads one value, held to the rules for extension values: deterministic encoding, and
+    /// containers at most [`MAX_DEPTH`] levels deep.
+    pub fn from_cbor(input: &[u8]) -> Result<Value, MimiError> {
+        let mut d = Decoder::new(input);
+        let value = read_value(&mut d, 1)?;
+        finish(&d, input)?;
+        if value.to_cbor() != input {
+            return Err(MimiError::NotDeterministic);
+        }
+        Ok(value)
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Value::Uint(n) => head(out, 0, *n),

@@ -70,6 +70,7 @@ pub use verify::{Verification, safety_number};
 
 use crate::aad::{Aad, FORK_CHECK_LABEL, FORK_CHECK_LEN};
 use crate::api::{Api, ChallengeSigner};
+use crate::content;
 use crate::directory::{DirectoryState, Roots, Verified, security, verify_proof};
 use crate::error::Error;
 use crate::model::{
@@ -78,6 +79,7 @@ use crate::model::{
 };
 use crate::store::{self, Profile, Provider, Sealer, conv_row, item_row, put_meta};
 use sealpost_proto::directory::MAX_BATCH_LOOKUP;
+use sealpost_proto::mimi::Content;
 
 /// The event log consumer whose place [`Client::sync`] keeps.
 const SYNC_CONSUMER: &str = "sdk.sync";
@@ -190,24 +192,6 @@ struct Conv {
     cursor: u64,
 }
 
-/// What travels inside an MLS application message (then padded).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-enum AppMessage {
-    Text {
-        id: String,
-        body: String,
-        sent_at: u64,
-        /// The sender device's number for this text in this conversation, from 1; 0: none.
-        #[serde(default)]
-        n: u64,
-    },
-    Meta {
-        kind: ConversationKind,
-        name: String,
-    },
-}
-
 /// A history entry without its conversation name (which is rendered when shown).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
@@ -225,6 +209,15 @@ enum Item {
         /// This device's own message whose post was not confirmed yet (it is in the outbox).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unconfirmed: bool,
+    },
+    /// A message this version cannot show (see `content`).
+    Unsupported {
+        from: String,
+        id: String,
+        sent_at: u64,
+        what: String,
+        /// The MIMI content as it came, in hex: kept for a later version.
+        content: String,
     },
     /// An unconfirmed message of this device's was confirmed by the server (an event only).
     Sent {
@@ -300,6 +293,19 @@ impl Item {
                 late,
                 failed,
                 unconfirmed,
+            },
+            Item::Unsupported {
+                from,
+                id,
+                sent_at,
+                what,
+                content: _,
+            } => Event::Unsupported {
+                conversation,
+                from,
+                id: MessageId::new(id),
+                sent_at,
+                what,
             },
             Item::Sent { id } => Event::Sent {
                 conversation,
@@ -490,7 +496,7 @@ fn put_item(
     item: &Item,
 ) -> Result<Option<i64>, Error> {
     let msg_id = match item {
-        Item::Message { id, .. } => Some(id.clone()),
+        Item::Message { id, .. } | Item::Unsupported { id, .. } => Some(id.clone()),
         _ => None,
     };
     let json = Zeroizing::new(serde_json::to_vec(item).map_err(|e| Error::Store(e.to_string()))?);
@@ -903,5 +909,58 @@ mod tests {
         assert!(shown.contains("***"), "{shown}");
         assert!(!shown.contains(&format!("{private:?}")), "{shown}");
         assert!(!shown.contains(&hex::encode(&private)), "{shown}");
+    }
+
+    /// The stored history is sealed JSON items: each kind, in the form versions before MIMI
+    /// content stored it, still reads and is shown as it was.
+    #[test]
+    fn history_items_of_earlier_versions_still_read() {
+        let old = [
+            (
+                r#"{"k":"message","from":"@bob","text":"hi","id":"00112233445566778899aabbccddeeff","sent_at":5}"#,
+                "message",
+            ),
+            (
+                r#"{"k":"message","from":"@me","text":"x","id":"ffeeddccbbaa99887766554433221100","sent_at":6,"failed":"too large"}"#,
+                "message",
+            ),
+            (r#"{"k":"gap","from":"@bob","missing":2}"#, "gap"),
+            (
+                r#"{"k":"member_added","member":"@cat","by":"@bob"}"#,
+                "member_added",
+            ),
+            (
+                r#"{"k":"device_added","member":"@cat","device":"0a0b0c0d","by":"@bob"}"#,
+                "device_added",
+            ),
+            (
+                r#"{"k":"undecryptable","seq":3,"reason":"bad padding"}"#,
+                "undecryptable",
+            ),
+            (
+                r#"{"k":"security","alert":"unverified_member","detail":"refused"}"#,
+                "security",
+            ),
+            (r#"{"k":"joined","by":"@bob"}"#, "joined"),
+        ];
+        for (json, kind) in old {
+            let item: Item = serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            let shown = serde_json::to_value(item.render("@bob".into())).unwrap();
+            assert_eq!(shown["event"], kind, "{json}");
+        }
+        let item: Item = serde_json::from_str(old[0].0).unwrap();
+        assert_eq!(
+            item.render("@bob".into()),
+            Event::Message {
+                conversation: "@bob".into(),
+                from: "@bob".into(),
+                text: "hi".into(),
+                id: MessageId::new("00112233445566778899aabbccddeeff".into()),
+                sent_at: 5,
+                late: false,
+                failed: None,
+                unconfirmed: false,
+            }
+        );
     }
 }

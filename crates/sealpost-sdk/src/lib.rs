@@ -34,6 +34,7 @@ mod aad;
 mod api;
 pub mod audit;
 mod client;
+mod content;
 mod directory;
 mod error;
 mod live;

@@ -61,7 +61,9 @@ pub enum Event {
         text: String,
         /// The sender's message id.
         id: MessageId,
-        /// When the sender sent it (sender's clock, unix milliseconds).
+        /// When the server took it (unix milliseconds; the MIMI draft's hub-accepted
+        /// timestamp). For this device's own messages, and for messages received before Sealpost
+        /// carried MIMI content, when the sender sent it, by the sender's clock.
         sent_at: u64,
         /// The sender sent it before a message of theirs already shown: it was held back on
         /// the way (by the server or the network) and arrives out of order.
@@ -76,6 +78,20 @@ pub enum Event {
         /// or [`Event::NotSent`] follows). Sending it again yourself would send it twice.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unconfirmed: bool,
+    },
+    /// A message this version of Sealpost cannot show (another kind of content, or a feature
+    /// it does not have): kept, so that a later version can show it.
+    Unsupported {
+        /// `#group` or `@user`.
+        conversation: String,
+        /// `@sender`.
+        from: String,
+        /// The sender's message id.
+        id: MessageId,
+        /// As in [`Event::Message`].
+        sent_at: u64,
+        /// What it is, for a person (e.g. "content of type image/png").
+        what: String,
     },
     /// An unconfirmed message of this device's (see [`Event::Message`]) reached the server:
     /// it was stored once, and delivered.

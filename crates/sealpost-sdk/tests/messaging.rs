@@ -18,8 +18,22 @@ async fn one_to_one_both_ways() {
     let mut alice = people.register(&server, "alice").await;
     let mut bob = people.register(&server, "bob").await;
 
-    alice.send("@bob", "hello bob").await.unwrap();
+    let sent = alice.send("@bob", "hello bob").await.unwrap();
     let events = bob.sync().await.unwrap();
+    // Both ends derive the same MIMI message id: 0x01 (SHA-256) and 31 octets of the hash.
+    let id = |e: &Event| match e {
+        Event::Message { id, .. } => id.as_str().to_owned(),
+        other => panic!("not a message: {other:?}"),
+    };
+    let received = events
+        .iter()
+        .find(|e| matches!(e, Event::Message { .. }))
+        .unwrap();
+    assert_eq!(id(&sent), id(received));
+    assert!(
+        id(&sent).starts_with("01") && id(&sent).len() == 64,
+        "{sent:?}"
+    );
     assert!(events.iter().any(|e| matches!(e, Event::Joined { conversation, by } if conversation == "@alice" && by == "@alice")), "{events:?}");
     assert_eq!(
         texts(&events),
@@ -262,4 +276,81 @@ async fn a_group_name_that_could_forge_a_line_is_not_taken() {
         .unwrap();
     bob.sync().await.unwrap();
     assert_eq!(names(&bob), ["#book-club"]);
+}
+
+#[tokio::test]
+async fn content_this_version_cannot_show_is_kept_and_shown_as_unsupported() {
+    use sealpost_proto::mimi::{Content, Disposition, Extensions, NestedPart, Part};
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice.send("@bob", "first").await.unwrap();
+    bob.sync().await.unwrap();
+
+    // What a later version or another MIMI client might send: a media type this one does not
+    // know, and an extension it does not know.
+    let mut extensions = Extensions::default();
+    extensions
+        .insert(
+            sealpost_proto::mimi::ExtensionKey::Text("future".into()),
+            sealpost_proto::mimi::Value::Bool(true),
+        )
+        .unwrap();
+    let content = Content {
+        salt: [9; 16],
+        replaces: None,
+        topic_id: Vec::new(),
+        expires: None,
+        in_reply_to: None,
+        extensions,
+        body: NestedPart {
+            disposition: Disposition::RENDER,
+            language: String::new(),
+            part: Part::Single {
+                content_type: "application/x-hologram".into(),
+                content: vec![0, 1, 2, 3],
+            },
+        },
+    };
+    alice
+        .send_content_unchecked("@bob", content.clone())
+        .await
+        .unwrap();
+    alice.send("@bob", "after").await.unwrap();
+
+    let events = bob.sync().await.unwrap();
+    let unsupported: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Unsupported { from, what, id, .. } => Some((from, what, id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unsupported.len(), 1, "{events:?}");
+    let (from, what, id) = unsupported[0];
+    assert_eq!(from, "@alice");
+    assert_eq!(what, "content of type application/x-hologram");
+    // Its id is the draft's, with Sealpost's URIs (docs/protocol.md).
+    let room = bob.conversations().unwrap()[0].id.clone();
+    let expected = content.id(
+        "mimi://sealpost.invalid/u/alice",
+        &format!("mimi://sealpost.invalid/r/{room}"),
+    );
+    assert_eq!(id.as_str(), hex::encode(expected));
+    // Nothing else was lost, and no gap is reported for the unnumbered message.
+    assert_eq!(texts(&events), vec![("@alice".into(), "after".into())]);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Gap { .. } | Event::Undecryptable { .. }))
+    );
+    // The history keeps it, in place.
+    let history = bob.messages("@alice", 10).unwrap();
+    let at = history
+        .iter()
+        .position(|e| matches!(e, Event::Unsupported { what, .. } if what.contains("hologram")))
+        .unwrap_or_else(|| panic!("{history:?}"));
+    assert!(matches!(&history[at - 1], Event::Message { text, .. } if text == "first"));
+    assert!(matches!(&history[at + 1], Event::Message { text, .. } if text == "after"));
 }

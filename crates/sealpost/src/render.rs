@@ -70,6 +70,17 @@ pub fn line(e: &Event) -> String {
                 format!("[{conversation}] {from}: {text}")
             }
         }
+        Event::Unsupported {
+            conversation,
+            from,
+            what,
+            ..
+        } => format!(
+            "[{}] {} sent a message this version of Sealpost cannot show ({}); it is kept, and a newer version will show it",
+            safe(conversation),
+            safe(from),
+            safe(what)
+        ),
         Event::Sent { conversation, id } => format!(
             "[{}] your message {} was confirmed by the server: it was sent once",
             safe(conversation),

@@ -184,11 +184,9 @@ impl Client {
             .get(&group)
             .ok_or_else(|| Error::UnknownConversation(self.display(group)))?
             .info;
-        let meta = AppMessage::Meta {
-            kind: info.kind,
-            name: info.name.clone(),
-        };
-        self.send_app(group, meta, None).await
+        let meta = content::conversation(self.salt()?, info.kind, &info.name);
+        self.send_app(group, meta, None).await?;
+        Ok(())
     }
 
     /// For tests that play a member leaking a conversation's state: its current MLS GroupInfo

@@ -18,6 +18,20 @@ impl Client {
         self.send_meta(group).await
     }
 
+    /// Test hook: sends `content` as it is (not numbered, not kept in the history), as another
+    /// client or a later version would send what this one does not make. Not built into the
+    /// library otherwise.
+    #[doc(hidden)]
+    pub async fn send_content_unchecked(
+        &mut self,
+        target: &str,
+        content: Content,
+    ) -> Result<(), Error> {
+        let group = self.resolve(target)?;
+        self.send_app(group, content, None).await?;
+        Ok(())
+    }
+
     /// Test hook: adds the device of `key_package` to a conversation with no directory check,
     /// as a malicious or broken member would. Not built into the library otherwise.
     #[doc(hidden)]

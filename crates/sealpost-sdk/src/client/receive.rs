@@ -461,6 +461,7 @@ impl Client {
                     group,
                     payload: d.payload.as_slice(),
                     seq,
+                    accepted_at: d.sent_at,
                 };
                 items = receive(&mut g, p, msg, &mut conv, &me, &mut check)?;
                 // A delivery that was refused (unreadable, an alert) may leave the group in
@@ -932,6 +933,8 @@ pub(super) struct Received<'a> {
     group: GroupId,
     payload: &'a [u8],
     seq: u64,
+    /// When the server took it (unix milliseconds).
+    accepted_at: u64,
 }
 
 /// Processes one MLS message from the group's log.
@@ -947,6 +950,7 @@ pub(super) fn receive(
         group,
         payload,
         seq,
+        accepted_at,
     } = msg;
     let undecryptable = |reason: String| Ok(vec![Item::Undecryptable { seq, reason }]);
     let Ok(msg) = MlsMessageIn::tls_deserialize_exact(payload) else {
@@ -1013,7 +1017,7 @@ pub(super) fn receive(
         .peer_root(group, &from, processed.aad())
         .into_iter()
         .collect();
-    let mut items = receive_content(g, p, processed, seq, conv, me, check, &from)?;
+    let mut items = receive_content(g, p, processed, (seq, accepted_at), conv, me, check, &from)?;
     alerts.append(&mut items);
     Ok(alerts)
 }
@@ -1026,7 +1030,7 @@ pub(super) fn receive_content(
     g: &mut MlsGroup,
     p: &Provider,
     processed: openmls::prelude::ProcessedMessage,
-    seq: u64,
+    (seq, accepted_at): (u64, u64),
     conv: &mut Conv,
     me: &Username,
     check: &mut DirCheck<'_>,
@@ -1043,37 +1047,53 @@ pub(super) fn receive_content(
             let Ok(body) = unpad(&bytes) else {
                 return undecryptable("bad padding".into());
             };
-            match serde_json::from_slice::<AppMessage>(body) {
-                Ok(AppMessage::Text {
-                    id,
-                    body,
-                    sent_at,
-                    n,
-                }) => {
-                    let mut items = Vec::new();
-                    let late = match sender_order(conv, &sender, n) {
-                        Order::Next => false,
-                        Order::After(missing) => {
-                            items.push(Item::Gap {
-                                from: from.clone(),
-                                missing,
-                            });
-                            false
-                        }
-                        Order::Late => true,
-                    };
+            let group = GroupId::from_bytes(
+                g.group_id()
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Protocol("a conversation id is not 16 octets".into()))?,
+            );
+            let message = match content::read(body, &sender.username, group) {
+                Ok(message) => message,
+                Err(why) => return undecryptable(why),
+            };
+            let content::Incoming { id, number, body } = message;
+            let mut items = Vec::new();
+            let mut late = false;
+            if !matches!(body, content::Body::Conversation { .. }) {
+                match sender_order(conv, &sender, number) {
+                    Order::Next => {}
+                    Order::After(missing) => items.push(Item::Gap {
+                        from: from.clone(),
+                        missing,
+                    }),
+                    Order::Late => late = true,
+                }
+            }
+            match body {
+                content::Body::Text(text) => {
                     items.push(Item::Message {
                         from,
-                        text: body,
+                        text,
                         id,
-                        sent_at,
+                        sent_at: accepted_at,
                         late,
                         failed: None,
                         unconfirmed: false,
                     });
                     Ok(items)
                 }
-                Ok(AppMessage::Meta { kind, name }) => {
+                content::Body::Unsupported { what, content } => {
+                    items.push(Item::Unsupported {
+                        from,
+                        id,
+                        sent_at: accepted_at,
+                        what,
+                        content: hex::encode(content),
+                    });
+                    Ok(items)
+                }
+                content::Body::Conversation { kind, name } => {
                     conv.info.kind = kind;
                     if kind == ConversationKind::Direct {
                         if sender.username != *me {
@@ -1091,7 +1111,6 @@ pub(super) fn receive_content(
                     }
                     Ok(Vec::new())
                 }
-                Err(_) => undecryptable("unknown message format".into()),
             }
         }
         ProcessedMessageContent::ProposalMessage(q) => {

@@ -39,31 +39,21 @@ impl Client {
         self.refresh_verified(group).await?;
         self.check_not_blocked(group)?;
         self.before_send(group).await?;
-        let id = hex::encode(
-            self.profile
-                .mls
-                .provider
-                .rand()
-                .random_vec(16)
-                .map_err(|_| Error::Crypto("no randomness"))?,
-        );
-        let sent_at = now_ms();
-        let msg = AppMessage::Text {
-            id: id.clone(),
-            body: text.to_owned(),
-            sent_at,
-            n: 0,
-        };
+        let content = content::text(self.salt()?, text);
         let item = Item::Message {
             from: at(&self.identity.username),
             text: text.to_owned(),
-            id,
-            sent_at,
+            // Set from the encoded message, once it is numbered.
+            id: String::new(),
+            sent_at: now_ms(),
             late: false,
             failed: None,
             unconfirmed: false,
         };
-        self.send_app(group, msg, Some(item.clone())).await?;
+        let item = self
+            .send_app(group, content, Some(item))
+            .await?
+            .ok_or_else(|| Error::Store("a sent message was not kept".into()))?;
         Ok(item.render(self.display(group)))
     }
 
@@ -136,8 +126,20 @@ impl Client {
         })
     }
 
-    /// Encrypts and posts one application message. A text gets this device's next number in
-    /// the conversation, in the same transaction as the ratchet step, so no number is used twice.
+    /// A fresh random salt for a message.
+    pub(super) fn salt(&self) -> Result<[u8; 16], Error> {
+        self.profile
+            .mls
+            .provider
+            .rand()
+            .random_array()
+            .map_err(|_| Error::Crypto("no randomness"))
+    }
+
+    /// Encrypts and posts one application message. A message shown in the history (`item`)
+    /// gets this device's next number in the conversation, in the same transaction as the
+    /// ratchet step, so no number is used twice; the item gets the message's id, and is
+    /// returned as it is shown.
     /// The ciphertext goes into the outbox in that transaction too: a post whose answer is lost
     /// (or a crash before posting) leaves it there, and the next operation that reaches the
     /// server posts the same ciphertext again (see `outbox`), so it is stored once whatever
@@ -145,22 +147,26 @@ impl Client {
     pub(super) async fn send_app(
         &mut self,
         group: GroupId,
-        mut msg: AppMessage,
+        mut content: Content,
         mut item: Option<Item>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<Item>, Error> {
         let mut conv = self
             .convs
             .get(&group)
             .cloned()
             .ok_or_else(|| Error::UnknownConversation(group.to_string()))?;
         let mut n = 0;
-        if let AppMessage::Text { n: number, .. } = &mut msg {
+        if let Some(Item::Message { .. }) = &item {
             conv.info.sent += 1;
-            *number = conv.info.sent;
             n = conv.info.sent;
+            content::set_number(&mut content, n);
         }
-        let body =
-            Zeroizing::new(serde_json::to_vec(&msg).map_err(|e| Error::Store(e.to_string()))?);
+        let encoded = content::encode(&content, &self.identity.username, group);
+        let body = encoded.bytes;
+        if let Some(Item::Message { id, .. }) = &mut item {
+            *id = hex::encode(encoded.id);
+        }
+        let shown = item.clone();
         // Too large for this server: refused here, before anything is encrypted or kept (a
         // server cut off mid-upload would look unreachable, and the number spent a gap).
         self.check_size(body.len()).await?;
@@ -195,7 +201,8 @@ impl Client {
             })
         })?;
         self.convs.insert(group, conv);
-        self.post_outgoing(outgoing, false).await
+        self.post_outgoing(outgoing, false).await?;
+        Ok(shown)
     }
 
     /// For load generators only: a signed-in session (server URL, bearer token), the group
@@ -211,20 +218,16 @@ impl Client {
     ) -> Result<BenchBatch, Error> {
         let group = self.resolve(target)?;
         let token = self.api.token(&self.identity).await?;
-        let sent_at = now_ms();
+        let me = self.identity.username.clone();
         let messages = self.profile.atomically(|_, _, p| {
             let mut g = load_group(p, group)?;
             (0..n)
-                .map(|i| {
-                    let msg = AppMessage::Text {
-                        id: format!("{:032x}", (sent_at as u128) << 32 | i as u128),
-                        body: text.to_owned(),
-                        sent_at,
-                        n: 0,
-                    };
-                    let body = Zeroizing::new(
-                        serde_json::to_vec(&msg).map_err(|e| Error::Store(e.to_string()))?,
-                    );
+                .map(|_| {
+                    let salt = p
+                        .rand()
+                        .random_array()
+                        .map_err(|_| Error::Crypto("no randomness"))?;
+                    let body = content::encode(&content::text(salt, text), &me, group).bytes;
                     let padded = Zeroizing::new(pad(&body).map_err(|_| Error::TooLarge {
                         size: body.len() as u64,
                         limit: u64::from(u32::MAX),
