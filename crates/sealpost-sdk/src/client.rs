@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use tls_codec::{Deserialize as _, Serialize as _};
 use zeroize::Zeroizing;
 
+mod changes;
 mod commit;
 mod groups;
 #[cfg(feature = "test-hooks")]
@@ -60,6 +61,7 @@ use key_packages::make_key_packages;
 use keydir::{DirCheck, DirView};
 use resolve::valid_group_name;
 
+pub(crate) use changes::short as short_message_id;
 #[cfg(feature = "test-hooks")]
 pub use hooks::{CommitForgery, KeyPackageForgery};
 pub use link::{LinkStep, PendingLink};
@@ -75,7 +77,7 @@ use crate::directory::{DirectoryState, Roots, Verified, security, verify_proof};
 use crate::error::Error;
 use crate::model::{
     ConversationId, ConversationInfo, ConversationKind, DeviceChange, Event, EventId, HistoryEntry,
-    LoggedEvent, MemberInfo, MessageId, SecurityAlert, Suite, Unconfirmed, Whoami,
+    LoggedEvent, MemberInfo, MessageId, Reaction, SecurityAlert, Suite, Unconfirmed, Whoami,
 };
 use crate::store::{self, Profile, Provider, Sealer, conv_row, item_row, put_meta};
 use sealpost_proto::directory::MAX_BATCH_LOOKUP;
@@ -192,6 +194,14 @@ struct Conv {
     cursor: u64,
 }
 
+/// A reaction as the history keeps it: with its message id, to be found when taken back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ItemReaction {
+    from: String,
+    emoji: String,
+    id: String,
+}
+
 /// A history entry without its conversation name (which is rendered when shown).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
@@ -209,7 +219,41 @@ enum Item {
         /// This device's own message whose post was not confirmed yet (it is in the outbox).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unconfirmed: bool,
+        /// The id of the message this one answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        edited: bool,
+        /// Taken back by its author: `text` is empty.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reactions: Vec<ItemReaction>,
     },
+    /// A reaction to the message `message`, or its removal (applied to that message; an event
+    /// only).
+    Reacted {
+        from: String,
+        message: String,
+        emoji: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        removed: bool,
+    },
+    /// The author's new text for `message` (applied to it; an event only).
+    Edited {
+        from: String,
+        message: String,
+        text: String,
+    },
+    /// The author took back `message` (applied to it; an event only).
+    Deleted {
+        from: String,
+        message: String,
+    },
+    /// A change to an earlier message as it arrives, before it is applied (see `changes`):
+    /// never stored.
+    #[serde(skip)]
+    Change(changes::Change),
     /// A message this version cannot show (see `content`).
     Unsupported {
         from: String,
@@ -274,6 +318,23 @@ enum Item {
 }
 
 impl Item {
+    /// A text message, as it arrives or is sent (nothing changed about it yet).
+    fn text(from: String, text: String, id: String, sent_at: u64) -> Item {
+        Item::Message {
+            from,
+            text,
+            id,
+            sent_at,
+            late: false,
+            failed: None,
+            unconfirmed: false,
+            reply_to: None,
+            edited: false,
+            deleted: false,
+            reactions: Vec::new(),
+        }
+    }
+
     fn render(self, conversation: String) -> Event {
         match self {
             Item::Message {
@@ -284,6 +345,10 @@ impl Item {
                 late,
                 failed,
                 unconfirmed,
+                reply_to,
+                edited,
+                deleted,
+                reactions,
             } => Event::Message {
                 conversation,
                 from,
@@ -293,6 +358,51 @@ impl Item {
                 late,
                 failed,
                 unconfirmed,
+                reply_to: reply_to.map(MessageId::new),
+                edited,
+                deleted,
+                reactions: reactions
+                    .into_iter()
+                    .map(|r| Reaction {
+                        from: r.from,
+                        emoji: r.emoji,
+                    })
+                    .collect(),
+            },
+            Item::Reacted {
+                from,
+                message,
+                emoji,
+                removed,
+            } => Event::Reacted {
+                conversation,
+                from,
+                message: MessageId::new(message),
+                emoji,
+                removed,
+            },
+            Item::Edited {
+                from,
+                message,
+                text,
+            } => Event::Edited {
+                conversation,
+                from,
+                message: MessageId::new(message),
+                text,
+            },
+            Item::Deleted { from, message } => Event::Deleted {
+                conversation,
+                from,
+                message: MessageId::new(message),
+            },
+            Item::Change(change) => Event::Undecryptable {
+                conversation,
+                seq: 0,
+                reason: format!(
+                    "a change to message {} that was not applied",
+                    change.message()
+                ),
             },
             Item::Unsupported {
                 from,
@@ -535,12 +645,34 @@ fn put_event_item(
     seq: Option<u64>,
     item: &Item,
 ) -> Result<bool, Error> {
-    match put_item(tx, sealer, group, seq, item)? {
+    Ok(keep_item(tx, sealer, group, seq, item.clone())?.is_some())
+}
+
+/// [`put_event_item`], returning the item as kept: a change to an earlier message is applied to
+/// it (see `changes`) and logged as applied, or not at all.
+fn keep_item(
+    tx: &Connection,
+    sealer: &Sealer,
+    group: GroupId,
+    seq: Option<u64>,
+    item: Item,
+) -> Result<Option<Item>, Error> {
+    if let Item::Change(change) = item {
+        let Some(applied) = changes::apply(tx, sealer, group, change)? else {
+            return Ok(None);
+        };
+        let record = LoggedRecord::Conversation {
+            item: applied.clone(),
+        };
+        put_event_record(tx, sealer, Some(group), &record)?;
+        return Ok(Some(applied));
+    }
+    match put_item(tx, sealer, group, seq, &item)? {
         Some(row) => {
             store::log_item(tx, group.as_bytes(), row)?;
-            Ok(true)
+            Ok(Some(item))
         }
-        None => Ok(false),
+        None => Ok(None),
     }
 }
 
@@ -960,6 +1092,10 @@ mod tests {
                 late: false,
                 failed: None,
                 unconfirmed: false,
+                reply_to: None,
+                edited: false,
+                deleted: false,
+                reactions: Vec::new(),
             }
         );
     }

@@ -80,6 +80,54 @@ pub(crate) fn text(salt: [u8; 16], text: &str) -> Content {
     )
 }
 
+/// A text that answers the message `to`.
+pub(crate) fn reply(salt: [u8; 16], body: &str, to: MimiId) -> Content {
+    let mut content = text(salt, body);
+    content.in_reply_to = Some(to);
+    content
+}
+
+/// A reaction (`emoji`) to the message `to` (the draft: a reply with disposition `reaction`).
+pub(crate) fn reaction(salt: [u8; 16], to: MimiId, emoji: &str) -> Content {
+    let mut content = reply(salt, emoji, to);
+    content.body.disposition = Disposition::REACTION;
+    content
+}
+
+/// A new text for the message `of` (an edit). `in_reply_to` is the original's: an edit
+/// changes the text, nothing else.
+pub(crate) fn edit(salt: [u8; 16], of: MimiId, in_reply_to: Option<MimiId>, body: &str) -> Content {
+    let mut content = text(salt, body);
+    content.replaces = Some(of);
+    content.in_reply_to = in_reply_to;
+    content
+}
+
+/// Takes back the message `of` (a deletion) or, with `reaction`, the reaction `of` to the
+/// message `in_reply_to`: an empty body in its place.
+pub(crate) fn retract(
+    salt: [u8; 16],
+    of: MimiId,
+    in_reply_to: Option<MimiId>,
+    reaction: bool,
+) -> Content {
+    let mut content = message(
+        salt,
+        NestedPart {
+            disposition: if reaction {
+                Disposition::REACTION
+            } else {
+                Disposition::RENDER
+            },
+            language: String::new(),
+            part: Part::Null,
+        },
+    );
+    content.replaces = Some(of);
+    content.in_reply_to = in_reply_to;
+    content
+}
+
 /// The message that tells members what a conversation is.
 pub(crate) fn conversation(salt: [u8; 16], kind: ConversationKind, name: &str) -> Content {
     let kind = match kind {
@@ -138,8 +186,13 @@ pub(crate) struct Incoming {
 /// What a message is, as far as this version knows.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Body {
-    /// A text.
-    Text(String),
+    /// A text, perhaps answering another message (its id in hex).
+    Text {
+        text: String,
+        reply_to: Option<String>,
+    },
+    /// A change to an earlier message: a reaction, an edit, a deletion.
+    Change(ChangeKind),
     /// What the conversation is.
     Conversation {
         kind: ConversationKind,
@@ -148,6 +201,26 @@ pub(crate) enum Body {
     /// Well-formed, but not something this version shows: what it is, for a person, and the
     /// message as it came (kept, so that a later version can show it).
     Unsupported { what: String, content: Vec<u8> },
+}
+
+/// What a change to an earlier message does.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ChangeKind {
+    /// A reaction to the message `to`.
+    React { to: String, emoji: String },
+    /// Something in the place of the message (or reaction) `of`, sent earlier.
+    Replace { of: String, with: Replacement },
+}
+
+/// What a message puts in the place of an earlier one.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Replacement {
+    /// A new text (an edit).
+    Text(String),
+    /// Another reaction.
+    Reaction(String),
+    /// Nothing: the earlier message or reaction is taken back.
+    Nothing,
 }
 
 /// Reads a decrypted, unpadded message sent by `sender` in `group`. An error says why it is
@@ -192,20 +265,68 @@ pub(crate) fn read(bytes: &[u8], sender: &Username, group: GroupId) -> Result<In
 
 /// What this version makes of a message, if it knows it.
 fn interpret(content: &Content) -> Option<Body> {
-    if content.replaces.is_some() || content.in_reply_to.is_some() || content.expires.is_some() {
-        // Edits, deletes, reactions, replies and expiry: not applied by this version, so not
-        // shown as if they were a plain message.
+    let body = &content.body;
+    let reaction = body.disposition == Disposition::REACTION;
+    if let Some(of) = content.replaces {
+        // What the replacement answers is the original's (the draft: an edit changes the
+        // content, nothing else), so `in_reply_to` is not read here.
+        let with = match &body.part {
+            Part::Null => Replacement::Nothing,
+            _ if reaction => Replacement::Reaction(reaction_of(body)?),
+            _ => Replacement::Text(shown_text(body)?),
+        };
+        return Some(Body::Change(ChangeKind::Replace {
+            of: hex::encode(of),
+            with,
+        }));
+    }
+    if content.expires.is_some() {
+        // Expiring messages: not honoured by this version, so not shown as if they were
+        // ordinary ones.
         return None;
+    }
+    if reaction {
+        return Some(Body::Change(ChangeKind::React {
+            to: hex::encode(content.in_reply_to?),
+            emoji: reaction_of(body)?,
+        }));
     }
     if let Part::Single {
         content_type,
         content,
-    } = &content.body.part
+    } = &body.part
         && content_type == CONVERSATION
     {
         return conversation_of(content);
     }
-    shown_text(&content.body).map(Body::Text)
+    Some(Body::Text {
+        text: shown_text(body)?,
+        reply_to: content.in_reply_to.map(hex::encode),
+    })
+}
+
+/// The longest reaction taken, in octets (a few emoji, each up to a few code points).
+pub(crate) const MAX_REACTION: usize = 64;
+
+/// Whether `emoji` is a reaction Sealpost sends and shows: 1 to [`MAX_REACTION`] octets, no
+/// white space or control characters.
+pub(crate) fn valid_reaction(emoji: &str) -> bool {
+    !emoji.is_empty()
+        && emoji.len() <= MAX_REACTION
+        && !emoji.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// The text of a reaction part.
+fn reaction_of(p: &NestedPart) -> Option<String> {
+    match &p.part {
+        Part::Single {
+            content_type,
+            content,
+        } if is_text(content_type) => String::from_utf8(content.clone())
+            .ok()
+            .filter(|e| valid_reaction(e)),
+        _ => None,
+    }
 }
 
 /// The text of a part that is shown as text: an inline plain or Markdown text, a choice among
@@ -281,11 +402,11 @@ fn conversation_of(cbor: &[u8]) -> Option<Body> {
 /// What a message this version does not show is, for a person.
 fn describe(content: &Content) -> String {
     if content.replaces.is_some() {
-        return "a change to an earlier message (an edit, a deletion or a reaction)".into();
+        return "a change to an earlier message".into();
     }
     let what = describe_part(&content.body);
-    if content.in_reply_to.is_some() {
-        format!("a reply: {what}")
+    if content.body.disposition == Disposition::REACTION {
+        format!("a reaction: {what}")
     } else if content.expires.is_some() {
         format!("a disappearing message: {what}")
     } else {
@@ -329,7 +450,10 @@ fn read_legacy(bytes: &[u8]) -> Result<Incoming, String> {
         Ok(Legacy::Text { id, body, n }) => Ok(Incoming {
             id,
             number: n,
-            body: Body::Text(body),
+            body: Body::Text {
+                text: body,
+                reply_to: None,
+            },
         }),
         Ok(Legacy::Meta { kind, name }) => Ok(Incoming {
             id: String::new(),
@@ -343,6 +467,107 @@ fn read_legacy(bytes: &[u8]) -> Result<Incoming, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text_body(t: &str) -> Body {
+        Body::Text {
+            text: t.into(),
+            reply_to: None,
+        }
+    }
+
+    fn round_trip(content: &Content) -> Body {
+        let sent = encode(content, &alice(), group());
+        read(&sent.bytes, &alice(), group()).unwrap().body
+    }
+
+    #[test]
+    fn replies_reactions_edits_and_retractions_read_back() {
+        let to = [0x01; 32];
+        let of = [0x02; 32];
+        assert_eq!(
+            round_trip(&reply([1; 16], "yes", to)),
+            Body::Text {
+                text: "yes".into(),
+                reply_to: Some(hex::encode(to))
+            }
+        );
+        assert_eq!(
+            round_trip(&reaction([2; 16], to, "\u{2764}")),
+            Body::Change(ChangeKind::React {
+                to: hex::encode(to),
+                emoji: "\u{2764}".into()
+            })
+        );
+        assert_eq!(
+            round_trip(&edit([3; 16], of, Some(to), "better")),
+            Body::Change(ChangeKind::Replace {
+                of: hex::encode(of),
+                with: Replacement::Text("better".into())
+            })
+        );
+        for as_reaction in [false, true] {
+            assert_eq!(
+                round_trip(&retract([4; 16], of, Some(to), as_reaction)),
+                Body::Change(ChangeKind::Replace {
+                    of: hex::encode(of),
+                    with: Replacement::Nothing
+                })
+            );
+        }
+        // A reaction that could pass for more (white space, control characters, a novel) is
+        // not one.
+        for bad in ["", "a b", "\u{1b}[2J", &"x".repeat(MAX_REACTION + 1)] {
+            assert!(matches!(
+                round_trip(&reaction([5; 16], to, bad)),
+                Body::Unsupported { .. }
+            ));
+        }
+    }
+
+    /// The draft's own examples of each kind are read as what they are.
+    #[test]
+    fn the_drafts_examples_are_read_as_what_they_are() {
+        let example = |name: &str| {
+            let path = format!(
+                "{}/../sealpost-proto/testdata/mimi/{name}.cbor",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            interpret(&Content::decode(&std::fs::read(&path).unwrap()).unwrap())
+        };
+        assert!(matches!(
+            example("original"),
+            Some(Body::Text { reply_to: None, .. })
+        ));
+        assert!(matches!(
+            example("reply"),
+            Some(Body::Text {
+                reply_to: Some(_),
+                ..
+            })
+        ));
+        assert!(
+            matches!(example("reaction"), Some(Body::Change(ChangeKind::React { emoji, .. })) if emoji == "\u{2764}")
+        );
+        assert!(matches!(
+            example("edit"),
+            Some(Body::Change(ChangeKind::Replace {
+                with: Replacement::Text(_),
+                ..
+            }))
+        ));
+        for retraction in ["delete", "unlike"] {
+            assert!(matches!(
+                example(retraction),
+                Some(Body::Change(ChangeKind::Replace {
+                    with: Replacement::Nothing,
+                    ..
+                }))
+            ));
+        }
+        for unsupported in ["expiring", "attachment", "conferencing"] {
+            assert_eq!(example(unsupported), None, "{unsupported}");
+        }
+    }
 
     fn alice() -> Username {
         Username::new("alice").unwrap()
@@ -360,7 +585,7 @@ mod tests {
         let got = read(&sent.bytes, &alice(), group()).unwrap();
         assert_eq!(got.id, hex::encode(sent.id));
         assert_eq!(got.number, 42);
-        assert_eq!(got.body, Body::Text("hello\nworld".into()));
+        assert_eq!(got.body, text_body("hello\nworld"));
         // The id is the draft's: the sender and the room are part of it.
         let bob = Username::new("bob").unwrap();
         assert_ne!(read(&sent.bytes, &bob, group()).unwrap().id, got.id);
@@ -403,10 +628,13 @@ mod tests {
                 content: bytes.to_vec(),
             }
         );
-        // So is a reply, until replies are shown.
-        let mut reply = text([4; 16], "yes");
-        reply.in_reply_to = Some([1; 32]);
-        let bytes = encode(&reply, &alice(), group()).bytes;
+        // So is an expiring message, until expiry is honoured.
+        let mut expiring = text([4; 16], "soon gone");
+        expiring.expires = Some(mimi::Expiration {
+            relative: true,
+            time: 60,
+        });
+        let bytes = encode(&expiring, &alice(), group()).bytes;
         assert!(matches!(
             read(&bytes, &alice(), group()).unwrap().body,
             Body::Unsupported { .. }
@@ -451,7 +679,7 @@ mod tests {
         let bytes = encode(&content, &alice(), group()).bytes;
         assert_eq!(
             read(&bytes, &alice(), group()).unwrap().body,
-            Body::Text("hi".into())
+            text_body("hi")
         );
     }
 
@@ -486,7 +714,7 @@ mod tests {
         let got = read(old, &alice(), group()).unwrap();
         assert_eq!(got.id, "00112233445566778899aabbccddeeff");
         assert_eq!(got.number, 3);
-        assert_eq!(got.body, Body::Text("hi".into()));
+        assert_eq!(got.body, text_body("hi"));
         let meta = br#"{"t":"meta","kind":"group","name":"team"}"#;
         assert!(matches!(
             read(meta, &alice(), group()).unwrap().body,

@@ -160,6 +160,32 @@ pub enum Error {
     /// Other members' changes kept taking the conversation's epoch first.
     #[error("the conversation is busy with other members' changes: try again")]
     Busy,
+    /// Not a message id or a prefix of one (at least 4 hex digits).
+    #[error("{0} is not a message id")]
+    BadMessageId(String),
+    /// No message in this device's history has this id (or prefix).
+    #[error("no message {0} here")]
+    UnknownMessage(String),
+    /// Several messages start with this prefix.
+    #[error("{0} could be any of {1} messages: give more of the id")]
+    AmbiguousMessage(String, usize),
+    /// A reply names a message of another conversation.
+    #[error("message {0} is in another conversation")]
+    OtherConversation(String),
+    /// Only a message's author edits or deletes it, and only its own reactions are taken back.
+    #[error("only its author can change or delete message {0}")]
+    NotAuthor(String),
+    /// The message was deleted, or is not a text (it cannot be edited, replied or reacted to).
+    #[error("message {0} cannot be changed: it was deleted, or is not a text")]
+    NotChangeable(String),
+    /// A reaction outside the rules.
+    #[error(
+        "a reaction is 1 to 64 bytes (an emoji, or a few) without spaces or control characters"
+    )]
+    BadReaction,
+    /// Taking back a reaction that was not made.
+    #[error("you have not reacted to message {0} with {1}")]
+    NoSuchReaction(String, String),
     /// An audit state file holds another server's audit.
     #[error("{} holds the audit of {holds}, not {wanted}", file.display())]
     AuditOfAnotherServer {

@@ -54,7 +54,8 @@ pub use error::Error;
 pub use live::{ClientGuard, Connection, Live, Subscription};
 pub use model::{
     ConversationId, ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, EventId,
-    HistoryEntry, LoggedEvent, MemberInfo, MessageId, SecurityAlert, Suite, Unconfirmed, Whoami,
+    HistoryEntry, LoggedEvent, MemberInfo, MessageId, Reaction, SecurityAlert, Suite, Unconfirmed,
+    Whoami,
 };
 pub use sealpost_proto::{DeviceId, Username};
 pub use store::profile_holder;

@@ -78,6 +78,52 @@ pub enum Event {
         /// or [`Event::NotSent`] follows). Sending it again yourself would send it twice.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unconfirmed: bool,
+        /// The message this one answers, if it is a reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<MessageId>,
+        /// Its author changed it after sending it: `text` is the newest version.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        edited: bool,
+        /// Its author took it back: its text is gone (from this device's store too).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+        /// Reactions to it, in the order they came.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reactions: Vec<Reaction>,
+    },
+    /// Someone reacted to a message, or took their reaction back (`removed`).
+    Reacted {
+        /// `#group` or `@user`.
+        conversation: String,
+        /// `@who`.
+        from: String,
+        /// The message reacted to.
+        message: MessageId,
+        /// The reaction (an emoji, or a few).
+        emoji: String,
+        /// The reaction was taken back.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        removed: bool,
+    },
+    /// The author of a message changed its text.
+    Edited {
+        /// `#group` or `@user`.
+        conversation: String,
+        /// `@author`.
+        from: String,
+        /// The message changed.
+        message: MessageId,
+        /// Its new text.
+        text: String,
+    },
+    /// The author of a message took it back (for everyone).
+    Deleted {
+        /// `#group` or `@user`.
+        conversation: String,
+        /// `@author`.
+        from: String,
+        /// The message taken back.
+        message: MessageId,
     },
     /// A message this version of Sealpost cannot show (another kind of content, or a feature
     /// it does not have): kept, so that a later version can show it.
@@ -247,8 +293,10 @@ impl std::fmt::Display for ConversationId {
     }
 }
 
-/// A message's id, chosen by its sender (16 random bytes, as hex) and the same on every device:
-/// a message seen twice (a replay, a resend after a crash) is shown once.
+/// A message's id, the same on every device: the MIMI content draft's (32 octets, as hex,
+/// starting with `01`, derived from the message, its sender and its conversation), or, for
+/// messages from before Sealpost carried MIMI content, 16 random octets chosen by the sender. A
+/// message seen twice (a replay, a resend after a crash) is shown once.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct MessageId(String);
@@ -262,12 +310,27 @@ impl MessageId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id as people are shown it, and as `Client::react` and the like take it: 8 hex
+    /// digits, after the `01` (the hash algorithm) that starts every MIMI message id.
+    pub fn short(&self) -> String {
+        crate::client::short_message_id(&self.0)
+    }
 }
 
 impl std::fmt::Display for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A reaction to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// `@who`.
+    pub from: String,
+    /// The reaction (an emoji, or a few).
+    pub emoji: String,
 }
 
 /// An entry of a conversation's history with its place, for reading the history a page at a
@@ -382,6 +445,9 @@ pub enum SecurityAlert {
     /// point): adding that device, or any later change of the conversation, would fail. It was
     /// refused.
     UnusableKey,
+    /// A member tried to edit or delete someone else's message, or take back someone else's
+    /// reaction. Only a message's author may. Refused.
+    NotAuthor,
 }
 
 /// A conversation as listed.

@@ -36,6 +36,16 @@ CREATE TABLE IF NOT EXISTS history (
     UNIQUE (group_id, msg_id)
 );
 CREATE INDEX IF NOT EXISTS history_group ON history(group_id, id);
+-- Message ids by themselves: a message is named by its id (or a prefix of it) alone.
+CREATE INDEX IF NOT EXISTS history_msg ON history(msg_id);
+-- Changes to messages (reactions, edits, deletions), by their own message ids: the history row
+-- each applies to. A change is applied once, and a reaction is found again when taken back.
+CREATE TABLE IF NOT EXISTS message_changes (
+    group_id BLOB NOT NULL,
+    msg_id   TEXT NOT NULL,
+    row      INTEGER NOT NULL,
+    PRIMARY KEY (group_id, msg_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sent (group_id BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (group_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, payload BLOB NOT NULL);
 -- The Welcome that goes with a pending commit that adds members, to post both again when the
@@ -238,6 +248,7 @@ pub fn forget_conversation(tx: &Connection, group: &[u8]) -> Result<(), Error> {
     for table in [
         "conversations",
         "history",
+        "message_changes",
         "events",
         "sent",
         "outbox",
@@ -310,6 +321,57 @@ pub fn insert_history(
         )?
         .execute(params![id, group, seq, msg_id, sealed])?;
     Ok(n == 1)
+}
+
+/// The history row of the message `msg_id` in `group`.
+pub fn history_row(conn: &Connection, group: &[u8], msg_id: &str) -> Result<Option<i64>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM history WHERE group_id = ?1 AND msg_id = ?2")?
+        .query_row(params![group, msg_id], |r| r.get(0))
+        .optional()?)
+}
+
+/// Notes that the change `msg_id` applies to history row `row`; `false` if it was already
+/// noted (a replay).
+pub fn note_change(tx: &Connection, group: &[u8], msg_id: &str, row: i64) -> Result<bool, Error> {
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO message_changes (group_id, msg_id, row) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![group, msg_id, row])?;
+    Ok(n == 1)
+}
+
+/// The history row that the change `msg_id` (e.g. a reaction) of `group` applies to.
+pub fn change_row(conn: &Connection, group: &[u8], msg_id: &str) -> Result<Option<i64>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT row FROM message_changes WHERE group_id = ?1 AND msg_id = ?2")?
+        .query_row(params![group, msg_id], |r| r.get(0))
+        .optional()?)
+}
+
+/// Up to `limit` messages whose ids start with one of `prefixes` (lowercase hex), in any
+/// conversation: (conversation, row, id).
+pub fn messages_by_prefix(
+    conn: &Connection,
+    prefixes: &[String],
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, i64, String)>, Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT group_id, id, msg_id FROM history WHERE msg_id >= ?1 AND msg_id < ?2 LIMIT ?3",
+    )?;
+    let mut out = Vec::new();
+    for prefix in prefixes {
+        // Hex digits sort below 'g': every id with the prefix lies in [prefix, prefix + "g").
+        let end = format!("{prefix}g");
+        let rows = stmt.query_map(params![prefix, end, limit as u64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        for row in rows {
+            out.push(row?);
+        }
+    }
+    Ok(out)
 }
 
 /// The sealed history item `row` of `group`.
@@ -841,7 +903,7 @@ impl Profile {
         // Temporary storage (the journal of the savepoint each change takes inside a sync batch)
         // in memory: on disk it was a write per page per delivery. Durability is the WAL's.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY; PRAGMA secure_delete=ON;",
         )
         .map_err(damaged)?;
         let version: i64 = conn

@@ -354,3 +354,169 @@ async fn content_this_version_cannot_show_is_kept_and_shown_as_unsupported() {
     assert!(matches!(&history[at - 1], Event::Message { text, .. } if text == "first"));
     assert!(matches!(&history[at + 1], Event::Message { text, .. } if text == "after"));
 }
+
+/// The message with id `id` in a history, as shown.
+fn shown<'a>(history: &'a [Event], wanted: &str) -> &'a Event {
+    history
+        .iter()
+        .find(|e| matches!(e, Event::Message { id, .. } if wanted == id.as_str()))
+        .unwrap_or_else(|| panic!("no message {wanted} in {history:?}"))
+}
+
+#[tokio::test]
+async fn replies_reactions_edits_and_deletes_reach_every_member_and_only_authors_change_messages() {
+    use sealpost_proto::mimi::{Content, Disposition, Extensions, NestedPart, Part};
+    use sealpost_sdk::{Error, Reaction, SecurityAlert};
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let mut carol = people.register(&server, "carol").await;
+    alice
+        .create_group("team", &[u("bob"), u("carol")], Suite::Classic)
+        .await
+        .unwrap();
+    let Event::Message { id: pen, .. } = alice.send("#team", "a pen?").await.unwrap() else {
+        panic!("not a message");
+    };
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+
+    // A reply names the message by the id people are shown.
+    let reply = bob.reply("#team", &pen.short(), "here").await.unwrap();
+    assert!(matches!(&reply, Event::Message { reply_to: Some(to), .. } if *to == pen));
+    let events = carol.sync().await.unwrap();
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::Message { reply_to: Some(to), text, .. } if *to == pen && text == "here")
+        ),
+        "{events:?}"
+    );
+
+    // A reaction, and taking it back.
+    carol.react(&pen.short(), "\u{2764}").await.unwrap();
+    let events = alice.sync().await.unwrap();
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::Reacted { from, message, emoji, removed: false, .. }
+            if from == "@carol" && *message == pen && emoji == "\u{2764}")
+        ),
+        "{events:?}"
+    );
+    let Event::Message { reactions, .. } =
+        shown(&alice.messages("#team", 10).unwrap(), pen.as_str()).clone()
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        reactions,
+        vec![Reaction {
+            from: "@carol".into(),
+            emoji: "\u{2764}".into()
+        }]
+    );
+    assert!(matches!(
+        carol.unreact(pen.as_str(), "\u{1f44d}").await,
+        Err(Error::NoSuchReaction(..))
+    ));
+    carol.unreact(pen.as_str(), "\u{2764}").await.unwrap();
+    let events = alice.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Reacted { removed: true, .. })),
+        "{events:?}"
+    );
+    assert!(
+        matches!(shown(&alice.messages("#team", 10).unwrap(), pen.as_str()),
+        Event::Message { reactions, .. } if reactions.is_empty())
+    );
+
+    // Only the author edits or deletes: refused locally, and refused by every receiver when a
+    // member sends it anyway.
+    assert!(matches!(
+        bob.edit(&pen.short(), "your Ferrari?").await,
+        Err(Error::NotAuthor(_))
+    ));
+    assert!(matches!(
+        bob.delete(&pen.short()).await,
+        Err(Error::NotAuthor(_))
+    ));
+    let mut of = [0u8; 32];
+    hex::decode_to_slice(pen.as_str(), &mut of).unwrap();
+    let forged = Content {
+        salt: [7; 16],
+        replaces: Some(of),
+        topic_id: Vec::new(),
+        expires: None,
+        in_reply_to: None,
+        extensions: Extensions::default(),
+        body: NestedPart {
+            disposition: Disposition::RENDER,
+            language: String::new(),
+            part: Part::Single {
+                content_type: "text/plain;charset=utf-8".into(),
+                content: b"your Ferrari?".to_vec(),
+            },
+        },
+    };
+    bob.send_content_unchecked("#team", forged).await.unwrap();
+    for member in [&mut alice, &mut carol] {
+        let events = member.sync().await.unwrap();
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Security { alert: SecurityAlert::NotAuthor, detail, .. } if detail.contains("@bob"))),
+            "{events:?}"
+        );
+        assert!(
+            matches!(shown(&member.messages("#team", 10).unwrap(), pen.as_str()),
+            Event::Message { text, edited: false, .. } if text == "a pen?")
+        );
+    }
+
+    // The author edits: everyone sees the new text, marked as edited.
+    alice.edit(&pen.short(), "a pen, please?").await.unwrap();
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Edited { message, text, .. } if *message == pen && text == "a pen, please?")),
+        "{events:?}"
+    );
+    assert!(
+        matches!(shown(&bob.messages("#team", 10).unwrap(), pen.as_str()),
+        Event::Message { text, edited: true, .. } if text == "a pen, please?")
+    );
+
+    // And deletes: the text is gone everywhere, the place stays; it can no longer be changed.
+    carol.sync().await.unwrap();
+    carol.react(&pen.short(), "\u{1f44d}").await.unwrap();
+    alice.delete(&pen.short()).await.unwrap();
+    for member in [&mut bob, &mut carol] {
+        member.sync().await.unwrap();
+        assert!(
+            matches!(shown(&member.messages("#team", 10).unwrap(), pen.as_str()),
+            Event::Message { text, deleted: true, reactions, .. } if text.is_empty() && reactions.is_empty())
+        );
+    }
+    assert!(matches!(
+        alice.edit(&pen.short(), "back").await,
+        Err(Error::NotChangeable(_))
+    ));
+    assert!(matches!(
+        carol.react(&pen.short(), "\u{1f44d}").await,
+        Err(Error::NotChangeable(_))
+    ));
+    assert!(matches!(
+        carol.react("ffffffff", "\u{1f44d}").await,
+        Err(Error::UnknownMessage(_))
+    ));
+    assert!(matches!(
+        carol.react(&reply_id(&reply), "two words").await,
+        Err(Error::BadReaction)
+    ));
+}
+
+fn reply_id(e: &Event) -> String {
+    match e {
+        Event::Message { id, .. } => id.short(),
+        other => panic!("not a message: {other:?}"),
+    }
+}

@@ -70,6 +70,32 @@ enum Command {
         to: String,
         /// The text, or '-' for stdin.
         text: String,
+        /// Answer this message: its id, as `messages` shows it in parentheses after the sender.
+        #[arg(long, value_name = "MESSAGE_ID")]
+        reply_to: Option<String>,
+    },
+    /// React to a message with an emoji, or take your reaction back with --remove.
+    React {
+        /// The message's id, as `messages` shows it in parentheses after the sender.
+        message: String,
+        /// The reaction, e.g. 👍.
+        emoji: String,
+        /// Take back this reaction of yours.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Change the text of a message you sent, for everyone (they see it marked as edited).
+    Edit {
+        /// The message's id, as `messages` shows it.
+        message: String,
+        /// The new text, or '-' for stdin.
+        text: String,
+    },
+    /// Take back a message you sent, for everyone: its text is deleted from every member's
+    /// device that follows the protocol (one that does not can have kept a copy).
+    Delete {
+        /// The message's id, as `messages` shows it.
+        message: String,
     },
     /// Fetch and process everything pending; print new messages and events. Also checks this
     /// account's key-directory history. Exits with status 3 if a security event was shown.
@@ -429,22 +455,36 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
-        Command::Send { to, text } => {
-            let text = if text == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("cannot read the message from stdin")?;
-                s.trim_end_matches('\n').to_owned()
-            } else {
-                text
-            };
-            if text.is_empty() {
-                bail!("the message is empty");
-            }
-            let params = json!({ "to": to, "text": text });
+        Command::Send { to, text, reply_to } => {
+            let text = text_or_stdin(text)?;
+            let params = json!({ "to": to, "text": text, "reply_to": reply_to });
             out.settle("send", params, |sent: Event| {
                 if as_json { print_json(&sent) } else { Ok(()) }
+            })
+            .await
+        }
+        Command::React {
+            message,
+            emoji,
+            remove,
+        } => {
+            let params = json!({ "message": message, "emoji": emoji, "remove": remove });
+            out.settle("react", params, |done: Event| {
+                if as_json { print_json(&done) } else { Ok(()) }
+            })
+            .await
+        }
+        Command::Edit { message, text } => {
+            let text = text_or_stdin(text)?;
+            let params = json!({ "message": message, "text": text });
+            out.settle("edit", params, |done: Event| {
+                if as_json { print_json(&done) } else { Ok(()) }
+            })
+            .await
+        }
+        Command::Delete { message } => {
+            out.settle("delete", json!({ "message": message }), |done: Event| {
+                if as_json { print_json(&done) } else { Ok(()) }
             })
             .await
         }
@@ -553,6 +593,23 @@ pub async fn run(cli: Cli) -> Result<()> {
 struct Output<'a> {
     session: &'a Session,
     json: bool,
+}
+
+/// A message's text from the command line, or from stdin for '-'; never empty.
+fn text_or_stdin(text: String) -> Result<String> {
+    let text = if text == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the message from stdin")?;
+        s.trim_end_matches('\n').to_owned()
+    } else {
+        text
+    };
+    if text.is_empty() {
+        bail!("the message is empty");
+    }
+    Ok(text)
 }
 
 impl Output<'_> {

@@ -32,6 +32,9 @@ pub fn safe_body(s: &str) -> String {
 /// What starts the second and later lines of a message: no event line starts with a space.
 const CONTINUATION: &str = "\n    | ";
 
+/// What starts the line of a message's reactions (never the start of one of its lines).
+const REACTIONS: &str = "\n    + ";
+
 fn push_safe(out: &mut String, c: char) {
     let hidden = c.is_control()
         || matches!(c,
@@ -54,22 +57,90 @@ pub fn line(e: &Event) -> String {
             conversation,
             from,
             text,
+            id,
             late,
             failed,
             unconfirmed,
+            reply_to,
+            edited,
+            deleted,
+            reactions,
             ..
         } => {
-            let (conversation, from, text) = (safe(conversation), safe(from), safe_body(text));
-            if let Some(why) = failed {
-                format!("[{conversation}] {from} (NOT SENT: {}): {text}", safe(why))
-            } else if *unconfirmed {
-                format!("[{conversation}] {from} (not confirmed yet: sync sends it again): {text}")
-            } else if *late {
-                format!("[{conversation}] {from} (late, sent before earlier lines): {text}")
-            } else {
-                format!("[{conversation}] {from}: {text}")
+            let mut notes = Vec::new();
+            if let Some(to) = reply_to {
+                notes.push(format!("reply to {}", short_id(to)));
             }
+            if *deleted {
+                notes.push("deleted".to_owned());
+            } else if *edited {
+                notes.push("edited".to_owned());
+            }
+            if let Some(why) = failed {
+                notes.push(format!("NOT SENT: {}", safe(why)));
+            } else if *unconfirmed {
+                notes.push("not confirmed yet: sync sends it again".to_owned());
+            } else if *late {
+                notes.push("late, sent before earlier lines".to_owned());
+            }
+            let mut line = format!("[{}] {} {}", safe(conversation), short_id(id), safe(from));
+            if !notes.is_empty() {
+                line.push_str(&format!(" ({})", notes.join(", ")));
+            }
+            if !*deleted {
+                line.push_str(": ");
+                line.push_str(&safe_body(text));
+            }
+            if !reactions.is_empty() {
+                let shown: Vec<String> = reactions
+                    .iter()
+                    .map(|r| format!("{} {}", safe(&r.emoji), safe(&r.from)))
+                    .collect();
+                line.push_str(REACTIONS);
+                line.push_str(&shown.join(", "));
+            }
+            line
         }
+        Event::Reacted {
+            conversation,
+            from,
+            message,
+            emoji,
+            removed,
+        } => format!(
+            "[{}] {} {} {} to {}",
+            safe(conversation),
+            safe(from),
+            if *removed {
+                "took back the reaction"
+            } else {
+                "reacted"
+            },
+            safe(emoji),
+            short_id(message)
+        ),
+        Event::Edited {
+            conversation,
+            from,
+            message,
+            text,
+        } => format!(
+            "[{}] {} edited {}: {}",
+            safe(conversation),
+            safe(from),
+            short_id(message),
+            safe_body(text)
+        ),
+        Event::Deleted {
+            conversation,
+            from,
+            message,
+        } => format!(
+            "[{}] {} deleted {}",
+            safe(conversation),
+            safe(from),
+            short_id(message)
+        ),
         Event::Unsupported {
             conversation,
             from,
@@ -203,7 +274,8 @@ pub fn line(e: &Event) -> String {
     }
 }
 
-/// A message id as people are shown it: its first 8 characters.
+/// A message id as people are shown it, and as commands take it: 8 hex digits (after the
+/// `01` that starts every MIMI message id).
 fn short_id(id: &sealpost_sdk::MessageId) -> String {
-    safe(&id.as_str().chars().take(8).collect::<String>())
+    safe(&id.short())
 }

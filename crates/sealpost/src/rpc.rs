@@ -13,8 +13,8 @@ use sealpost_sdk::{EventId, Live, Suite, Username};
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// A JSON-RPC error object. `data.kind` says what went wrong in a word a program can match:
-/// `security` (with `data.alert`), `invalid`, `unknown_conversation`, `ambiguous`,
-/// `unreachable`, `refused` (by the server), `too_large`, `store`, `not_registered`,
+/// `security` (with `data.alert`), `invalid`, `unknown_conversation`, `unknown_message`,
+/// `not_author`, `ambiguous`, `unreachable`, `refused` (by the server), `too_large`, `store`, `not_registered`,
 /// `device_removed`, `method`, `params`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RpcError {
@@ -85,6 +85,9 @@ impl From<sealpost_sdk::Error> for RpcError {
             E::AmbiguousConversation(..) | E::AmbiguousDevice(..) => "ambiguous",
             E::UnknownUser(_) => "unknown_user",
             E::BadDeviceId(_) | E::UnknownDevice(_) => "unknown_device",
+            E::BadMessageId(_) | E::UnknownMessage(_) => "unknown_message",
+            E::AmbiguousMessage(..) => "ambiguous",
+            E::NotAuthor(_) => "not_author",
             E::Busy | E::ChangePending => "busy",
             E::ServerUnreachable { .. } => "unreachable",
             E::Server { .. } => "refused",
@@ -113,6 +116,9 @@ impl From<sealpost_sdk::Error> for RpcError {
                 format!("{e}: check it, or start `sealpost device link` again on the new device")
             }
             E::RemoveSelf => format!("{e} (`sealpost group leave`)"),
+            E::BadMessageId(_) | E::UnknownMessage(_) | E::AmbiguousMessage(..) => format!(
+                "{e} (`sealpost messages <conversation>` shows each message's id in parentheses)"
+            ),
             E::AuditOfAnotherServer { .. } => format!("{e}; use another --state file"),
             _ => e.to_string(),
         };
@@ -163,6 +169,31 @@ struct NoParams {}
 struct Send {
     to: String,
     text: String,
+    /// The message this one answers (its id, or the start of it).
+    #[serde(default)]
+    reply_to: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct React {
+    message: String,
+    emoji: String,
+    #[serde(default)]
+    remove: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Edit {
+    message: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Message {
+    message: String,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +282,9 @@ pub const METHODS: &[&str] = &[
     "sealpost.version",
     "whoami",
     "send",
+    "react",
+    "edit",
+    "delete",
     "sync",
     "conversations",
     "messages",
@@ -289,11 +323,41 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
             answer(live.lock().await.whoami())
         }
         "send" => {
-            let Send { to, text } = params(p)?;
+            let Send { to, text, reply_to } = params(p)?;
             if text.is_empty() {
                 return Err(RpcError::params("the message is empty"));
             }
-            answer(live.lock().await.send(&to, &text).await?)
+            let mut client = live.lock().await;
+            answer(match reply_to {
+                None => client.send(&to, &text).await?,
+                Some(id) => client.reply(&to, &id, &text).await?,
+            })
+        }
+        "react" => {
+            let React {
+                message,
+                emoji,
+                remove,
+            } = params(p)?;
+            let mut client = live.lock().await;
+            answer(if remove {
+                client.unreact(&message, &emoji).await?
+            } else {
+                client.react(&message, &emoji).await?
+            })
+        }
+        "edit" => {
+            let Edit { message, text } = params(p)?;
+            if text.is_empty() {
+                return Err(RpcError::params(
+                    "the new text is empty (to take a message back, delete it)",
+                ));
+            }
+            answer(live.lock().await.edit(&message, &text).await?)
+        }
+        "delete" => {
+            let Message { message } = params(p)?;
+            answer(live.lock().await.delete(&message).await?)
         }
         "sync" => {
             params::<NoParams>(p)?;

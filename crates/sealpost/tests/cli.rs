@@ -324,14 +324,22 @@ fn a_peers_text_cannot_forge_a_line_or_reach_the_terminal_raw() {
     }
     for args in [&["sync"][..], &["messages", "@alice"]] {
         let out = run_ok(&b, args);
+        // A message of alice's: `[@alice] <its id> @alice: …`.
+        let alices = |l: &str| {
+            l.strip_prefix("[@alice] ")
+                .and_then(|l| l.split_at_checked(8))
+                .is_some_and(|(id, rest)| {
+                    id.bytes().all(|b| b.is_ascii_hexdigit()) && rest.starts_with(" @alice: ")
+                })
+        };
         for l in out.lines() {
             // Every line is about alice, or indented under one of her messages.
             assert!(
-                l.starts_with("[@alice] @alice") || l.starts_with("    | "),
+                l.starts_with("[@alice] @alice") || alices(l) || l.starts_with("    | "),
                 "{args:?}: a line that is not alice's: {l:?}\n{out}"
             );
         }
-        let messages = out.lines().filter(|l| l.starts_with("[@alice] @alice: "));
+        let messages = out.lines().filter(|l| alices(l));
         assert_eq!(messages.count(), 7, "{out}");
         let hidden = |c: char| {
             (c.is_control() && c != '\n')
@@ -1153,4 +1161,71 @@ fn history_is_paged() {
     let out = run(&b, &["messages", "@alice", "--limit", "2"]);
     let hint = String::from_utf8_lossy(&out.stderr);
     assert!(hint.contains("--before"), "{hint}");
+}
+
+/// Replies, reactions, edits and deletes from the command line: each message line shows the id
+/// the commands take, and what they did shows in `messages` and `sync`, on both sides.
+#[test]
+fn replies_reactions_edits_and_deletes_from_the_command_line() {
+    let (_server, _homes, a, b) = alice_and_bob();
+    let sent = run_ok(&a, &["--json", "send", "@bob", "dinner at eight?"]);
+    let id = event_of(sent.trim())["id"].as_str().unwrap().to_owned();
+    let short = &id[2..10];
+    let out = run_ok(&b, &["sync"]);
+    assert!(
+        out.contains(&format!("[@alice] {short} @alice: dinner at eight?")),
+        "{out}"
+    );
+
+    run_ok(&b, &["send", "@alice", "yes!", "--reply-to", short]);
+    run_ok(&b, &["react", short, "👍"]);
+    let out = run_ok(&a, &["sync"]);
+    assert!(
+        out.contains(&format!("@bob (reply to {short}): yes!")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("[@bob] @bob reacted 👍 to {short}")),
+        "{out}"
+    );
+    let history = run_ok(&a, &["messages", "@bob"]);
+    assert!(
+        history.contains("dinner at eight?\n    + 👍 @bob"),
+        "{history}"
+    );
+
+    // Only the author changes a message.
+    let out = run(&b, &["edit", short, "never"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only its author"),
+        "{out:?}"
+    );
+    run_ok(&a, &["edit", short, "dinner at nine?"]);
+    let out = run_ok(&b, &["sync"]);
+    assert!(
+        out.contains(&format!("@alice edited {short}: dinner at nine?")),
+        "{out}"
+    );
+    let history = run_ok(&b, &["messages", "@alice"]);
+    assert!(
+        history.contains(&format!("{short} @alice (edited): dinner at nine?")),
+        "{history}"
+    );
+
+    run_ok(&b, &["react", short, "👍", "--remove"]);
+    run_ok(&a, &["delete", short]);
+    let out = run_ok(&b, &["sync"]);
+    assert!(out.contains(&format!("@alice deleted {short}")), "{out}");
+    let history = run_ok(&b, &["messages", "@alice"]);
+    assert!(
+        history.contains(&format!("{short} @alice (deleted)\n")),
+        "{history}"
+    );
+    assert!(!history.contains("dinner"), "{history}");
+    let out = run(&b, &["react", "nothing", "👍"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a message id"),
+        "{out:?}"
+    );
 }

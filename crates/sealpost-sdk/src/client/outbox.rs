@@ -212,7 +212,7 @@ impl Client {
 }
 
 /// The history item in `row` of `group`, if there is one.
-fn load_item(
+pub(super) fn load_item(
     tx: &Connection,
     sealer: &Sealer,
     group: GroupId,

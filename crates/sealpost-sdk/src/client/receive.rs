@@ -764,9 +764,7 @@ pub(super) fn keep_new(
 ) -> Result<(), Error> {
     let mut kept = Vec::with_capacity(items.len());
     for item in items.drain(..) {
-        if put_event_item(tx, sealer, group, Some(seq), &item)? {
-            kept.push(item);
-        }
+        kept.extend(keep_item(tx, sealer, group, Some(seq), item)?);
     }
     *items = kept;
     Ok(())
@@ -1071,16 +1069,22 @@ pub(super) fn receive_content(
                 }
             }
             match body {
-                content::Body::Text(text) => {
-                    items.push(Item::Message {
-                        from,
-                        text,
-                        id,
-                        sent_at: accepted_at,
-                        late,
-                        failed: None,
-                        unconfirmed: false,
-                    });
+                content::Body::Text { text, reply_to } => {
+                    let mut item = Item::text(from, text, id, accepted_at);
+                    if let Item::Message {
+                        late: l,
+                        reply_to: r,
+                        ..
+                    } = &mut item
+                    {
+                        *l = late;
+                        *r = reply_to;
+                    }
+                    items.push(item);
+                    Ok(items)
+                }
+                content::Body::Change(kind) => {
+                    items.push(Item::Change(changes::Change { from, id, kind }));
                     Ok(items)
                 }
                 content::Body::Unsupported { what, content } => {

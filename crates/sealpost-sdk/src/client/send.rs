@@ -6,6 +6,16 @@ use super::*;
 impl Client {
     /// Sends a text to `@user` (creating the 1:1 conversation if needed) or `#group`.
     pub async fn send(&mut self, target: &str, text: &str) -> Result<Event, Error> {
+        self.send_text(target, text, None).await
+    }
+
+    /// Sends a text, perhaps in answer to the message `reply_to` (its id, or the start of it).
+    pub(super) async fn send_text(
+        &mut self,
+        target: &str,
+        text: &str,
+        reply_to: Option<&str>,
+    ) -> Result<Event, Error> {
         self.sync_inner().await?;
         self.send_owed_meta().await?;
         let group = match self.find(target)? {
@@ -39,16 +49,22 @@ impl Client {
         self.refresh_verified(group).await?;
         self.check_not_blocked(group)?;
         self.before_send(group).await?;
-        let content = content::text(self.salt()?, text);
-        let item = Item::Message {
-            from: at(&self.identity.username),
-            text: text.to_owned(),
-            // Set from the encoded message, once it is numbered.
-            id: String::new(),
-            sent_at: now_ms(),
-            late: false,
-            failed: None,
-            unconfirmed: false,
+        // The id is set from the encoded message, once it is numbered.
+        let mut item = Item::text(
+            at(&self.identity.username),
+            text.to_owned(),
+            String::new(),
+            now_ms(),
+        );
+        let content = match reply_to {
+            None => content::text(self.salt()?, text),
+            Some(to) => {
+                let to = self.reply_target(group, to)?;
+                if let Item::Message { reply_to, .. } = &mut item {
+                    *reply_to = Some(hex::encode(to));
+                }
+                content::reply(self.salt()?, text, to)
+            }
         };
         let item = self
             .send_app(group, content, Some(item))
@@ -156,17 +172,19 @@ impl Client {
             .cloned()
             .ok_or_else(|| Error::UnknownConversation(group.to_string()))?;
         let mut n = 0;
-        if let Some(Item::Message { .. }) = &item {
+        if item.is_some() {
             conv.info.sent += 1;
             n = conv.info.sent;
             content::set_number(&mut content, n);
         }
         let encoded = content::encode(&content, &self.identity.username, group);
         let body = encoded.bytes;
-        if let Some(Item::Message { id, .. }) = &mut item {
-            *id = hex::encode(encoded.id);
+        match &mut item {
+            Some(Item::Message { id, .. }) => *id = hex::encode(encoded.id),
+            Some(Item::Change(change)) => change.id = hex::encode(encoded.id),
+            _ => {}
         }
-        let shown = item.clone();
+        let mut shown = item.clone();
         // Too large for this server: refused here, before anything is encrypted or kept (a
         // server cut off mid-upload would look unreachable, and the number spent a gap).
         self.check_size(body.len()).await?;
@@ -186,6 +204,11 @@ impl Client {
                 .create_message(p, &self.identity.device_key, &padded)
                 .map_err(Error::mls)?;
             let row = match &item {
+                Some(Item::Change(change)) => {
+                    // Applied here at once, as the receivers apply it.
+                    shown = changes::apply(tx, sealer, group, change.clone())?;
+                    None
+                }
                 Some(item) => put_item(tx, sealer, group, None, item)?,
                 None => None,
             };
