@@ -32,6 +32,7 @@ macro_rules! implements_debug {
 
 mod aad;
 mod api;
+pub mod attachment;
 pub mod audit;
 mod client;
 mod content;

@@ -1,0 +1,403 @@
+//! Attachments: a file encrypted with a fresh key before it leaves the device, in a form that
+//! can be written and read a chunk at a time (memory stays bounded however large the file),
+//! and that opens under one key only.
+//!
+//! The blob is `commitment ‖ chunk₀ ‖ chunk₁ ‖ …`:
+//! - `commitment` = SHA-256(`"sealpost attachment key commitment v1"` ‖ key ‖ nonce prefix):
+//!   AES-GCM is not key-committing (one ciphertext can be made to open, under two keys, to two
+//!   different files: "invisible salamanders"). The commitment makes the blob name its key: a
+//!   second key that opens it would be a SHA-256 collision.
+//! - the chunks are STREAM (Hoang, Reyhanitabar, Rogaway, Vizár 2015; RustCrypto's
+//!   `aead::stream::StreamBE32`) over AES-128-GCM, the algorithm the MIMI content draft
+//!   requires: 64 KiB of the file each, the last one flagged, so that a blob cut short at a chunk
+//!   boundary, or extended, or with chunks reordered, fails to open.
+//!
+//! The message that carries the file (a MIMI `ExternalPart`) names the key, the 7-octet nonce
+//! prefix, the blob's size and SHA-256, and, in a private extension, the SHA-256 of the file
+//! itself, checked after decrypting. A receiver writes what it decrypts to a file that takes
+//! its place only when every check passed.
+
+use aes_gcm::Aes128Gcm;
+use aes_gcm::aead::KeyInit as _;
+use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
+use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
+
+/// The file's octets per chunk.
+pub const CHUNK: usize = 64 * 1024;
+/// AES-GCM's tag, after each chunk.
+pub const TAG: usize = 16;
+/// The key commitment at the start of a blob.
+pub const COMMITMENT: usize = 32;
+/// AES-128-GCM in the IANA AEAD registry (the `encAlg` of the MIMI draft).
+pub const AES_128_GCM: u16 = 1;
+/// The length of a key.
+pub const KEY: usize = 16;
+/// The length of the nonce prefix (AES-GCM's 12 octets less STREAM's counter and flag).
+pub const NONCE_PREFIX: usize = 7;
+
+const COMMITMENT_LABEL: &[u8] = b"sealpost attachment key commitment v1";
+
+/// Why a blob does not open.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OpenError {
+    /// Longer than the message said.
+    #[error("the file on the server is longer than the message says: it was changed")]
+    TooLong,
+    /// Shorter than the message said.
+    #[error("the file on the server is shorter than the message says: it was cut short")]
+    TooShort,
+    /// Opened under another key, or altered.
+    #[error("the file on the server is not the one the message names: it was replaced or altered")]
+    NotThisFile,
+    /// Decrypted, but not to the file the sender committed to.
+    #[error("the decrypted file is not the one the sender sent")]
+    NotSentFile,
+}
+
+/// A file's key and nonce prefix, fresh for each file.
+pub struct FileKey {
+    key: Zeroizing<[u8; KEY]>,
+    nonce: [u8; NONCE_PREFIX],
+}
+
+impl FileKey {
+    /// A key and nonce prefix from their octets.
+    pub fn new(key: [u8; KEY], nonce: [u8; NONCE_PREFIX]) -> FileKey {
+        FileKey {
+            key: Zeroizing::new(key),
+            nonce,
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &[u8; KEY] {
+        &self.key
+    }
+
+    /// The nonce prefix.
+    pub fn nonce(&self) -> &[u8; NONCE_PREFIX] {
+        &self.nonce
+    }
+
+    fn commitment(&self) -> [u8; COMMITMENT] {
+        let mut h = Sha256::new();
+        h.update(COMMITMENT_LABEL);
+        h.update(*self.key);
+        h.update(self.nonce);
+        h.finalize().into()
+    }
+
+    fn cipher(&self) -> Aes128Gcm {
+        Aes128Gcm::new((&*self.key).into())
+    }
+}
+
+/// The size of the blob of a file of `len` octets.
+pub fn sealed_len(len: u64) -> u64 {
+    let chunks = len.div_ceil(CHUNK as u64).max(1);
+    COMMITMENT as u64 + len + chunks * TAG as u64
+}
+
+/// What a sealed file is, for the message that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The blob's size.
+    pub size: u64,
+    /// SHA-256 of the blob.
+    pub blob_hash: [u8; 32],
+    /// SHA-256 of the file.
+    pub file_hash: [u8; 32],
+}
+
+/// Encrypts a file as it is fed, a chunk at a time.
+pub struct Sealer {
+    stream: Option<EncryptorBE32<Aes128Gcm>>,
+    pending: Vec<u8>,
+    blob: Sha256,
+    file: Sha256,
+    size: u64,
+    started: bool,
+    commitment: [u8; COMMITMENT],
+}
+
+impl Sealer {
+    /// Starts sealing a file under `key`.
+    pub fn new(key: &FileKey) -> Sealer {
+        Sealer {
+            stream: Some(EncryptorBE32::from_aead(key.cipher(), key.nonce().into())),
+            pending: Vec::with_capacity(CHUNK + TAG),
+            blob: Sha256::new(),
+            file: Sha256::new(),
+            size: 0,
+            started: false,
+            commitment: key.commitment(),
+        }
+    }
+
+    fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
+        self.blob.update(bytes);
+        self.size += bytes.len() as u64;
+        out.extend_from_slice(bytes);
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            let commitment = self.commitment;
+            self.emit(out, &commitment);
+        }
+    }
+
+    /// Takes more of the file; appends to `out` what of the blob is ready.
+    pub fn update(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+        self.start(out);
+        self.file.update(data);
+        while !data.is_empty() {
+            // A full chunk is held back until more comes: the last chunk is flagged.
+            if self.pending.len() == CHUNK {
+                self.seal_pending(out, false);
+            }
+            let take = (CHUNK - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+        }
+    }
+
+    fn seal_pending(&mut self, out: &mut Vec<u8>, last: bool) {
+        let mut chunk = std::mem::take(&mut self.pending);
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        // Encryption fails only past 2^32 chunks (256 TiB), far beyond any size limit.
+        let sealed = if last {
+            stream.encrypt_last_in_place(b"", &mut chunk)
+        } else {
+            let mut stream = stream;
+            let r = stream.encrypt_next_in_place(b"", &mut chunk);
+            self.stream = Some(stream);
+            r
+        };
+        if sealed.is_ok() {
+            self.emit(out, &chunk);
+        }
+        chunk.clear();
+        self.pending = chunk;
+    }
+
+    /// Ends the file: appends the last of the blob to `out`.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Sealed {
+        self.start(out);
+        self.seal_pending(out, true);
+        Sealed {
+            size: self.size,
+            blob_hash: self.blob.finalize().into(),
+            file_hash: self.file.finalize().into(),
+        }
+    }
+}
+
+/// Decrypts a blob as it arrives, a chunk at a time, checking it against what the message says.
+pub struct Opener {
+    stream: Option<DecryptorBE32<Aes128Gcm>>,
+    pending: Vec<u8>,
+    commitment: [u8; COMMITMENT],
+    /// The commitment at the start was read and checked.
+    committed: bool,
+    seen: u64,
+    expected: Sealed,
+    blob: Sha256,
+    file: Sha256,
+}
+
+impl Opener {
+    /// Starts opening a blob that the message describes as `expected`, under `key`.
+    pub fn new(key: &FileKey, expected: Sealed) -> Opener {
+        Opener {
+            stream: Some(DecryptorBE32::from_aead(key.cipher(), key.nonce().into())),
+            pending: Vec::with_capacity(CHUNK + TAG),
+            commitment: key.commitment(),
+            committed: false,
+            seen: 0,
+            expected,
+            blob: Sha256::new(),
+            file: Sha256::new(),
+        }
+    }
+
+    /// Takes more of the blob; appends to `out` what of the file is decrypted and authentic
+    /// (not yet checked as a whole: use it only after [`Opener::finish`]).
+    pub fn update(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+        self.seen += data.len() as u64;
+        if self.seen > self.expected.size {
+            return Err(OpenError::TooLong);
+        }
+        self.blob.update(data);
+        while !data.is_empty() {
+            let room = if self.committed {
+                // A full chunk is held back until more comes: the last one is flagged.
+                if self.pending.len() == CHUNK + TAG {
+                    self.open_pending(out, false)?;
+                }
+                CHUNK + TAG - self.pending.len()
+            } else {
+                COMMITMENT - self.pending.len()
+            };
+            let take = room.min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if !self.committed && self.pending.len() == COMMITMENT {
+                if self.pending != self.commitment {
+                    return Err(OpenError::NotThisFile);
+                }
+                self.pending.clear();
+                self.committed = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn open_pending(&mut self, out: &mut Vec<u8>, last: bool) -> Result<(), OpenError> {
+        let mut chunk = std::mem::take(&mut self.pending);
+        let stream = self.stream.take().ok_or(OpenError::NotThisFile)?;
+        if last {
+            stream
+                .decrypt_last_in_place(b"", &mut chunk)
+                .map_err(|_| OpenError::NotThisFile)?;
+        } else {
+            let mut stream = stream;
+            stream
+                .decrypt_next_in_place(b"", &mut chunk)
+                .map_err(|_| OpenError::NotThisFile)?;
+            self.stream = Some(stream);
+        }
+        self.file.update(&chunk);
+        out.extend_from_slice(&chunk);
+        chunk.clear();
+        self.pending = chunk;
+        Ok(())
+    }
+
+    /// Ends the blob: appends the last of the file to `out`, then checks the whole.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), OpenError> {
+        if self.seen < self.expected.size || !self.committed {
+            return Err(OpenError::TooShort);
+        }
+        if <[u8; 32]>::from(self.blob.clone().finalize()) != self.expected.blob_hash {
+            return Err(OpenError::NotThisFile);
+        }
+        self.open_pending(out, true)?;
+        if <[u8; 32]>::from(self.file.finalize()) != self.expected.file_hash {
+            return Err(OpenError::NotSentFile);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(n: u8) -> FileKey {
+        FileKey::new([n; KEY], [n; NONCE_PREFIX])
+    }
+
+    fn seal(key: &FileKey, file: &[u8], feed: usize) -> (Vec<u8>, Sealed) {
+        let mut sealer = Sealer::new(key);
+        let mut blob = Vec::new();
+        for piece in file.chunks(feed.max(1)) {
+            sealer.update(piece, &mut blob);
+        }
+        let sealed = sealer.finish(&mut blob);
+        (blob, sealed)
+    }
+
+    fn open(
+        key: &FileKey,
+        blob: &[u8],
+        expected: &Sealed,
+        feed: usize,
+    ) -> Result<Vec<u8>, OpenError> {
+        let mut opener = Opener::new(key, expected.clone());
+        let mut file = Vec::new();
+        for piece in blob.chunks(feed.max(1)) {
+            opener.update(piece, &mut file)?;
+        }
+        opener.finish(&mut file)?;
+        Ok(file)
+    }
+
+    #[test]
+    fn sizes_at_chunk_boundaries_round_trip() {
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK] {
+            let file: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (blob, sealed) = seal(&key(1), &file, 10_000);
+            assert_eq!(blob.len() as u64, sealed_len(len as u64), "{len}");
+            assert_eq!(sealed.size, blob.len() as u64);
+            assert_eq!(open(&key(1), &blob, &sealed, 7_000).unwrap(), file, "{len}");
+        }
+    }
+
+    #[test]
+    fn a_blob_cut_extended_swapped_or_under_another_key_does_not_open() {
+        let file = vec![7u8; 2 * CHUNK + 5];
+        let (blob, sealed) = seal(&key(1), &file, CHUNK);
+        // Cut at a chunk boundary: every remaining chunk authenticates, the flag does not.
+        let cut = &blob[..COMMITMENT + CHUNK + TAG];
+        let short = Sealed {
+            size: cut.len() as u64,
+            blob_hash: Sha256::digest(cut).into(),
+            ..sealed.clone()
+        };
+        assert_eq!(
+            open(&key(1), cut, &short, 4096),
+            Err(OpenError::NotThisFile)
+        );
+        assert_eq!(open(&key(1), cut, &sealed, 4096), Err(OpenError::TooShort));
+        let mut long = blob.clone();
+        long.push(0);
+        assert_eq!(open(&key(1), &long, &sealed, 4096), Err(OpenError::TooLong));
+        // Another blob of the same size (a server swapping files).
+        let (other, _) = seal(&key(1), &vec![8u8; file.len()], CHUNK);
+        assert_eq!(
+            open(&key(1), &other, &sealed, 4096),
+            Err(OpenError::NotThisFile)
+        );
+        // Another key: the commitment at the start tells at once.
+        assert_eq!(
+            open(&key(2), &blob, &sealed, 4096),
+            Err(OpenError::NotThisFile)
+        );
+        // A file that decrypts, but not to what the sender committed to.
+        let lying = Sealed {
+            file_hash: [0; 32],
+            ..sealed.clone()
+        };
+        assert_eq!(
+            open(&key(1), &blob, &lying, 4096),
+            Err(OpenError::NotSentFile)
+        );
+        // A flipped bit anywhere.
+        for at in [0, COMMITMENT, COMMITMENT + CHUNK + TAG + 3, blob.len() - 1] {
+            let mut bad = blob.clone();
+            bad[at] ^= 1;
+            assert!(open(&key(1), &bad, &sealed, 4096).is_err(), "{at}");
+        }
+    }
+
+    proptest! {
+        // Each case seals and opens up to 192 KiB: a few dozen cover the boundaries.
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn any_file_fed_in_any_pieces_round_trips(
+            file in proptest::collection::vec(any::<u8>(), 0..3 * CHUNK),
+            feed in 1usize..2 * CHUNK,
+            take in 1usize..2 * CHUNK,
+        ) {
+            let (blob, sealed) = seal(&key(3), &file, feed);
+            prop_assert_eq!(blob.len() as u64, sealed_len(file.len() as u64));
+            prop_assert_eq!(open(&key(3), &blob, &sealed, take).unwrap(), file);
+        }
+    }
+}
