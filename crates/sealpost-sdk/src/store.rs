@@ -36,8 +36,6 @@ CREATE TABLE IF NOT EXISTS history (
     UNIQUE (group_id, msg_id)
 );
 CREATE INDEX IF NOT EXISTS history_group ON history(group_id, id);
--- Message ids by themselves: a message is named by its id (or a prefix of it) alone.
-CREATE INDEX IF NOT EXISTS history_msg ON history(msg_id);
 -- Changes to messages (reactions, edits, deletions), by their own message ids: the history row
 -- each applies to. A change is applied once, and a reaction is found again when taken back.
 CREATE TABLE IF NOT EXISTS message_changes (
@@ -357,6 +355,8 @@ pub fn messages_by_prefix(
     prefixes: &[String],
     limit: usize,
 ) -> Result<Vec<(Vec<u8>, i64, String)>, Error> {
+    // A scan: a command names a message now and then, and an index of its own cost every
+    // message received 5 % (docs/BENCHMARKS.md, issue 19).
     let mut stmt = conn.prepare_cached(
         "SELECT group_id, id, msg_id FROM history WHERE msg_id >= ?1 AND msg_id < ?2 LIMIT ?3",
     )?;
@@ -903,7 +903,7 @@ impl Profile {
         // Temporary storage (the journal of the savepoint each change takes inside a sync batch)
         // in memory: on disk it was a write per page per delivery. Durability is the WAL's.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY; PRAGMA secure_delete=ON;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;",
         )
         .map_err(damaged)?;
         let version: i64 = conn
