@@ -229,6 +229,8 @@ enum Item {
         deleted: bool,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         reactions: Vec<ItemReaction>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<String>,
     },
     /// A reaction to the message `message`, or its removal (applied to that message; an event
     /// only).
@@ -332,6 +334,7 @@ impl Item {
             edited: false,
             deleted: false,
             reactions: Vec::new(),
+            mentions: Vec::new(),
         }
     }
 
@@ -349,6 +352,7 @@ impl Item {
                 edited,
                 deleted,
                 reactions,
+                mentions,
             } => Event::Message {
                 conversation,
                 from,
@@ -368,6 +372,7 @@ impl Item {
                         emoji: r.emoji,
                     })
                     .collect(),
+                mentions,
             },
             Item::Reacted {
                 from,
@@ -1096,6 +1101,7 @@ mod tests {
                 edited: false,
                 deleted: false,
                 reactions: Vec::new(),
+                mentions: Vec::new(),
             }
         );
     }

@@ -39,6 +39,15 @@ pub(crate) const CONVERSATION: &str = "application/vnd.sealpost.conversation+cbo
 /// 1 (a receiver sees from the numbers when messages are missing or arrive late).
 pub(crate) const NUMBER: i64 = -1;
 
+/// A private extension: the users a text mentions, as an array of their MIMI URIs. Sealpost
+/// sends plain text, where the draft marks mentions as links in Markdown; a receiver takes a
+/// listed user as mentioned only where the text names them (`@username`), so that nobody is
+/// notified by a mention they cannot see.
+pub(crate) const MENTIONS: i64 = -2;
+
+/// Most mentions taken from one message.
+const MAX_MENTIONS: usize = 256;
+
 /// The longest topic id taken (the draft's security considerations: longer is malicious).
 const MAX_TOPIC: usize = 4096;
 
@@ -159,6 +168,66 @@ pub(crate) fn set_number(content: &mut Content, n: u64) {
         .insert(ExtensionKey::Int(NUMBER), Value::Uint(n));
 }
 
+/// The usernames a text names as `@username` (each once, in order): a `@` at the start or
+/// after a character that is not part of a username, then a valid username, then the end or
+/// such a character.
+pub(crate) fn named_users(text: &str) -> Vec<Username> {
+    let part = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    let mut out: Vec<Username> = Vec::new();
+    let mut previous: Option<char> = None;
+    for (at, c) in text.char_indices() {
+        if c == '@' && !previous.is_some_and(|p| part(p) || p.is_alphanumeric()) {
+            let rest = &text[at + 1..];
+            let end = rest.find(|c: char| !part(c)).unwrap_or(rest.len());
+            let followed_ok = !rest[end..].starts_with(|c: char| c.is_alphanumeric());
+            if let (true, Ok(user)) = (followed_ok, Username::new(&rest[..end]))
+                && !out.contains(&user)
+            {
+                out.push(user);
+            }
+        }
+        previous = Some(c);
+    }
+    out
+}
+
+/// Lists the users a text mentions (see [`MENTIONS`]); none: no extension.
+pub(crate) fn set_mentions(content: &mut Content, users: &[Username]) {
+    if users.is_empty() {
+        return;
+    }
+    let uris = users
+        .iter()
+        .take(MAX_MENTIONS)
+        .map(|u| Value::Text(sender_uri(u)))
+        .collect();
+    // An integer key with an array of text is always accepted.
+    let _ = content
+        .extensions
+        .insert(ExtensionKey::Int(MENTIONS), Value::Array(uris));
+}
+
+/// The users `content` mentions and its `text` names, as `@username`.
+fn mentions_of(content: &Content, text: &str) -> Vec<String> {
+    let Some(Value::Array(uris)) = content.extensions.get(&ExtensionKey::Int(MENTIONS)) else {
+        return Vec::new();
+    };
+    let prefix = format!("mimi://{AUTHORITY}/u/");
+    let named = named_users(text);
+    let mut out: Vec<String> = Vec::new();
+    for uri in uris.iter().take(MAX_MENTIONS) {
+        let Value::Text(uri) = uri else { continue };
+        let Some(Ok(user)) = uri.strip_prefix(&prefix).map(Username::new) else {
+            continue;
+        };
+        let shown = format!("@{user}");
+        if named.contains(&user) && !out.contains(&shown) {
+            out.push(shown);
+        }
+    }
+    out
+}
+
 /// A message ready to be encrypted: its encoding and its id.
 pub(crate) struct Encoded {
     pub(crate) bytes: Zeroizing<Vec<u8>>,
@@ -179,6 +248,8 @@ pub(crate) struct Incoming {
     pub(crate) id: String,
     /// The sender device's number for it (0: none).
     pub(crate) number: u64,
+    /// The users its text (or its new text) mentions, as `@username`.
+    pub(crate) mentions: Vec<String>,
     /// What it is.
     pub(crate) body: Body,
 }
@@ -260,7 +331,20 @@ pub(crate) fn read(bytes: &[u8], sender: &Username, group: GroupId) -> Result<In
         what: describe(&content),
         content: bytes.to_vec(),
     });
-    Ok(Incoming { id, number, body })
+    let mentions = match &body {
+        Body::Text { text, .. }
+        | Body::Change(ChangeKind::Replace {
+            with: Replacement::Text(text),
+            ..
+        }) => mentions_of(&content, text),
+        _ => Vec::new(),
+    };
+    Ok(Incoming {
+        id,
+        number,
+        mentions,
+        body,
+    })
 }
 
 /// What this version makes of a message, if it knows it.
@@ -450,6 +534,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Incoming, String> {
         Ok(Legacy::Text { id, body, n }) => Ok(Incoming {
             id,
             number: n,
+            mentions: Vec::new(),
             body: Body::Text {
                 text: body,
                 reply_to: None,
@@ -458,6 +543,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Incoming, String> {
         Ok(Legacy::Meta { kind, name }) => Ok(Incoming {
             id: String::new(),
             number: 0,
+            mentions: Vec::new(),
             body: Body::Conversation { kind, name },
         }),
         Err(_) => Err("unknown message format".into()),
@@ -567,6 +653,34 @@ mod tests {
         for unsupported in ["expiring", "attachment", "conferencing"] {
             assert_eq!(example(unsupported), None, "{unsupported}");
         }
+    }
+
+    #[test]
+    fn mentions_are_the_listed_users_the_text_names() {
+        let names =
+            |t: &str| -> Vec<String> { named_users(t).iter().map(|u| u.to_string()).collect() };
+        assert_eq!(names("@bob and @carol_2, again @bob"), ["bob", "carol_2"]);
+        assert_eq!(
+            names("mail bob@example.com or @Bob or @bo or @bob."),
+            ["bob"]
+        );
+        // Inside a word it is not a name; before a hyphen it is.
+        assert_eq!(names("x@bob @bob-x @éric"), ["bob"]);
+        let mut content = text([1; 16], "ask @carol, not @dave");
+        let users: Vec<Username> = ["carol", "dave", "zed"]
+            .iter()
+            .map(|u| Username::new(u).unwrap())
+            .collect();
+        set_mentions(&mut content, &users);
+        let bytes = encode(&content, &alice(), group()).bytes;
+        // Zed is listed but not named in the text: not taken.
+        assert_eq!(
+            read(&bytes, &alice(), group()).unwrap().mentions,
+            ["@carol", "@dave"]
+        );
+        // Without the list, a name in the text is not a mention.
+        let bytes = encode(&text([1; 16], "ask @carol"), &alice(), group()).bytes;
+        assert!(read(&bytes, &alice(), group()).unwrap().mentions.is_empty());
     }
 
     fn alice() -> Username {

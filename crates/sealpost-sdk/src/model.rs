@@ -90,6 +90,9 @@ pub enum Event {
         /// Reactions to it, in the order they came.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         reactions: Vec<Reaction>,
+        /// The members it mentions (`@username`), each named in its text.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<String>,
     },
     /// Someone reacted to a message, or took their reaction back (`removed`).
     Reacted {

@@ -393,6 +393,20 @@ async fn replies_reactions_edits_and_deletes_reach_every_member_and_only_authors
         "{events:?}"
     );
 
+    // Mentions: the members a text names, as the sender's client lists them.
+    carol
+        .send("#team", "@bob has one, @alice (not @zed)")
+        .await
+        .unwrap();
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Message { mentions, .. }
+            if *mentions == ["@bob", "@alice"])),
+        "{events:?}"
+    );
+
     // A reaction, and taking it back.
     carol.react(&pen.short(), "\u{2764}").await.unwrap();
     let events = alice.sync().await.unwrap();
@@ -474,15 +488,19 @@ async fn replies_reactions_edits_and_deletes_reach_every_member_and_only_authors
     }
 
     // The author edits: everyone sees the new text, marked as edited.
-    alice.edit(&pen.short(), "a pen, please?").await.unwrap();
+    alice
+        .edit(&pen.short(), "a pen, please, @bob?")
+        .await
+        .unwrap();
     let events = bob.sync().await.unwrap();
     assert!(
-        events.iter().any(|e| matches!(e, Event::Edited { message, text, .. } if *message == pen && text == "a pen, please?")),
+        events.iter().any(|e| matches!(e, Event::Edited { message, text, .. } if *message == pen && text == "a pen, please, @bob?")),
         "{events:?}"
     );
     assert!(
         matches!(shown(&bob.messages("#team", 10).unwrap(), pen.as_str()),
-        Event::Message { text, edited: true, .. } if text == "a pen, please?")
+        Event::Message { text, edited: true, mentions, .. }
+            if text == "a pen, please, @bob?" && *mentions == ["@bob"])
     );
 
     // And deletes: the text is gone everywhere, the place stays; it can no longer be changed.

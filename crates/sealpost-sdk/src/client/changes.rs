@@ -24,6 +24,8 @@ pub(super) struct Change {
     /// The change's own message id.
     pub(super) id: String,
     pub(super) kind: ChangeKind,
+    /// Whom a new text mentions (see `content::MENTIONS`).
+    pub(super) mentions: Vec<String>,
 }
 
 impl Change {
@@ -169,7 +171,8 @@ impl Client {
         // What the server holds first: the message may have just arrived, or changed.
         self.sync_inner().await?;
         let (found, reply_to) = self.own_message(message)?;
-        let content = content::edit(self.salt()?, found.mimi_id()?, reply_to, text);
+        let mut content = content::edit(self.salt()?, found.mimi_id()?, reply_to, text);
+        content::set_mentions(&mut content, &self.mentioned(found.group, text)?);
         let kind = ChangeKind::Replace {
             of: hex::encode(found.mimi_id()?),
             with: Replacement::Text(text.to_owned()),
@@ -233,6 +236,19 @@ impl Client {
         found.mimi_id().map_err(|_| Error::NotChangeable(short(to)))
     }
 
+    /// The members of `group` that `text` names as `@username`: whom it mentions.
+    pub(super) fn mentioned(&self, group: GroupId, text: &str) -> Result<Vec<Username>, Error> {
+        let named = content::named_users(text);
+        if named.is_empty() {
+            return Ok(named);
+        }
+        let members = self.members(&group.to_string())?;
+        Ok(named
+            .into_iter()
+            .filter(|u| members.iter().any(|m| m.member == at(u)))
+            .collect())
+    }
+
     /// Sends a change to `group` and applies it here (the caller synced first).
     async fn send_change(
         &mut self,
@@ -248,11 +264,19 @@ impl Client {
         self.refresh_verified(group).await?;
         self.check_not_blocked(group)?;
         self.before_send(group).await?;
+        let mentions = match &kind {
+            ChangeKind::Replace {
+                with: Replacement::Text(text),
+                ..
+            } => self.mentioned(group, text)?.iter().map(at).collect(),
+            _ => Vec::new(),
+        };
         let change = Change {
             from: at(&self.identity.username),
             // Set from the encoded message.
             id: String::new(),
             kind,
+            mentions,
         };
         match self
             .send_app(group, content, Some(Item::Change(change)))
@@ -275,7 +299,12 @@ pub(super) fn apply(
     group: GroupId,
     change: Change,
 ) -> Result<Option<Item>, Error> {
-    let Change { from, id, kind } = change;
+    let Change {
+        from,
+        id,
+        kind,
+        mentions,
+    } = change;
     let g = group.as_bytes();
     match kind {
         ChangeKind::React { to, emoji } => {
@@ -320,6 +349,7 @@ pub(super) fn apply(
                     edited,
                     deleted,
                     reactions,
+                    mentions: item_mentions,
                     ..
                 } = &mut item
                 else {
@@ -335,6 +365,7 @@ pub(super) fn apply(
                     Replacement::Text(new) => {
                         *text = new.clone();
                         *edited = true;
+                        *item_mentions = mentions;
                         Item::Edited {
                             from,
                             message: of,
@@ -345,6 +376,7 @@ pub(super) fn apply(
                         text.zeroize();
                         *deleted = true;
                         reactions.clear();
+                        item_mentions.clear();
                         Item::Deleted { from, message: of }
                     }
                     // A reaction in the place of a text: not something this version applies.

@@ -1055,7 +1055,12 @@ pub(super) fn receive_content(
                 Ok(message) => message,
                 Err(why) => return undecryptable(why),
             };
-            let content::Incoming { id, number, body } = message;
+            let content::Incoming {
+                id,
+                number,
+                mentions,
+                body,
+            } = message;
             let mut items = Vec::new();
             let mut late = false;
             if !matches!(body, content::Body::Conversation { .. }) {
@@ -1074,17 +1079,24 @@ pub(super) fn receive_content(
                     if let Item::Message {
                         late: l,
                         reply_to: r,
+                        mentions: m,
                         ..
                     } = &mut item
                     {
                         *l = late;
                         *r = reply_to;
+                        *m = mentions;
                     }
                     items.push(item);
                     Ok(items)
                 }
                 content::Body::Change(kind) => {
-                    items.push(Item::Change(changes::Change { from, id, kind }));
+                    items.push(Item::Change(changes::Change {
+                        from,
+                        id,
+                        kind,
+                        mentions,
+                    }));
                     Ok(items)
                 }
                 content::Body::Unsupported { what, content } => {

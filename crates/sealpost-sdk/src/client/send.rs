@@ -56,7 +56,7 @@ impl Client {
             String::new(),
             now_ms(),
         );
-        let content = match reply_to {
+        let mut content = match reply_to {
             None => content::text(self.salt()?, text),
             Some(to) => {
                 let to = self.reply_target(group, to)?;
@@ -66,6 +66,11 @@ impl Client {
                 content::reply(self.salt()?, text, to)
             }
         };
+        let mentioned = self.mentioned(group, text)?;
+        content::set_mentions(&mut content, &mentioned);
+        if let Item::Message { mentions, .. } = &mut item {
+            *mentions = mentioned.iter().map(at).collect();
+        }
         let item = self
             .send_app(group, content, Some(item))
             .await?
