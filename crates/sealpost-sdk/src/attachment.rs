@@ -55,6 +55,11 @@ pub enum OpenError {
     NotSentFile,
 }
 
+/// A file too large to seal: STREAM counts chunks in 32 bits (256 TiB of file).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the file is too large to encrypt as one attachment")]
+pub struct TooLarge;
+
 /// A file's key and nonce prefix, fresh for each file.
 pub struct FileKey {
     key: Zeroizing<[u8; KEY]>,
@@ -150,50 +155,51 @@ impl Sealer {
     }
 
     /// Takes more of the file; appends to `out` what of the blob is ready.
-    pub fn update(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+    pub fn update(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), TooLarge> {
         self.start(out);
         self.file.update(data);
         while !data.is_empty() {
             // A full chunk is held back until more comes: the last chunk is flagged.
             if self.pending.len() == CHUNK {
-                self.seal_pending(out, false);
+                self.seal_pending(out, false)?;
             }
             let take = (CHUNK - self.pending.len()).min(data.len());
             self.pending.extend_from_slice(&data[..take]);
             data = &data[take..];
         }
+        Ok(())
     }
 
-    fn seal_pending(&mut self, out: &mut Vec<u8>, last: bool) {
+    fn seal_pending(&mut self, out: &mut Vec<u8>, last: bool) -> Result<(), TooLarge> {
         let mut chunk = std::mem::take(&mut self.pending);
-        let Some(stream) = self.stream.take() else {
-            return;
-        };
-        // Encryption fails only past 2^32 chunks (256 TiB), far beyond any size limit.
-        let sealed = if last {
-            stream.encrypt_last_in_place(b"", &mut chunk)
+        // Encryption fails only past 2^32 chunks.
+        let stream = self.stream.take().ok_or(TooLarge)?;
+        if last {
+            stream
+                .encrypt_last_in_place(b"", &mut chunk)
+                .map_err(|_| TooLarge)?;
         } else {
             let mut stream = stream;
-            let r = stream.encrypt_next_in_place(b"", &mut chunk);
+            stream
+                .encrypt_next_in_place(b"", &mut chunk)
+                .map_err(|_| TooLarge)?;
             self.stream = Some(stream);
-            r
-        };
-        if sealed.is_ok() {
-            self.emit(out, &chunk);
         }
+        self.emit(out, &chunk);
         chunk.clear();
         self.pending = chunk;
+        Ok(())
     }
 
     /// Ends the file: appends the last of the blob to `out`.
-    pub fn finish(mut self, out: &mut Vec<u8>) -> Sealed {
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<Sealed, TooLarge> {
         self.start(out);
-        self.seal_pending(out, true);
-        Sealed {
+        self.seal_pending(out, true)?;
+        Ok(Sealed {
             size: self.size,
             blob_hash: self.blob.finalize().into(),
             file_hash: self.file.finalize().into(),
-        }
+        })
     }
 }
 
@@ -307,9 +313,9 @@ mod tests {
         let mut sealer = Sealer::new(key);
         let mut blob = Vec::new();
         for piece in file.chunks(feed.max(1)) {
-            sealer.update(piece, &mut blob);
+            sealer.update(piece, &mut blob).unwrap();
         }
-        let sealed = sealer.finish(&mut blob);
+        let sealed = sealer.finish(&mut blob).unwrap();
         (blob, sealed)
     }
 

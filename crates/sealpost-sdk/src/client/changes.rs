@@ -278,13 +278,14 @@ impl Client {
             kind,
             mentions,
         };
+        let about = short(change.message());
         match self
             .send_app(group, content, Some(Item::Change(change)))
             .await?
         {
             Some(applied) => Ok(applied.render(target)),
-            // The message changed in the meantime (a sync took its deletion): nothing to show.
-            None => Err(Error::NotChangeable(String::new())),
+            // Sent, but the message had changed meanwhile (its deletion came in): not applied.
+            None => Err(Error::NotChangeable(about)),
         }
     }
 }
