@@ -70,13 +70,15 @@ enum Command {
         to: String,
         /// The text, or '-' for stdin.
         text: String,
-        /// Answer this message: its id, as `messages` shows it in parentheses after the sender.
+        /// Answer this message: its id, as `messages` shows it after the conversation (8 hex
+        /// digits), or more of it.
         #[arg(long, value_name = "MESSAGE_ID")]
         reply_to: Option<String>,
     },
     /// React to a message with an emoji, or take your reaction back with --remove.
     React {
-        /// The message's id, as `messages` shows it in parentheses after the sender.
+        /// The message's id, as `messages` shows it after the conversation (8 hex digits), or
+        /// more of it.
         message: String,
         /// The reaction, e.g. 👍.
         emoji: String,

@@ -117,7 +117,8 @@ impl From<sealpost_sdk::Error> for RpcError {
             }
             E::RemoveSelf => format!("{e} (`sealpost group leave`)"),
             E::BadMessageId(_) | E::UnknownMessage(_) | E::AmbiguousMessage(..) => format!(
-                "{e} (`sealpost messages <conversation>` shows each message's id in parentheses)"
+                "{e} (`sealpost messages <conversation>` shows each message's id after the \
+                 conversation's name)"
             ),
             E::AuditOfAnotherServer { .. } => format!("{e}; use another --state file"),
             _ => e.to_string(),
