@@ -355,8 +355,8 @@ pub fn messages_by_prefix(
     prefixes: &[String],
     limit: usize,
 ) -> Result<Vec<(Vec<u8>, i64, String)>, Error> {
-    // A scan: a command names a message now and then, and an index of its own cost every
-    // message received 5 % (docs/BENCHMARKS.md, issue 19).
+    // A scan: a command names a message now and then, and an index of its own slowed every
+    // message received (docs/BENCHMARKS.md, issue 19).
     let mut stmt = conn.prepare_cached(
         "SELECT group_id, id, msg_id FROM history WHERE msg_id >= ?1 AND msg_id < ?2 LIMIT ?3",
     )?;
