@@ -309,10 +309,7 @@ pub(super) fn apply(
     let g = group.as_bytes();
     match kind {
         ChangeKind::React { to, emoji } => {
-            let Some(row) = store::history_row(tx, g, &to)? else {
-                return Ok(None);
-            };
-            let Some(mut item) = outbox::load_item(tx, sealer, group, row)? else {
+            let Some((row, mut item)) = message_row(tx, sealer, group, &to)? else {
                 return Ok(None);
             };
             let Item::Message {
@@ -340,10 +337,7 @@ pub(super) fn apply(
             }))
         }
         ChangeKind::Replace { of, with } => {
-            if let Some(row) = store::history_row(tx, g, &of)? {
-                let Some(mut item) = outbox::load_item(tx, sealer, group, row)? else {
-                    return Ok(None);
-                };
+            if let Some((row, mut item)) = message_row(tx, sealer, group, &of)? {
                 let Item::Message {
                     from: author,
                     text,
@@ -435,6 +429,19 @@ pub(super) fn apply(
             }
         }
     }
+}
+
+/// The history row of the message `msg_id` of `group`, and its item.
+fn message_row(
+    tx: &Connection,
+    sealer: &Sealer,
+    group: GroupId,
+    msg_id: &str,
+) -> Result<Option<(i64, Item)>, Error> {
+    let Some(row) = store::history_row(tx, group.as_bytes(), msg_id)? else {
+        return Ok(None);
+    };
+    Ok(outbox::load_item(tx, sealer, group, row)?.map(|item| (row, item)))
 }
 
 fn not_author(from: &str, what: &str, author: &str) -> Item {
