@@ -104,6 +104,17 @@ impl From<StoreError> for ApiFailure {
             ),
             StoreError::NotMember => Self::forbidden("not a member of this group"),
             StoreError::NotFound => Self::not_found("not found"),
+            StoreError::OffsetMismatch { current } => Self::new(
+                ErrorCode::Conflict,
+                format!("the upload stands at offset {current}: continue from there"),
+            ),
+            StoreError::TooLong => {
+                Self::too_large("more bytes than the upload's declared length (Upload-Length)")
+            }
+            StoreError::QuotaExceeded { quota } => Self::too_large(&format!(
+                "this account's files on the server would pass its quota of {} MiB: wait until its recipients have fetched the files it sent",
+                quota / (1024 * 1024)
+            )),
             StoreError::Full => Self::unavailable("too many requests are waiting: retry later"),
             StoreError::Backend(detail) => {
                 tracing::warn!(%detail, "storage failure");

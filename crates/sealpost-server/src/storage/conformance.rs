@@ -11,8 +11,8 @@
 use sealpost_proto::{AckRequest, DeliveryKind, DeviceId, GroupId, Username};
 
 use super::{
-    Appended, DeviceRecord, FetchRequest, HandshakeWrite, KeyPackageRecord, NewAccount, NewGroup,
-    Store, StoreError,
+    Appended, BlobStore, DeviceRecord, FetchRequest, HandshakeWrite, KeyPackageRecord,
+    MIN_BLOB_CHARGE, NewAccount, NewBlob, NewGroup, Store, StoreError,
 };
 
 /// Appends an application message with its digest (of the group and the payload, as a real
@@ -775,4 +775,152 @@ pub async fn check_seeded_message(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(next.seq, 2);
+}
+
+/// The file store: uploads, appends at an offset, finishing, reading, deletion once every
+/// recipient has a file, quotas and purging. `b` is a second handle on the same storage (another
+/// node, where the backend has several), or `a` again.
+pub async fn blobs(a: &dyn BlobStore, b: &dyn BlobStore) {
+    let group = GroupId::from_bytes([7; 16]);
+    let alice = Username::new("alice").unwrap();
+    let new = |id: u8, length: u64, username: &Username| NewBlob {
+        id: [id; 16],
+        group,
+        uploader: device(1),
+        username: username.clone(),
+        length,
+    };
+    let quota = 100 * MIN_BLOB_CHARGE;
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let length = content.len() as u64;
+    a.create_blob(new(1, length, &alice), quota).await.unwrap();
+    assert!(matches!(
+        b.create_blob(new(1, length, &alice), quota).await,
+        Err(StoreError::Conflict)
+    ));
+    let record = b.blob([1; 16]).await.unwrap().unwrap();
+    assert_eq!(
+        (record.group, record.uploader, record.username.as_str()),
+        (group, device(1), "alice")
+    );
+    assert_eq!(
+        (record.length, record.offset, record.finished),
+        (length, 0, false)
+    );
+    assert!(a.blob([2; 16]).await.unwrap().is_none());
+
+    // Nothing is readable, nor finishable, before every byte is there.
+    assert!(matches!(
+        a.read_blob([1; 16], 0, 10).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        a.finish_blob([1; 16], vec![]).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Appends continue exactly where the upload stands.
+    let part = |from: usize, to: usize| bytes::Bytes::copy_from_slice(&content[from..to]);
+    assert!(matches!(
+        a.append_blob([1; 16], 5, part(0, 5)).await,
+        Err(StoreError::OffsetMismatch { current: 0 })
+    ));
+    assert_eq!(
+        a.append_blob([1; 16], 0, part(0, 70_000)).await.unwrap(),
+        70_000
+    );
+    assert!(matches!(
+        b.append_blob([1; 16], 0, part(0, 70_000)).await,
+        Err(StoreError::OffsetMismatch { current: 70_000 })
+    ));
+    let mut too_long = content[70_000..].to_vec();
+    too_long.push(0);
+    assert!(matches!(
+        b.append_blob([1; 16], 70_000, too_long.into()).await,
+        Err(StoreError::TooLong)
+    ));
+    assert_eq!(b.blob([1; 16]).await.unwrap().unwrap().offset, 70_000);
+    // Two nodes appending at one offset at once: exactly one wins.
+    let (x, y) = tokio::join!(
+        a.append_blob([1; 16], 70_000, part(70_000, 100_000)),
+        b.append_blob([1; 16], 70_000, part(70_000, 100_000)),
+    );
+    assert!(x.is_ok() != y.is_ok(), "{x:?} {y:?}");
+    assert_eq!(a.blob([1; 16]).await.unwrap().unwrap().offset, 100_000);
+    assert_eq!(
+        b.append_blob([1; 16], 100_000, part(100_000, content.len()))
+            .await
+            .unwrap(),
+        length
+    );
+    a.finish_blob([1; 16], vec![device(2), device(3)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.finish_blob([1; 16], vec![]).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        a.append_blob([1; 16], length, bytes::Bytes::new()).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(a.blob([1; 16]).await.unwrap().unwrap().finished);
+
+    // Read back in pieces of any size, from any offset, through either handle.
+    for (handle, max) in [(a, 4096), (b, 65_536), (a, 1 << 20)] {
+        let mut read = Vec::new();
+        loop {
+            let piece = handle
+                .read_blob([1; 16], read.len() as u64, max)
+                .await
+                .unwrap();
+            if piece.is_empty() {
+                break;
+            }
+            assert!(piece.len() <= max);
+            read.extend_from_slice(&piece);
+        }
+        assert!(read == content, "read back differs (pieces of {max})");
+    }
+    let tail = b.read_blob([1; 16], length - 3, 100).await.unwrap();
+    assert_eq!(&tail[..], &content[content.len() - 3..]);
+
+    // Deleted once the last recipient has it, and not before.
+    assert!(!a.blob_received([1; 16], device(9)).await.unwrap());
+    assert!(!a.blob_received([1; 16], device(2)).await.unwrap());
+    assert!(!b.blob_received([1; 16], device(2)).await.unwrap());
+    assert!(b.read_blob([1; 16], 0, 10).await.is_ok());
+    assert!(b.blob_received([1; 16], device(3)).await.unwrap());
+    assert!(a.blob([1; 16]).await.unwrap().is_none());
+    assert!(matches!(
+        a.read_blob([1; 16], 0, 10).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // The quota counts every file of the account, each as at least the minimum charge.
+    let bob = Username::new("bob").unwrap();
+    let small = 3 * MIN_BLOB_CHARGE;
+    for id in 10..13 {
+        a.create_blob(new(id, 10, &bob), small).await.unwrap();
+    }
+    assert!(matches!(
+        b.create_blob(new(13, 10, &bob), small).await,
+        Err(StoreError::QuotaExceeded { quota }) if quota == small
+    ));
+    a.create_blob(new(14, 10, &alice), small).await.unwrap();
+    a.delete_blob([10; 16]).await.unwrap();
+    assert!(a.blob([10; 16]).await.unwrap().is_none());
+    b.create_blob(new(13, 10, &bob), small).await.unwrap();
+
+    // Purging: unfinished uploads by when they started, files by when they were finished.
+    a.append_blob([11; 16], 0, part(0, 10)).await.unwrap();
+    a.finish_blob([11; 16], vec![device(2)]).await.unwrap();
+    let far = u64::MAX / 2;
+    assert_eq!(a.purge_blobs(0, 0).await.unwrap(), 0);
+    // [12], [13] and [14] are unfinished; [11] is finished.
+    assert_eq!(b.purge_blobs(far, 0).await.unwrap(), 3);
+    assert!(a.blob([11; 16]).await.unwrap().is_some());
+    assert_eq!(a.read_blob([11; 16], 0, 100).await.unwrap(), part(0, 10));
+    assert_eq!(a.purge_blobs(0, far).await.unwrap(), 1);
+    assert!(a.blob([11; 16]).await.unwrap().is_none());
 }

@@ -35,6 +35,22 @@ pub enum StoreError {
     /// Too many short-lived records of one kind are waiting.
     #[error("too many waiting")]
     Full,
+    /// An upload was continued from another offset than where it stands (or while another
+    /// request of it is writing).
+    #[error("the upload stands at offset {current}")]
+    OffsetMismatch {
+        /// Where the upload stands.
+        current: u64,
+    },
+    /// Bytes past an upload's declared length.
+    #[error("more bytes than the upload's declared length")]
+    TooLong,
+    /// The account's stored files would pass its quota.
+    #[error("the account's quota of {quota} bytes is used up")]
+    QuotaExceeded {
+        /// The quota, bytes.
+        quota: u64,
+    },
     /// The backend failed (I/O, corruption, shutdown).
     #[error("storage backend failed: {0}")]
     Backend(String),
@@ -220,6 +236,92 @@ pub struct PendingRecord {
     pub value: Vec<u8>,
     /// Unix seconds after which it is gone.
     pub expires_at: u64,
+}
+
+/// A stored file's id: 16 random octets, which nobody can guess.
+pub type BlobId = [u8; 16];
+
+/// Every stored file counts at least this much against its account's quota, so that a quota
+/// also bounds how many files an account keeps.
+pub const MIN_BLOB_CHARGE: u64 = 64 * 1024;
+
+/// An upload to start: an encrypted file sent to one group.
+#[derive(Debug, Clone)]
+pub struct NewBlob {
+    /// Its id.
+    pub id: BlobId,
+    /// The group whose members may fetch it.
+    pub group: GroupId,
+    /// The uploading device (the only one that may continue the upload).
+    pub uploader: DeviceId,
+    /// Its account, whose quota the file counts against.
+    pub username: Username,
+    /// Its length, declared before the upload starts.
+    pub length: u64,
+}
+
+/// A stored file or an upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    /// Its id.
+    pub id: BlobId,
+    /// The group whose members may fetch it.
+    pub group: GroupId,
+    /// The uploading device.
+    pub uploader: DeviceId,
+    /// Its account.
+    pub username: Username,
+    /// Its declared length.
+    pub length: u64,
+    /// How many of its bytes are stored, durably.
+    pub offset: u64,
+    /// Whether the upload is finished (only then can it be fetched).
+    pub finished: bool,
+}
+
+/// Encrypted files, stored until every recipient device has them. The embedded backend keeps
+/// them in files beside its database, PostgreSQL in the database itself, where every node
+/// reaches them. Like everything else the server stores, they are ciphertext it cannot open.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Starts an upload. `QuotaExceeded` if the account's files (finished or not, each counted
+    /// as at least [`MIN_BLOB_CHARGE`]) and this one would pass `quota` bytes.
+    async fn create_blob(&self, blob: NewBlob, quota: u64) -> Result<(), StoreError>;
+    /// A file or upload, by id.
+    async fn blob(&self, id: BlobId) -> Result<Option<BlobRecord>, StoreError>;
+    /// Appends `data` to an unfinished upload at `offset`, and returns the new offset once the
+    /// bytes are durable. `OffsetMismatch` if the upload does not stand at `offset` (or another
+    /// append to it is running), `TooLong` past its declared length, `NotFound` if there is no
+    /// such unfinished upload.
+    async fn append_blob(
+        &self,
+        id: BlobId,
+        offset: u64,
+        data: bytes::Bytes,
+    ) -> Result<u64, StoreError>;
+    /// Finishes an upload whose every byte is stored. `recipients` are the devices that must
+    /// fetch it before it is deleted. `NotFound` if no such upload has all its bytes.
+    async fn finish_blob(&self, id: BlobId, recipients: Vec<DeviceId>) -> Result<(), StoreError>;
+    /// At most `max` bytes of a finished file from `from`: fewer near its end (none at it),
+    /// never none before it. `NotFound` if there is no such finished file.
+    async fn read_blob(
+        &self,
+        id: BlobId,
+        from: u64,
+        max: usize,
+    ) -> Result<bytes::Bytes, StoreError>;
+    /// Records that `device` has the file; the last recipient to have it deletes it. Whether
+    /// it was deleted.
+    async fn blob_received(&self, id: BlobId, device: DeviceId) -> Result<bool, StoreError>;
+    /// Deletes a file or an upload.
+    async fn delete_blob(&self, id: BlobId) -> Result<(), StoreError>;
+    /// Deletes the uploads started before `unfinished_before_ms` and not finished, and the files
+    /// finished before `finished_before_ms` (unix milliseconds). How many it deleted.
+    async fn purge_blobs(
+        &self,
+        unfinished_before_ms: u64,
+        finished_before_ms: u64,
+    ) -> Result<u64, StoreError>;
 }
 
 /// The server's durable state.
