@@ -211,6 +211,24 @@ pub struct UserInfo {
 pub struct Limits {
     /// The largest request body, in bytes (an encrypted message, a commit, a Welcome).
     pub max_body_bytes: u64,
+    /// The largest file, in bytes as uploaded (encrypted); 0 from a server without files.
+    #[serde(default)]
+    pub max_file_bytes: u64,
+}
+
+/// Where an upload stands: the answer to creating or continuing one. The headers of the IETF
+/// resumable-uploads draft (`Upload-Offset`, `Upload-Complete`) say the same.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadStatus {
+    /// The file's id (32 hex digits), under which its group's members fetch it
+    /// (`GET /v1/blobs/{id}`) and its uploader continues it (`/v1/uploads/{id}`).
+    pub id: String,
+    /// Its declared length.
+    pub length: u64,
+    /// How many of its bytes the server has stored.
+    pub offset: u64,
+    /// Whether every byte is there and it can be fetched.
+    pub finished: bool,
 }
 
 /// The answer to a send or a commit: where the server put it in the group's log.

@@ -20,7 +20,7 @@ pub use api::{
     AckRequest, ApiError, ChallengeRequest, ChallengeResponse, CiphersuiteQuery,
     ClaimKeyPackagesResponse, ClaimedKeyPackage, CommitUpload, DeviceInfo, ErrorCode,
     KeyPackageStock, Limits, PostedResponse, RegisterRequest, SyncRequest, TokenRequest,
-    TokenResponse, UploadKeyPackagesRequest, UserInfo, auth_challenge_message, b64,
+    TokenResponse, UploadKeyPackagesRequest, UploadStatus, UserInfo, auth_challenge_message, b64,
     device_certificate_message,
 };
 pub use delivery::{Delivery, DeliveryKind, FrameError, SyncBatch};

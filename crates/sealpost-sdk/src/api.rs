@@ -12,13 +12,16 @@ use sealpost_proto::{
     AckRequest, ApiError, ChallengeRequest, ChallengeResponse, ClaimKeyPackagesResponse,
     CommitUpload, DeviceId, ErrorCode, GroupId, KeyPackageStock, Limits, PostedResponse,
     RegisterRequest, SyncBatch, SyncRequest, TokenRequest, TokenResponse, UploadKeyPackagesRequest,
-    Username, auth_challenge_message,
+    UploadStatus, Username, auth_challenge_message,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tls_codec::Serialize as _;
 
 use crate::error::Error;
+
+/// The longest one request of a file transfer may take (a piece of an upload, or a download).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Signs authentication challenges (the device key).
 pub trait ChallengeSigner: Send + Sync {
@@ -175,31 +178,36 @@ impl Api {
         })
     }
 
-    async fn call(&self, method: Method, path: &str, body: Body) -> Result<Vec<u8>, Error> {
+    fn request(&self, method: Method, path: &str, body: Body) -> reqwest::RequestBuilder {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        req = match body {
+        match body {
             Body::None => req,
             Body::Json(b) => req.header("content-type", "application/json").body(b),
             Body::Raw(b) => req
                 .header("content-type", "application/octet-stream")
                 .body(b),
-        };
-        let resp = req.send().await.map_err(|e| Error::ServerUnreachable {
-            url: self.base.clone(),
-            reason: short_reason(&e),
-        })?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| Error::ServerUnreachable {
-            url: self.base.clone(),
-            reason: short_reason(&e),
-        })?;
-        if status.is_success() {
-            return Ok(bytes.to_vec());
         }
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> Error {
+        Error::ServerUnreachable {
+            url: self.base.clone(),
+            reason: short_reason(e),
+        }
+    }
+
+    /// Sends a request; a refusal is an error.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
         match serde_json::from_slice::<ApiError>(&bytes) {
             Ok(e) => Err(Error::Server {
                 code: e.code,
@@ -222,6 +230,38 @@ impl Api {
         }
     }
 
+    async fn call(&self, method: Method, path: &str, body: Body) -> Result<Vec<u8>, Error> {
+        let resp = self.send(self.request(method, path, body)).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// An authenticated request built by `build`; signs in again once if the token was refused.
+    async fn authed_request(
+        &mut self,
+        signer: &dyn ChallengeSigner,
+        build: impl Fn(&Self) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        self.token(signer).await?;
+        match self.send(build(self)).await {
+            Err(Error::Server {
+                code: ErrorCode::Unauthorized,
+                ..
+            }) => {
+                self.token = None;
+                self.token(signer).await?;
+                self.send(build(self)).await
+            }
+            other => other,
+        }
+    }
+
+    /// An answer's JSON body.
+    async fn json_body<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, Error> {
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        decode_json(bytes.to_vec())
+    }
+
     /// An authenticated call; signs in again once if the token was refused.
     async fn authed(
         &mut self,
@@ -230,18 +270,125 @@ impl Api {
         path: &str,
         body: impl Fn() -> Body,
     ) -> Result<Vec<u8>, Error> {
-        self.token(signer).await?;
-        match self.call(method.clone(), path, body()).await {
-            Err(Error::Server {
-                code: ErrorCode::Unauthorized,
-                ..
-            }) => {
-                self.token = None;
-                self.token(signer).await?;
-                self.call(method, path, body()).await
+        let resp = self
+            .authed_request(signer, |api| api.request(method.clone(), path, body()))
+            .await?;
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Starts uploading a file of `length` bytes for the members of `group`.
+    pub async fn create_upload(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        group: GroupId,
+        length: u64,
+    ) -> Result<UploadStatus, Error> {
+        let path = format!("/v1/groups/{group}/blobs");
+        let resp = self
+            .authed_request(s, |api| {
+                api.request(Method::POST, &path, Body::None)
+                    .header("upload-length", length)
+                    .header("upload-complete", "?0")
+            })
+            .await?;
+        self.json_body(resp).await
+    }
+
+    /// Where an upload stands.
+    pub async fn upload_status(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        id: &str,
+    ) -> Result<UploadStatus, Error> {
+        let path = format!("/v1/uploads/{id}");
+        let resp = self
+            .authed_request(s, |api| api.request(Method::HEAD, &path, Body::None))
+            .await?;
+        let number = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| Error::Protocol(format!("an upload's state without {name}")))
+        };
+        Ok(UploadStatus {
+            id: id.to_owned(),
+            length: number("upload-length")?,
+            offset: number("upload-offset")?,
+            finished: resp
+                .headers()
+                .get("upload-complete")
+                .is_some_and(|v| v.as_bytes() == b"?1"),
+        })
+    }
+
+    /// Appends `data` to an upload at `offset` (`last`: it ends the upload).
+    pub async fn append_upload(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        id: &str,
+        offset: u64,
+        data: bytes::Bytes,
+        last: bool,
+    ) -> Result<UploadStatus, Error> {
+        let path = format!("/v1/uploads/{id}");
+        let resp = self
+            .authed_request(s, |api| {
+                api.request(Method::PATCH, &path, Body::None)
+                    .header("content-type", "application/partial-upload")
+                    .header("upload-offset", offset)
+                    .header("upload-complete", if last { "?1" } else { "?0" })
+                    .timeout(TRANSFER_TIMEOUT)
+                    .body(data.clone())
+            })
+            .await?;
+        self.json_body(resp).await
+    }
+
+    /// Cancels an upload.
+    pub async fn cancel_upload(&mut self, s: &dyn ChallengeSigner, id: &str) -> Result<(), Error> {
+        let path = format!("/v1/uploads/{id}");
+        self.authed_request(s, |api| api.request(Method::DELETE, &path, Body::None))
+            .await
+            .map(|_| ())
+    }
+
+    /// Starts fetching a file, from `from` on; the answer's body is read as it comes.
+    pub async fn fetch_blob(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        id: &str,
+        from: u64,
+    ) -> Result<reqwest::Response, Error> {
+        let path = format!("/v1/blobs/{id}");
+        self.authed_request(s, |api| {
+            let req = api
+                .request(Method::GET, &path, Body::None)
+                .timeout(TRANSFER_TIMEOUT);
+            if from > 0 {
+                req.header("range", format!("bytes={from}-"))
+            } else {
+                req
             }
-            other => other,
-        }
+        })
+        .await
+    }
+
+    /// The next piece of a file being fetched; `None` at its end.
+    pub async fn next_piece(
+        &self,
+        resp: &mut reqwest::Response,
+    ) -> Result<Option<bytes::Bytes>, Error> {
+        resp.chunk().await.map_err(|e| self.unreachable(&e))
+    }
+
+    /// Tells the server this device has the file.
+    pub async fn blob_received(&mut self, s: &dyn ChallengeSigner, id: &str) -> Result<(), Error> {
+        let path = format!("/v1/blobs/{id}/received");
+        self.authed(s, Method::POST, &path, || Body::None)
+            .await
+            .map(|_| ())
     }
 
     /// Registers the account and this device.

@@ -104,6 +104,14 @@ pub fn sealed_len(len: u64) -> u64 {
     COMMITMENT as u64 + len + chunks * TAG as u64
 }
 
+/// The size of the file whose blob has `sealed` octets; `None` if no file seals to that size.
+pub fn plain_len(sealed: u64) -> Option<u64> {
+    let rest = sealed.checked_sub(COMMITMENT as u64)?;
+    let chunks = rest.div_ceil(CHUNK as u64 + TAG as u64).max(1);
+    let len = rest.checked_sub(chunks * TAG as u64)?;
+    (sealed_len(len) == sealed).then_some(len)
+}
+
 /// What a sealed file is, for the message that carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
@@ -404,6 +412,15 @@ mod tests {
             let (blob, sealed) = seal(&key(3), &file, feed);
             prop_assert_eq!(blob.len() as u64, sealed_len(file.len() as u64));
             prop_assert_eq!(open(&key(3), &blob, &sealed, take).unwrap(), file);
+        }
+
+        #[test]
+        fn plain_len_undoes_sealed_len(len in 0u64..1 << 40) {
+            prop_assert_eq!(plain_len(sealed_len(len)), Some(len));
+            // Sizes between two files' blobs are nobody's.
+            if let Some(other) = plain_len(sealed_len(len) + 1) {
+                prop_assert_eq!(sealed_len(other), sealed_len(len) + 1);
+            }
         }
     }
 }

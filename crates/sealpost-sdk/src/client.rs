@@ -42,6 +42,7 @@ use zeroize::Zeroizing;
 
 mod changes;
 mod commit;
+mod files;
 mod groups;
 #[cfg(feature = "test-hooks")]
 mod hooks;
@@ -231,6 +232,9 @@ enum Item {
         reactions: Vec<ItemReaction>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         mentions: Vec<String>,
+        /// A file (`text` is its caption).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<Box<content::FileRef>>,
     },
     /// A reaction to the message `message`, or its removal (applied to that message; an event
     /// only).
@@ -335,6 +339,30 @@ impl Item {
             deleted: false,
             reactions: Vec::new(),
             mentions: Vec::new(),
+            file: None,
+        }
+    }
+
+    /// Sets what a received message says beyond its text.
+    fn received_as(
+        &mut self,
+        is_late: bool,
+        answers: Option<String>,
+        mentioned: Vec<String>,
+        with_file: Option<content::FileRef>,
+    ) {
+        if let Item::Message {
+            late,
+            reply_to,
+            mentions,
+            file,
+            ..
+        } = self
+        {
+            *late = is_late;
+            *reply_to = answers;
+            *mentions = mentioned;
+            *file = with_file.map(Box::new);
         }
     }
 
@@ -353,6 +381,7 @@ impl Item {
                 deleted,
                 reactions,
                 mentions,
+                file,
             } => Event::Message {
                 conversation,
                 from,
@@ -373,6 +402,7 @@ impl Item {
                     })
                     .collect(),
                 mentions,
+                file: file.map(|f| f.info()),
             },
             Item::Reacted {
                 from,
@@ -1102,6 +1132,7 @@ mod tests {
                 deleted: false,
                 reactions: Vec::new(),
                 mentions: Vec::new(),
+                file: None,
             }
         );
     }

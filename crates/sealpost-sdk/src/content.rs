@@ -45,6 +45,10 @@ pub(crate) const NUMBER: i64 = -1;
 /// notified by a mention they cannot see.
 pub(crate) const MENTIONS: i64 = -2;
 
+/// A private extension: the SHA-256 of a file sent as an attachment (its plaintext; the
+/// external part's `contentHash` is that of the encrypted blob). See [`FileRef`].
+pub(crate) const FILE_HASH: i64 = -3;
+
 /// Most mentions taken from one message.
 const MAX_MENTIONS: usize = 256;
 
@@ -135,6 +139,124 @@ pub(crate) fn retract(
     content.replaces = Some(of);
     content.in_reply_to = in_reply_to;
     content
+}
+
+/// A file sent in a message, with what its receivers need to fetch, open and check it: the
+/// draft's external part, with Sealpost's encryption of it (`attachment`): a key-committing
+/// STREAM over AES-128-GCM, whose nonce field is the 7-octet STREAM prefix. Kept, sealed, in
+/// the history of every device that has the message (it holds the file's key).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FileRef {
+    /// The server's id of the blob (32 hex digits).
+    pub(crate) blob: String,
+    /// The URL the sender gave (only the id in it is used: files are fetched from one's own
+    /// server, however the sender reached it).
+    pub(crate) url: String,
+    /// The key (hex).
+    pub(crate) key: String,
+    /// The STREAM nonce prefix (hex).
+    pub(crate) nonce: String,
+    /// The blob's size.
+    pub(crate) size: u64,
+    /// SHA-256 of the blob (hex).
+    pub(crate) blob_hash: String,
+    /// SHA-256 of the file (hex).
+    pub(crate) file_hash: String,
+    /// Its media type, as the sender said.
+    pub(crate) media_type: String,
+    /// Its name, as the sender said (made safe before it names a file here).
+    pub(crate) name: String,
+}
+
+impl FileRef {
+    /// What is shown of it.
+    pub(crate) fn info(&self) -> crate::model::FileInfo {
+        crate::model::FileInfo {
+            name: self.name.clone(),
+            media_type: self.media_type.clone(),
+            size: crate::attachment::plain_len(self.size).unwrap_or(0),
+        }
+    }
+}
+
+/// The hash algorithm of `contentHash`: sha-256 in the IANA Named Information registry.
+const SHA_256: u8 = 1;
+
+/// A file message: the file, and its caption (the external part's description).
+pub(crate) fn file(salt: [u8; 16], file: &FileRef, caption: &str) -> Content {
+    let hex = |s: &str| hex::decode(s).unwrap_or_default();
+    let mut content = message(
+        salt,
+        NestedPart {
+            disposition: Disposition::ATTACHMENT,
+            language: String::new(),
+            part: Part::External(Box::new(mimi::ExternalPart {
+                content_type: file.media_type.clone(),
+                url: file.url.clone(),
+                expires: 0,
+                size: file.size,
+                enc_alg: crate::attachment::AES_128_GCM,
+                key: hex(&file.key),
+                nonce: hex(&file.nonce),
+                aad: Vec::new(),
+                hash_alg: SHA_256,
+                content_hash: hex(&file.blob_hash),
+                description: caption.to_owned(),
+                filename: file.name.clone(),
+            })),
+        },
+    );
+    // An integer key with a byte string is always accepted.
+    let _ = content.extensions.insert(
+        ExtensionKey::Int(FILE_HASH),
+        Value::Bytes(hex(&file.file_hash)),
+    );
+    content
+}
+
+/// The id of the blob a file URL names: its last path segment, after `/v1/blobs/`.
+pub(crate) fn blob_of_url(url: &str) -> Option<String> {
+    let (_, id) = url.rsplit_once("/v1/blobs/")?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
+}
+
+/// A file this version can fetch and open: encrypted as Sealpost does, with every check value.
+fn file_of(content: &Content) -> Option<(FileRef, String)> {
+    use crate::attachment::{AES_128_GCM, KEY, NONCE_PREFIX, plain_len};
+    let body = &content.body;
+    let Part::External(x) = &body.part else {
+        return None;
+    };
+    let Some(Value::Bytes(file_hash)) = content.extensions.get(&ExtensionKey::Int(FILE_HASH))
+    else {
+        return None;
+    };
+    let ok = matches!(
+        body.disposition,
+        Disposition::ATTACHMENT | Disposition::RENDER | Disposition::INLINE
+    ) && x.enc_alg == AES_128_GCM
+        && x.key.len() == KEY
+        && x.nonce.len() == NONCE_PREFIX
+        && x.aad.is_empty()
+        && x.hash_alg == SHA_256
+        && x.content_hash.len() == 32
+        && file_hash.len() == 32
+        && plain_len(x.size).is_some();
+    if !ok {
+        return None;
+    }
+    let file = FileRef {
+        blob: blob_of_url(&x.url)?,
+        url: x.url.clone(),
+        key: hex::encode(&x.key),
+        nonce: hex::encode(&x.nonce),
+        size: x.size,
+        blob_hash: hex::encode(&x.content_hash),
+        file_hash: hex::encode(file_hash),
+        media_type: x.content_type.clone(),
+        name: x.filename.clone(),
+    };
+    Some((file, x.description.clone()))
 }
 
 /// The message that tells members what a conversation is.
@@ -262,6 +384,12 @@ pub(crate) enum Body {
         text: String,
         reply_to: Option<String>,
     },
+    /// A file, with its caption, perhaps answering another message.
+    File {
+        file: FileRef,
+        caption: String,
+        reply_to: Option<String>,
+    },
     /// A change to an earlier message: a reaction, an edit, a deletion.
     Change(ChangeKind),
     /// What the conversation is.
@@ -333,6 +461,7 @@ pub(crate) fn read(bytes: &[u8], sender: &Username, group: GroupId) -> Result<In
     });
     let mentions = match &body {
         Body::Text { text, .. }
+        | Body::File { caption: text, .. }
         | Body::Change(ChangeKind::Replace {
             with: Replacement::Text(text),
             ..
@@ -382,6 +511,14 @@ fn interpret(content: &Content) -> Option<Body> {
         && content_type == CONVERSATION
     {
         return conversation_of(content);
+    }
+    if let Part::External(_) = &body.part {
+        let (file, caption) = file_of(content)?;
+        return Some(Body::File {
+            file,
+            caption,
+            reply_to: content.in_reply_to.map(hex::encode),
+        });
     }
     Some(Body::Text {
         text: shown_text(body)?,

@@ -186,6 +186,33 @@ pub enum Error {
     /// Taking back a reaction that was not made.
     #[error("you have not reacted to message {0} with {1}")]
     NoSuchReaction(String, String),
+    /// What was given to send is not a file (a directory, a device).
+    #[error("{0} is not a file")]
+    NotAFile(String),
+    /// A file could not be read or written here.
+    #[error("{0}")]
+    File(String),
+    /// The file changed while it was being sent.
+    #[error("{0} changed while it was being sent: nothing was sent; send it again")]
+    FileChanged(String),
+    /// The file is larger than the server takes.
+    #[error("the file is {}; this server takes files of at most {}", size_text(*size), size_text(*limit))]
+    FileTooLarge {
+        /// The file's size.
+        size: u64,
+        /// The largest the server takes.
+        limit: u64,
+    },
+    /// The message has no file (or it was deleted).
+    #[error("message {0} has no file to download")]
+    NoFile(String),
+    /// Downloading would overwrite a file.
+    #[error("{0} exists already: give another path with --out")]
+    FileExists(String),
+    /// The fetched file failed a check: the server (or someone on the way) altered it. Nothing
+    /// was saved.
+    #[error("refused the file: {0}; nothing was saved")]
+    FileRefused(String),
     /// An audit state file holds another server's audit.
     #[error("{} holds the audit of {holds}, not {wanted}", file.display())]
     AuditOfAnotherServer {

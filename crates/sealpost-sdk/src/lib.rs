@@ -55,8 +55,8 @@ pub use error::Error;
 pub use live::{ClientGuard, Connection, Live, Subscription};
 pub use model::{
     ConversationId, ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, EventId,
-    HistoryEntry, LoggedEvent, MemberInfo, MessageId, Reaction, SecurityAlert, Suite, Unconfirmed,
-    Whoami,
+    FileInfo, HistoryEntry, LoggedEvent, MemberInfo, MessageId, Progress, Reaction, SecurityAlert,
+    Suite, Transfer, TransferKind, Unconfirmed, Whoami,
 };
 pub use sealpost_proto::{DeviceId, Username};
 pub use store::profile_holder;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Backoff, Client, PushRefused, connect_push};
 use crate::error::Error;
-use crate::model::{EventId, LoggedEvent};
+use crate::model::{EventId, LoggedEvent, Progress, Transfer, TransferKind};
 
 /// A handle on the live client of one profile. Clones share it.
 #[derive(Clone)]
@@ -34,6 +34,8 @@ struct Shared {
     newest: watch::Sender<EventId>,
     /// Whether the server connection is up, and since when.
     connection: watch::Sender<Connection>,
+    /// The file transfer in progress, if any (its latest state).
+    transfer: watch::Sender<Option<Transfer>>,
 }
 
 /// The state of the live client's server connection.
@@ -103,6 +105,7 @@ impl Live {
                 client: Mutex::new(client),
                 newest: watch::Sender::new(newest),
                 connection: watch::Sender::new(Connection::Starting),
+                transfer: watch::Sender::new(None),
             }),
         })
     }
@@ -118,6 +121,36 @@ impl Live {
     /// The server connection's state, and its changes.
     pub fn connection(&self) -> watch::Receiver<Connection> {
         self.shared.connection.subscribe()
+    }
+
+    /// The file transfer in progress and its changes (at most one for each percent).
+    pub fn transfers(&self) -> watch::Receiver<Option<Transfer>> {
+        self.shared.transfer.subscribe()
+    }
+
+    /// A progress callback for a transfer of `name`, for `Client::send_file` and
+    /// `Client::download`: what it hears goes to [`transfers`](Self::transfers).
+    pub fn reporter(&self, kind: TransferKind, name: &str) -> impl FnMut(Progress) + Send + use<> {
+        let shared = self.shared.clone();
+        let name = name.to_owned();
+        let mut last = None;
+        move |p: Progress| {
+            let percent = p
+                .done
+                .saturating_mul(100)
+                .checked_div(p.total)
+                .unwrap_or(100);
+            if last == Some(percent) {
+                return;
+            }
+            last = Some(percent);
+            shared.transfer.send_replace(Some(Transfer {
+                kind,
+                name: name.clone(),
+                done: p.done,
+                total: p.total,
+            }));
+        }
     }
 
     /// Reads the event log from after `after` ([`EventId::START`]: all of it), then each event

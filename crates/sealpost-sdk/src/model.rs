@@ -93,6 +93,10 @@ pub enum Event {
         /// The members it mentions (`@username`), each named in its text.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         mentions: Vec<String>,
+        /// A file sent with it (`text` is then its caption, perhaps empty): fetch it with
+        /// `download`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<FileInfo>,
     },
     /// Someone reacted to a message, or took their reaction back (`removed`).
     Reacted {
@@ -334,6 +338,50 @@ pub struct Reaction {
     pub from: String,
     /// The reaction (an emoji, or a few).
     pub emoji: String,
+}
+
+/// A file sent in a message, as it is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Its name, as the sender gave it (shown as it is; a file saved here gets a safe name).
+    pub name: String,
+    /// Its media type, as the sender said (e.g. `image/jpeg`).
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A file's transfer so far (for progress bars and progress events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Bytes sent or received so far (as they travel: encrypted).
+    pub done: u64,
+    /// All of them.
+    pub total: u64,
+}
+
+/// What a file transfer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferKind {
+    /// A file being sent.
+    Upload,
+    /// A file being downloaded.
+    Download,
+}
+
+/// A file transfer in progress, as the live client reports it (to progress bars, and as the
+/// daemon's `progress` notifications).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Upload or download.
+    pub kind: TransferKind,
+    /// The file's name.
+    pub name: String,
+    /// Bytes moved so far (encrypted, as they travel).
+    pub done: u64,
+    /// All of them.
+    pub total: u64,
 }
 
 /// An entry of a conversation's history with its place, for reading the history a page at a

@@ -1,5 +1,5 @@
-//! The canary: a unique marker sent in messages and group names never appears in the server's
-//! files, in any log line of the server or the clients (at trace level, every crate), or in any
+//! The canary: a unique marker sent in messages, group names and files (their bytes, names and
+//! captions) never appears in the server's files, in any log line of the server or the clients (at trace level, every crate), or in any
 //! byte it received on the wire; nor does a session token reach a log line.
 #![allow(
     clippy::unwrap_used,
@@ -102,12 +102,74 @@ async fn marker_never_reaches_the_server() {
         .send(&info.conversation, &format!("group {marker}"))
         .await
         .unwrap();
+    // A file: the marker in its bytes (again and again), its name and its caption.
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join(format!("{marker}.txt"));
+    let body: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("{i} {marker}\n").into_bytes())
+        .collect();
+    std::fs::write(&path, &body).unwrap();
+    alice
+        .send_file(
+            &info.conversation,
+            &path,
+            &format!("caption {marker}"),
+            None,
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
     let events = bob.sync().await.unwrap();
-    assert_eq!(texts(&events).len(), 2, "{events:?}");
+    assert_eq!(texts(&events).len(), 3, "{events:?}");
     assert!(
         texts(&events).iter().all(|(_, t)| t.contains(marker)),
         "the marker went through"
     );
+    // The server's files, the encrypted file among them, hold no trace of it.
+    let mut stored = Vec::new();
+    let mut dirs = vec![server.data.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                stored.push(entry.path());
+            }
+        }
+    }
+    assert!(
+        stored
+            .iter()
+            .any(|p| p.parent().unwrap().ends_with("blobs")),
+        "the file is among the server's files: {stored:?}"
+    );
+    for file in &stored {
+        let bytes = std::fs::read(file).unwrap();
+        assert!(
+            !contains(&bytes, marker),
+            "the marker is in the server's file {}",
+            file.display()
+        );
+    }
+    let file_message = events
+        .iter()
+        .find_map(|e| match e {
+            sealpost_sdk::Event::Message {
+                file: Some(_), id, ..
+            } => Some(id.as_str().to_owned()),
+            _ => None,
+        })
+        .unwrap();
+    let saved = bob
+        .download(
+            &file_message,
+            Some(files.path().join("got").as_path()),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    assert!(std::fs::read(saved).unwrap() == body);
 
     // A session token is a secret too: it may cross the wire (in a header) but never a log.
     let token = alice.bench_prepare("@bob", 0, "").await.unwrap().token;

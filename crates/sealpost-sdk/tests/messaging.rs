@@ -538,3 +538,214 @@ fn reply_id(e: &Event) -> String {
         other => panic!("not a message: {other:?}"),
     }
 }
+
+/// The file of the message `event`, and the message's id.
+fn file_of(event: &Event) -> Option<(sealpost_sdk::FileInfo, String, String)> {
+    match event {
+        Event::Message {
+            file: Some(file),
+            id,
+            text,
+            ..
+        } => Some((file.clone(), id.as_str().to_owned(), text.clone())),
+        _ => None,
+    }
+}
+
+/// The files the embedded server holds, by name.
+fn server_blobs(server: &TestServer) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(server.data.join("blobs"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A file goes end to end: sealed under a fresh key, uploaded (and taken up again where the
+/// server stood after the connection broke), named with its caption in a message, fetched,
+/// checked and saved by the receiver. The server holds only ciphertext, and deletes it once
+/// every recipient device has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_sent_resumed_after_an_interruption_fetched_and_then_deleted_from_the_server() {
+    let server = TestServer::start().await;
+    let proxy = common::Interceptor::start(&server.url).await;
+    let people = People::new();
+    let mut alice = people.register_at(&proxy.url, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice.send("@bob", "hi").await.unwrap();
+    bob.sync().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("holiday photo.jpg");
+    let marker = b"FILE-CANARY-7d1f";
+    let content: Vec<u8> = (0..3 * 1024 * 1024 + 123)
+        .flat_map(|i: u32| {
+            if i.is_multiple_of(4096) {
+                marker.to_vec()
+            } else {
+                vec![(i % 251) as u8]
+            }
+        })
+        .collect();
+    std::fs::write(&path, &content).unwrap();
+
+    // The first request of the upload breaks after 1.5 MB reached the server.
+    proxy.cut("PATCH", "/v1/uploads/", 1_500_000, 1);
+    proxy.take_seen();
+    let mut progress = Vec::new();
+    let sent = alice
+        .send_file("@bob", &path, "the beach", None, &mut |p| progress.push(p))
+        .await
+        .unwrap();
+    let (info, id, caption) = file_of(&sent).unwrap();
+    assert_eq!(info.name, "holiday photo.jpg");
+    assert_eq!(info.media_type, "image/jpeg");
+    assert_eq!(info.size, content.len() as u64);
+    assert_eq!(caption, "the beach");
+    let last = progress.last().unwrap();
+    assert_eq!(last.done, last.total);
+    let patches: Vec<_> = proxy
+        .take_seen()
+        .into_iter()
+        .filter(|s| s.path.contains("/blobs") || s.path.contains("/uploads/"))
+        .collect();
+    let methods: Vec<_> = patches
+        .iter()
+        .map(|s| (s.method.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        methods,
+        [("POST", 201), ("PATCH", 502), ("HEAD", 204), ("PATCH", 200)],
+        "{patches:?}"
+    );
+    // Taken up where the server stood: the bytes it had were not sent again.
+    assert!(
+        patches[3].len < content.len() - 1_400_000,
+        "{}",
+        patches[3].len
+    );
+
+    // The server holds the blob, and no byte of the file in the clear.
+    let held = server_blobs(&server);
+    assert_eq!(held.len(), 1);
+    assert!(
+        !held[0].1.windows(marker.len()).any(|w| w == marker),
+        "the file is readable on the server"
+    );
+
+    let events = bob.sync().await.unwrap();
+    let (info, received_id, caption) = events.iter().find_map(file_of).unwrap();
+    assert_eq!(
+        (received_id.as_str(), caption.as_str()),
+        (id.as_str(), "the beach")
+    );
+    assert_eq!(info.size, content.len() as u64);
+    let out = dir.path().join("saved");
+    std::fs::create_dir(&out).unwrap();
+    let saved = bob.download(&id, Some(&out), &mut |_| {}).await.unwrap();
+    assert_eq!(saved, out.join("holiday photo.jpg"));
+    assert!(std::fs::read(&saved).unwrap() == content);
+    // Never over a file that is there.
+    assert!(matches!(
+        bob.download(&id, Some(&out), &mut |_| {}).await,
+        Err(sealpost_sdk::Error::FileExists(_))
+    ));
+    // Its only recipient device has it: gone from the server.
+    assert!(server_blobs(&server).is_empty());
+    // A text has no file.
+    let text_id = events.iter().find_map(|e| match e {
+        Event::Message { file: None, id, .. } => Some(id.as_str().to_owned()),
+        _ => None,
+    });
+    if let Some(text_id) = text_id {
+        assert!(matches!(
+            bob.download(&text_id, None, &mut |_| {}).await,
+            Err(sealpost_sdk::Error::NoFile(_))
+        ));
+    }
+}
+
+/// What the server serves in place of a file is checked before anything is saved: another
+/// valid blob, a cut one and an extended one are each refused, and no file (nor part of one)
+/// is left behind. The honest blob then opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_truncated_or_extended_blob_is_refused_and_nothing_is_saved() {
+    let server = TestServer::start().await;
+    let proxy = common::Interceptor::start(&server.url).await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register_at(&proxy.url, "bob").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.txt"), dir.path().join("b.txt"));
+    std::fs::write(&a, vec![b'a'; 200_000]).unwrap();
+    std::fs::write(&b, vec![b'b'; 200_000]).unwrap();
+    alice
+        .send_file("@bob", &a, "", None, &mut |_| {})
+        .await
+        .unwrap();
+    alice
+        .send_file("@bob", &b, "", None, &mut |_| {})
+        .await
+        .unwrap();
+    let events = bob.sync().await.unwrap();
+    let ids: Vec<String> = events.iter().filter_map(file_of).map(|f| f.1).collect();
+    assert_eq!(ids.len(), 2);
+    let blobs: Vec<Vec<u8>> = server_blobs(&server).into_iter().map(|b| b.1).collect();
+    assert_eq!(blobs.len(), 2);
+
+    let out = dir.path().join("saved");
+    std::fs::create_dir(&out).unwrap();
+    type Tamper = Box<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>;
+    let tamperings: [(&str, Tamper); 3] = [
+        (
+            "replaced or altered",
+            Box::new(move |body| {
+                if body == blobs[0] {
+                    blobs[1].clone()
+                } else {
+                    blobs[0].clone()
+                }
+            }),
+        ),
+        (
+            "cut short",
+            Box::new(|mut body| {
+                body.truncate(body.len() - 10);
+                body
+            }),
+        ),
+        (
+            "longer than the message says",
+            Box::new(|mut body| {
+                body.extend_from_slice(&[0; 16]);
+                body
+            }),
+        ),
+    ];
+    for (why, tamper) in tamperings {
+        proxy.clear();
+        proxy.rewrite("/v1/blobs/", move |_, body| tamper(body));
+        let err = bob
+            .download(&ids[0], Some(&out), &mut |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, sealpost_sdk::Error::FileRefused(m) if m.contains(why)),
+            "{why}: {err}"
+        );
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "{why}");
+    }
+    proxy.clear();
+    let saved = bob
+        .download(&ids[0], Some(&out), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(saved).unwrap(), vec![b'a'; 200_000]);
+}

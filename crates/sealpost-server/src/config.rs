@@ -19,6 +19,13 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Most members (devices) in one group.
     pub max_group_size: usize,
+    /// Largest file (encrypted, as uploaded), bytes.
+    pub max_file_bytes: u64,
+    /// Most bytes of files one account may have stored at once (uploads in progress, and files
+    /// not yet fetched by every recipient device), bytes.
+    pub file_quota_bytes: u64,
+    /// An upload not finished within this many hours is deleted.
+    pub unfinished_upload_hours: u64,
     /// Key-package claims one device may make per minute. For this and the other limits
     /// below, 0 turns the limit off; each node counts on its own.
     pub key_package_claims_per_minute: u32,
@@ -108,6 +115,9 @@ impl Default for Settings {
             retention_days: 30,
             max_body_bytes: 1024 * 1024,
             max_group_size: 1000,
+            max_file_bytes: 100 * 1024 * 1024,
+            file_quota_bytes: 2 * 1024 * 1024 * 1024,
+            unfinished_upload_hours: 24,
             key_package_claims_per_minute: 600,
             registrations_per_address_per_hour: 60,
             sign_ins_per_address_per_minute: 1_200,
@@ -201,6 +211,9 @@ impl Settings {
             retention_days => "SEALPOST_RETENTION_DAYS",
             max_body_bytes => "SEALPOST_MAX_BODY_BYTES",
             max_group_size => "SEALPOST_MAX_GROUP_SIZE",
+            max_file_bytes => "SEALPOST_MAX_FILE_BYTES",
+            file_quota_bytes => "SEALPOST_FILE_QUOTA_BYTES",
+            unfinished_upload_hours => "SEALPOST_UNFINISHED_UPLOAD_HOURS",
             key_package_claims_per_minute => "SEALPOST_KEY_PACKAGE_CLAIMS_PER_MINUTE",
             registrations_per_address_per_hour => "SEALPOST_REGISTRATIONS_PER_ADDRESS_PER_HOUR",
             sign_ins_per_address_per_minute => "SEALPOST_SIGN_INS_PER_ADDRESS_PER_MINUTE",

@@ -70,6 +70,8 @@ pub struct AppState {
     pub directory: Arc<KeyDirectory>,
     /// New devices waiting to be linked.
     pub links: Arc<crate::links::LinkBook>,
+    /// Encrypted files.
+    pub blobs: Arc<dyn crate::storage::BlobStore>,
 }
 
 /// A JSON body whose rejection is one of our errors.
@@ -142,7 +144,7 @@ impl FromRequestParts<AppState> for Authenticated {
 }
 
 /// Counts `n` events of device `me` against `limiter`; over the limit, a 429 naming `what`.
-fn within(
+pub(crate) fn within(
     limiter: &RateLimiter<sealpost_proto::DeviceId>,
     me: &DeviceIdentity,
     n: u32,
@@ -157,7 +159,7 @@ fn within(
     }
 }
 
-fn parse_path<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiFailure> {
+pub(crate) fn parse_path<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiFailure> {
     s.parse()
         .map_err(|_| ApiFailure::bad_request(&format!("invalid {what} in the path")))
 }
@@ -191,6 +193,12 @@ api_routes! {
     post "/v1/groups" => create_group,
     post "/v1/groups/{group}/messages" => post_message,
     post "/v1/groups/{group}/commits" => post_commit,
+    post "/v1/groups/{group}/blobs" => crate::uploads::create,
+    head "/v1/uploads/{upload}" => crate::uploads::offset,
+    patch "/v1/uploads/{upload}" => crate::uploads::append,
+    delete "/v1/uploads/{upload}" => crate::uploads::cancel,
+    get "/v1/blobs/{blob}" => crate::uploads::fetch,
+    post "/v1/blobs/{blob}/received" => crate::uploads::received,
     post "/v1/sync" => sync,
     post "/v1/ack" => ack,
     get "/v1/ws" => websocket,
@@ -558,6 +566,7 @@ async fn remove_device(
 async fn limits(State(state): State<AppState>) -> impl IntoResponse {
     Json(sealpost_proto::Limits {
         max_body_bytes: state.settings.max_body_bytes as u64,
+        max_file_bytes: state.settings.max_file_bytes,
     })
 }
 

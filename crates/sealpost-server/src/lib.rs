@@ -22,6 +22,7 @@ mod openapi;
 mod push;
 mod ratelimit;
 pub mod storage;
+mod uploads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +32,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::storage::Store;
 use crate::storage::postgres::PostgresStore;
 use crate::storage::sqlite::SqliteStore;
+use crate::storage::{BlobStore, Store};
 
 /// The server failed to start or to serve.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,7 @@ pub enum ServerError {
 pub struct Server {
     settings: Settings,
     store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
     directory: Arc<directory::KeyDirectory>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -103,10 +105,14 @@ impl Server {
                 path: settings.data.clone(),
                 source,
             })?;
-        let store: Arc<dyn Store> = match settings.database.get() {
-            None => Arc::new(SqliteStore::open(&settings.data.join("server.db"))?),
+        let (store, blobs): (Arc<dyn Store>, Arc<dyn BlobStore>) = match settings.database.get() {
+            None => {
+                let store = Arc::new(SqliteStore::open(&settings.data.join("server.db"))?);
+                (store.clone(), store)
+            }
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Arc::new(PostgresStore::open(url).await?)
+                let store = Arc::new(PostgresStore::open(url).await?);
+                (store.clone(), store)
             }
             Some(_) => {
                 return Err(ServerError::Settings(
@@ -122,6 +128,7 @@ impl Server {
         Ok(Self {
             settings,
             store,
+            blobs,
             directory,
             tls,
         })
@@ -146,6 +153,7 @@ impl Server {
         let Server {
             settings,
             store,
+            blobs,
             directory: key_directory,
             tls,
         } = self;
@@ -174,13 +182,20 @@ impl Server {
             settings: Arc::new(settings.clone()),
             directory: key_directory.clone(),
             links: Arc::new(links::LinkBook::new(store.clone())),
+            blobs: blobs.clone(),
         };
         let publisher = tokio::spawn(key_directory.run(
             Duration::from_millis(settings.directory_interval_ms),
             shutdown.clone(),
         ));
         let retention_ms = settings.retention_days.saturating_mul(24 * 3600 * 1000);
-        let purger = tokio::spawn(purge_loop(store, retention_ms, shutdown.clone()));
+        let unfinished_ms = settings.unfinished_upload_hours.saturating_mul(3600 * 1000);
+        let purger = tokio::spawn(purge_loop(
+            store,
+            blobs,
+            (retention_ms, unfinished_ms),
+            shutdown.clone(),
+        ));
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(addr = %listener.local_addr()?, scheme, "listening");
         let read_timeout = Duration::from_millis(settings.request_read_timeout_ms);
@@ -212,13 +227,25 @@ pub async fn run(
         .await
 }
 
-async fn purge_loop(store: Arc<dyn Store>, retention_ms: u64, shutdown: CancellationToken) {
+/// Deletes, once a minute, what is delivered or past its time: messages older than the
+/// retention time (and files finished before it), and uploads left unfinished.
+async fn purge_loop(
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    (retention_ms, unfinished_ms): (u64, u64),
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let cutoff = (auth::now_secs() * 1000).saturating_sub(retention_ms);
-                match store.purge(cutoff).await {
+                let now = auth::now_secs() * 1000;
+                let cutoff = now.saturating_sub(retention_ms);
+                let purged = match store.purge(cutoff).await {
+                    Ok(n) => blobs.purge_blobs(now.saturating_sub(unfinished_ms), cutoff).await.map(|m| n + m),
+                    Err(e) => Err(e),
+                };
+                match purged {
                     Ok(n) if n > 0 => tracing::debug!(deleted = n, "purged delivered and expired data"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "purge failed"),

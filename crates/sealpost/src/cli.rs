@@ -68,8 +68,16 @@ enum Command {
     Send {
         /// @user or #group.
         to: String,
-        /// The text, or '-' for stdin.
-        text: String,
+        /// The text, or '-' for stdin (none with --file).
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
+        /// Send this file (a photo, a document; up to the server's limit, 100 MiB by
+        /// default), encrypted under a key of its own.
+        #[arg(long, value_name = "PATH", conflicts_with = "text")]
+        file: Option<std::path::PathBuf>,
+        /// A caption for the file.
+        #[arg(long, value_name = "TEXT")]
+        caption: Option<String>,
         /// Answer this message: its id, as `messages` shows it after the conversation (8 hex
         /// digits), or more of it.
         #[arg(long, value_name = "MESSAGE_ID")]
@@ -98,6 +106,16 @@ enum Command {
     Delete {
         /// The message's id, as `messages` shows it.
         message: String,
+    },
+    /// Download the file of a message, check that it is the one the sender sent, and save it
+    /// (under the sender's name for it, in the current directory, unless --out says where).
+    /// Never overwrites a file.
+    Download {
+        /// The message's id, as `messages` shows it.
+        message: String,
+        /// Save it here: a file name, or a directory to save it in.
+        #[arg(long, value_name = "PATH")]
+        out: Option<std::path::PathBuf>,
     },
     /// Fetch and process everything pending; print new messages and events. Also checks this
     /// account's key-directory history. Exits with status 3 if a security event was shown.
@@ -457,13 +475,63 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
-        Command::Send { to, text, reply_to } => {
-            let text = text_or_stdin(text)?;
-            let params = json!({ "to": to, "text": text, "reply_to": reply_to });
-            out.settle("send", params, |sent: Event| {
-                if as_json { print_json(&sent) } else { Ok(()) }
-            })
-            .await
+        Command::Send {
+            to,
+            text,
+            file,
+            caption,
+            reply_to,
+        } => {
+            if caption.is_some() && file.is_none() {
+                bail!("--caption goes with --file: a text is sent as it is");
+            }
+            let params = match file {
+                Some(file) => json!({
+                    "to": to,
+                    "file": absolute(&file)?,
+                    "caption": caption.unwrap_or_default(),
+                    "reply_to": reply_to,
+                }),
+                None => json!({
+                    "to": to,
+                    "text": text_or_stdin(text.unwrap_or_default())?,
+                    "reply_to": reply_to,
+                }),
+            };
+            let bar = out.progress_bar();
+            let mut sent = None;
+            let done = out
+                .settle("send", params, |e: Event| {
+                    sent = Some(e);
+                    Ok(())
+                })
+                .await;
+            bar.finish().await;
+            match sent {
+                Some(sent) if as_json => print_json(&sent).and(done),
+                _ => done,
+            }
+        }
+        Command::Download { message, out: path } => {
+            let path = path.map(|p| absolute(&p)).transpose()?;
+            let params = json!({ "message": message, "out": path });
+            let bar = out.progress_bar();
+            let mut saved = None;
+            let done = out
+                .settle("download", params, |v: serde_json::Value| {
+                    saved = Some(v);
+                    Ok(())
+                })
+                .await;
+            bar.finish().await;
+            match saved {
+                Some(saved) if as_json => print_json(&saved).and(done),
+                Some(saved) => {
+                    println!("saved {}", safe(saved["path"].as_str().unwrap_or_default()));
+                    done
+                }
+                None => done,
+            }
         }
         Command::React {
             message,
@@ -597,6 +665,28 @@ struct Output<'a> {
     json: bool,
 }
 
+/// A transfer's progress being shown (see `Output::progress_bar`).
+struct ProgressShown(Option<(CancellationToken, tokio::task::JoinHandle<()>)>);
+
+impl ProgressShown {
+    /// Stops showing it, once what was reported is shown.
+    async fn finish(self) {
+        if let Some((stop, task)) = self.0 {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+}
+
+/// `path` made absolute (a daemon running elsewhere resolves it the same way).
+fn absolute(path: &std::path::Path) -> Result<String> {
+    let path = std::path::absolute(path)
+        .with_context(|| format!("{} is not a usable path", path.display()))?;
+    path.into_os_string()
+        .into_string()
+        .map_err(|p| anyhow::anyhow!("{} is not valid UTF-8", p.display()))
+}
+
 /// A message's text from the command line, or from stdin for '-'; never empty.
 fn text_or_stdin(text: String) -> Result<String> {
     let text = if text == "-" {
@@ -635,6 +725,64 @@ impl Output<'_> {
             Err(e) if alerts > 0 => Err(SecurityExit(format!("{e:#}")).into()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Shows the progress of a file transfer that this process runs (not one the daemon runs
+    /// for it): a bar on stderr when it is a terminal, or with `--json` a line
+    /// `{"progress": {"kind", "name", "done", "total"}}` for each percent.
+    fn progress_bar(&self) -> ProgressShown {
+        let Session::Local { live, .. } = self.session else {
+            return ProgressShown(None);
+        };
+        let mut transfers = live.transfers();
+        transfers.borrow_and_update();
+        let json = self.json;
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let bar = (!json).then(|| {
+                indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                )
+            });
+            let show = |t: &sealpost_sdk::Transfer| match &bar {
+                Some(bar) => {
+                    bar.set_length(t.total);
+                    bar.set_position(t.done);
+                    bar.set_message(safe(&t.name));
+                }
+                None => {
+                    println!("{}", serde_json::json!({ "progress": t }));
+                }
+            };
+            loop {
+                tokio::select! {
+                    changed = transfers.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                    () = stopped.cancelled() => break,
+                }
+                if let Some(t) = transfers.borrow_and_update().clone() {
+                    show(&t);
+                }
+            }
+            // The last state, if it came as the transfer ended.
+            if transfers.has_changed().unwrap_or(false)
+                && let Some(t) = transfers.borrow_and_update().clone()
+            {
+                show(&t);
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        });
+        ProgressShown(Some((stop, task)))
     }
 
     /// [`settle`](Self::settle) for a method with nothing to show but success: `{}` in JSON.

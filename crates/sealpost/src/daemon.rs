@@ -343,9 +343,23 @@ async fn stream_events(
 ) {
     let mut connection = live.connection();
     connection.mark_changed();
+    let mut transfers = live.transfers();
     loop {
         let line = tokio::select! {
             _ = stop.cancelled() => return,
+            changed = transfers.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(transfer) = transfers.borrow_and_update().clone() else {
+                    continue;
+                };
+                json!({
+                    "jsonrpc": "2.0",
+                    "method": "progress",
+                    "params": { "subscription": n, "transfer": transfer },
+                })
+            }
             changed = connection.changed() => {
                 if changed.is_err() {
                     return;

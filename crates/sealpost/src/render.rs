@@ -65,6 +65,7 @@ pub fn line(e: &Event) -> String {
             edited,
             deleted,
             reactions,
+            file,
             ..
         } => {
             let mut notes = Vec::new();
@@ -89,6 +90,18 @@ pub fn line(e: &Event) -> String {
             }
             if !*deleted {
                 line.push_str(": ");
+                if let Some(file) = file {
+                    line.push_str(&format!(
+                        "[file {} ({}, {}): sealpost download {}]",
+                        safe(&file.name),
+                        safe(&file.media_type),
+                        size_text(file.size),
+                        short_id(id),
+                    ));
+                    if !text.is_empty() {
+                        line.push(' ');
+                    }
+                }
                 line.push_str(&safe_body(text));
             }
             if !reactions.is_empty() {
@@ -278,4 +291,19 @@ pub fn line(e: &Event) -> String {
 /// `01` that starts every MIMI message id).
 fn short_id(id: &sealpost_sdk::MessageId) -> String {
     safe(&id.short())
+}
+
+/// A size for people: bytes, KiB, MiB or GiB.
+fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }

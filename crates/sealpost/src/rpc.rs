@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use sealpost_sdk::{EventId, Live, Suite, Username};
+use sealpost_sdk::{EventId, Live, Suite, TransferKind, Username};
 
 /// The version of the method table and of the shapes it returns (`sealpost.version` answers it;
 /// `--json` output follows the same shapes).
@@ -94,7 +94,10 @@ impl From<sealpost_sdk::Error> for RpcError {
             E::Store(_) => "store",
             E::NotRegistered => "not_registered",
             E::DeviceRemoved => "device_removed",
-            E::TooLarge { .. } => "too_large",
+            E::TooLarge { .. } | E::FileTooLarge { .. } => "too_large",
+            E::FileRefused(_) => "file_refused",
+            E::NoFile(_) => "no_file",
+            E::FileExists(_) | E::NotAFile(_) | E::File(_) | E::FileChanged(_) => "file",
             E::Unconfirmed { .. } => "unconfirmed",
             _ => "invalid",
         };
@@ -169,10 +172,28 @@ struct NoParams {}
 #[serde(deny_unknown_fields)]
 struct Send {
     to: String,
+    /// The text (none with a file: its caption is `caption`).
+    #[serde(default)]
     text: String,
     /// The message this one answers (its id, or the start of it).
     #[serde(default)]
     reply_to: Option<String>,
+    /// A file to send: its absolute path, as the daemon's process sees it.
+    #[serde(default)]
+    file: Option<String>,
+    /// The file's caption.
+    #[serde(default)]
+    caption: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Download {
+    message: String,
+    /// Where to save it: an absolute path of a file or a directory; by default the daemon's
+    /// working directory.
+    #[serde(default)]
+    out: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -286,6 +307,7 @@ pub const METHODS: &[&str] = &[
     "react",
     "edit",
     "delete",
+    "download",
     "sync",
     "conversations",
     "messages",
@@ -324,7 +346,32 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
             answer(live.lock().await.whoami())
         }
         "send" => {
-            let Send { to, text, reply_to } = params(p)?;
+            let Send {
+                to,
+                text,
+                reply_to,
+                file,
+                caption,
+            } = params(p)?;
+            if let Some(file) = file {
+                if !text.is_empty() {
+                    return Err(RpcError::params(
+                        "a file is sent with a caption, not a text: give it as caption",
+                    ));
+                }
+                let path = std::path::Path::new(&file);
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let mut progress = live.reporter(TransferKind::Upload, &name);
+                let mut client = live.lock().await;
+                return answer(
+                    client
+                        .send_file(&to, path, &caption, reply_to.as_deref(), &mut progress)
+                        .await?,
+                );
+            }
             if text.is_empty() {
                 return Err(RpcError::params("the message is empty"));
             }
@@ -359,6 +406,20 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
         "delete" => {
             let Message { message } = params(p)?;
             answer(live.lock().await.delete(&message).await?)
+        }
+        "download" => {
+            let Download { message, out } = params(p)?;
+            let mut progress = live.reporter(TransferKind::Download, &message);
+            let saved = live
+                .lock()
+                .await
+                .download(
+                    &message,
+                    out.as_deref().map(std::path::Path::new),
+                    &mut progress,
+                )
+                .await?;
+            answer(json!({ "path": saved }))
         }
         "sync" => {
             params::<NoParams>(p)?;

@@ -1229,3 +1229,67 @@ fn replies_reactions_edits_and_deletes_from_the_command_line() {
         "{out:?}"
     );
 }
+
+/// A file from the command line: sent with a caption (with `--json`, progress lines before the
+/// message), shown with its name, size and the command that downloads it, downloaded into a
+/// directory under the sender's name for it, and never over an existing file.
+#[test]
+fn files_from_the_command_line() {
+    let (_server, homes, a, b) = alice_and_bob();
+    let photo = homes.path().join("cat.png");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&photo, &bytes).unwrap();
+    let out = run_ok(
+        &a,
+        &[
+            "--json",
+            "send",
+            "@bob",
+            "--file",
+            photo.to_str().unwrap(),
+            "--caption",
+            "look",
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let sent = event_of(lines.last().unwrap());
+    assert_eq!(sent["file"]["name"], "cat.png");
+    assert_eq!(sent["file"]["media_type"], "image/png");
+    assert_eq!(sent["file"]["size"], 300_000);
+    assert_eq!(sent["text"], "look");
+    let progress = event_of(lines[lines.len() - 2]);
+    assert_eq!(progress["progress"]["kind"], "upload");
+    assert_eq!(progress["progress"]["done"], progress["progress"]["total"]);
+    let id = sent["id"].as_str().unwrap();
+    let short = &id[2..10];
+
+    let shown = run_ok(&b, &["sync"]);
+    assert!(
+        shown.contains(&format!(
+            "[@alice] {short} @alice: [file cat.png (image/png, 293.0 KiB): sealpost download {short}] look"
+        )),
+        "{shown}"
+    );
+    let saved = homes.path().join("saved");
+    std::fs::create_dir(&saved).unwrap();
+    let out = run_ok(&b, &["download", short, "--out", saved.to_str().unwrap()]);
+    assert!(out.contains("saved "), "{out}");
+    assert_eq!(std::fs::read(saved.join("cat.png")).unwrap(), bytes);
+    let again = run(&b, &["download", short, "--out", saved.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists already"),
+        "{again:?}"
+    );
+    // A text and a file are not sent together, and a caption needs a file.
+    assert!(
+        !run(&a, &["send", "@bob", "hi", "--file", "x"])
+            .status
+            .success()
+    );
+    assert!(
+        !run(&a, &["send", "@bob", "hi", "--caption", "x"])
+            .status
+            .success()
+    );
+}

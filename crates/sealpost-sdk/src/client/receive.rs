@@ -1076,17 +1076,17 @@ pub(super) fn receive_content(
             match body {
                 content::Body::Text { text, reply_to } => {
                     let mut item = Item::text(from, text, id, accepted_at);
-                    if let Item::Message {
-                        late: l,
-                        reply_to: r,
-                        mentions: m,
-                        ..
-                    } = &mut item
-                    {
-                        *l = late;
-                        *r = reply_to;
-                        *m = mentions;
-                    }
+                    item.received_as(late, reply_to, mentions, None);
+                    items.push(item);
+                    Ok(items)
+                }
+                content::Body::File {
+                    file,
+                    caption,
+                    reply_to,
+                } => {
+                    let mut item = Item::text(from, caption, id, accepted_at);
+                    item.received_as(late, reply_to, mentions, Some(file));
                     items.push(item);
                     Ok(items)
                 }

@@ -16,6 +16,53 @@ impl Client {
         text: &str,
         reply_to: Option<&str>,
     ) -> Result<Event, Error> {
+        let group = self.conversation_to_send(target).await?;
+        // The id is set from the encoded message, once it is numbered.
+        let item = Item::text(
+            at(&self.identity.username),
+            text.to_owned(),
+            String::new(),
+            now_ms(),
+        );
+        let content = content::text(self.salt()?, text);
+        self.send_shown(group, content, item, reply_to).await
+    }
+
+    /// Sends a message shown in the history (a text, or a file with its caption), perhaps in
+    /// answer to `reply_to`, with the members its text mentions.
+    pub(super) async fn send_shown(
+        &mut self,
+        group: GroupId,
+        mut content: Content,
+        mut item: Item,
+        reply_to: Option<&str>,
+    ) -> Result<Event, Error> {
+        let Item::Message { text, .. } = &item else {
+            return Err(Error::Store("only messages are shown as sent".into()));
+        };
+        let text = text.clone();
+        if let Some(to) = reply_to {
+            let to = self.reply_target(group, to)?;
+            if let Item::Message { reply_to, .. } = &mut item {
+                *reply_to = Some(hex::encode(to));
+            }
+            content.in_reply_to = Some(to);
+        }
+        let mentioned = self.mentioned(group, &text)?;
+        content::set_mentions(&mut content, &mentioned);
+        if let Item::Message { mentions, .. } = &mut item {
+            *mentions = mentioned.iter().map(at).collect();
+        }
+        let item = self
+            .send_app(group, content, Some(item))
+            .await?
+            .ok_or_else(|| Error::Store("a sent message was not kept".into()))?;
+        Ok(item.render(self.display(group)))
+    }
+
+    /// The conversation `target` names, opened if it is a person without one yet, and ready
+    /// for a message to be sent in it.
+    pub(super) async fn conversation_to_send(&mut self, target: &str) -> Result<GroupId, Error> {
         self.sync_inner().await?;
         self.send_owed_meta().await?;
         let group = match self.find(target)? {
@@ -49,33 +96,7 @@ impl Client {
         self.refresh_verified(group).await?;
         self.check_not_blocked(group)?;
         self.before_send(group).await?;
-        // The id is set from the encoded message, once it is numbered.
-        let mut item = Item::text(
-            at(&self.identity.username),
-            text.to_owned(),
-            String::new(),
-            now_ms(),
-        );
-        let mut content = match reply_to {
-            None => content::text(self.salt()?, text),
-            Some(to) => {
-                let to = self.reply_target(group, to)?;
-                if let Item::Message { reply_to, .. } = &mut item {
-                    *reply_to = Some(hex::encode(to));
-                }
-                content::reply(self.salt()?, text, to)
-            }
-        };
-        let mentioned = self.mentioned(group, text)?;
-        content::set_mentions(&mut content, &mentioned);
-        if let Item::Message { mentions, .. } = &mut item {
-            *mentions = mentioned.iter().map(at).collect();
-        }
-        let item = self
-            .send_app(group, content, Some(item))
-            .await?
-            .ok_or_else(|| Error::Store("a sent message was not kept".into()))?;
-        Ok(item.render(self.display(group)))
+        Ok(group)
     }
 
     /// Commits pending proposals and renews the leaf when due, so a message can be sent.

@@ -183,6 +183,10 @@ struct Rules {
     rewrites: Vec<(String, Rewrite)>,
     /// `(method, path prefix, answer)`: answered here; the server never sees the request.
     answers: Vec<(String, String, Answer)>,
+    /// `(method, path prefix, bytes, times)`: the server gets only the first bytes of the body
+    /// (as if the connection broke there), and the client a 502 from "a proxy"; `times` counts
+    /// down the requests still to cut.
+    cuts: Vec<(String, String, usize, Arc<std::sync::atomic::AtomicUsize>)>,
 }
 
 /// One request that went through the interceptor.
@@ -284,6 +288,18 @@ impl Interceptor {
         rules.rewrites.push((prefix.to_owned(), Arc::new(f)));
     }
 
+    /// Cuts the body of the next `times` `method` requests under `prefix` after `keep` bytes
+    /// (see `Rules::cuts`).
+    pub fn cut(&self, method: &str, prefix: &str, keep: usize, times: usize) {
+        let mut rules = self.rules.lock().unwrap();
+        rules.cuts.push((
+            method.to_owned(),
+            prefix.to_owned(),
+            keep,
+            Arc::new(std::sync::atomic::AtomicUsize::new(times)),
+        ));
+    }
+
     /// Back to an honest relay.
     pub fn clear(&self) {
         *self.rules.lock().unwrap() = Rules::default();
@@ -343,24 +359,38 @@ async fn forward(
         );
         return response;
     }
+    let cut = rules.cuts.iter().find_map(|(m, prefix, keep, times)| {
+        let take = *m == method_name
+            && path.starts_with(prefix.as_str())
+            && times
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+        take.then_some(*keep)
+    });
+    let sent = cut.map_or(&body[..], |keep| &body[..keep.min(body.len())]);
     let mut out = http
         .request(method, format!("{base}{path}"))
-        .body(body.to_vec());
-    for name in [
-        axum::http::header::AUTHORIZATION,
-        axum::http::header::CONTENT_TYPE,
-    ] {
-        if let Some(v) = headers.get(&name) {
+        .body(sent.to_vec());
+    for (name, v) in &headers {
+        if !matches!(
+            name.as_str(),
+            "host" | "content-length" | "transfer-encoding"
+        ) {
             out = out.header(name, v);
         }
     }
     let answer = out.send().await.unwrap();
+    if cut.is_some() {
+        note(502);
+        return (axum::http::StatusCode::BAD_GATEWAY, "cut").into_response();
+    }
     let status = answer.status().as_u16();
     note(status);
-    let content_type = answer
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned());
+    let answer_headers = answer.headers().clone();
     let mut bytes = answer.bytes().await.unwrap().to_vec();
     for (prefix, f) in &rules.rewrites {
         if path.starts_with(prefix.as_str()) {
@@ -368,10 +398,10 @@ async fn forward(
         }
     }
     let mut response = (axum::http::StatusCode::from_u16(status).unwrap(), bytes).into_response();
-    if let Some(ct) = content_type {
-        response
-            .headers_mut()
-            .insert(axum::http::header::CONTENT_TYPE, ct.parse().unwrap());
+    for (name, v) in &answer_headers {
+        if !matches!(name.as_str(), "content-length" | "transfer-encoding") {
+            response.headers_mut().insert(name, v.clone());
+        }
     }
     response
 }

@@ -1,0 +1,447 @@
+//! Files: sent encrypted under a fresh key to the server's file store, and named, with the key,
+//! in an ordinary message (so the server holds a blob it cannot open, and only the
+//! conversation's members learn what and where it is).
+//!
+//! Sending: the file is read and sealed a piece at a time (see `attachment`) and uploaded in
+//! segments, each its own request; an interrupted upload continues from where the server says
+//! it stands. Sealing is deterministic under the file's key, so the bytes before that point are
+//! sealed again (to keep the hashes) but not sent again. Memory stays within a few segments
+//! whatever the file's size.
+//!
+//! Receiving: `download` fetches the blob and opens it as it arrives into `NAME.partial`,
+//! checks the key commitment, every chunk, the size and both hashes, and only then renames it
+//! into place. A blob the server swapped, cut or extended is refused, and nothing is left.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::attachment::{self, FileKey, Opener, Sealed, Sealer};
+use crate::content::FileRef;
+use crate::model::Progress;
+
+/// Bytes of an upload sent in one request.
+const SEGMENT: usize = 8 * 1024 * 1024;
+/// Bytes of the file read at a time.
+const READ: usize = 256 * 1024;
+/// How often an interrupted upload or download is taken up again before giving up.
+const RETRIES: u32 = 4;
+
+/// A file being sent, as it was when its sending started.
+struct Source {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Source {
+    fn open(path: &Path) -> Result<Source, Error> {
+        let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
+        if !meta.is_file() {
+            return Err(Error::NotAFile(path.display().to_string()));
+        }
+        Ok(Source {
+            path: path.to_owned(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+
+    /// Refuses a file that changed since its sending started (its sealed bytes would differ
+    /// from those already uploaded).
+    fn unchanged(&self) -> Result<(), Error> {
+        let meta = std::fs::metadata(&self.path).map_err(|e| io_error(&self.path, &e))?;
+        if meta.len() != self.len || meta.modified().ok() != self.modified {
+            return Err(Error::FileChanged(self.path.display().to_string()));
+        }
+        Ok(())
+    }
+}
+
+fn io_error(path: &Path, e: &std::io::Error) -> Error {
+    Error::File(format!("{}: {e}", path.display()))
+}
+
+/// Whether a failed transfer is worth taking up again (the server or the way to it failed).
+fn retryable(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ServerUnreachable { .. }
+            | Error::Server {
+                code: ErrorCode::Unavailable | ErrorCode::Conflict | ErrorCode::BadRequest,
+                ..
+            }
+    )
+}
+
+/// A media type for a file name, from its extension (what receivers show and open it as).
+fn media_type(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "svg" => "image/svg+xml",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "md" => "text/markdown",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mov" => "video/quicktime",
+        "mp3" => "audio/mpeg",
+        "ogg" | "opus" => "audio/ogg",
+        "m4a" => "audio/mp4",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A name under which a received file can be saved: the sender's, without directories,
+/// control characters or a leading dot, or `file` if nothing is left.
+pub(crate) fn safe_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = base
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .trim_start_matches('.')
+        .chars()
+        .take(200)
+        .collect();
+    if clean.is_empty() {
+        "file".into()
+    } else {
+        clean
+    }
+}
+
+fn hex_array<const N: usize>(s: &str) -> Result<[u8; N], Error> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::Store("a stored file reference is malformed".into()))
+}
+
+impl Client {
+    /// Sends the file at `path` to `target`, with a caption (perhaps empty), perhaps in answer
+    /// to the message `reply_to`. `progress` hears of every segment the server has stored.
+    pub async fn send_file(
+        &mut self,
+        target: &str,
+        path: &Path,
+        caption: &str,
+        reply_to: Option<&str>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Event, Error> {
+        let source = Source::open(path)?;
+        let total = attachment::sealed_len(source.len);
+        let group = self.conversation_to_send(target).await?;
+        if let Some(limits) = self.api.limits().await?
+            && total > limits.max_file_bytes
+        {
+            return Err(Error::FileTooLarge {
+                size: source.len,
+                limit: attachment::plain_len(limits.max_file_bytes).unwrap_or(
+                    limits
+                        .max_file_bytes
+                        .saturating_sub(attachment::sealed_len(0)),
+                ),
+            });
+        }
+        let rand = self.profile.mls.provider.rand();
+        let key = FileKey::new(
+            rand.random_array()
+                .map_err(|_| Error::Crypto("no randomness"))?,
+            rand.random_array()
+                .map_err(|_| Error::Crypto("no randomness"))?,
+        );
+        let upload = self.api.create_upload(&self.identity, group, total).await?;
+        let sealed = match self
+            .upload(&source, &key, &upload.id, total, progress)
+            .await
+        {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                // Not worth keeping: the key is gone with this call. (If this fails too, the
+                // server deletes the unfinished upload after a day.)
+                let _ = self.api.cancel_upload(&self.identity, &upload.id).await;
+                return Err(e);
+            }
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = FileRef {
+            url: format!("{}/v1/blobs/{}", self.identity.server, upload.id),
+            blob: upload.id,
+            key: hex::encode(key.key()),
+            nonce: hex::encode(key.nonce()),
+            size: sealed.size,
+            blob_hash: hex::encode(sealed.blob_hash),
+            file_hash: hex::encode(sealed.file_hash),
+            media_type: media_type(&name).to_owned(),
+            name,
+        };
+        let content = content::file(self.salt()?, &file, caption);
+        let mut item = Item::text(
+            at(&self.identity.username),
+            caption.to_owned(),
+            String::new(),
+            now_ms(),
+        );
+        if let Item::Message { file: f, .. } = &mut item {
+            *f = Some(Box::new(file));
+        }
+        self.send_shown(group, content, item, reply_to).await
+    }
+
+    /// Uploads the sealed file, taking the upload up again where the server says it stands
+    /// after an interruption.
+    async fn upload(
+        &mut self,
+        source: &Source,
+        key: &FileKey,
+        id: &str,
+        total: u64,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Sealed, Error> {
+        let mut from = 0;
+        let mut tries = 0;
+        loop {
+            match self
+                .upload_from(source, key, id, from, total, progress)
+                .await
+            {
+                Ok(sealed) => return Ok(sealed),
+                Err(e) if retryable(&e) && tries < RETRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "upload interrupted; taking it up again");
+                    tokio::time::sleep(Duration::from_millis(250 << tries)).await;
+                    source.unchanged()?;
+                    let status = self.api.upload_status(&self.identity, id).await?;
+                    from = status.offset;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Seals the whole file and sends its bytes from `from` on.
+    async fn upload_from(
+        &mut self,
+        source: &Source,
+        key: &FileKey,
+        id: &str,
+        from: u64,
+        total: u64,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Sealed, Error> {
+        let mut file = std::fs::File::open(&source.path).map_err(|e| io_error(&source.path, &e))?;
+        let mut sealer = Sealer::new(key);
+        // Sealed bytes not yet sent, and where they start in the blob.
+        let mut out = Vec::with_capacity(SEGMENT + READ);
+        let mut at = 0u64;
+        let mut read = vec![0u8; READ];
+        let mut sent = from;
+        progress(Progress { done: sent, total });
+        loop {
+            let n = file
+                .read(&mut read)
+                .map_err(|e| io_error(&source.path, &e))?;
+            let last = n == 0;
+            if last {
+                let sealed = sealer.finish(&mut out).map_err(|_| Error::FileTooLarge {
+                    size: source.len,
+                    limit: u64::MAX,
+                })?;
+                if sealed.size != total {
+                    return Err(Error::FileChanged(source.path.display().to_string()));
+                }
+                if sent < total {
+                    sent = self.send_segment(id, &mut out, &mut at, sent, true).await?;
+                    progress(Progress { done: sent, total });
+                }
+                if sent != total {
+                    return Err(Error::Protocol(
+                        "the server did not take the whole file".into(),
+                    ));
+                }
+                return Ok(sealed);
+            }
+            sealer
+                .update(&read[..n], &mut out)
+                .map_err(|_| Error::FileTooLarge {
+                    size: source.len,
+                    limit: u64::MAX,
+                })?;
+            if at + (out.len() as u64) > total {
+                return Err(Error::FileChanged(source.path.display().to_string()));
+            }
+            if out.len() >= SEGMENT {
+                if at + (out.len() as u64) <= sent {
+                    // Already on the server.
+                    at += out.len() as u64;
+                    out.clear();
+                } else {
+                    sent = self
+                        .send_segment(id, &mut out, &mut at, sent, false)
+                        .await?;
+                    progress(Progress { done: sent, total });
+                }
+            }
+        }
+    }
+
+    /// Sends the part of `out` (the blob's bytes from `at`) past `sent`, and empties `out`.
+    async fn send_segment(
+        &mut self,
+        id: &str,
+        out: &mut Vec<u8>,
+        at: &mut u64,
+        sent: u64,
+        last: bool,
+    ) -> Result<u64, Error> {
+        let skip = usize::try_from(sent.saturating_sub(*at)).unwrap_or(usize::MAX);
+        let data = bytes::Bytes::copy_from_slice(out.get(skip..).unwrap_or_default());
+        *at += out.len() as u64;
+        out.clear();
+        let status = self
+            .api
+            .append_upload(&self.identity, id, sent, data, last)
+            .await?;
+        Ok(status.offset)
+    }
+
+    /// Fetches, opens and checks the file of the message `message` (its id, or the start of
+    /// it) and saves it at `out` (a file, or a directory to save it in under the sender's name
+    /// for it); by default in the current directory. Never overwrites a file. The path it was
+    /// saved at.
+    pub async fn download(
+        &mut self,
+        message: &str,
+        out: Option<&Path>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<PathBuf, Error> {
+        let found = self.find_message(message)?;
+        let Item::Message {
+            file: Some(file),
+            deleted: false,
+            ..
+        } = &found.item
+        else {
+            return Err(Error::NoFile(message.to_owned()));
+        };
+        let file = (**file).clone();
+        let name = safe_name(&file.name);
+        let target = match out {
+            Some(p) if p.is_dir() => p.join(&name),
+            Some(p) => p.to_owned(),
+            None => PathBuf::from(&name),
+        };
+        if target.exists() {
+            return Err(Error::FileExists(target.display().to_string()));
+        }
+        let mut partial = target.clone().into_os_string();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let mut tries = 0;
+        loop {
+            match self.fetch_into(&file, &partial, progress).await {
+                Ok(()) => break,
+                Err(e) if retryable(&e) && tries < RETRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "download interrupted; starting again");
+                    tokio::time::sleep(Duration::from_millis(250 << tries)).await;
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
+                }
+            }
+        }
+        if target.exists() {
+            let _ = std::fs::remove_file(&partial);
+            return Err(Error::FileExists(target.display().to_string()));
+        }
+        std::fs::rename(&partial, &target).map_err(|e| io_error(&target, &e))?;
+        // The server may delete it once every recipient has it. Not fatal: it is deleted after
+        // its retention time anyway.
+        if let Err(e) = self.api.blob_received(&self.identity, &file.blob).await {
+            tracing::debug!(error = %e, "could not tell the server the file arrived");
+        }
+        Ok(target)
+    }
+
+    /// Fetches the blob into `partial`, opening and checking it as it comes.
+    async fn fetch_into(
+        &mut self,
+        file: &FileRef,
+        partial: &Path,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<(), Error> {
+        let key = FileKey::new(hex_array(&file.key)?, hex_array(&file.nonce)?);
+        let expected = Sealed {
+            size: file.size,
+            blob_hash: hex_array(&file.blob_hash)?,
+            file_hash: hex_array(&file.file_hash)?,
+        };
+        let mut opener = Opener::new(&key, expected);
+        let mut out = std::fs::File::create(partial).map_err(|e| io_error(partial, &e))?;
+        let mut resp = self.api.fetch_blob(&self.identity, &file.blob, 0).await?;
+        let mut plain = Vec::with_capacity(2 * attachment::CHUNK);
+        let mut done = 0u64;
+        progress(Progress {
+            done,
+            total: file.size,
+        });
+        while let Some(piece) = self.api.next_piece(&mut resp).await? {
+            done += piece.len() as u64;
+            opener
+                .update(&piece, &mut plain)
+                .map_err(|e| Error::FileRefused(e.to_string()))?;
+            out.write_all(&plain).map_err(|e| io_error(partial, &e))?;
+            plain.clear();
+            progress(Progress {
+                done: done.min(file.size),
+                total: file.size,
+            });
+        }
+        opener
+            .finish(&mut plain)
+            .map_err(|e| Error::FileRefused(e.to_string()))?;
+        out.write_all(&plain).map_err(|e| io_error(partial, &e))?;
+        out.sync_all().map_err(|e| io_error(partial, &e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_names_cannot_leave_the_directory_or_hide() {
+        assert_eq!(safe_name("photo.jpg"), "photo.jpg");
+        assert_eq!(safe_name("../../etc/passwd"), "passwd");
+        assert_eq!(safe_name("..\\..\\boot.ini"), "boot.ini");
+        assert_eq!(safe_name(".bashrc"), "bashrc");
+        assert_eq!(safe_name("a\u{1b}[2Jb\n.txt"), "a[2Jb.txt");
+        assert_eq!(safe_name(""), "file");
+        assert_eq!(safe_name("dir/"), "file");
+        assert_eq!(safe_name(".."), "file");
+    }
+
+    #[test]
+    fn media_types_follow_the_extension() {
+        assert_eq!(media_type("Photo.JPG"), "image/jpeg");
+        assert_eq!(media_type("notes"), "application/octet-stream");
+        assert_eq!(media_type("a.tar.gz"), "application/octet-stream");
+    }
+}
