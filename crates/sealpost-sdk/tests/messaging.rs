@@ -659,17 +659,42 @@ async fn a_file_is_sent_resumed_after_an_interruption_fetched_and_then_deleted_f
     ));
     // Its only recipient device has it: gone from the server.
     assert!(server_blobs(&server).is_empty());
+
+    // The last request arrives whole, but its answer is lost: the upload is finished, and
+    // nothing is sent again.
+    proxy.cut("PATCH", "/v1/uploads/", usize::MAX, 1);
+    proxy.take_seen();
+    alice
+        .send_file("@bob", &path, "", None, &mut |_| {})
+        .await
+        .unwrap();
+    let uploads: Vec<_> = proxy
+        .take_seen()
+        .into_iter()
+        .filter(|s| s.path.contains("/uploads/"))
+        .map(|s| (s.method, s.status))
+        .collect();
+    assert_eq!(
+        uploads,
+        [("PATCH".to_owned(), 502), ("HEAD".to_owned(), 204)]
+    );
+    let events = bob.sync().await.unwrap();
+    let (_, again, _) = events.iter().find_map(file_of).unwrap();
+    let saved = bob
+        .download(&again, Some(&out.join("second.jpg")), &mut |_| {})
+        .await
+        .unwrap();
+    assert!(std::fs::read(&saved).unwrap() == content);
     // A text has no file.
-    let text_id = events.iter().find_map(|e| match e {
-        Event::Message { file: None, id, .. } => Some(id.as_str().to_owned()),
-        _ => None,
-    });
-    if let Some(text_id) = text_id {
-        assert!(matches!(
-            bob.download(&text_id, None, &mut |_| {}).await,
-            Err(sealpost_sdk::Error::NoFile(_))
-        ));
-    }
+    let text = alice.send("@bob", "no file here").await.unwrap();
+    let Event::Message { id: text_id, .. } = text else {
+        panic!("{text:?}")
+    };
+    bob.sync().await.unwrap();
+    assert!(matches!(
+        bob.download(text_id.as_str(), None, &mut |_| {}).await,
+        Err(sealpost_sdk::Error::NoFile(_))
+    ));
 }
 
 /// What the server serves in place of a file is checked before anything is saved: another

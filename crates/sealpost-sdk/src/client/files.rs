@@ -213,10 +213,11 @@ impl Client {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Sealed, Error> {
         let mut from = 0;
+        let mut finished = false;
         let mut tries = 0;
         loop {
             match self
-                .upload_from(source, key, id, from, total, progress)
+                .upload_from(source, key, id, (from, finished), total, progress)
                 .await
             {
                 Ok(sealed) => return Ok(sealed),
@@ -226,20 +227,28 @@ impl Client {
                     tokio::time::sleep(Duration::from_millis(250 << tries)).await;
                     source.unchanged()?;
                     let status = self.api.upload_status(&self.identity, id).await?;
-                    from = status.offset;
+                    if status.finished {
+                        // Finished as the answer was lost: only the hashes are still needed.
+                        from = total;
+                        finished = true;
+                    } else {
+                        from = status.offset;
+                    }
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Seals the whole file and sends its bytes from `from` on.
+    /// Seals the whole file and sends its bytes from `from` on (none if the upload is
+    /// `finished`; an upload whose every byte is there but that is not finished is finished by
+    /// an empty last request).
     async fn upload_from(
         &mut self,
         source: &Source,
         key: &FileKey,
         id: &str,
-        from: u64,
+        (from, finished): (u64, bool),
         total: u64,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Sealed, Error> {
@@ -264,7 +273,7 @@ impl Client {
                 if sealed.size != total {
                     return Err(Error::FileChanged(source.path.display().to_string()));
                 }
-                if sent < total {
+                if !finished {
                     sent = self.send_segment(id, &mut out, &mut at, sent, true).await?;
                     progress(Progress { done: sent, total });
                 }
