@@ -187,6 +187,9 @@ struct ConvInfo {
     /// Meta message): set when its commit comes back, however it comes back.
     #[serde(default)]
     meta_owed: bool,
+    /// How long messages sent here last, seconds (0: for ever), as a member last set it.
+    #[serde(default)]
+    timer: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -235,6 +238,14 @@ enum Item {
         /// A file (`text` is its caption).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         file: Option<Box<content::FileRef>>,
+        /// When it disappears (unix milliseconds).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    },
+    /// A member set the disappearing-messages timer (seconds; 0: off).
+    Timer {
+        by: String,
+        seconds: u64,
     },
     /// A reaction to the message `message`, or its removal (applied to that message; an event
     /// only).
@@ -340,6 +351,14 @@ impl Item {
             reactions: Vec::new(),
             mentions: Vec::new(),
             file: None,
+            expires_at: None,
+        }
+    }
+
+    /// Sets when a message disappears.
+    fn expires(&mut self, at: Option<u64>) {
+        if let Item::Message { expires_at, .. } = self {
+            *expires_at = at;
         }
     }
 
@@ -382,6 +401,7 @@ impl Item {
                 reactions,
                 mentions,
                 file,
+                expires_at,
             } => Event::Message {
                 conversation,
                 from,
@@ -403,6 +423,12 @@ impl Item {
                     .collect(),
                 mentions,
                 file: file.map(|f| f.info()),
+                expires_at,
+            },
+            Item::Timer { by, seconds } => Event::Timer {
+                conversation,
+                by,
+                seconds,
             },
             Item::Reacted {
                 from,
@@ -649,6 +675,16 @@ fn put_item(
     let id = store::next_history_id(tx)?;
     let sealed = sealer.seal_at("item", &item_row(group.as_bytes(), id), &json)?;
     let new = store::insert_history(tx, id, group.as_bytes(), seq, msg_id.as_deref(), &sealed)?;
+    if let (
+        true,
+        Item::Message {
+            expires_at: Some(at),
+            ..
+        },
+    ) = (new, item)
+    {
+        store::expire_at(tx, store::EXPIRING_ROW, id, *at)?;
+    }
     Ok(new.then_some(id))
 }
 
@@ -699,7 +735,20 @@ fn keep_item(
         let record = LoggedRecord::Conversation {
             item: applied.clone(),
         };
-        put_event_record(tx, sealer, Some(group), &record)?;
+        let event = put_event_record(tx, sealer, Some(group), &record)?;
+        // A change to a message that disappears disappears with it (an edit holds its text).
+        let target = match &applied {
+            Item::Reacted { message, .. }
+            | Item::Edited { message, .. }
+            | Item::Deleted { message, .. } => Some(message),
+            _ => None,
+        };
+        if let Some(message) = target
+            && let Some(row) = store::history_row(tx, group.as_bytes(), message)?
+            && let Some(at) = store::row_expiry(tx, row)?
+        {
+            store::expire_at(tx, store::EXPIRING_EVENT, event, at)?;
+        }
         return Ok(Some(applied));
     }
     match put_item(tx, sealer, group, seq, &item)? {
@@ -727,15 +776,14 @@ fn put_event_record(
     sealer: &Sealer,
     group: Option<GroupId>,
     record: &LoggedRecord,
-) -> Result<(), Error> {
+) -> Result<i64, Error> {
     let json = Zeroizing::new(serde_json::to_vec(record).map_err(|e| Error::Store(e.to_string()))?);
     store::log_record(
         tx,
         sealer,
         group.as_ref().map(|g| g.as_bytes().as_slice()),
         &json,
-    )?;
-    Ok(())
+    )
 }
 
 /// A Sealpost client for one profile directory.
@@ -1133,6 +1181,7 @@ mod tests {
                 reactions: Vec::new(),
                 mentions: Vec::new(),
                 file: None,
+                expires_at: None,
             }
         );
     }

@@ -35,6 +35,13 @@ pub(crate) const TEXT: &str = "text/plain;charset=utf-8";
 /// tstr}`.
 pub(crate) const CONVERSATION: &str = "application/vnd.sealpost.conversation+cbor";
 
+/// The media type of a conversation's disappearing-messages timer: a CBOR unsigned integer,
+/// seconds (0: off).
+pub(crate) const TIMER: &str = "application/vnd.sealpost.timer+cbor";
+
+/// The longest timer taken: a year (the draft's expiry is a 32-bit number of seconds).
+pub(crate) const MAX_TIMER: u64 = 365 * 24 * 3600;
+
 /// A private extension: the sending device's number for this message in the conversation, from
 /// 1 (a receiver sees from the numbers when messages are missing or arrive late).
 pub(crate) const NUMBER: i64 = -1;
@@ -269,17 +276,35 @@ pub(crate) fn conversation(salt: [u8; 16], kind: ConversationKind, name: &str) -
         (Value::Text("kind".into()), Value::Text(kind.into())),
         (Value::Text("name".into()), Value::Text(name.into())),
     ]);
+    sealpost_part(salt, CONVERSATION, &value)
+}
+
+/// The message that sets a conversation's disappearing-messages timer.
+pub(crate) fn timer(salt: [u8; 16], seconds: u64) -> Content {
+    sealpost_part(salt, TIMER, &Value::Uint(seconds))
+}
+
+/// A message of one part of a Sealpost media type: `value` in CBOR.
+fn sealpost_part(salt: [u8; 16], media_type: &str, value: &Value) -> Content {
     message(
         salt,
         NestedPart {
             disposition: Disposition::UNSPECIFIED,
             language: String::new(),
             part: Part::Single {
-                content_type: CONVERSATION.to_owned(),
+                content_type: media_type.to_owned(),
                 content: value.to_cbor(),
             },
         },
     )
+}
+
+/// Makes a message disappear `seconds` after it is received (the draft's relative expiry).
+pub(crate) fn set_expiry(content: &mut Content, seconds: u64) {
+    content.expires = Some(mimi::Expiration {
+        relative: true,
+        time: u32::try_from(seconds).unwrap_or(u32::MAX),
+    });
 }
 
 /// Numbers a message (see [`NUMBER`]).
@@ -372,6 +397,8 @@ pub(crate) struct Incoming {
     pub(crate) number: u64,
     /// The users its text (or its new text) mentions, as `@username`.
     pub(crate) mentions: Vec<String>,
+    /// When it disappears: seconds after it was received (`true`), or at a unix time.
+    pub(crate) expires: Option<(bool, u64)>,
     /// What it is.
     pub(crate) body: Body,
 }
@@ -397,6 +424,8 @@ pub(crate) enum Body {
         kind: ConversationKind,
         name: String,
     },
+    /// How long messages in the conversation last from now on (seconds; 0: for ever).
+    Timer(u64),
     /// Well-formed, but not something this version shows: what it is, for a person, and the
     /// message as it came (kept, so that a later version can show it).
     Unsupported { what: String, content: Vec<u8> },
@@ -468,10 +497,15 @@ pub(crate) fn read(bytes: &[u8], sender: &Username, group: GroupId) -> Result<In
         }) => mentions_of(&content, text),
         _ => Vec::new(),
     };
+    let expires = content
+        .expires
+        .as_ref()
+        .map(|e| (e.relative, u64::from(e.time)));
     Ok(Incoming {
         id,
         number,
         mentions,
+        expires,
         body,
     })
 }
@@ -493,11 +527,6 @@ fn interpret(content: &Content) -> Option<Body> {
             with,
         }));
     }
-    if content.expires.is_some() {
-        // Expiring messages: not honoured by this version, so not shown as if they were
-        // ordinary ones.
-        return None;
-    }
     if reaction {
         return Some(Body::Change(ChangeKind::React {
             to: hex::encode(content.in_reply_to?),
@@ -511,6 +540,17 @@ fn interpret(content: &Content) -> Option<Body> {
         && content_type == CONVERSATION
     {
         return conversation_of(content);
+    }
+    if let Part::Single {
+        content_type,
+        content,
+    } = &body.part
+        && content_type == TIMER
+    {
+        return match Value::from_cbor(content) {
+            Ok(Value::Uint(seconds)) if seconds <= MAX_TIMER => Some(Body::Timer(seconds)),
+            _ => None,
+        };
     }
     if let Part::External(_) = &body.part {
         let (file, caption) = file_of(content)?;
@@ -672,6 +712,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Incoming, String> {
             id,
             number: n,
             mentions: Vec::new(),
+            expires: None,
             body: Body::Text {
                 text: body,
                 reply_to: None,
@@ -681,6 +722,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Incoming, String> {
             id: String::new(),
             number: 0,
             mentions: Vec::new(),
+            expires: None,
             body: Body::Conversation { kind, name },
         }),
         Err(_) => Err("unknown message format".into()),
@@ -787,7 +829,11 @@ mod tests {
                 }))
             ));
         }
-        for unsupported in ["expiring", "attachment", "conferencing"] {
+        // An expiring text is a text (its expiry is read with it: see the test of expiry).
+        assert!(matches!(example("expiring"), Some(Body::Text { .. })));
+        // The draft's attachment is not encrypted as Sealpost's files are (no key commitment,
+        // one AES-GCM message): not fetched.
+        for unsupported in ["attachment", "conferencing"] {
             assert_eq!(example(unsupported), None, "{unsupported}");
         }
     }
@@ -879,17 +925,13 @@ mod tests {
                 content: bytes.to_vec(),
             }
         );
-        // So is an expiring message, until expiry is honoured.
+        // An expiring message is read with its expiry.
         let mut expiring = text([4; 16], "soon gone");
-        expiring.expires = Some(mimi::Expiration {
-            relative: true,
-            time: 60,
-        });
+        set_expiry(&mut expiring, 60);
         let bytes = encode(&expiring, &alice(), group()).bytes;
-        assert!(matches!(
-            read(&bytes, &alice(), group()).unwrap().body,
-            Body::Unsupported { .. }
-        ));
+        let got = read(&bytes, &alice(), group()).unwrap();
+        assert_eq!(got.body, text_body("soon gone"));
+        assert_eq!(got.expires, Some((true, 60)));
     }
 
     #[test]

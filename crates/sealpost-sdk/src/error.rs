@@ -186,6 +186,9 @@ pub enum Error {
     /// Taking back a reaction that was not made.
     #[error("you have not reacted to message {0} with {1}")]
     NoSuchReaction(String, String),
+    /// A disappearing-messages timer outside 1 second to a year.
+    #[error("a disappearing-messages timer is 1 second to 365 days, or off")]
+    BadTimer,
     /// What was given to send is not a file (a directory, a device).
     #[error("{0} is not a file")]
     NotAFile(String),

@@ -97,6 +97,10 @@ pub enum Event {
         /// `download`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         file: Option<FileInfo>,
+        /// When it disappears from every member's device (unix milliseconds), in a
+        /// conversation with disappearing messages.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     /// Someone reacted to a message, or took their reaction back (`removed`).
     Reacted {
@@ -131,6 +135,16 @@ pub enum Event {
         from: String,
         /// The message taken back.
         message: MessageId,
+    },
+    /// A member set how long messages in the conversation last (0: disappearing messages are
+    /// off). Messages sent from then on disappear that long after the server took them.
+    Timer {
+        /// `#group` or `@user`.
+        conversation: String,
+        /// `@who` set it.
+        by: String,
+        /// Seconds; 0 for off.
+        seconds: u64,
     },
     /// A message this version of Sealpost cannot show (another kind of content, or a feature
     /// it does not have): kept, so that a later version can show it.

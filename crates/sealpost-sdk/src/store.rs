@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS message_changes (
     row      INTEGER NOT NULL,
     PRIMARY KEY (group_id, msg_id)
 ) WITHOUT ROWID;
+-- What disappears, and when (unix milliseconds): history rows (kind 1; their events go with
+-- them) and event records about them (kind 2: reactions, edits, deletions).
+CREATE TABLE IF NOT EXISTS expiring (
+    kind       INTEGER NOT NULL,
+    id         INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS expiring_at ON expiring(expires_at);
 CREATE TABLE IF NOT EXISTS sent (group_id BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (group_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_commits (group_id BLOB PRIMARY KEY, payload BLOB NOT NULL);
 -- The Welcome that goes with a pending commit that adds members, to post both again when the
@@ -321,6 +330,28 @@ pub fn insert_history(
     Ok(n == 1)
 }
 
+/// A history row that disappears at `at` (unix milliseconds).
+pub const EXPIRING_ROW: i64 = 1;
+/// An event record that disappears at `at`.
+pub const EXPIRING_EVENT: i64 = 2;
+
+/// Marks a history row or an event record (`kind`) to disappear at `at`.
+pub fn expire_at(tx: &Connection, kind: i64, id: i64, at: u64) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT INTO expiring (kind, id, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT DO UPDATE SET expires_at = MIN(expires_at, ?3)",
+    )?
+    .execute(params![kind, id, at])?;
+    Ok(())
+}
+
+/// When the history row `row` disappears, if it does.
+pub fn row_expiry(conn: &Connection, row: i64) -> Result<Option<u64>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT expires_at FROM expiring WHERE kind = 1 AND id = ?1")?
+        .query_row([row], |r| r.get(0))
+        .optional()?)
+}
+
 /// The history row of the message `msg_id` in `group`.
 pub fn history_row(conn: &Connection, group: &[u8], msg_id: &str) -> Result<Option<i64>, Error> {
     Ok(conn
@@ -383,18 +414,21 @@ pub fn history_item(conn: &Connection, group: &[u8], row: i64) -> Result<Option<
 }
 
 /// The newest `limit` sealed history items of `group` before row `before` (or the newest of
-/// all), newest first: (row, sealed item).
+/// all), newest first: (row, sealed item). Messages that disappeared by `now` (and are not
+/// deleted yet) are left out.
 pub fn history_page(
     conn: &Connection,
     group: &[u8],
     before: Option<i64>,
     limit: usize,
+    now: u64,
 ) -> Result<Vec<(i64, Vec<u8>)>, Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, item FROM history WHERE group_id = ?1 AND (?2 IS NULL OR id < ?2)
+           AND id NOT IN (SELECT id FROM expiring WHERE kind = 1 AND expires_at <= ?4)
          ORDER BY id DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![group, before, limit as u64], |r| {
+    let rows = stmt.query_map(params![group, before, limit as u64, now], |r| {
         Ok((r.get(0)?, r.get(1)?))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -977,6 +1011,50 @@ impl Profile {
                 Err(e)
             }
         }
+    }
+
+    /// Deletes what disappears at or before `now` (unix milliseconds): the history rows, their
+    /// events and changes, and the event records about them. They are overwritten where they
+    /// were (SQLite's `secure_delete`, for this deletion only) and the write-ahead log is
+    /// emptied, so that they are gone from the files, not only from view. How many rows went.
+    pub fn purge_expired(&mut self, now: u64) -> Result<usize, Error> {
+        let due: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM expiring WHERE expires_at <= ?1)")?
+            .query_row([now], |r| r.get(0))?;
+        if !due || self.batch_snapshot.is_some() {
+            return Ok(0);
+        }
+        self.conn.execute_batch("PRAGMA secure_delete = ON;")?;
+        let deleted = blocking(|| {
+            let tx = self.conn.savepoint()?;
+            tx.execute(
+                "DELETE FROM events WHERE history_id IN (SELECT id FROM expiring WHERE kind = 1 AND expires_at <= ?1)",
+                [now],
+            )?;
+            tx.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM expiring WHERE kind = 2 AND expires_at <= ?1)",
+                [now],
+            )?;
+            tx.execute(
+                "DELETE FROM message_changes WHERE row IN (SELECT id FROM expiring WHERE kind = 1 AND expires_at <= ?1)",
+                [now],
+            )?;
+            let n = tx.execute(
+                "DELETE FROM history WHERE id IN (SELECT id FROM expiring WHERE kind = 1 AND expires_at <= ?1)",
+                [now],
+            )?;
+            tx.execute("DELETE FROM expiring WHERE expires_at <= ?1", [now])?;
+            tx.commit()?;
+            Ok::<_, Error>(n)
+        });
+        let off = self.conn.execute_batch("PRAGMA secure_delete = OFF;");
+        let deleted = deleted?;
+        off?;
+        // The old pages are in the write-ahead log too, until it is copied back and emptied.
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(deleted)
     }
 
     /// Starts a batch: the `atomically` calls that follow commit together, with one fsync, at

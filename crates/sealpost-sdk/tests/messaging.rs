@@ -774,3 +774,135 @@ async fn a_swapped_truncated_or_extended_blob_is_refused_and_nothing_is_saved() 
         .unwrap();
     assert_eq!(std::fs::read(saved).unwrap(), vec![b'a'; 200_000]);
 }
+
+/// The sealed bytes of the history row of message `id` in the profile at `home`, read as they
+/// lie in its database.
+fn sealed_row(home: &std::path::Path, id: &str) -> Vec<u8> {
+    let db = rusqlite::Connection::open(home.join("profile.db")).unwrap();
+    db.query_row("SELECT item FROM history WHERE msg_id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+/// Whether `needle` lies anywhere in the profile's database files.
+fn in_profile_files(home: &std::path::Path, needle: &[u8]) -> bool {
+    ["profile.db", "profile.db-wal"].iter().any(|f| {
+        std::fs::read(home.join(f))
+            .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+    })
+}
+
+/// Disappearing messages: any member sets the timer, and every member sees it; messages sent
+/// from then on carry it and disappear from every device once their time is up (a sync does
+/// it): gone from the profile's files, not only from view, with what was said about them.
+/// Messages from before stay; 0 turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disappearing_messages_are_gone_from_every_store_once_their_time_is_up() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice.send("@bob", "before the timer").await.unwrap();
+    bob.sync().await.unwrap();
+
+    let set = bob.disappear("@alice", 3600).await.unwrap();
+    assert!(
+        matches!(&set, Event::Timer { by, seconds: 3600, .. } if by == "@bob"),
+        "{set:?}"
+    );
+    let seen = alice.sync().await.unwrap();
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::Timer { by, seconds: 3600, .. } if by == "@bob")),
+        "{seen:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let sent = alice.send("@bob", "this will vanish").await.unwrap();
+    let Event::Message {
+        id,
+        expires_at: Some(expires),
+        ..
+    } = sent
+    else {
+        panic!("{sent:?}")
+    };
+    assert!(expires >= now + 3_599_000, "{expires} {now}");
+    let events = bob.sync().await.unwrap();
+    let received = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Message {
+                id: got,
+                expires_at,
+                ..
+            } if got == &id => Some(*expires_at),
+            _ => None,
+        })
+        .unwrap();
+    let received = received.unwrap();
+    assert!(received >= now + 3_599_000, "{received}");
+    bob.react(id.as_str(), "👍").await.unwrap();
+    alice
+        .edit(id.as_str(), "edited, and still vanishing")
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    alice.sync().await.unwrap();
+
+    for (client, name, at) in [(&mut alice, "alice", expires), (&mut bob, "bob", received)] {
+        let home = people.home(name);
+        let sealed = sealed_row(&home, id.as_str());
+        assert!(in_profile_files(&home, &sealed[..32]));
+        // Not before its time.
+        assert_eq!(client.purge_expired_at(at - 1).unwrap(), 0, "{name}");
+        assert_eq!(client.purge_expired_at(at).unwrap(), 1, "{name}");
+        let shown = client
+            .messages(if name == "alice" { "@bob" } else { "@alice" }, 50)
+            .unwrap();
+        assert!(
+            !shown.iter().any(|e| format!("{e:?}").contains("vanish")),
+            "{name}: {shown:?}"
+        );
+        assert_eq!(texts(&shown).len(), 1, "{name}: {shown:?}");
+        let logged = client
+            .events_after(sealpost_sdk::EventId::START, 1000)
+            .unwrap();
+        assert!(
+            !logged.iter().any(|e| format!("{e:?}").contains("vanish")),
+            "{name}: the event log still has it"
+        );
+        assert!(
+            !in_profile_files(&home, &sealed[..32]),
+            "{name}: the sealed message is still in the profile's files"
+        );
+    }
+
+    // Off again: messages stay.
+    alice.disappear("@bob", 0).await.unwrap();
+    let kept = alice.send("@bob", "for ever").await.unwrap();
+    assert!(
+        matches!(
+            kept,
+            Event::Message {
+                expires_at: None,
+                ..
+            }
+        ),
+        "{kept:?}"
+    );
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Timer { seconds: 0, .. }))
+    );
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::Message { expires_at: None, text, .. } if text == "for ever")
+        )
+    );
+}

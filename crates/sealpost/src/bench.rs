@@ -61,7 +61,11 @@ pub struct BenchArgs {
     /// machine).
     #[arg(long, default_value_t = 2000)]
     client_messages: usize,
-    /// Run only these scenarios (comma-separated from a, rate, b, c, client; `directory` runs
+    /// Size of the file that `--only files` sends, MiB.
+    #[arg(long, default_value_t = 100)]
+    file_mib: u64,
+    /// Run only these scenarios (comma-separated from a, rate, b, c, client; `files` sends and
+    /// receives one file of --file-mib MiB against plain HTTP of as many bytes; `directory` runs
     /// the key-directory measurements on their own; `ceilings` measures the machine: disk
     /// fsyncs, PostgreSQL commits with --database, NATS pub/sub with --nats).
     #[arg(long, value_delimiter = ',', default_values_t = ["a".to_string(), "rate".into(), "b".into(), "c".into(), "client".into()])]
@@ -245,6 +249,10 @@ async fn start_servers(args: &BenchArgs) -> Result<Servers> {
             "SEALPOST_CONNECTIONS_PER_MINUTE",
         ] {
             command.env(limit, "0");
+        }
+        // Files as large as a run asks for.
+        for limit in ["SEALPOST_MAX_FILE_BYTES", "SEALPOST_FILE_QUOTA_BYTES"] {
+            command.env(limit, (1u64 << 40).to_string());
         }
         if let Some(db) = &database {
             command.args(["--database", db]);
@@ -795,6 +803,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             d,
             " (sync batches of 1,000, acknowledged)",
         );
+    }
+    if want("files") {
+        // ---- one file, sealed and uploaded, fetched and opened, against plain HTTP ----------
+        let mut pair = users(&url, tmp.path(), "fil", 0..2).await?;
+        pair[0].send("@fil1", "hello").await?;
+        pair[1].sync().await?;
+        let pid = servers
+            .nodes
+            .first()
+            .and_then(|n| n.child.as_ref())
+            .map(|c| c.id());
+        crate::bench_files::run(&http, &mut pair, "fil1", tmp.path(), args.file_mib, pid).await?;
     }
     if want("client") {
         // ---- client-side decrypt cost -------------------------------------------------------------

@@ -107,6 +107,15 @@ enum Command {
         /// The message's id, as `messages` shows it.
         message: String,
     },
+    /// Make messages in a conversation disappear, for every member, a while after they are
+    /// sent (e.g. 1h, 7d; `off` to keep them). Any member can change it; everyone sees who did.
+    Disappear {
+        /// @user or #group.
+        to: String,
+        /// How long messages last: a number with s, m, h, d or w (30s, 10m, 1h, 7d, 4w), up to
+        /// 365d; or `off`.
+        duration: String,
+    },
     /// Download the file of a message, check that it is the one the sender sent, and save it
     /// (under the sender's name for it, in the current directory, unless --out says where).
     /// Never overwrites a file.
@@ -512,6 +521,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                 _ => done,
             }
         }
+        Command::Disappear { to, duration } => {
+            let seconds = parse_duration(&duration)?;
+            let params = json!({ "to": to, "seconds": seconds });
+            out.settle("disappear", params, |set: Event| {
+                if as_json {
+                    print_json(&set)
+                } else {
+                    println!("{}", line(&set));
+                    Ok(())
+                }
+            })
+            .await
+        }
         Command::Download { message, out: path } => {
             let path = path.map(|p| absolute(&p)).transpose()?;
             let params = json!({ "message": message, "out": path });
@@ -676,6 +698,36 @@ impl ProgressShown {
             let _ = task.await;
         }
     }
+}
+
+/// A timer as people write it (`30s`, `10m`, `1h`, `7d`, `4w`, or `off`), in seconds.
+fn parse_duration(text: &str) -> Result<u64> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    let bad = || {
+        anyhow::anyhow!(
+            "{text:?} is not a duration for disappearing messages: write a number and s, m, h, d or w (30s, 1h, 7d), or off"
+        )
+    };
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let number: u64 = text[..text.len() - unit.len_utf8()]
+        .parse()
+        .map_err(|_| bad())?;
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    let seconds = number.checked_mul(scale).ok_or_else(bad)?;
+    if seconds == 0 || seconds > 365 * 86_400 {
+        bail!("a disappearing-messages timer is 1 second to 365 days (or off)");
+    }
+    Ok(seconds)
 }
 
 /// `path` made absolute (a daemon running elsewhere resolves it the same way).

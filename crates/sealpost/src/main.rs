@@ -4,6 +4,7 @@
 mod bench;
 mod bench_ceilings;
 mod bench_directory;
+mod bench_files;
 mod cli;
 mod daemon;
 mod daemon_http;

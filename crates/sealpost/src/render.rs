@@ -66,9 +66,13 @@ pub fn line(e: &Event) -> String {
             deleted,
             reactions,
             file,
+            expires_at,
             ..
         } => {
             let mut notes = Vec::new();
+            if expires_at.is_some() {
+                notes.push("disappearing".to_owned());
+            }
             if let Some(to) = reply_to {
                 notes.push(format!("reply to {}", short_id(to)));
             }
@@ -153,6 +157,25 @@ pub fn line(e: &Event) -> String {
             safe(conversation),
             safe(from),
             short_id(message)
+        ),
+        Event::Timer {
+            conversation,
+            by,
+            seconds: 0,
+        } => format!(
+            "[{}] {} turned disappearing messages off",
+            safe(conversation),
+            safe(by)
+        ),
+        Event::Timer {
+            conversation,
+            by,
+            seconds,
+        } => format!(
+            "[{}] {} set messages to disappear {} after they are sent",
+            safe(conversation),
+            safe(by),
+            duration_text(*seconds)
         ),
         Event::Unsupported {
             conversation,
@@ -306,4 +329,14 @@ fn size_text(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A timer for people: the largest unit it is a whole number of (`90m`, `7d`).
+fn duration_text(seconds: u64) -> String {
+    for (unit, size) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if seconds >= size && seconds.is_multiple_of(size) {
+            return format!("{}{unit}", seconds / size);
+        }
+    }
+    format!("{seconds}s")
 }

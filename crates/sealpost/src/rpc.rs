@@ -96,6 +96,7 @@ impl From<sealpost_sdk::Error> for RpcError {
             E::DeviceRemoved => "device_removed",
             E::TooLarge { .. } | E::FileTooLarge { .. } => "too_large",
             E::FileRefused(_) => "file_refused",
+            E::BadTimer => "invalid",
             E::NoFile(_) => "no_file",
             E::FileExists(_) | E::NotAFile(_) | E::File(_) | E::FileChanged(_) => "file",
             E::Unconfirmed { .. } => "unconfirmed",
@@ -184,6 +185,14 @@ struct Send {
     /// The file's caption.
     #[serde(default)]
     caption: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Disappear {
+    to: String,
+    /// Seconds; 0 turns it off.
+    seconds: u64,
 }
 
 #[derive(Deserialize)]
@@ -307,6 +316,7 @@ pub const METHODS: &[&str] = &[
     "react",
     "edit",
     "delete",
+    "disappear",
     "download",
     "sync",
     "conversations",
@@ -406,6 +416,10 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
         "delete" => {
             let Message { message } = params(p)?;
             answer(live.lock().await.delete(&message).await?)
+        }
+        "disappear" => {
+            let Disappear { to, seconds } = params(p)?;
+            answer(live.lock().await.disappear(&to, seconds).await?)
         }
         "download" => {
             let Download { message, out } = params(p)?;

@@ -1293,3 +1293,38 @@ fn files_from_the_command_line() {
             .success()
     );
 }
+
+/// Disappearing messages from the command line: a timer as people write it, shown to both
+/// sides; messages sent meanwhile are marked; `off` ends it; a bad duration is refused.
+#[test]
+fn disappearing_messages_from_the_command_line() {
+    let (_server, _homes, a, b) = alice_and_bob();
+    run_ok(&a, &["send", "@bob", "hi"]);
+    run_ok(&b, &["sync"]);
+    let out = run_ok(&b, &["disappear", "@alice", "1h"]);
+    assert!(
+        out.contains("[@alice] @bob set messages to disappear 1h after they are sent"),
+        "{out}"
+    );
+    let out = run_ok(&a, &["sync"]);
+    assert!(
+        out.contains("[@bob] @bob set messages to disappear 1h after they are sent"),
+        "{out}"
+    );
+    run_ok(&a, &["send", "@bob", "soon gone"]);
+    let out = run_ok(&b, &["sync"]);
+    assert!(out.contains("@alice (disappearing): soon gone"), "{out}");
+    let out = run_ok(&a, &["disappear", "@bob", "off"]);
+    assert!(
+        out.contains("@alice turned disappearing messages off"),
+        "{out}"
+    );
+    for bad in ["0s", "1y", "400d", "soon"] {
+        let refused = run(&a, &["disappear", "@bob", bad]);
+        assert!(!refused.status.success(), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("disappear"),
+            "{bad}: {refused:?}"
+        );
+    }
+}

@@ -93,6 +93,7 @@ impl Client {
                 refused_at: None,
                 joined_at: None,
                 meta_owed: false,
+                timer: 0,
             },
             cursor: 0,
         };
@@ -333,7 +334,13 @@ impl Client {
     ) -> Result<Vec<HistoryEntry>, Error> {
         let group = self.resolve(target)?;
         let before = before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
-        let rows = store::history_page(self.profile.conn(), group.as_bytes(), before, limit)?;
+        let rows = store::history_page(
+            self.profile.conn(),
+            group.as_bytes(),
+            before,
+            limit,
+            now_ms(),
+        )?;
         let name = self.display(group);
         let conversation_id = ConversationId::of(group);
         let mut out = Vec::new();

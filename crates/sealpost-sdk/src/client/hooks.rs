@@ -9,6 +9,13 @@ pub use forge::{CommitForgery, KeyPackageForgery};
 use super::*;
 
 impl Client {
+    /// Test hook: deletes what has disappeared by `now` (unix milliseconds), as the next sync
+    /// would at that time. How many history rows went.
+    #[doc(hidden)]
+    pub fn purge_expired_at(&mut self, now: u64) -> Result<usize, Error> {
+        self.profile.purge_expired(now)
+    }
+
     /// Test hook: names a group `name` without checking it, and tells the members, as a
     /// malicious member would. Not built into the library otherwise.
     #[doc(hidden)]

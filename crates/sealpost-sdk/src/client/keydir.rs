@@ -47,7 +47,7 @@ impl Client {
         }
         self.profile.atomically(|tx, sealer, _| {
             events.into_iter().try_for_each(|event| {
-                put_event_record(tx, sealer, None, &LoggedRecord::Account { event })
+                put_event_record(tx, sealer, None, &LoggedRecord::Account { event }).map(|_| ())
             })
         })
     }

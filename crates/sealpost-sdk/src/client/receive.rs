@@ -117,6 +117,7 @@ impl Client {
     }
 
     pub(super) async fn sync_inner(&mut self) -> Result<(), Error> {
+        self.profile.purge_expired(now_ms())?;
         self.dir.fresh.clear();
         self.dir.refused.clear();
         // Messages whose post was not confirmed go first: nothing after them is built on a
@@ -361,6 +362,7 @@ impl Client {
                     refused_at: None,
                     joined_at: Some(mls.epoch().as_u64()),
                     meta_owed: false,
+                    timer: 0,
                 },
                 cursor: d.group_seq,
             };
@@ -1059,8 +1061,17 @@ pub(super) fn receive_content(
                 id,
                 number,
                 mentions,
+                expires,
                 body,
             } = message;
+            let expires_at = expires.map(|(relative, seconds)| {
+                let ms = seconds.saturating_mul(1000);
+                if relative {
+                    accepted_at.saturating_add(ms)
+                } else {
+                    ms
+                }
+            });
             let mut items = Vec::new();
             let mut late = false;
             if !matches!(body, content::Body::Conversation { .. }) {
@@ -1077,6 +1088,7 @@ pub(super) fn receive_content(
                 content::Body::Text { text, reply_to } => {
                     let mut item = Item::text(from, text, id, accepted_at);
                     item.received_as(late, reply_to, mentions, None);
+                    item.expires(expires_at);
                     items.push(item);
                     Ok(items)
                 }
@@ -1087,6 +1099,7 @@ pub(super) fn receive_content(
                 } => {
                     let mut item = Item::text(from, caption, id, accepted_at);
                     item.received_as(late, reply_to, mentions, Some(file));
+                    item.expires(expires_at);
                     items.push(item);
                     Ok(items)
                 }
@@ -1107,6 +1120,11 @@ pub(super) fn receive_content(
                         what,
                         content: hex::encode(content),
                     });
+                    Ok(items)
+                }
+                content::Body::Timer(seconds) => {
+                    conv.info.timer = seconds;
+                    items.push(Item::Timer { by: from, seconds });
                     Ok(items)
                 }
                 content::Body::Conversation { kind, name } => {

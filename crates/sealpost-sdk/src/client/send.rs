@@ -48,6 +48,11 @@ impl Client {
             }
             content.in_reply_to = Some(to);
         }
+        let timer = self.convs.get(&group).map_or(0, |c| c.info.timer);
+        if timer > 0 {
+            content::set_expiry(&mut content, timer);
+            item.expires(Some(now_ms().saturating_add(timer.saturating_mul(1000))));
+        }
         let mentioned = self.mentioned(group, &text)?;
         content::set_mentions(&mut content, &mentioned);
         if let Item::Message { mentions, .. } = &mut item {
@@ -57,6 +62,28 @@ impl Client {
             .send_app(group, content, Some(item))
             .await?
             .ok_or_else(|| Error::Store("a sent message was not kept".into()))?;
+        Ok(item.render(self.display(group)))
+    }
+
+    /// Sets how long messages in `target` last from now on, for every member: `seconds` after
+    /// the server takes them (0: for ever). Every member's device deletes them then.
+    pub async fn disappear(&mut self, target: &str, seconds: u64) -> Result<Event, Error> {
+        if seconds > content::MAX_TIMER {
+            return Err(Error::BadTimer);
+        }
+        let group = self.conversation_to_send(target).await?;
+        if let Some(conv) = self.convs.get_mut(&group) {
+            conv.info.timer = seconds;
+        }
+        let item = Item::Timer {
+            by: at(&self.identity.username),
+            seconds,
+        };
+        let content = content::timer(self.salt()?, seconds);
+        let item = self
+            .send_app(group, content, Some(item))
+            .await?
+            .ok_or_else(|| Error::Store("a sent timer was not kept".into()))?;
         Ok(item.render(self.display(group)))
     }
 
