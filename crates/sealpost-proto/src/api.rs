@@ -216,6 +216,15 @@ pub struct Limits {
     pub max_file_bytes: u64,
 }
 
+/// `PUT /v1/groups/{group}/expiry`: the most the server keeps the group's messages and files,
+/// delivered or not (its members' disappearing-messages timer).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupExpiry {
+    /// Seconds, at most a year; 0 for the server's retention time only.
+    pub seconds: u64,
+}
+
 /// Where an upload stands: the answer to creating or continuing one. The headers of the IETF
 /// resumable-uploads draft (`Upload-Offset`, `Upload-Complete`) say the same.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -18,7 +18,7 @@ mod padding;
 
 pub use api::{
     AckRequest, ApiError, ChallengeRequest, ChallengeResponse, CiphersuiteQuery,
-    ClaimKeyPackagesResponse, ClaimedKeyPackage, CommitUpload, DeviceInfo, ErrorCode,
+    ClaimKeyPackagesResponse, ClaimedKeyPackage, CommitUpload, DeviceInfo, ErrorCode, GroupExpiry,
     KeyPackageStock, Limits, PostedResponse, RegisterRequest, SyncRequest, TokenRequest,
     TokenResponse, UploadKeyPackagesRequest, UploadStatus, UserInfo, auth_challenge_message, b64,
     device_certificate_message,

@@ -277,6 +277,25 @@ impl Api {
         Ok(bytes.to_vec())
     }
 
+    /// Tells the server to keep the group's messages and files at most `seconds` (0: the
+    /// retention time only).
+    pub async fn set_group_expiry(
+        &mut self,
+        s: &dyn ChallengeSigner,
+        group: GroupId,
+        seconds: u64,
+    ) -> Result<(), Error> {
+        let body = json(&sealpost_proto::GroupExpiry { seconds })?;
+        self.authed(
+            s,
+            Method::PUT,
+            &format!("/v1/groups/{group}/expiry"),
+            || Body::Json(body.clone()),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Starts uploading a file of `length` bytes for the members of `group`.
     pub async fn create_upload(
         &mut self,

@@ -906,3 +906,60 @@ async fn disappearing_messages_are_gone_from_every_store_once_their_time_is_up()
         )
     );
 }
+
+/// The server keeps what it holds of a conversation with disappearing messages no longer than
+/// the timer, delivered or not: a message not yet fetched and a file not yet downloaded are
+/// deleted there once their time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_deletes_what_it_holds_of_a_disappearing_conversation_past_its_time() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    alice.send("@bob", "hi").await.unwrap();
+    bob.sync().await.unwrap();
+    alice.disappear("@bob", 60).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("note.txt");
+    std::fs::write(&path, b"a note").unwrap();
+    alice
+        .send_file("@bob", &path, "", None, &mut |_| {})
+        .await
+        .unwrap();
+    let events = bob.sync().await.unwrap();
+    let (_, file_message, _) = events.iter().find_map(file_of).unwrap();
+    alice.send("@bob", "not fetched in time").await.unwrap();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert_eq!(server.store.purge_expiring(now).await.unwrap(), 0);
+    // A minute and more later, by the server's purge: the message and the file are gone.
+    assert!(server.store.purge_expiring(now + 61_000).await.unwrap() >= 2);
+    let events = bob.sync().await.unwrap();
+    assert!(
+        !texts(&events)
+            .iter()
+            .any(|(_, t)| t == "not fetched in time"),
+        "{events:?}"
+    );
+    let err = bob
+        .download(
+            &file_message,
+            Some(&dir.path().join("got.txt")),
+            &mut |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            sealpost_sdk::Error::Server {
+                code: sealpost_proto::ErrorCode::NotFound,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

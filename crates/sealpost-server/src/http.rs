@@ -193,6 +193,7 @@ api_routes! {
     post "/v1/groups" => create_group,
     post "/v1/groups/{group}/messages" => post_message,
     post "/v1/groups/{group}/commits" => post_commit,
+    put "/v1/groups/{group}/expiry" => set_group_expiry,
     post "/v1/groups/{group}/blobs" => crate::uploads::create,
     head "/v1/uploads/{upload}" => crate::uploads::offset,
     patch "/v1/uploads/{upload}" => crate::uploads::append,
@@ -799,6 +800,30 @@ async fn post_commit(
     let group: GroupId = parse_path(&group, "group id")?;
     within(&state.limits.sends, &me, 1, "messages sent")?;
     Ok(Json(state.delivery.post_commit(&me, group, &body).await?))
+}
+
+/// The longest disappearing-messages timer the server keeps to: a year.
+const MAX_GROUP_EXPIRY: u64 = 365 * 24 * 3600;
+
+async fn set_group_expiry(
+    State(state): State<AppState>,
+    Authenticated(me): Authenticated,
+    Path(group): Path<String>,
+    ApiJson(expiry): ApiJson<sealpost_proto::GroupExpiry>,
+) -> Result<StatusCode, ApiFailure> {
+    let group: GroupId = parse_path(&group, "group id")?;
+    if expiry.seconds > MAX_GROUP_EXPIRY {
+        return Err(ApiFailure::bad_request(
+            "a group's messages are kept at most a year (31536000 seconds)",
+        ));
+    }
+    within(&state.limits.sends, &me, 1, "messages sent")?;
+    let store = state.delivery.store();
+    if !store.group_devices(group).await?.contains(&me.device_id) {
+        return Err(ApiFailure::forbidden("not a member of this group"));
+    }
+    store.set_group_expiry(group, expiry.seconds).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn sync(

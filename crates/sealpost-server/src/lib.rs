@@ -228,7 +228,8 @@ pub async fn run(
 }
 
 /// Deletes, once a minute, what is delivered or past its time: messages older than the
-/// retention time (and files finished before it), and uploads left unfinished.
+/// retention time (and files finished before it), messages and files of groups with a
+/// disappearing-messages timer older than it, and uploads left unfinished.
 async fn purge_loop(
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
@@ -241,10 +242,12 @@ async fn purge_loop(
             _ = tick.tick() => {
                 let now = auth::now_secs() * 1000;
                 let cutoff = now.saturating_sub(retention_ms);
-                let purged = match store.purge(cutoff).await {
-                    Ok(n) => blobs.purge_blobs(now.saturating_sub(unfinished_ms), cutoff).await.map(|m| n + m),
-                    Err(e) => Err(e),
-                };
+                let purged = async {
+                    let n = store.purge(cutoff).await? + store.purge_expiring(now).await?;
+                    let m = blobs.purge_blobs(now.saturating_sub(unfinished_ms), cutoff).await?;
+                    Ok::<_, storage::StoreError>(n + m)
+                }
+                .await;
                 match purged {
                     Ok(n) if n > 0 => tracing::debug!(deleted = n, "purged delivered and expired data"),
                     Ok(_) => {}

@@ -72,6 +72,10 @@ impl Client {
             return Err(Error::BadTimer);
         }
         let group = self.conversation_to_send(target).await?;
+        // The server first: it deletes what it still holds of the conversation past the timer.
+        self.api
+            .set_group_expiry(&self.identity, group, seconds)
+            .await?;
         if let Some(conv) = self.convs.get_mut(&group) {
             conv.info.timer = seconds;
         }

@@ -924,3 +924,67 @@ pub async fn blobs(a: &dyn BlobStore, b: &dyn BlobStore) {
     assert_eq!(a.purge_blobs(0, far).await.unwrap(), 1);
     assert!(a.blob([11; 16]).await.unwrap().is_none());
 }
+
+/// A group with a disappearing-messages timer: its messages and files go once they are older
+/// than it, delivered or not; other groups' stay; 0 ends it.
+pub async fn expiring_groups<S: Store + BlobStore>(store: &S) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    store
+        .create_account(account("exp_erin", 60, 1))
+        .await
+        .unwrap();
+    let erin = device(60);
+    let (timed, plain) = (GroupId::from_bytes([61; 16]), GroupId::from_bytes([62; 16]));
+    for g in [timed, plain] {
+        store
+            .create_group(NewGroup {
+                group_id: g,
+                creator: erin,
+                state: vec![0],
+            })
+            .await
+            .unwrap();
+        post(store, g, erin, vec![1, 2, 3]).await.unwrap();
+        store
+            .create_blob(
+                NewBlob {
+                    id: [g.as_bytes()[0]; 16],
+                    group: g,
+                    uploader: erin,
+                    username: Username::new("exp_erin").unwrap(),
+                    length: 3,
+                },
+                u64::MAX,
+            )
+            .await
+            .unwrap();
+    }
+    store.set_group_expiry(timed, 60).await.unwrap();
+    store.set_group_expiry(timed, 3600).await.unwrap();
+    let held = |g: GroupId| async move {
+        store
+            .fetch(erin, fetch_all(None, vec![(g, 0)]))
+            .await
+            .unwrap()
+            .deliveries
+            .iter()
+            .filter(|d| d.group_id == *g.as_bytes())
+            .count()
+    };
+    assert_eq!(store.purge_expiring(now).await.unwrap(), 0);
+    assert_eq!(held(timed).await, 1);
+    // An hour later: the timed group's message and file are gone, nothing else.
+    assert_eq!(store.purge_expiring(now + 3_601_000).await.unwrap(), 2);
+    assert_eq!(held(timed).await, 0);
+    assert!(store.blob([61; 16]).await.unwrap().is_none());
+    assert_eq!(held(plain).await, 1);
+    assert!(store.blob([62; 16]).await.unwrap().is_some());
+    // Off: kept again.
+    post(store, timed, erin, vec![4]).await.unwrap();
+    store.set_group_expiry(timed, 0).await.unwrap();
+    assert_eq!(store.purge_expiring(now + 10_000_000).await.unwrap(), 0);
+    assert_eq!(held(timed).await, 1);
+}

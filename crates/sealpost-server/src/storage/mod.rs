@@ -451,6 +451,12 @@ pub trait Store: Send + Sync + 'static {
         old: Vec<u8>,
         new: Vec<u8>,
     ) -> Result<bool, StoreError>;
+    /// Sets how long the group's messages and files are kept at most, whether delivered or not
+    /// (its members' disappearing-messages timer), seconds; 0 for the retention limit only.
+    async fn set_group_expiry(&self, group: GroupId, seconds: u64) -> Result<(), StoreError>;
+    /// Deletes the messages and files of groups with an expiry that are older than it at
+    /// `now_ms`. How many it deleted.
+    async fn purge_expiring(&self, now_ms: u64) -> Result<u64, StoreError>;
     /// Deletes what every recipient acknowledged, what is older than the retention limit, and
     /// expired short-lived records.
     /// Returns how many items it deleted.

@@ -171,6 +171,12 @@ CREATE TABLE IF NOT EXISTS blobs (
     finished_at   BIGINT
 );
 CREATE INDEX IF NOT EXISTS blobs_username ON blobs(username);
+-- Groups whose members set a disappearing-messages timer: their messages and files are deleted
+-- that many seconds after the server took them, delivered or not.
+CREATE TABLE IF NOT EXISTS group_expiry (
+    group_id BYTEA PRIMARY KEY,
+    seconds  BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS blob_recipients (
     id        BYTEA NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
     device_id BYTEA NOT NULL,
@@ -1585,6 +1591,52 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn set_group_expiry(&self, group: GroupId, seconds: u64) -> Result<(), StoreError> {
+        let seconds = int(seconds);
+        self.write(move |c| {
+            Box::pin(async move {
+                let g = group.as_bytes().as_slice();
+                if seconds == 0 {
+                    c.execute("DELETE FROM group_expiry WHERE group_id = $1", &[&g])
+                        .await?;
+                } else {
+                    c.execute(
+                        "INSERT INTO group_expiry (group_id, seconds) VALUES ($1, $2)
+                         ON CONFLICT (group_id) DO UPDATE SET seconds = excluded.seconds",
+                        &[&g, &seconds],
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn purge_expiring(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let now = int(now_ms);
+        self.write(move |c| {
+            Box::pin(async move {
+                let mut n = c
+                    .execute(
+                        "DELETE FROM group_log WHERE group_id IN (SELECT group_id FROM group_expiry)
+                           AND sent_at < $1 - (SELECT seconds * 1000 FROM group_expiry e WHERE e.group_id = group_log.group_id)",
+                        &[&now],
+                    )
+                    .await?;
+                n += c
+                    .execute(
+                        "DELETE FROM blobs WHERE group_id IN (SELECT group_id FROM group_expiry)
+                           AND COALESCE(finished_at, created_at) < $1 - (SELECT seconds * 1000 FROM group_expiry e WHERE e.group_id = blobs.group_id)",
+                        &[&now],
+                    )
+                    .await?;
+                Ok(n)
+            })
+        })
+        .await
+    }
+
     async fn purge(&self, older_than_ms: u64) -> Result<u64, StoreError> {
         self.write(move |c| {
             Box::pin(async move {
@@ -1681,6 +1733,13 @@ mod tests {
         let a = PostgresStore::open(&url).await.unwrap();
         let b = PostgresStore::open(&url).await.unwrap();
         super::super::conformance::blobs(&a, &b).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expiring_groups() {
+        let Some(url) = scratch().await else { return };
+        let store = PostgresStore::open(&url).await.unwrap();
+        super::super::conformance::expiring_groups(&store).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,6 +161,12 @@ CREATE TABLE IF NOT EXISTS blobs (
     finished_at   INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blobs_username ON blobs(username);
+-- Groups whose members set a disappearing-messages timer: their messages and files are deleted
+-- that many seconds after the server took them, delivered or not.
+CREATE TABLE IF NOT EXISTS group_expiry (
+    group_id BLOB PRIMARY KEY,
+    seconds  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS blob_recipients (
     id        BLOB NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
     device_id BLOB NOT NULL,
@@ -1193,6 +1199,51 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_group_expiry(&self, group: GroupId, seconds: u64) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            if seconds == 0 {
+                conn.prepare_cached("DELETE FROM group_expiry WHERE group_id = ?1")
+                    .map_err(backend)?
+                    .execute([group.as_bytes()])
+                    .map_err(backend)?;
+            } else {
+                conn.prepare_cached(
+                    "INSERT INTO group_expiry (group_id, seconds) VALUES (?1, ?2)
+                     ON CONFLICT (group_id) DO UPDATE SET seconds = excluded.seconds",
+                )
+                .map_err(backend)?
+                .execute(params![group.as_bytes(), seconds])
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge_expiring(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            let mut n = conn
+                .prepare_cached(
+                    "DELETE FROM group_log WHERE group_id IN (SELECT group_id FROM group_expiry)
+                       AND sent_at < ?1 - (SELECT seconds * 1000 FROM group_expiry e WHERE e.group_id = group_log.group_id)",
+                )
+                .map_err(backend)?
+                .execute([now_ms])
+                .map_err(backend)?;
+            // Their bytes go at the next purge of files (a file without its record).
+            n += conn
+                .prepare_cached(
+                    "DELETE FROM blobs WHERE group_id IN (SELECT group_id FROM group_expiry)
+                       AND COALESCE(finished_at, created_at) < ?1 - (SELECT seconds * 1000 FROM group_expiry e WHERE e.group_id = blobs.group_id)",
+                )
+                .map_err(backend)?
+                .execute([now_ms])
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn purge(&self, older_than_ms: u64) -> Result<u64, StoreError> {
         self.write(move |conn| {
             conn.prepare_cached("DELETE FROM pending WHERE expires_at < ?1")
@@ -1461,6 +1512,13 @@ mod tests {
         assert!(!orphan.exists());
         assert!(path.exists());
         assert!(dir.path().join("blobs").join("not-a-blob").exists());
+    }
+
+    #[tokio::test]
+    async fn expiring_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("server.db")).unwrap();
+        super::super::conformance::expiring_groups(&store).await;
     }
 
     #[tokio::test]
