@@ -151,7 +151,11 @@ pub async fn run(
     let group = sender.group.clone();
     let (server, token) = (sender.server, sender.token);
     let receiver_token = pair[1]
-        .bench_prepare(&format!("@{}", pair[0].whoami().username), 0, "")
+        .bench_prepare(
+            &format!("@{}", pair[0].whoami().username.trim_start_matches('@')),
+            0,
+            "",
+        )
         .await?
         .token;
 

@@ -128,6 +128,65 @@ fn hex_array<const N: usize>(s: &str) -> Result<[u8; N], Error> {
         .ok_or_else(|| Error::Store("a stored file reference is malformed".into()))
 }
 
+/// Seals the file at `path` (of `len` bytes, sealing to `total`) and hands its sealed bytes from
+/// `from` on to `tx`, in segments, the last one marked (perhaps empty). Ends early, with an
+/// error, when nobody takes them any more.
+fn seal_segments(
+    path: &Path,
+    len: u64,
+    key: &FileKey,
+    from: u64,
+    total: u64,
+    tx: &tokio::sync::mpsc::Sender<(bytes::Bytes, bool)>,
+) -> Result<Sealed, Error> {
+    let changed = || Error::FileChanged(path.display().to_string());
+    let too_large = |_| Error::FileTooLarge {
+        size: len,
+        limit: u64::MAX,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, &e))?;
+    let mut sealer = Sealer::new(key);
+    // Sealed bytes not yet handed over, and where they start in the blob.
+    let mut out = Vec::with_capacity(SEGMENT + READ);
+    let mut at = 0u64;
+    let mut read = vec![0u8; READ];
+    let hand_over = |out: &mut Vec<u8>, at: &mut u64, last: bool| {
+        let skip = usize::try_from(from.saturating_sub(*at)).unwrap_or(usize::MAX);
+        *at += out.len() as u64;
+        let segment = if skip == 0 {
+            // Handed over as it is, not copied: one segment less in memory.
+            bytes::Bytes::from(std::mem::replace(out, Vec::with_capacity(SEGMENT + READ)))
+        } else {
+            let rest = bytes::Bytes::copy_from_slice(out.get(skip..).unwrap_or_default());
+            out.clear();
+            rest
+        };
+        if segment.is_empty() && !last {
+            return Ok(());
+        }
+        tx.blocking_send((segment, last))
+            .map_err(|_| Error::File("the upload stopped".into()))
+    };
+    loop {
+        let n = file.read(&mut read).map_err(|e| io_error(path, &e))?;
+        if n == 0 {
+            let sealed = sealer.finish(&mut out).map_err(too_large)?;
+            if sealed.size != total {
+                return Err(changed());
+            }
+            hand_over(&mut out, &mut at, true)?;
+            return Ok(sealed);
+        }
+        sealer.update(&read[..n], &mut out).map_err(too_large)?;
+        if at + (out.len() as u64) > total {
+            return Err(changed());
+        }
+        if out.len() >= SEGMENT {
+            hand_over(&mut out, &mut at, false)?;
+        }
+    }
+}
+
 impl Client {
     /// Sends the file at `path` to `target`, with a caption (perhaps empty), perhaps in answer
     /// to the message `reply_to`. `progress` hears of every segment the server has stored.
@@ -242,7 +301,8 @@ impl Client {
 
     /// Seals the whole file and sends its bytes from `from` on (none if the upload is
     /// `finished`; an upload whose every byte is there but that is not finished is finished by
-    /// an empty last request).
+    /// an empty last request). The file is sealed on a thread of its own while the segment
+    /// before is on its way.
     async fn upload_from(
         &mut self,
         source: &Source,
@@ -252,80 +312,49 @@ impl Client {
         total: u64,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Sealed, Error> {
-        let mut file = std::fs::File::open(&source.path).map_err(|e| io_error(&source.path, &e))?;
-        let mut sealer = Sealer::new(key);
-        // Sealed bytes not yet sent, and where they start in the blob.
-        let mut out = Vec::with_capacity(SEGMENT + READ);
-        let mut at = 0u64;
-        let mut read = vec![0u8; READ];
+        // One segment on its way, one waiting, one being sealed: memory stays at a few
+        // segments whatever the file's size.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let sealing = {
+            let (path, len) = (source.path.clone(), source.len);
+            let key = FileKey::new(*key.key(), *key.nonce());
+            tokio::task::spawn_blocking(move || seal_segments(&path, len, &key, from, total, &tx))
+        };
         let mut sent = from;
         progress(Progress { done: sent, total });
-        loop {
-            let n = file
-                .read(&mut read)
-                .map_err(|e| io_error(&source.path, &e))?;
-            let last = n == 0;
-            if last {
-                let sealed = sealer.finish(&mut out).map_err(|_| Error::FileTooLarge {
-                    size: source.len,
-                    limit: u64::MAX,
-                })?;
-                if sealed.size != total {
-                    return Err(Error::FileChanged(source.path.display().to_string()));
-                }
-                if !finished {
-                    sent = self.send_segment(id, &mut out, &mut at, sent, true).await?;
+        let mut failed = None;
+        while let Some((segment, last)) = rx.recv().await {
+            if (segment.is_empty() && !last) || (last && finished) {
+                continue;
+            }
+            match self
+                .api
+                .append_upload(&self.identity, id, sent, segment, last)
+                .await
+            {
+                Ok(status) => {
+                    sent = status.offset;
                     progress(Progress { done: sent, total });
                 }
-                if sent != total {
-                    return Err(Error::Protocol(
-                        "the server did not take the whole file".into(),
-                    ));
-                }
-                return Ok(sealed);
-            }
-            sealer
-                .update(&read[..n], &mut out)
-                .map_err(|_| Error::FileTooLarge {
-                    size: source.len,
-                    limit: u64::MAX,
-                })?;
-            if at + (out.len() as u64) > total {
-                return Err(Error::FileChanged(source.path.display().to_string()));
-            }
-            if out.len() >= SEGMENT {
-                if at + (out.len() as u64) <= sent {
-                    // Already on the server.
-                    at += out.len() as u64;
-                    out.clear();
-                } else {
-                    sent = self
-                        .send_segment(id, &mut out, &mut at, sent, false)
-                        .await?;
-                    progress(Progress { done: sent, total });
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
         }
-    }
-
-    /// Sends the part of `out` (the blob's bytes from `at`) past `sent`, and empties `out`.
-    async fn send_segment(
-        &mut self,
-        id: &str,
-        out: &mut Vec<u8>,
-        at: &mut u64,
-        sent: u64,
-        last: bool,
-    ) -> Result<u64, Error> {
-        let skip = usize::try_from(sent.saturating_sub(*at)).unwrap_or(usize::MAX);
-        let data = bytes::Bytes::copy_from_slice(out.get(skip..).unwrap_or_default());
-        *at += out.len() as u64;
-        out.clear();
-        let status = self
-            .api
-            .append_upload(&self.identity, id, sent, data, last)
-            .await?;
-        Ok(status.offset)
+        // Stops the sealing thread if it is still at work.
+        drop(rx);
+        let sealed = sealing.await.map_err(|e| Error::File(e.to_string()));
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let sealed = sealed??;
+        if sent != total {
+            return Err(Error::Protocol(
+                "the server did not take the whole file".into(),
+            ));
+        }
+        Ok(sealed)
     }
 
     /// Fetches, opens and checks the file of the message `message` (its id, or the start of
@@ -388,7 +417,8 @@ impl Client {
         Ok(target)
     }
 
-    /// Fetches the blob into `partial`, opening and checking it as it comes.
+    /// Fetches the blob into `partial`, opening and checking it as it comes (on a thread of
+    /// its own, while the next bytes are on their way).
     async fn fetch_into(
         &mut self,
         file: &FileRef,
@@ -401,34 +431,69 @@ impl Client {
             blob_hash: hex_array(&file.blob_hash)?,
             file_hash: hex_array(&file.file_hash)?,
         };
-        let mut opener = Opener::new(&key, expected);
-        let mut out = std::fs::File::create(partial).map_err(|e| io_error(partial, &e))?;
         let mut resp = self.api.fetch_blob(&self.identity, &file.blob, 0).await?;
-        let mut plain = Vec::with_capacity(2 * attachment::CHUNK);
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+        let opening = {
+            let path = partial.to_owned();
+            tokio::task::spawn_blocking(move || open_into(&path, &key, expected, rx))
+        };
         let mut done = 0u64;
+        let mut batch = bytes::BytesMut::new();
         progress(Progress {
             done,
             total: file.size,
         });
-        while let Some(piece) = self.api.next_piece(&mut resp).await? {
-            done += piece.len() as u64;
-            opener
-                .update(&piece, &mut plain)
-                .map_err(|e| Error::FileRefused(e.to_string()))?;
-            out.write_all(&plain).map_err(|e| io_error(partial, &e))?;
-            plain.clear();
-            progress(Progress {
-                done: done.min(file.size),
-                total: file.size,
-            });
-        }
-        opener
-            .finish(&mut plain)
-            .map_err(|e| Error::FileRefused(e.to_string()))?;
-        out.write_all(&plain).map_err(|e| io_error(partial, &e))?;
-        out.sync_all().map_err(|e| io_error(partial, &e))?;
-        Ok(())
+        let fetched = loop {
+            match self.api.next_piece(&mut resp).await {
+                Ok(Some(piece)) => {
+                    done += piece.len() as u64;
+                    batch.extend_from_slice(&piece);
+                    if batch.len() >= READ && tx.send(batch.split().freeze()).await.is_err() {
+                        // The opener stopped: its error says why.
+                        break Ok(());
+                    }
+                    progress(Progress {
+                        done: done.min(file.size),
+                        total: file.size,
+                    });
+                }
+                Ok(None) => {
+                    if !batch.is_empty() {
+                        let _ = tx.send(batch.split().freeze()).await;
+                    }
+                    break Ok(());
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        drop(tx);
+        let opened = opening.await.map_err(|e| Error::File(e.to_string()))?;
+        // A broken connection is taken up again (what arrived before it is cut short, not
+        // refused); a whole answer that fails a check is refused.
+        fetched.and(opened)
     }
+}
+
+/// Opens the blob's bytes as they come from `rx` into the file at `path`, checking everything,
+/// and syncs it.
+fn open_into(
+    path: &Path,
+    key: &FileKey,
+    expected: Sealed,
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> Result<(), Error> {
+    let mut opener = Opener::new(key, expected);
+    let mut out = std::fs::File::create(path).map_err(|e| io_error(path, &e))?;
+    let mut plain = Vec::with_capacity(READ + 2 * attachment::CHUNK);
+    let refused = |e: attachment::OpenError| Error::FileRefused(e.to_string());
+    while let Some(piece) = rx.blocking_recv() {
+        opener.update(&piece, &mut plain).map_err(refused)?;
+        out.write_all(&plain).map_err(|e| io_error(path, &e))?;
+        plain.clear();
+    }
+    opener.finish(&mut plain).map_err(refused)?;
+    out.write_all(&plain).map_err(|e| io_error(path, &e))?;
+    out.sync_all().map_err(|e| io_error(path, &e))
 }
 
 #[cfg(test)]
