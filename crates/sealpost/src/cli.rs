@@ -535,7 +535,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Download { message, out: path } => {
-            let path = path.map(|p| absolute(&p)).transpose()?;
+            // Absolute, so that a daemon serving the profile saves it where this command runs.
+            let path = absolute(&path.unwrap_or_else(|| PathBuf::from(".")))?;
             let params = json!({ "message": message, "out": path });
             let bar = out.progress_bar();
             let mut saved = None;

@@ -1281,6 +1281,27 @@ fn files_from_the_command_line() {
         String::from_utf8_lossy(&again.stderr).contains("exists already"),
         "{again:?}"
     );
+    // Without --out: where the command runs.
+    let sent = run_ok(
+        &a,
+        &["--json", "send", "@bob", "--file", photo.to_str().unwrap()],
+    );
+    let id = event_of(sent.lines().last().unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run_ok(&b, &["sync"]);
+    let here = homes.path().join("here");
+    std::fs::create_dir(&here).unwrap();
+    let out = sealpost()
+        .current_dir(&here)
+        .arg("--home")
+        .arg(&b)
+        .args(["download", &id[2..10]])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(here.join("cat.png")).unwrap(), bytes);
     // A text and a file are not sent together, and a caption needs a file.
     assert!(
         !run(&a, &["send", "@bob", "hi", "--file", "x"])
