@@ -220,7 +220,8 @@ pub struct Opener {
     committed: bool,
     seen: u64,
     expected: Sealed,
-    blob: Sha256,
+    /// The blob's hash, unless the caller computes it (see [`Opener::new_unhashed`]).
+    blob: Option<Sha256>,
     file: Sha256,
 }
 
@@ -234,8 +235,17 @@ impl Opener {
             committed: false,
             seen: 0,
             expected,
-            blob: Sha256::new(),
+            blob: Some(Sha256::new()),
             file: Sha256::new(),
+        }
+    }
+
+    /// Like [`Opener::new`], for a caller that hashes the blob itself (on another thread, in
+    /// parallel with the decryption) and gives the hash to [`Opener::finish_hashed`].
+    pub fn new_unhashed(key: &FileKey, expected: Sealed) -> Opener {
+        Opener {
+            blob: None,
+            ..Opener::new(key, expected)
         }
     }
 
@@ -246,7 +256,9 @@ impl Opener {
         if self.seen > self.expected.size {
             return Err(OpenError::TooLong);
         }
-        self.blob.update(data);
+        if let Some(blob) = &mut self.blob {
+            blob.update(data);
+        }
         while !data.is_empty() {
             let room = if self.committed {
                 // A full chunk is held back until more comes: the last one is flagged.
@@ -294,10 +306,26 @@ impl Opener {
 
     /// Ends the blob: appends the last of the file to `out`, then checks the whole.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), OpenError> {
+        let hash = self
+            .blob
+            .take()
+            .map(|h| <[u8; 32]>::from(h.finalize()))
+            // Not made by `new_unhashed`; never equal to a real hash.
+            .ok_or(OpenError::NotThisFile)?;
+        self.finish_hashed(out, hash)
+    }
+
+    /// [`Opener::finish`] for an opener made by [`Opener::new_unhashed`], with the SHA-256 of
+    /// every byte of the blob given to `update`.
+    pub fn finish_hashed(
+        mut self,
+        out: &mut Vec<u8>,
+        blob_hash: [u8; 32],
+    ) -> Result<(), OpenError> {
         if self.seen < self.expected.size || !self.committed {
             return Err(OpenError::TooShort);
         }
-        if <[u8; 32]>::from(self.blob.clone().finalize()) != self.expected.blob_hash {
+        if blob_hash != self.expected.blob_hash {
             return Err(OpenError::NotThisFile);
         }
         self.open_pending(out, true)?;
@@ -412,6 +440,27 @@ mod tests {
             let (blob, sealed) = seal(&key(3), &file, feed);
             prop_assert_eq!(blob.len() as u64, sealed_len(file.len() as u64));
             prop_assert_eq!(open(&key(3), &blob, &sealed, take).unwrap(), file);
+        }
+
+        #[test]
+        fn hashed_by_the_caller_or_not_a_blob_opens_the_same(
+            file in proptest::collection::vec(any::<u8>(), 0..2 * CHUNK),
+            flip in any::<usize>(),
+        ) {
+            let (blob, sealed) = seal(&key(4), &file, 4096);
+            let mut opener = Opener::new_unhashed(&key(4), sealed.clone());
+            let mut out = Vec::new();
+            opener.update(&blob, &mut out).unwrap();
+            let hash: [u8; 32] = Sha256::digest(&blob).into();
+            let mut wrong = hash;
+            wrong[flip % 32] ^= 1;
+            let again = Opener::new_unhashed(&key(4), sealed.clone());
+            let mut scratch = Vec::new();
+            let mut again = again;
+            again.update(&blob, &mut scratch).unwrap();
+            prop_assert_eq!(again.finish_hashed(&mut scratch, wrong), Err(OpenError::NotThisFile));
+            opener.finish_hashed(&mut out, hash).unwrap();
+            prop_assert_eq!(out, file);
         }
 
         #[test]

@@ -15,6 +15,8 @@
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
+use sha2::Digest as _;
+
 use super::*;
 use crate::attachment::{self, FileKey, Opener, Sealed, Sealer};
 use crate::content::FileRef;
@@ -432,13 +434,15 @@ impl Client {
             file_hash: hex_array(&file.file_hash)?,
         };
         let mut resp = self.api.fetch_blob(&self.identity, &file.blob, 0).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Feed>(8);
         let opening = {
             let path = partial.to_owned();
             tokio::task::spawn_blocking(move || open_into(&path, &key, expected, rx))
         };
         let mut done = 0u64;
         let mut batch = bytes::BytesMut::new();
+        // The blob is hashed here while the opener decrypts: two cores, not one.
+        let mut blob_hash = sha2::Sha256::new();
         progress(Progress {
             done,
             total: file.size,
@@ -447,8 +451,11 @@ impl Client {
             match self.api.next_piece(&mut resp).await {
                 Ok(Some(piece)) => {
                     done += piece.len() as u64;
+                    blob_hash.update(&piece);
                     batch.extend_from_slice(&piece);
-                    if batch.len() >= READ && tx.send(batch.split().freeze()).await.is_err() {
+                    if batch.len() >= READ
+                        && tx.send(Feed::Bytes(batch.split().freeze())).await.is_err()
+                    {
                         // The opener stopped: its error says why.
                         break Ok(());
                     }
@@ -459,8 +466,9 @@ impl Client {
                 }
                 Ok(None) => {
                     if !batch.is_empty() {
-                        let _ = tx.send(batch.split().freeze()).await;
+                        let _ = tx.send(Feed::Bytes(batch.split().freeze())).await;
                     }
+                    let _ = tx.send(Feed::End(blob_hash.finalize().into())).await;
                     break Ok(());
                 }
                 Err(e) => break Err(e),
@@ -474,24 +482,41 @@ impl Client {
     }
 }
 
+/// What the fetching task hands the opener.
+enum Feed {
+    /// More of the blob.
+    Bytes(bytes::Bytes),
+    /// The blob ended; its SHA-256.
+    End([u8; 32]),
+}
+
 /// Opens the blob's bytes as they come from `rx` into the file at `path`, checking everything,
 /// and syncs it.
 fn open_into(
     path: &Path,
     key: &FileKey,
     expected: Sealed,
-    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    mut rx: tokio::sync::mpsc::Receiver<Feed>,
 ) -> Result<(), Error> {
-    let mut opener = Opener::new(key, expected);
+    let mut opener = Opener::new_unhashed(key, expected);
     let mut out = std::fs::File::create(path).map_err(|e| io_error(path, &e))?;
     let mut plain = Vec::with_capacity(READ + 2 * attachment::CHUNK);
     let refused = |e: attachment::OpenError| Error::FileRefused(e.to_string());
-    while let Some(piece) = rx.blocking_recv() {
-        opener.update(&piece, &mut plain).map_err(refused)?;
-        out.write_all(&plain).map_err(|e| io_error(path, &e))?;
-        plain.clear();
-    }
-    opener.finish(&mut plain).map_err(refused)?;
+    let blob_hash = loop {
+        match rx.blocking_recv() {
+            Some(Feed::Bytes(piece)) => {
+                opener.update(&piece, &mut plain).map_err(refused)?;
+                out.write_all(&plain).map_err(|e| io_error(path, &e))?;
+                plain.clear();
+            }
+            Some(Feed::End(hash)) => break hash,
+            // The fetch broke off: what came is cut short.
+            None => return Err(refused(attachment::OpenError::TooShort)),
+        }
+    };
+    opener
+        .finish_hashed(&mut plain, blob_hash)
+        .map_err(refused)?;
     out.write_all(&plain).map_err(|e| io_error(path, &e))?;
     out.sync_all().map_err(|e| io_error(path, &e))
 }
