@@ -179,6 +179,26 @@ impl Live {
     /// server pushes, and after any failure (the server or its database away, the network
     /// down, the session expired) waits a little longer each time and starts again.
     pub async fn run(&self, shutdown: CancellationToken) {
+        tokio::join!(self.serve(shutdown.clone()), self.expire(shutdown));
+    }
+
+    /// Deletes disappearing messages when their time comes, whether or not anything arrives.
+    async fn expire(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.lock().await.purge_expired() {
+                        tracing::warn!(error = %e, "could not delete disappeared messages");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection half of [`run`](Self::run).
+    async fn serve(&self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
             let failure = tokio::select! {

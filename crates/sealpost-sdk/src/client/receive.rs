@@ -116,8 +116,13 @@ impl Client {
         })
     }
 
+    /// Deletes the disappearing messages whose time has come (see `Profile::purge_expired`).
+    pub(crate) fn purge_expired(&mut self) -> Result<usize, Error> {
+        self.profile.purge_expired(now_ms())
+    }
+
     pub(super) async fn sync_inner(&mut self) -> Result<(), Error> {
-        self.profile.purge_expired(now_ms())?;
+        self.purge_expired()?;
         self.dir.fresh.clear();
         self.dir.refused.clear();
         // Messages whose post was not confirmed go first: nothing after them is built on a
