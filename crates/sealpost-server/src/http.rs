@@ -802,6 +802,20 @@ async fn post_commit(
     Ok(Json(state.delivery.post_commit(&me, group, &body).await?))
 }
 
+/// Whether `me` is a current member device of `group`.
+pub(crate) async fn is_member(
+    state: &AppState,
+    me: &DeviceIdentity,
+    group: GroupId,
+) -> Result<bool, ApiFailure> {
+    Ok(state
+        .delivery
+        .store()
+        .group_devices(group)
+        .await?
+        .contains(&me.device_id))
+}
+
 /// The longest disappearing-messages timer the server keeps to: a year.
 const MAX_GROUP_EXPIRY: u64 = 365 * 24 * 3600;
 
@@ -818,11 +832,14 @@ async fn set_group_expiry(
         ));
     }
     within(&state.limits.sends, &me, 1, "messages sent")?;
-    let store = state.delivery.store();
-    if !store.group_devices(group).await?.contains(&me.device_id) {
+    if !is_member(&state, &me, group).await? {
         return Err(ApiFailure::forbidden("not a member of this group"));
     }
-    store.set_group_expiry(group, expiry.seconds).await?;
+    state
+        .delivery
+        .store()
+        .set_group_expiry(group, expiry.seconds)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -28,7 +28,7 @@ use openmls_traits::random::OpenMlsRand as _;
 use sealpost_proto::{DeviceIdentity, GroupId, UploadStatus};
 
 use crate::error::ApiFailure;
-use crate::http::{AppState, Authenticated, parse_path, within};
+use crate::http::{AppState, Authenticated, is_member, parse_path, within};
 use crate::storage::{BlobId, BlobRecord, NewBlob, StoreError};
 
 /// Bytes of an upload stored at a time (and so the most an interruption loses).
@@ -100,19 +100,6 @@ fn upload_headers(status: &UploadStatus) -> [(&'static str, String); 3] {
         ),
         (UPLOAD_LENGTH, status.length.to_string()),
     ]
-}
-
-async fn is_member(
-    state: &AppState,
-    me: &DeviceIdentity,
-    group: GroupId,
-) -> Result<bool, ApiFailure> {
-    Ok(state
-        .delivery
-        .store()
-        .group_devices(group)
-        .await?
-        .contains(&me.device_id))
 }
 
 /// Stores the body's bytes from `offset` on, every [`UPLOAD_CHUNK`], and what arrived before an
