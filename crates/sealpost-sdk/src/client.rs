@@ -50,6 +50,7 @@ mod key_packages;
 mod keydir;
 mod link;
 mod outbox;
+mod receipts;
 mod receive;
 mod resolve;
 mod send;
@@ -78,7 +79,8 @@ use crate::directory::{DirectoryState, Roots, Verified, security, verify_proof};
 use crate::error::Error;
 use crate::model::{
     ConversationId, ConversationInfo, ConversationKind, DeviceChange, Event, EventId, HistoryEntry,
-    LoggedEvent, MemberInfo, MessageId, Reaction, SecurityAlert, Suite, Unconfirmed, Whoami,
+    LoggedEvent, MemberInfo, MessageId, Preferences, Reaction, Receipt, ReceiptStatus,
+    SecurityAlert, Suite, Unconfirmed, Whoami,
 };
 use crate::store::{self, Profile, Provider, Sealer, conv_row, item_row, put_meta};
 use sealpost_proto::directory::MAX_BATCH_LOOKUP;
@@ -190,6 +192,12 @@ struct ConvInfo {
     /// How long messages sent here last, seconds (0: for ever), as a member last set it.
     #[serde(default)]
     timer: u64,
+    /// Messages received here whose delivery receipt is still to be sent (ids in hex).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    receipts_owed: Vec<String>,
+    /// The history row up to which the user was shown this conversation (0: none yet).
+    #[serde(default)]
+    read_up_to: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +249,23 @@ enum Item {
         /// When it disappears (unix milliseconds).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<u64>,
+        /// Who has it, or read it (this account's own messages).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        receipts: Vec<Receipt>,
+    },
+    /// A member's receipts for messages of this account's (applied to them; an event only).
+    Receipt {
+        from: String,
+        status: ReceiptStatus,
+        messages: Vec<String>,
+    },
+    /// A status report as it arrives, before it is applied (see `receipts`): never stored.
+    #[serde(skip)]
+    Status(receipts::Report),
+    /// A member started or stopped typing (an event only).
+    Typing {
+        from: String,
+        typing: bool,
     },
     /// A member set the disappearing-messages timer (seconds; 0: off).
     Timer {
@@ -352,6 +377,7 @@ impl Item {
             mentions: Vec::new(),
             file: None,
             expires_at: None,
+            receipts: Vec::new(),
         }
     }
 
@@ -402,6 +428,7 @@ impl Item {
                 mentions,
                 file,
                 expires_at,
+                receipts,
             } => Event::Message {
                 conversation,
                 from,
@@ -424,6 +451,27 @@ impl Item {
                 mentions,
                 file: file.map(|f| f.info()),
                 expires_at,
+                receipts,
+            },
+            Item::Receipt {
+                from,
+                status,
+                messages,
+            } => Event::Receipt {
+                conversation,
+                from,
+                status,
+                messages: messages.into_iter().map(MessageId::new).collect(),
+            },
+            Item::Status(report) => Event::Undecryptable {
+                conversation,
+                seq: 0,
+                reason: format!("receipts from {} that were not applied", report.from),
+            },
+            Item::Typing { from, typing } => Event::Typing {
+                conversation,
+                from,
+                typing,
             },
             Item::Timer { by, seconds } => Event::Timer {
                 conversation,
@@ -716,47 +764,64 @@ fn put_event_item(
     seq: Option<u64>,
     item: &Item,
 ) -> Result<bool, Error> {
-    Ok(keep_item(tx, sealer, group, seq, item.clone())?.is_some())
+    Ok(!keep_item(tx, sealer, group, seq, item.clone())?.is_empty())
 }
 
-/// [`put_event_item`], returning the item as kept: a change to an earlier message is applied to
-/// it (see `changes`) and logged as applied, or not at all.
+/// [`put_event_item`], returning the items as kept: a change to an earlier message is applied to
+/// it (see `changes`) and logged as applied, or not at all; so are receipts (see `receipts`).
 fn keep_item(
     tx: &Connection,
     sealer: &Sealer,
     group: GroupId,
     seq: Option<u64>,
     item: Item,
-) -> Result<Option<Item>, Error> {
-    if let Item::Change(change) = item {
-        let Some(applied) = changes::apply(tx, sealer, group, change)? else {
-            return Ok(None);
-        };
-        let record = LoggedRecord::Conversation {
-            item: applied.clone(),
-        };
-        let event = put_event_record(tx, sealer, Some(group), &record)?;
-        // A change to a message that disappears disappears with it (an edit holds its text).
-        let target = match &applied {
-            Item::Reacted { message, .. }
-            | Item::Edited { message, .. }
-            | Item::Deleted { message, .. } => Some(message),
-            _ => None,
-        };
-        if let Some(message) = target
-            && let Some(row) = store::history_row(tx, group.as_bytes(), message)?
-            && let Some(at) = store::row_expiry(tx, row)?
-        {
-            store::expire_at(tx, store::EXPIRING_EVENT, event, at)?;
+) -> Result<Vec<Item>, Error> {
+    let log = |item: &Item| {
+        let record = LoggedRecord::Conversation { item: item.clone() };
+        put_event_record(tx, sealer, Some(group), &record)
+    };
+    match item {
+        Item::Change(change) => {
+            let Some(applied) = changes::apply(tx, sealer, group, change)? else {
+                return Ok(Vec::new());
+            };
+            let event = log(&applied)?;
+            // A change to a message that disappears disappears with it (an edit holds its text).
+            let target = match &applied {
+                Item::Reacted { message, .. }
+                | Item::Edited { message, .. }
+                | Item::Deleted { message, .. } => Some(message),
+                _ => None,
+            };
+            if let Some(message) = target
+                && let Some(row) = store::history_row(tx, group.as_bytes(), message)?
+                && let Some(at) = store::row_expiry(tx, row)?
+            {
+                store::expire_at(tx, store::EXPIRING_EVENT, event, at)?;
+            }
+            Ok(vec![applied])
         }
-        return Ok(Some(applied));
-    }
-    match put_item(tx, sealer, group, seq, &item)? {
-        Some(row) => {
-            store::log_item(tx, group.as_bytes(), row)?;
-            Ok(Some(item))
+        Item::Status(report) => {
+            let applied = receipts::apply(tx, sealer, group, report)?;
+            for item in &applied {
+                log(item)?;
+            }
+            Ok(applied)
         }
-        None => Ok(None),
+        Item::Typing { .. } => {
+            // Not worth keeping once it no longer holds.
+            let event = log(&item)?;
+            let until = now_ms().saturating_add(crate::model::TYPING_HOLDS_MS);
+            store::expire_at(tx, store::EXPIRING_EVENT, event, until)?;
+            Ok(vec![item])
+        }
+        item => match put_item(tx, sealer, group, seq, &item)? {
+            Some(row) => {
+                store::log_item(tx, group.as_bytes(), row)?;
+                Ok(vec![item])
+            }
+            None => Ok(Vec::new()),
+        },
     }
 }
 
@@ -811,6 +876,8 @@ pub struct Client {
     /// of taking a message). `None` outside a batch. Only a group whose last delivery was taken
     /// cleanly is kept; the batch's end, or any failure, drops them all.
     batch_groups: Option<BTreeMap<GroupId, MlsGroup>>,
+    /// What the user chose to tell others beyond messages (receipts, typing).
+    prefs: Preferences,
 }
 
 impl Drop for Client {
@@ -938,6 +1005,7 @@ impl Client {
             inbox_cursor: 0,
             settings,
             stock_checked: true,
+            prefs: Preferences::default(),
             welcome_waits: false,
             batch_groups: None,
             proposals_to_check: None,
@@ -985,6 +1053,7 @@ impl Client {
             inbox_cursor: 0,
             settings: ClientSettings::default(),
             stock_checked: false,
+            prefs: Preferences::default(),
             welcome_waits: false,
             batch_groups: None,
             proposals_to_check: None,
@@ -1038,6 +1107,11 @@ impl Client {
                 .map_err(|e| Error::Store(format!("the linked conversations are damaged: {e}")))?;
             self.linked = list.into_iter().map(|c| (c.group, c)).collect();
         }
+        self.prefs = match self.profile.meta(receipts::PREFERENCES)? {
+            Some(json) => serde_json::from_slice(&json)
+                .map_err(|e| Error::Store(format!("the preferences are damaged: {e}")))?,
+            None => Preferences::default(),
+        };
         self.inbox_cursor = self
             .profile
             .meta("inbox_cursor")?
@@ -1182,6 +1256,7 @@ mod tests {
                 mentions: Vec::new(),
                 file: None,
                 expires_at: None,
+                receipts: Vec::new(),
             }
         );
     }

@@ -39,6 +39,23 @@ pub(crate) const CONVERSATION: &str = "application/vnd.sealpost.conversation+cbo
 /// seconds (0: off).
 pub(crate) const TIMER: &str = "application/vnd.sealpost.timer+cbor";
 
+/// The media type of a message status report (draft-mahy-mimi-message-status): a CBOR array
+/// of `[message id, status]` pairs. Sealpost sends `delivered` (1) and `read` (2).
+pub(crate) const STATUS: &str = "application/mimi-message-status";
+
+/// A status report's `delivered`: a device of the reporting user has the message.
+pub(crate) const DELIVERED: u8 = 1;
+
+/// A status report's `read`: the reporting user was shown the message.
+pub(crate) const READ: u8 = 2;
+
+/// Most statuses taken from one report (a report of more is shown as unsupported).
+pub(crate) const MAX_STATUSES: usize = 1024;
+
+/// The media type of a typing indicator: a CBOR `true` (the sender is typing) or `false`
+/// (stopped). No IETF format exists for it yet.
+pub(crate) const TYPING: &str = "application/vnd.sealpost.typing+cbor";
+
 /// The longest timer taken: a year (the draft's expiry is a 32-bit number of seconds).
 pub(crate) const MAX_TIMER: u64 = 365 * 24 * 3600;
 
@@ -284,6 +301,25 @@ pub(crate) fn timer(salt: [u8; 16], seconds: u64) -> Content {
     sealpost_part(salt, TIMER, &Value::Uint(seconds))
 }
 
+/// A status report: the status of each message (by id) for the sender.
+pub(crate) fn status(salt: [u8; 16], statuses: &[(MimiId, u8)]) -> Content {
+    let report = statuses
+        .iter()
+        .map(|(id, status)| {
+            Value::Array(vec![
+                Value::Bytes(id.to_vec()),
+                Value::Uint(u64::from(*status)),
+            ])
+        })
+        .collect();
+    sealpost_part(salt, STATUS, &Value::Array(report))
+}
+
+/// A typing indicator: the sender started (`true`) or stopped typing.
+pub(crate) fn typing(salt: [u8; 16], typing: bool) -> Content {
+    sealpost_part(salt, TYPING, &Value::Bool(typing))
+}
+
 /// A message of one part of a Sealpost media type: `value` in CBOR.
 fn sealpost_part(salt: [u8; 16], media_type: &str, value: &Value) -> Content {
     message(
@@ -426,6 +462,11 @@ pub(crate) enum Body {
     },
     /// How long messages in the conversation last from now on (seconds; 0: for ever).
     Timer(u64),
+    /// A status report: what became of messages at the sender's (ids in hex, and the draft's
+    /// status values, 0 to 255).
+    Status(Vec<(String, u8)>),
+    /// The sender started (`true`) or stopped typing.
+    Typing(bool),
     /// Well-formed, but not something this version shows: what it is, for a person, and the
     /// message as it came (kept, so that a later version can show it).
     Unsupported { what: String, content: Vec<u8> },
@@ -537,20 +578,26 @@ fn interpret(content: &Content) -> Option<Body> {
         content_type,
         content,
     } = &body.part
-        && content_type == CONVERSATION
     {
-        return conversation_of(content);
-    }
-    if let Part::Single {
-        content_type,
-        content,
-    } = &body.part
-        && content_type == TIMER
-    {
-        return match Value::from_cbor(content) {
-            Ok(Value::Uint(seconds)) if seconds <= MAX_TIMER => Some(Body::Timer(seconds)),
-            _ => None,
-        };
+        // Sealpost's own kinds of message, and the IETF's status report.
+        let value = || Value::from_cbor(content).ok();
+        match content_type.as_str() {
+            CONVERSATION => return conversation_of(content),
+            TIMER => {
+                return match value()? {
+                    Value::Uint(seconds) if seconds <= MAX_TIMER => Some(Body::Timer(seconds)),
+                    _ => None,
+                };
+            }
+            STATUS => return statuses_of(content).map(Body::Status),
+            TYPING => {
+                return match value()? {
+                    Value::Bool(typing) => Some(Body::Typing(typing)),
+                    _ => None,
+                };
+            }
+            _ => {}
+        }
     }
     if let Part::External(_) = &body.part {
         let (file, caption) = file_of(content)?;
@@ -564,6 +611,28 @@ fn interpret(content: &Content) -> Option<Body> {
         text: shown_text(body)?,
         reply_to: content.in_reply_to.map(hex::encode),
     })
+}
+
+/// The statuses of a status report, if it is one this version reads.
+fn statuses_of(cbor: &[u8]) -> Option<Vec<(String, u8)>> {
+    let Ok(Value::Array(report)) = Value::from_cbor(cbor) else {
+        return None;
+    };
+    if report.len() > MAX_STATUSES {
+        return None;
+    }
+    report
+        .into_iter()
+        .map(|entry| match entry {
+            Value::Array(pair) => match pair.as_slice() {
+                [Value::Bytes(id), Value::Uint(status)] if id.len() == mimi::MESSAGE_ID_LEN => {
+                    Some((hex::encode(id), u8::try_from(*status).ok()?))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// The longest reaction taken, in octets (a few emoji, each up to a few code points).
@@ -1015,5 +1084,82 @@ mod tests {
         ));
         assert!(read(b"{\"t\":\"x\"}", &alice(), group()).is_err());
         assert!(read(b"\xff", &alice(), group()).is_err());
+    }
+
+    /// The report of draft-mahy-mimi-message-status-01, section 5 (its hex form): read, read,
+    /// unread, expired.
+    const DRAFT_STATUS_REPORT: &str = concat!(
+        "84",
+        "825820017ce54837404c3696e0c747b985cb172716d0ed0a3d249ca63ace7d82a096f402",
+        "825820015354973c2b65ca937bf1e035ae53a5ab80e947afa43d46920d4202e5cc0b2702",
+        "825820018d825adf9f6be00dcafc5704c4102f5022e74219d0b603e4ba7622654042af00",
+        "82582001e59db8173939facc2c8a4a0f0ae8d0c7a11a81239626630c9464a8d6717a0303",
+    );
+
+    #[test]
+    fn status_reports_are_the_drafts_and_typing_reads_back() {
+        let draft = hex::decode(DRAFT_STATUS_REPORT).unwrap();
+        let statuses = statuses_of(&draft).unwrap();
+        assert_eq!(
+            statuses.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+            vec![2, 2, 0, 3]
+        );
+        assert!(statuses[0].0.starts_with("017ce548"));
+        // What Sealpost sends of the same statuses is the draft's report, byte for byte.
+        let ids: Vec<(MimiId, u8)> = statuses
+            .iter()
+            .map(|(id, s)| (hex::decode(id).unwrap().try_into().unwrap(), *s))
+            .collect();
+        let sent = status([7; 16], &ids);
+        let Part::Single { content, .. } = &sent.body.part else {
+            panic!("one part")
+        };
+        assert_eq!(content, &draft);
+        assert_eq!(round_trip(&sent), Body::Status(statuses));
+        assert_eq!(round_trip(&typing([8; 16], true)), Body::Typing(true));
+        assert_eq!(round_trip(&typing([8; 16], false)), Body::Typing(false));
+        // Anything else under these media types is kept as unsupported.
+        for (media_type, value) in [
+            (
+                STATUS,
+                Value::Array(vec![Value::Array(vec![
+                    Value::Bytes(vec![1; 31]),
+                    Value::Uint(1),
+                ])]),
+            ),
+            (
+                STATUS,
+                Value::Array(vec![Value::Array(vec![
+                    Value::Bytes(vec![1; 32]),
+                    Value::Uint(256),
+                ])]),
+            ),
+            (
+                STATUS,
+                Value::Array(vec![Value::Array(vec![
+                    Value::Uint(1),
+                    Value::Bytes(vec![1; 32]),
+                ])]),
+            ),
+            (
+                STATUS,
+                Value::Array(vec![
+                    Value::Array(vec![
+                        Value::Bytes(vec![1; 32]),
+                        Value::Uint(1)
+                    ]);
+                    MAX_STATUSES + 1
+                ]),
+            ),
+            (TYPING, Value::Uint(1)),
+        ] {
+            assert!(
+                matches!(
+                    round_trip(&sealpost_part([9; 16], media_type, &value)),
+                    Body::Unsupported { .. }
+                ),
+                "{media_type} {value:?}"
+            );
+        }
     }
 }

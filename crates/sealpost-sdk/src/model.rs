@@ -101,6 +101,35 @@ pub enum Event {
         /// conversation with disappearing messages.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<u64>,
+        /// For this account's own messages: who has it, and who read it, as far as they send
+        /// receipts (each member chooses; see `sealpost settings`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        receipts: Vec<Receipt>,
+    },
+    /// A member says what became of messages of this account's: a device of theirs has them
+    /// (`delivered`), or they read them (`read`). Only members who switched receipts on send
+    /// them, and only to those who did too.
+    Receipt {
+        /// `#group` or `@user`.
+        conversation: String,
+        /// `@who`.
+        from: String,
+        /// `delivered` or `read`.
+        status: ReceiptStatus,
+        /// The messages (this account's own).
+        messages: Vec<MessageId>,
+    },
+    /// A member started (`typing`) or stopped typing in the conversation. A start holds for
+    /// [`TYPING_HOLDS_MS`] unless it is repeated; a stop may never come (they closed the
+    /// app). Only members who switched typing indicators on send them, and only to those who
+    /// did too.
+    Typing {
+        /// `#group` or `@user`.
+        conversation: String,
+        /// `@who`.
+        from: String,
+        /// Started (`true`) or stopped.
+        typing: bool,
     },
     /// Someone reacted to a message, or took their reaction back (`removed`).
     Reacted {
@@ -352,6 +381,45 @@ pub struct Reaction {
     pub from: String,
     /// The reaction (an emoji, or a few).
     pub emoji: String,
+}
+
+/// What a member says became of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    /// A device of theirs has it.
+    Delivered,
+    /// They read it.
+    Read,
+}
+
+/// Who has, or read, a message of this account's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// `@who`.
+    pub from: String,
+    /// The furthest they said it got.
+    pub status: ReceiptStatus,
+}
+
+/// How long a typing indicator holds unless it is repeated (milliseconds). A device typing
+/// repeats it every [`TYPING_REPEAT_MS`]; one older than this when it arrives is not shown.
+pub const TYPING_HOLDS_MS: u64 = 15_000;
+
+/// How often a device still typing says so again (milliseconds).
+pub const TYPING_REPEAT_MS: u64 = 10_000;
+
+/// What this account tells the people it talks to beyond its messages. Both are off until the
+/// user switches them on; each works both ways (with receipts off, none are sent and the
+/// receipts of others are not shown either; the same for typing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preferences {
+    /// Send delivery and read receipts (and show those of others).
+    #[serde(default)]
+    pub receipts: bool,
+    /// Send typing indicators (and show those of others).
+    #[serde(default)]
+    pub typing: bool,
 }
 
 /// A file sent in a message, as it is shown.

@@ -413,22 +413,22 @@ pub fn history_item(conn: &Connection, group: &[u8], row: i64) -> Result<Option<
         .optional()?)
 }
 
-/// The newest `limit` sealed history items of `group` before row `before` (or the newest of
-/// all), newest first: (row, sealed item). Messages that disappeared by `now` (and are not
+/// The newest `limit` sealed history items of `group` after row `after` and before row
+/// `before` (or the newest of all), newest first: (row, sealed item). Messages that disappeared by `now` (and are not
 /// deleted yet) are left out.
 pub fn history_page(
     conn: &Connection,
     group: &[u8],
-    before: Option<i64>,
+    (after, before): (Option<i64>, Option<i64>),
     limit: usize,
     now: u64,
 ) -> Result<Vec<(i64, Vec<u8>)>, Error> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, item FROM history WHERE group_id = ?1 AND (?2 IS NULL OR id < ?2)
+        "SELECT id, item FROM history WHERE group_id = ?1 AND (?2 IS NULL OR id < ?2) AND (?5 IS NULL OR id > ?5)
            AND id NOT IN (SELECT id FROM expiring WHERE kind = 1 AND expires_at <= ?4)
          ORDER BY id DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![group, before, limit as u64, now], |r| {
+    let rows = stmt.query_map(params![group, before, limit as u64, now, after], |r| {
         Ok((r.get(0)?, r.get(1)?))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -215,13 +215,19 @@ struct Material {
 }
 
 /// The server replaces the next text from Alice to Bob with `forge(material, alice)`. Bob must
-/// show one unreadable item and nothing else, post nothing in answer, and keep working: Alice's
-/// next text arrives after a gap of one, and #other still works both ways. Returns what Bob's
-/// sync of the forged item showed.
+/// show one unreadable item and nothing else, post nothing in answer (no receipt, though his
+/// receipts are on), and keep working: Alice's next text arrives after a gap of one, and #other
+/// still works both ways. Returns what Bob's sync of the forged item showed.
 async fn forged_into_the_log(forge: impl FnOnce(&Material, &mut Client) -> Vec<u8>) -> Vec<Event> {
     let server = TestServer::start().await;
     let people = People::new();
     let (mut alice, mut bob, mitm) = pair(&people, &server).await;
+    // With receipts on, Bob answers what he reads, and nothing else.
+    bob.set_preferences(sealpost_sdk::Preferences {
+        receipts: true,
+        typing: true,
+    })
+    .unwrap();
     let mut carol = people.register(&server, "carol").await;
     carol
         .create_group("other", &[u("bob")], Suite::Classic)
@@ -255,6 +261,9 @@ async fn forged_into_the_log(forge: impl FnOnce(&Material, &mut Client) -> Vec<u
         texts(&bob.sync().await.unwrap()),
         vec![t("@carol", "elsewhere")]
     );
+    // His receipt for it comes back in #other's log: taken now, so that the rewrite below
+    // finds Alice's text first.
+    assert!(texts(&bob.sync().await.unwrap()).is_empty());
     let epoch = bob.epoch("@alice").unwrap();
 
     let forged = forge(&material, &mut alice);

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{People, TestServer, texts, u};
-use sealpost_sdk::{Event, Suite};
+use sealpost_sdk::{Event, Preferences, Receipt, ReceiptStatus, Suite};
 
 #[tokio::test]
 async fn one_to_one_both_ways() {
@@ -961,5 +961,172 @@ async fn the_server_deletes_what_it_holds_of_a_disappearing_conversation_past_it
             }
         ),
         "{err}"
+    );
+}
+
+/// The receipts among `events`: (from, status, messages).
+fn receipts(events: &[Event]) -> Vec<(String, ReceiptStatus, Vec<String>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Receipt {
+                from,
+                status,
+                messages,
+                ..
+            } => Some((
+                from.clone(),
+                *status,
+                messages.iter().map(|m| m.as_str().to_owned()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn typing(events: &[Event]) -> Vec<(String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Typing { from, typing, .. } => Some((from.clone(), *typing)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent_id(e: &Event) -> String {
+    match e {
+        Event::Message { id, .. } => id.as_str().to_owned(),
+        _ => panic!("{e:?}"),
+    }
+}
+
+fn receipts_on(typing: bool) -> Preferences {
+    Preferences {
+        receipts: true,
+        typing,
+    }
+}
+
+#[tokio::test]
+async fn receipts_and_typing_go_only_between_those_who_switched_them_on() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    assert_eq!(alice.preferences(), Preferences::default());
+
+    // Off by default: reading sends nothing, typing sends nothing.
+    let one = sent_id(&alice.send("@bob", "one").await.unwrap());
+    bob.sync().await.unwrap();
+    assert_eq!(bob.mark_read("@alice").await.unwrap(), 1);
+    assert!(!bob.typing("@alice", true).await.unwrap());
+    let seen = alice.sync().await.unwrap();
+    assert!(
+        receipts(&seen).is_empty() && typing(&seen).is_empty(),
+        "{seen:?}"
+    );
+
+    // Bob's on, Alice's off: Alice does not take his (it works both ways).
+    bob.set_preferences(receipts_on(true)).unwrap();
+    let two = sent_id(&alice.send("@bob", "two").await.unwrap());
+    bob.sync().await.unwrap();
+    assert!(bob.typing("@alice", true).await.unwrap());
+    let seen = alice.sync().await.unwrap();
+    assert!(
+        receipts(&seen).is_empty() && typing(&seen).is_empty(),
+        "{seen:?}"
+    );
+
+    // Both on: delivered as soon as Bob's device has it, read once he was shown it.
+    alice.set_preferences(receipts_on(true)).unwrap();
+    let three = sent_id(&alice.send("@bob", "three").await.unwrap());
+    let got = bob.sync().await.unwrap();
+    assert_eq!(texts(&got), vec![("@alice".into(), "three".into())]);
+    assert_eq!(
+        receipts(&alice.sync().await.unwrap()),
+        vec![("@bob".into(), ReceiptStatus::Delivered, vec![three.clone()])]
+    );
+    assert!(bob.typing("@alice", true).await.unwrap());
+    assert_eq!(
+        typing(&alice.sync().await.unwrap()),
+        vec![("@bob".into(), true)]
+    );
+    // Marked read: the messages shown since the last time (two and three; one was read before).
+    assert_eq!(bob.mark_read("@alice").await.unwrap(), 2);
+    assert_eq!(bob.mark_read("@alice").await.unwrap(), 0, "once");
+    let seen = alice.sync().await.unwrap();
+    assert_eq!(
+        receipts(&seen),
+        vec![(
+            "@bob".into(),
+            ReceiptStatus::Read,
+            vec![two.clone(), three.clone()]
+        )]
+    );
+    let history = alice.messages("@bob", 10).unwrap();
+    let status_of = |id: &str| match history
+        .iter()
+        .find(|e| matches!(e, Event::Message { id: m, .. } if m.as_str() == id))
+    {
+        Some(Event::Message { receipts, .. }) => receipts.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(status_of(&one).is_empty());
+    let read = vec![Receipt {
+        from: "@bob".into(),
+        status: ReceiptStatus::Read,
+    }];
+    assert_eq!(status_of(&two), read);
+    assert_eq!(status_of(&three), read);
+    // Bob's own view carries no receipts (they are about Alice's messages), and Alice's
+    // messages are only hers to take receipts for: a report naming Bob's own message from
+    // Alice's side would be, and a report about her messages reaches nobody else.
+    assert!(
+        bob.messages("@alice", 10)
+            .unwrap()
+            .iter()
+            .all(|e| !matches!(e, Event::Message { receipts, .. } if !receipts.is_empty()))
+    );
+
+    // In a group, a receipt goes to every member, but only the author takes it.
+    let mut carol = people.register(&server, "carol").await;
+    carol.set_preferences(receipts_on(false)).unwrap();
+    alice
+        .create_group("team", &[u("bob"), u("carol")], Suite::Classic)
+        .await
+        .unwrap();
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    alice.sync().await.unwrap();
+    let hello = sent_id(&alice.send("#team", "hello").await.unwrap());
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    let mut from_members: Vec<_> = receipts(&alice.sync().await.unwrap());
+    from_members.sort();
+    assert_eq!(
+        from_members,
+        vec![
+            ("@bob".into(), ReceiptStatus::Delivered, vec![hello.clone()]),
+            (
+                "@carol".into(),
+                ReceiptStatus::Delivered,
+                vec![hello.clone()]
+            ),
+        ]
+    );
+    let seen = carol.sync().await.unwrap();
+    assert!(receipts(&seen).is_empty(), "{seen:?}");
+
+    // Switched off again: nothing more goes out.
+    bob.set_preferences(Preferences::default()).unwrap();
+    alice.send("#team", "again").await.unwrap();
+    bob.sync().await.unwrap();
+    bob.mark_read("#team").await.unwrap();
+    assert!(!bob.typing("#team", true).await.unwrap());
+    let seen = alice.sync().await.unwrap();
+    assert!(
+        receipts(&seen).iter().all(|(from, ..)| from != "@bob") && typing(&seen).is_empty(),
+        "{seen:?}"
     );
 }

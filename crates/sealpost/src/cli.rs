@@ -116,6 +116,19 @@ enum Command {
         /// 365d; or `off`.
         duration: String,
     },
+    /// Show or change what you tell the people you talk to beyond your messages: delivery and
+    /// read receipts, and typing indicators. Both are off until you switch them on, and each
+    /// works both ways: while yours are off, you do not see those of others either. They are
+    /// encrypted like messages; the server cannot tell them from one.
+    Settings {
+        /// Tell senders when your devices received their messages and when you read them
+        /// (`messages` marks a conversation read).
+        #[arg(long, value_name = "on|off")]
+        receipts: Option<Switch>,
+        /// Tell a conversation while you are typing in it (interfaces built on the daemon do).
+        #[arg(long, value_name = "on|off")]
+        typing: Option<Switch>,
+    },
     /// Download the file of a message, check that it is the one the sender sent, and save it
     /// (under the sender's name for it, in the current directory, unless --out says where).
     /// Never overwrites a file.
@@ -129,7 +142,8 @@ enum Command {
     /// Fetch and process everything pending; print new messages and events. Also checks this
     /// account's key-directory history. Exits with status 3 if a security event was shown.
     Sync,
-    /// Show a conversation's local history, oldest first.
+    /// Show a conversation's local history, oldest first, and mark it read (with receipts on,
+    /// its senders are told).
     Messages {
         /// @user or #group.
         conversation: String,
@@ -254,6 +268,12 @@ enum DeviceCommand {
         /// The device id (see `sealpost device list`).
         device: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -534,6 +554,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             })
             .await
         }
+        Command::Settings { receipts, typing } => {
+            let mut params = serde_json::Map::new();
+            for (name, switch) in [("receipts", receipts), ("typing", typing)] {
+                if let Some(switch) = switch {
+                    params.insert(name.into(), json!(switch == Switch::On));
+                }
+            }
+            let prefs: sealpost_sdk::Preferences = session.call("settings", params.into()).await?;
+            if as_json {
+                return print_json(&prefs);
+            }
+            let word = |on: bool| if on { "on" } else { "off" };
+            println!("receipts: {}", word(prefs.receipts));
+            println!("typing indicators: {}", word(prefs.typing));
+            Ok(())
+        }
         Command::Download { message, out: path } => {
             // Absolute, so that a daemon serving the profile saves it where this command runs.
             let path = absolute(&path.unwrap_or_else(|| PathBuf::from(".")))?;
@@ -612,6 +648,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                     first.position
                 ),
                 _ => {}
+            }
+            if before.is_none() {
+                // Shown: read. The history was shown even if telling the senders fails.
+                let read = json!({ "conversation": conversation });
+                if let Err(e) = session.call::<serde_json::Value>("read", read).await {
+                    eprintln!("warning: could not send read receipts: {e:#}");
+                }
             }
             Ok(())
         }

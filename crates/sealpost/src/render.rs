@@ -1,7 +1,7 @@
 //! How events and other text are printed for a person: one line per event (a message may go on
 //! over indented lines), with everything that someone else chose made safe for a terminal.
 
-use sealpost_sdk::Event;
+use sealpost_sdk::{Event, Receipt, ReceiptStatus};
 
 /// Text that others chose (a message, a name, a reason the server gave), made safe to print as
 /// one line: control characters, escape sequences, line and paragraph separators and
@@ -67,9 +67,11 @@ pub fn line(e: &Event) -> String {
             reactions,
             file,
             expires_at,
+            receipts,
             ..
         } => {
             let mut notes = Vec::new();
+            notes.extend(receipts_note(receipts));
             if expires_at.is_some() {
                 notes.push("disappearing".to_owned());
             }
@@ -157,6 +159,41 @@ pub fn line(e: &Event) -> String {
             safe(conversation),
             safe(from),
             short_id(message)
+        ),
+        Event::Receipt {
+            conversation,
+            from,
+            status,
+            messages,
+        } => {
+            let mut shown: Vec<String> = messages.iter().take(5).map(short_id).collect();
+            if messages.len() > shown.len() {
+                shown.push(format!("and {} more", messages.len() - shown.len()));
+            }
+            format!(
+                "[{}] {} {} {}",
+                safe(conversation),
+                safe(from),
+                match status {
+                    ReceiptStatus::Delivered => "received",
+                    ReceiptStatus::Read => "read",
+                },
+                shown.join(", ")
+            )
+        }
+        Event::Typing {
+            conversation,
+            from,
+            typing,
+        } => format!(
+            "[{}] {} {}",
+            safe(conversation),
+            safe(from),
+            if *typing {
+                "is typing"
+            } else {
+                "stopped typing"
+            }
         ),
         Event::Timer {
             conversation,
@@ -314,6 +351,31 @@ pub fn line(e: &Event) -> String {
 /// `01` that starts every MIMI message id).
 fn short_id(id: &sealpost_sdk::MessageId) -> String {
     safe(&id.short())
+}
+
+/// Who has or read a message of one's own, as a note: "read by @bob, delivered to @carol" (a
+/// count beyond three names).
+fn receipts_note(receipts: &[Receipt]) -> Option<String> {
+    let who = |status: ReceiptStatus| {
+        let names: Vec<String> = receipts
+            .iter()
+            .filter(|r| r.status == status)
+            .map(|r| safe(&r.from))
+            .collect();
+        match names.len() {
+            0 => None,
+            1..=3 => Some(names.join(", ")),
+            n => Some(format!("{n} members")),
+        }
+    };
+    let parts: Vec<String> = [
+        who(ReceiptStatus::Read).map(|w| format!("read by {w}")),
+        who(ReceiptStatus::Delivered).map(|w| format!("delivered to {w}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// A size for people: bytes, KiB, MiB or GiB.

@@ -197,6 +197,22 @@ struct Disappear {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default)]
+    receipts: Option<bool>,
+    #[serde(default)]
+    typing: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Typing {
+    to: String,
+    typing: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Download {
     message: String,
     /// Where to save it: an absolute path of a file or a directory; by default the daemon's
@@ -318,9 +334,12 @@ pub const METHODS: &[&str] = &[
     "delete",
     "disappear",
     "download",
+    "settings",
+    "typing",
     "sync",
     "conversations",
     "messages",
+    "read",
     "outbox",
     "outbox.give_up",
     "group.create",
@@ -434,6 +453,27 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
                 )
                 .await?;
             answer(json!({ "path": saved }))
+        }
+        "settings" => {
+            let Settings { receipts, typing } = params(p)?;
+            let mut client = live.lock().await;
+            let mut prefs = client.preferences();
+            if receipts.is_some() || typing.is_some() {
+                prefs.receipts = receipts.unwrap_or(prefs.receipts);
+                prefs.typing = typing.unwrap_or(prefs.typing);
+                client.set_preferences(prefs)?;
+            }
+            answer(prefs)
+        }
+        "typing" => {
+            let Typing { to, typing } = params(p)?;
+            let sent = live.lock().await.typing(&to, typing).await?;
+            answer(json!({ "sent": sent }))
+        }
+        "read" => {
+            let Conversation { conversation } = params(p)?;
+            let read = live.lock().await.mark_read(&conversation).await?;
+            answer(json!({ "read": read }))
         }
         "sync" => {
             params::<NoParams>(p)?;

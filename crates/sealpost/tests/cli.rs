@@ -1349,3 +1349,31 @@ fn disappearing_messages_from_the_command_line() {
         );
     }
 }
+
+#[test]
+fn receipts_from_the_command_line() {
+    let (_server, _homes, a, b) = alice_and_bob();
+    let out = run_ok(&a, &["settings"]);
+    assert_eq!(out, "receipts: off\ntyping indicators: off\n");
+    for who in [&a, &b] {
+        let out = run_ok(who, &["settings", "--receipts", "on"]);
+        assert!(out.contains("receipts: on"), "{out}");
+    }
+    let json = run_ok(&b, &["--json", "settings", "--typing", "on"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(json.trim()).unwrap(),
+        serde_json::json!({"receipts": true, "typing": true})
+    );
+    run_ok(&a, &["send", "@bob", "did you get this?"]);
+    run_ok(&b, &["sync"]);
+    let out = run_ok(&a, &["sync"]);
+    assert!(out.contains("[@bob] @bob received "), "{out}");
+    // Shown is read.
+    run_ok(&b, &["messages", "@alice"]);
+    let out = run_ok(&a, &["sync"]);
+    assert!(out.contains("[@bob] @bob read "), "{out}");
+    let out = run_ok(&a, &["messages", "@bob"]);
+    assert!(out.contains("(read by @bob): did you get this?"), "{out}");
+    let refused = run(&a, &["settings", "--receipts", "maybe"]);
+    assert!(!refused.status.success());
+}

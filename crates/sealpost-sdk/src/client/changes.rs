@@ -432,7 +432,7 @@ pub(super) fn apply(
 }
 
 /// The history row of the message `msg_id` of `group`, and its item.
-fn message_row(
+pub(super) fn message_row(
     tx: &Connection,
     sealer: &Sealer,
     group: GroupId,

@@ -94,6 +94,8 @@ impl Client {
                 joined_at: None,
                 meta_owed: false,
                 timer: 0,
+                receipts_owed: Vec::new(),
+                read_up_to: 0,
             },
             cursor: 0,
         };
@@ -337,7 +339,7 @@ impl Client {
         let rows = store::history_page(
             self.profile.conn(),
             group.as_bytes(),
-            before,
+            (None, before),
             limit,
             now_ms(),
         )?;

@@ -368,6 +368,9 @@ impl Client {
                     joined_at: Some(mls.epoch().as_u64()),
                     meta_owed: false,
                     timer: 0,
+                    receipts_owed: Vec::new(),
+                    // What the user was shown before stays shown.
+                    read_up_to: previous.as_ref().map_or(0, |c| c.info.read_up_to),
                 },
                 cursor: d.group_seq,
             };
@@ -426,6 +429,7 @@ impl Client {
             return Ok(());
         }
         let me = self.identity.username.clone();
+        let prefs = self.prefs;
         let mut items: Vec<Item> = Vec::new();
         let mut merged_own = false;
         let cached = self.batch_groups.as_mut().and_then(|c| c.remove(&group));
@@ -471,6 +475,7 @@ impl Client {
                     accepted_at: d.sent_at,
                 };
                 items = receive(&mut g, p, msg, &mut conv, &me, &mut check)?;
+                items.retain(|i| receipts::wanted(prefs, i));
                 // A delivery that was refused (unreadable, an alert) may leave the group in
                 // memory other than its stored state: the next one loads it again.
                 if !items
@@ -482,8 +487,11 @@ impl Client {
             } else {
                 keep = cached;
             }
-            put_conv(tx, sealer, group, &conv)?;
-            keep_new(tx, sealer, group, seq, &mut items)
+            keep_new(tx, sealer, group, seq, &mut items)?;
+            if prefs.receipts {
+                receipts::owe(&mut conv, &items, &at(&me));
+            }
+            put_conv(tx, sealer, group, &conv)
         })?;
         if let (Some(cache), Some(g)) = (self.batch_groups.as_mut(), keep) {
             cache.insert(group, g);
@@ -519,6 +527,7 @@ impl Client {
         }
         result?;
         self.send_owed_meta().await?;
+        self.send_owed_receipts().await?;
         if !self.stock_checked {
             self.replenish_key_packages().await?;
             self.stock_checked = true;
@@ -1130,6 +1139,25 @@ pub(super) fn receive_content(
                 content::Body::Timer(seconds) => {
                     conv.info.timer = seconds;
                     items.push(Item::Timer { by: from, seconds });
+                    Ok(items)
+                }
+                // From this account's other devices: nothing to show (they speak for the
+                // same person).
+                content::Body::Status(_) | content::Body::Typing(_) if sender.username == *me => {
+                    Ok(items)
+                }
+                content::Body::Status(statuses) => {
+                    items.push(Item::Status(receipts::Report {
+                        from,
+                        mine: at(me),
+                        statuses,
+                    }));
+                    Ok(items)
+                }
+                content::Body::Typing(typing) => {
+                    if receipts::typing_holds(accepted_at) {
+                        items.push(Item::Typing { from, typing });
+                    }
                     Ok(items)
                 }
                 content::Body::Conversation { kind, name } => {
