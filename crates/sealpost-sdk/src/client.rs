@@ -50,6 +50,7 @@ mod key_packages;
 mod keydir;
 mod link;
 mod outbox;
+mod profiles;
 mod receipts;
 mod receive;
 mod resolve;
@@ -198,6 +199,9 @@ struct ConvInfo {
     /// The history row up to which the user was shown this conversation (0: none yet).
     #[serde(default)]
     read_up_to: i64,
+    /// The version of this account's profile last sent here (0: none yet).
+    #[serde(default)]
+    profile_sent: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -266,6 +270,15 @@ enum Item {
     Typing {
         from: String,
         typing: bool,
+    },
+    /// A member shared their display name and avatar (kept with the contacts; an event only).
+    Profile {
+        from: String,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        avatar: Option<Box<content::FileRef>>,
+        /// When the server took it.
+        at: u64,
     },
     /// A member set the disappearing-messages timer (seconds; 0: off).
     Timer {
@@ -452,6 +465,7 @@ impl Item {
                 file: file.map(|f| f.info()),
                 expires_at,
                 receipts,
+                sender_name: None,
             },
             Item::Receipt {
                 from,
@@ -472,6 +486,14 @@ impl Item {
                 conversation,
                 from,
                 typing,
+            },
+            Item::Profile {
+                from, name, avatar, ..
+            } => Event::Profile {
+                conversation,
+                from,
+                name,
+                avatar: avatar.map(|f| f.info()),
             },
             Item::Timer { by, seconds } => Event::Timer {
                 conversation,
@@ -808,6 +830,18 @@ fn keep_item(
             }
             Ok(applied)
         }
+        Item::Profile {
+            ref from,
+            ref name,
+            ref avatar,
+            at,
+        } => {
+            if !profiles::apply(tx, sealer, from, name, avatar.as_deref(), at)? {
+                return Ok(Vec::new());
+            }
+            log(&item)?;
+            Ok(vec![item])
+        }
         Item::Typing { .. } => {
             // Not worth keeping once it no longer holds.
             let event = log(&item)?;
@@ -878,6 +912,12 @@ pub struct Client {
     batch_groups: Option<BTreeMap<GroupId, MlsGroup>>,
     /// What the user chose to tell others beyond messages (receipts, typing).
     prefs: Preferences,
+    /// What others share of themselves (display names, avatars).
+    contacts: profiles::Contacts,
+    /// A profile arrived since avatars were last fetched (or the profile was opened).
+    profiles_changed: bool,
+    /// The version of this account's own profile (0: never set).
+    own_version: u64,
 }
 
 impl Drop for Client {
@@ -1006,6 +1046,9 @@ impl Client {
             settings,
             stock_checked: true,
             prefs: Preferences::default(),
+            contacts: profiles::Contacts::new(),
+            profiles_changed: true,
+            own_version: 0,
             welcome_waits: false,
             batch_groups: None,
             proposals_to_check: None,
@@ -1054,6 +1097,9 @@ impl Client {
             settings: ClientSettings::default(),
             stock_checked: false,
             prefs: Preferences::default(),
+            contacts: profiles::Contacts::new(),
+            profiles_changed: true,
+            own_version: 0,
             welcome_waits: false,
             batch_groups: None,
             proposals_to_check: None,
@@ -1107,11 +1153,14 @@ impl Client {
                 .map_err(|e| Error::Store(format!("the linked conversations are damaged: {e}")))?;
             self.linked = list.into_iter().map(|c| (c.group, c)).collect();
         }
-        self.prefs = match self.profile.meta(receipts::PREFERENCES)? {
-            Some(json) => serde_json::from_slice(&json)
-                .map_err(|e| Error::Store(format!("the preferences are damaged: {e}")))?,
-            None => Preferences::default(),
-        };
+        self.contacts = profiles::load(conn, &self.profile.sealer)?;
+        self.load_own_version()?;
+        self.prefs = store::get_meta_json(
+            self.profile.conn(),
+            &self.profile.sealer,
+            receipts::PREFERENCES,
+            "preferences",
+        )?;
         self.inbox_cursor = self
             .profile
             .meta("inbox_cursor")?
@@ -1257,6 +1306,7 @@ mod tests {
                 file: None,
                 expires_at: None,
                 receipts: Vec::new(),
+                sender_name: None,
             }
         );
     }

@@ -208,34 +208,41 @@ const SHA_256: u8 = 1;
 
 /// A file message: the file, and its caption (the external part's description).
 pub(crate) fn file(salt: [u8; 16], file: &FileRef, caption: &str) -> Content {
-    let hex = |s: &str| hex::decode(s).unwrap_or_default();
-    let mut content = message(
-        salt,
-        NestedPart {
-            disposition: Disposition::ATTACHMENT,
-            language: String::new(),
-            part: Part::External(Box::new(mimi::ExternalPart {
-                content_type: file.media_type.clone(),
-                url: file.url.clone(),
-                expires: 0,
-                size: file.size,
-                enc_alg: crate::attachment::AES_128_GCM,
-                key: hex(&file.key),
-                nonce: hex(&file.nonce),
-                aad: Vec::new(),
-                hash_alg: SHA_256,
-                content_hash: hex(&file.blob_hash),
-                description: caption.to_owned(),
-                filename: file.name.clone(),
-            })),
-        },
-    );
+    let mut content = message(salt, external(file, caption, Disposition::ATTACHMENT));
+    set_file_hash(&mut content, file);
+    content
+}
+
+/// Names the SHA-256 of the message's file (of its one external part).
+fn set_file_hash(content: &mut Content, file: &FileRef) {
     // An integer key with a byte string is always accepted.
     let _ = content.extensions.insert(
         ExtensionKey::Int(FILE_HASH),
-        Value::Bytes(hex(&file.file_hash)),
+        Value::Bytes(hex::decode(&file.file_hash).unwrap_or_default()),
     );
-    content
+}
+
+/// The external part that names `file`, with its caption.
+fn external(file: &FileRef, caption: &str, disposition: Disposition) -> NestedPart {
+    let hex = |s: &str| hex::decode(s).unwrap_or_default();
+    NestedPart {
+        disposition,
+        language: String::new(),
+        part: Part::External(Box::new(mimi::ExternalPart {
+            content_type: file.media_type.clone(),
+            url: file.url.clone(),
+            expires: 0,
+            size: file.size,
+            enc_alg: crate::attachment::AES_128_GCM,
+            key: hex(&file.key),
+            nonce: hex(&file.nonce),
+            aad: Vec::new(),
+            hash_alg: SHA_256,
+            content_hash: hex(&file.blob_hash),
+            description: caption.to_owned(),
+            filename: file.name.clone(),
+        })),
+    }
 }
 
 /// The id of the blob a file URL names: its last path segment, after `/v1/blobs/`.
@@ -246,19 +253,28 @@ pub(crate) fn blob_of_url(url: &str) -> Option<String> {
 
 /// A file this version can fetch and open: encrypted as Sealpost does, with every check value.
 fn file_of(content: &Content) -> Option<(FileRef, String)> {
+    let shown = matches!(
+        content.body.disposition,
+        Disposition::ATTACHMENT | Disposition::RENDER | Disposition::INLINE
+    );
+    if !shown {
+        return None;
+    }
+    external_of(content, &content.body)
+}
+
+/// The file the external part `part` of `content` names, and its caption, if this version can
+/// fetch and open it.
+fn external_of(content: &Content, part: &NestedPart) -> Option<(FileRef, String)> {
     use crate::attachment::{AES_128_GCM, KEY, NONCE_PREFIX, plain_len};
-    let body = &content.body;
-    let Part::External(x) = &body.part else {
+    let Part::External(x) = &part.part else {
         return None;
     };
     let Some(Value::Bytes(file_hash)) = content.extensions.get(&ExtensionKey::Int(FILE_HASH))
     else {
         return None;
     };
-    let ok = matches!(
-        body.disposition,
-        Disposition::ATTACHMENT | Disposition::RENDER | Disposition::INLINE
-    ) && x.enc_alg == AES_128_GCM
+    let ok = x.enc_alg == AES_128_GCM
         && x.key.len() == KEY
         && x.nonce.len() == NONCE_PREFIX
         && x.aad.is_empty()
@@ -299,6 +315,82 @@ pub(crate) fn conversation(salt: [u8; 16], kind: ConversationKind, name: &str) -
 /// The message that sets a conversation's disappearing-messages timer.
 pub(crate) fn timer(salt: [u8; 16], seconds: u64) -> Content {
     sealpost_part(salt, TIMER, &Value::Uint(seconds))
+}
+
+/// The longest display name taken, in characters.
+pub(crate) const MAX_NAME: usize = 64;
+
+/// Whether `name` is a display name Sealpost sends and shows: up to [`MAX_NAME`] characters,
+/// no control characters, line or paragraph separators, no `@` (a name never looks like the
+/// `@username` shown beside it) and no `"` (it is shown in quotes, which it cannot close).
+/// Empty: no name.
+pub(crate) fn valid_name(name: &str) -> bool {
+    name.chars().count() <= MAX_NAME
+        && name.trim() == name
+        && !name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '@' | '"' | '\u{2028}' | '\u{2029}'))
+}
+
+/// What a member shares of themselves: a display name (perhaps empty), and an avatar, as a
+/// message of the draft's `profile` disposition: the name as a text part, and with an avatar,
+/// the two in a `processAll` multipart whose second part is the avatar, an external part of
+/// disposition `icon`.
+pub(crate) fn profile(salt: [u8; 16], name: &str, avatar: Option<&FileRef>) -> Content {
+    let name = NestedPart {
+        disposition: Disposition::PROFILE,
+        language: String::new(),
+        part: Part::Single {
+            content_type: TEXT.to_owned(),
+            content: name.as_bytes().to_vec(),
+        },
+    };
+    let Some(avatar) = avatar else {
+        return message(salt, name);
+    };
+    let body = NestedPart {
+        disposition: Disposition::PROFILE,
+        language: String::new(),
+        part: Part::Multi {
+            semantics: PartSemantics::ProcessAll,
+            parts: vec![name, external(avatar, "", Disposition::ICON)],
+        },
+    };
+    let mut content = message(salt, body);
+    set_file_hash(&mut content, avatar);
+    content
+}
+
+/// The display name and avatar of a profile message, if it is one this version reads.
+fn profile_of(content: &Content) -> Option<Body> {
+    let name_of = |p: &NestedPart| match &p.part {
+        Part::Single {
+            content_type,
+            content,
+        } if p.disposition == Disposition::PROFILE && is_text(content_type) => {
+            String::from_utf8(content.clone())
+                .ok()
+                .filter(|n| valid_name(n))
+        }
+        _ => None,
+    };
+    match &content.body.part {
+        Part::Single { .. } => Some(Body::Profile {
+            name: name_of(&content.body)?,
+            avatar: None,
+        }),
+        Part::Multi {
+            semantics: PartSemantics::ProcessAll,
+            parts,
+        } => match parts.as_slice() {
+            [name, icon] if icon.disposition == Disposition::ICON => Some(Body::Profile {
+                name: name_of(name)?,
+                avatar: Some(external_of(content, icon)?.0),
+            }),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// A status report: the status of each message (by id) for the sender.
@@ -467,6 +559,11 @@ pub(crate) enum Body {
     Status(Vec<(String, u8)>),
     /// The sender started (`true`) or stopped typing.
     Typing(bool),
+    /// What the sender shares of themselves: a display name (empty: none) and an avatar.
+    Profile {
+        name: String,
+        avatar: Option<FileRef>,
+    },
     /// Well-formed, but not something this version shows: what it is, for a person, and the
     /// message as it came (kept, so that a later version can show it).
     Unsupported { what: String, content: Vec<u8> },
@@ -554,6 +651,9 @@ pub(crate) fn read(bytes: &[u8], sender: &Username, group: GroupId) -> Result<In
 /// What this version makes of a message, if it knows it.
 fn interpret(content: &Content) -> Option<Body> {
     let body = &content.body;
+    if body.disposition == Disposition::PROFILE && content.replaces.is_none() {
+        return profile_of(content);
+    }
     let reaction = body.disposition == Disposition::REACTION;
     if let Some(of) = content.replaces {
         // What the replacement answers is the original's (the draft: an edit changes the

@@ -189,6 +189,9 @@ pub enum Error {
     /// A disappearing-messages timer outside 1 second to a year.
     #[error("a disappearing-messages timer is 1 second to 365 days, or off")]
     BadTimer,
+    /// A display name or avatar Sealpost does not send (why, for a person).
+    #[error("{0}")]
+    BadProfile(String),
     /// What was given to send is not a file (a directory, a device).
     #[error("{0} is not a file")]
     NotAFile(String),

@@ -105,6 +105,23 @@ pub enum Event {
         /// receipts (each member chooses; see `sealpost settings`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         receipts: Vec<Receipt>,
+        /// The display name the sender shares, if any: shown beside `from`, never instead of
+        /// it (anyone can choose any name; the `@username` is who it is).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender_name: Option<String>,
+    },
+    /// A member shared their display name and avatar, or changed them.
+    Profile {
+        /// `#group` or `@user`.
+        conversation: String,
+        /// `@who`.
+        from: String,
+        /// Their display name (empty: none).
+        name: String,
+        /// Their avatar, if they have one: this device fetches it by itself (see
+        /// `Client::profile_of`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        avatar: Option<FileInfo>,
     },
     /// A member says what became of messages of this account's: a device of theirs has them
     /// (`delivered`), or they read them (`read`). Only members who switched receipts on send
@@ -600,11 +617,26 @@ pub struct ConversationInfo {
     pub active: bool,
 }
 
+/// What a person shares of themselves, as this device knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedProfile {
+    /// `@username`.
+    pub user: String,
+    /// Their display name (empty: none).
+    pub name: String,
+    /// Their avatar, saved in this profile's `avatars/` directory, once fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<std::path::PathBuf>,
+}
+
 /// A member of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     /// `@username`.
     pub member: String,
+    /// Their display name, if they share one (shown beside `member`, never instead of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The device.
     pub device: DeviceId,
     /// This device.

@@ -889,6 +889,8 @@ pub struct Profile {
     pub mls: MlsState,
     /// The committed MLS state when the current batch began.
     batch_snapshot: Option<HashMap<Vec<u8>, Vec<u8>>>,
+    /// The profile's directory.
+    home: std::path::PathBuf,
 }
 
 impl Profile {
@@ -972,7 +974,13 @@ impl Profile {
             sealer,
             mls,
             batch_snapshot: None,
+            home: home.to_owned(),
         })
+    }
+
+    /// The profile's directory.
+    pub fn home(&self) -> &Path {
+        &self.home
     }
 
     /// Discards MLS changes not yet committed.
@@ -1092,12 +1100,7 @@ impl Profile {
 
     /// Reads a sealed meta value.
     pub fn meta(&self, key: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, Error> {
-        let v: Option<Vec<u8>> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?;
-        v.map(|v| self.sealer.open_at("meta", key.as_bytes(), &v))
-            .transpose()
+        get_meta(&self.conn, &self.sealer, key)
     }
 }
 
@@ -1121,6 +1124,34 @@ pub fn profile_holder(home: &Path) -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Reads a sealed meta value (also inside a transaction).
+pub fn get_meta(
+    conn: &Connection,
+    sealer: &Sealer,
+    key: &str,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, Error> {
+    let v: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?;
+    v.map(|v| sealer.open_at("meta", key.as_bytes(), &v))
+        .transpose()
+}
+
+/// Reads a sealed meta value that holds JSON (`what` names it in an error); the default when
+/// there is none.
+pub fn get_meta_json<T: serde::de::DeserializeOwned + Default>(
+    conn: &Connection,
+    sealer: &Sealer,
+    key: &str,
+    what: &str,
+) -> Result<T, Error> {
+    match get_meta(conn, sealer, key)? {
+        Some(json) => serde_json::from_slice(&json)
+            .map_err(|e| Error::Store(format!("the {what} record is damaged: {e}"))),
+        None => Ok(T::default()),
+    }
 }
 
 /// Writes a sealed meta value.

@@ -1,5 +1,5 @@
-//! The canary: a unique marker sent in messages, group names and files (their bytes, names and
-//! captions) never appears in the server's files, in any log line of the server or the clients (at trace level, every crate), or in any
+//! The canary: a unique marker sent in messages, group names, files (their bytes, names and
+//! captions) and a profile (its display name and avatar) never appears in the server's files, in any log line of the server or the clients (at trace level, every crate), or in any
 //! byte it received on the wire; nor does a session token reach a log line.
 #![allow(
     clippy::unwrap_used,
@@ -119,8 +119,23 @@ async fn marker_never_reaches_the_server() {
         )
         .await
         .unwrap();
+    // A profile: the marker as the display name, and in the avatar's bytes.
+    let avatar = files.path().join("me.png");
+    std::fs::write(&avatar, &body[..200_000]).unwrap();
+    alice
+        .set_profile(Some(&format!("name {marker}")), Some(Some(&avatar)))
+        .await
+        .unwrap();
     let events = bob.sync().await.unwrap();
     assert_eq!(texts(&events).len(), 3, "{events:?}");
+    assert!(
+        events.iter().any(
+            |e| matches!(e, sealpost_sdk::Event::Profile { name, .. } if name.contains(marker))
+        ),
+        "{events:?}"
+    );
+    let fetched = bob.profile_of("@alice").unwrap().avatar.unwrap();
+    assert_eq!(std::fs::read(fetched).unwrap(), body[..200_000]);
     assert!(
         texts(&events).iter().all(|(_, t)| t.contains(marker)),
         "the marker went through"

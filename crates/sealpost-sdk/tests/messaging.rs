@@ -9,7 +9,7 @@
 mod common;
 
 use common::{People, TestServer, texts, u};
-use sealpost_sdk::{Event, Preferences, Receipt, ReceiptStatus, Suite};
+use sealpost_sdk::{Error, Event, Preferences, Receipt, ReceiptStatus, Suite};
 
 #[tokio::test]
 async fn one_to_one_both_ways() {
@@ -1129,4 +1129,129 @@ async fn receipts_and_typing_go_only_between_those_who_switched_them_on() {
         receipts(&seen).iter().all(|(from, ..)| from != "@bob") && typing(&seen).is_empty(),
         "{seen:?}"
     );
+}
+
+#[tokio::test]
+async fn profiles_travel_encrypted_and_the_same_name_stays_told_apart() {
+    let server = TestServer::start().await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let mut carol = people.register(&server, "carol").await;
+    alice.send("@bob", "before").await.unwrap();
+    bob.sync().await.unwrap();
+
+    let images = tempfile::tempdir().unwrap();
+    let png = images.path().join("me.png");
+    let picture: Vec<u8> = (0..50_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::write(&png, &picture).unwrap();
+    let mine = alice
+        .set_profile(Some("Alice Smith"), Some(Some(&png)))
+        .await
+        .unwrap();
+    assert_eq!(mine.name, "Alice Smith");
+    // The profile keeps its own copy: the original can go.
+    std::fs::remove_file(&png).unwrap();
+    assert_eq!(std::fs::read(mine.avatar.unwrap()).unwrap(), picture);
+
+    let seen = bob.sync().await.unwrap();
+    let shared = seen
+        .iter()
+        .find_map(|e| match e {
+            Event::Profile {
+                from, name, avatar, ..
+            } if from == "@alice" => Some((name.clone(), avatar.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert_eq!(shared.0, "Alice Smith");
+    assert_eq!(shared.1.unwrap().media_type, "image/png");
+    let known = bob.profile_of("@alice").unwrap();
+    assert_eq!(known.name, "Alice Smith");
+    assert_eq!(std::fs::read(known.avatar.unwrap()).unwrap(), picture);
+    // Shown beside the username, on old messages and new ones.
+    alice.send("@bob", "after").await.unwrap();
+    let seen = bob.sync().await.unwrap();
+    assert!(
+        seen.iter().any(
+            |e| matches!(e, Event::Message { from, sender_name: Some(n), text, .. }
+            if from == "@alice" && n == "Alice Smith" && text == "after")
+        ),
+        "{seen:?}"
+    );
+    assert!(bob.messages("@alice", 10).unwrap().iter().all(|e| !matches!(
+        e, Event::Message { from, sender_name, .. } if from == "@alice" && sender_name.as_deref() != Some("Alice Smith")
+    )));
+
+    // Carol takes the same name; in a group, each stays told apart by their username, and
+    // a member added later learns both profiles.
+    carol.set_profile(Some("Alice Smith"), None).await.unwrap();
+    alice
+        .create_group("twins", &[u("carol")], Suite::Classic)
+        .await
+        .unwrap();
+    carol.sync().await.unwrap();
+    alice.sync().await.unwrap();
+    alice.add_members("#twins", &[u("bob")]).await.unwrap();
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    alice.sync().await.unwrap();
+    carol.send("#twins", "it's me").await.unwrap();
+    alice.send("#twins", "no, me").await.unwrap();
+    let seen = bob.sync().await.unwrap();
+    let said: Vec<(String, Option<String>, String)> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message {
+                from,
+                sender_name,
+                text,
+                ..
+            } => Some((from.clone(), sender_name.clone(), text.clone())),
+            _ => None,
+        })
+        .collect();
+    let twin = Some("Alice Smith".to_owned());
+    assert_eq!(
+        said,
+        vec![
+            ("@carol".into(), twin.clone(), "it's me".into()),
+            ("@alice".into(), twin.clone(), "no, me".into()),
+        ]
+    );
+    let members = bob.members("#twins").unwrap();
+    assert!(
+        members.iter().filter(|m| m.name == twin).count() == 2,
+        "{members:?}"
+    );
+
+    // Names and avatars Sealpost does not send are refused, and change nothing.
+    for bad in ["@bob", "say \"hi\"", "line\nbreak", &"x".repeat(65)] {
+        assert!(
+            matches!(
+                alice.set_profile(Some(bad), None).await,
+                Err(Error::BadProfile(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let text = images.path().join("notes.txt");
+    std::fs::write(&text, "not an image").unwrap();
+    let big = images.path().join("big.png");
+    std::fs::write(&big, vec![0u8; 1024 * 1024 + 1]).unwrap();
+    for bad in [&text, &big] {
+        assert!(
+            matches!(
+                alice.set_profile(None, Some(Some(bad))).await,
+                Err(Error::BadProfile(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(alice.own_profile().unwrap().name, "Alice Smith");
+    // Taken away.
+    alice.set_profile(Some(""), Some(None)).await.unwrap();
+    bob.sync().await.unwrap();
+    let known = bob.profile_of("@alice").unwrap();
+    assert_eq!((known.name.as_str(), known.avatar), ("", None));
 }

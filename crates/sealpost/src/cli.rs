@@ -129,6 +129,20 @@ enum Command {
         #[arg(long, value_name = "on|off")]
         typing: Option<Switch>,
     },
+    /// Show or change what you share of yourself with the people you talk to: a display name
+    /// and an avatar. They go, encrypted, to every conversation you are in (and to people who
+    /// join later). Others see your name beside your @username, never instead of it.
+    Profile {
+        /// Your display name (up to 64 characters, no @ or "); '' takes it away.
+        #[arg(long)]
+        name: Option<String>,
+        /// Your avatar: a PNG, JPEG, GIF or WebP image of up to 1 MiB.
+        #[arg(long, value_name = "PATH", conflicts_with = "remove_avatar")]
+        avatar: Option<PathBuf>,
+        /// Take your avatar away.
+        #[arg(long)]
+        remove_avatar: bool,
+    },
     /// Download the file of a message, check that it is the one the sender sent, and save it
     /// (under the sender's name for it, in the current directory, unless --out says where).
     /// Never overwrites a file.
@@ -568,6 +582,36 @@ pub async fn run(cli: Cli) -> Result<()> {
             let word = |on: bool| if on { "on" } else { "off" };
             println!("receipts: {}", word(prefs.receipts));
             println!("typing indicators: {}", word(prefs.typing));
+            Ok(())
+        }
+        Command::Profile {
+            name,
+            avatar,
+            remove_avatar,
+        } => {
+            let mut params = serde_json::Map::new();
+            if let Some(name) = name {
+                params.insert("name".into(), json!(name));
+            }
+            if let Some(avatar) = avatar {
+                params.insert("avatar".into(), json!(absolute(&avatar)?));
+            } else if remove_avatar {
+                params.insert("avatar".into(), serde_json::Value::Null);
+            }
+            let profile: sealpost_sdk::SharedProfile =
+                session.call("profile", params.into()).await?;
+            if as_json {
+                return print_json(&profile);
+            }
+            println!(
+                "{}{}",
+                profile.user,
+                crate::render::shown_name(Some(&profile.name))
+            );
+            match profile.avatar {
+                Some(path) => println!("avatar: {}", safe(&path.display().to_string())),
+                None => println!("no avatar"),
+            }
             Ok(())
         }
         Command::Download { message, out: path } => {
@@ -1314,8 +1358,9 @@ async fn group(out: &Output<'_>, cmd: GroupCommand) -> Result<()> {
                     print_json(&m)?;
                 } else {
                     println!(
-                        "{}  device {}{}",
+                        "{}{}  device {}{}",
                         m.member,
+                        crate::render::shown_name(m.name.as_deref()),
                         m.device,
                         if m.you { "  (this device)" } else { "" }
                     );

@@ -68,6 +68,7 @@ pub fn line(e: &Event) -> String {
             file,
             expires_at,
             receipts,
+            sender_name,
             ..
         } => {
             let mut notes = Vec::new();
@@ -90,7 +91,13 @@ pub fn line(e: &Event) -> String {
             } else if *late {
                 notes.push("late, sent before earlier lines".to_owned());
             }
-            let mut line = format!("[{}] {} {}", safe(conversation), short_id(id), safe(from));
+            let mut line = format!(
+                "[{}] {} {}{}",
+                safe(conversation),
+                short_id(id),
+                safe(from),
+                shown_name(sender_name.as_deref())
+            );
             if !notes.is_empty() {
                 line.push_str(&format!(" ({})", notes.join(", ")));
             }
@@ -179,6 +186,33 @@ pub fn line(e: &Event) -> String {
                     ReceiptStatus::Read => "read",
                 },
                 shown.join(", ")
+            )
+        }
+        Event::Profile {
+            conversation,
+            from,
+            name,
+            avatar,
+        } => {
+            let mut shared = Vec::new();
+            if !name.is_empty() {
+                shared.push(format!("the name \"{}\"", safe(name)));
+            }
+            if let Some(a) = avatar {
+                shared.push(format!(
+                    "an avatar ({}, {})",
+                    safe(&a.media_type),
+                    size_text(a.size)
+                ));
+            }
+            if shared.is_empty() {
+                shared.push("no name and no avatar".into());
+            }
+            format!(
+                "[{}] {} shares {}",
+                safe(conversation),
+                safe(from),
+                shared.join(" and ")
             )
         }
         Event::Typing {
@@ -351,6 +385,15 @@ pub fn line(e: &Event) -> String {
 /// `01` that starts every MIMI message id).
 fn short_id(id: &sealpost_sdk::MessageId) -> String {
     safe(&id.short())
+}
+
+/// A sender's display name as shown after their `@username`: in quotes (which a name cannot
+/// hold), or nothing.
+pub fn shown_name(name: Option<&str>) -> String {
+    match name {
+        Some(name) if !name.is_empty() => format!(" \"{}\"", safe(name)),
+        _ => String::new(),
+    }
 }
 
 /// Who has or read a message of one's own, as a note: "read by @bob, delivered to @carol" (a

@@ -206,6 +206,22 @@ struct Settings {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ProfileChange {
+    #[serde(default)]
+    name: Option<String>,
+    /// An absolute path, as the daemon's process sees it; `null` takes the avatar away (left
+    /// out: unchanged).
+    #[serde(default, deserialize_with = "present")]
+    avatar: Option<Option<String>>,
+}
+
+/// A field that is there (perhaps `null`), told apart from one left out.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Typing {
     to: String,
     typing: bool,
@@ -336,6 +352,7 @@ pub const METHODS: &[&str] = &[
     "download",
     "settings",
     "typing",
+    "profile",
     "sync",
     "conversations",
     "messages",
@@ -469,6 +486,19 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
             let Typing { to, typing } = params(p)?;
             let sent = live.lock().await.typing(&to, typing).await?;
             answer(json!({ "sent": sent }))
+        }
+        "profile" => {
+            let ProfileChange { name, avatar } = params(p)?;
+            let mut client = live.lock().await;
+            let changed = if name.is_some() || avatar.is_some() {
+                let avatar = avatar
+                    .as_ref()
+                    .map(|a| a.as_deref().map(std::path::Path::new));
+                client.set_profile(name.as_deref(), avatar).await?
+            } else {
+                client.own_profile()?
+            };
+            answer(changed)
         }
         "read" => {
             let Conversation { conversation } = params(p)?;

@@ -1377,3 +1377,44 @@ fn receipts_from_the_command_line() {
     let refused = run(&a, &["settings", "--receipts", "maybe"]);
     assert!(!refused.status.success());
 }
+
+#[test]
+fn profiles_from_the_command_line() {
+    let (_server, homes, a, b) = alice_and_bob();
+    let out = run_ok(&a, &["profile"]);
+    assert_eq!(out, "@alice\nno avatar\n");
+    let png = homes.path().join("face.png");
+    std::fs::write(&png, b"\x89PNG not really, but a file").unwrap();
+    let out = run_ok(
+        &a,
+        &[
+            "profile",
+            "--name",
+            "Alice Liddell",
+            "--avatar",
+            png.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.starts_with("@alice \"Alice Liddell\"\navatar: "),
+        "{out}"
+    );
+    run_ok(&a, &["send", "@bob", "down the rabbit hole"]);
+    let out = run_ok(&b, &["sync"]);
+    assert!(
+        out.contains("[@alice] @alice shares the name \"Alice Liddell\" and an avatar (image/png"),
+        "{out}"
+    );
+    assert!(
+        out.contains(" @alice \"Alice Liddell\": down the rabbit hole"),
+        "{out}"
+    );
+    let refused = run(&a, &["profile", "--name", "@bob"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("display name"),
+        "{refused:?}"
+    );
+    let out = run_ok(&a, &["profile", "--remove-avatar"]);
+    assert!(out.ends_with("no avatar\n"), "{out}");
+}

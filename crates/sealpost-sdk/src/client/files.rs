@@ -30,14 +30,14 @@ const READ: usize = 256 * 1024;
 const RETRIES: u32 = 4;
 
 /// A file being sent, as it was when its sending started.
-struct Source {
+pub(super) struct Source {
     path: PathBuf,
-    len: u64,
+    pub(super) len: u64,
     modified: Option<SystemTime>,
 }
 
 impl Source {
-    fn open(path: &Path) -> Result<Source, Error> {
+    pub(super) fn open(path: &Path) -> Result<Source, Error> {
         let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
         if !meta.is_file() {
             return Err(Error::NotAFile(path.display().to_string()));
@@ -77,7 +77,7 @@ fn retryable(e: &Error) -> bool {
 }
 
 /// A media type for a file name, from its extension (what receivers show and open it as).
-fn media_type(name: &str) -> &'static str {
+pub(super) fn media_type(name: &str) -> &'static str {
     let ext = name
         .rsplit_once('.')
         .map(|(_, e)| e.to_ascii_lowercase())
@@ -201,8 +201,30 @@ impl Client {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Event, Error> {
         let source = Source::open(path)?;
-        let total = attachment::sealed_len(source.len);
         let group = self.conversation_to_send(target).await?;
+        let file = self.upload_file(group, &source, progress).await?;
+        let content = content::file(self.salt()?, &file, caption);
+        let mut item = Item::text(
+            at(&self.identity.username),
+            caption.to_owned(),
+            String::new(),
+            now_ms(),
+        );
+        if let Item::Message { file: f, .. } = &mut item {
+            *f = Some(Box::new(file));
+        }
+        self.send_shown(group, content, item, reply_to).await
+    }
+
+    /// Encrypts the file `source` under a fresh key and uploads it for the members of `group`:
+    /// what a message needs to name it.
+    pub(super) async fn upload_file(
+        &mut self,
+        group: GroupId,
+        source: &Source,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<FileRef, Error> {
+        let total = attachment::sealed_len(source.len);
         if let Some(limits) = self.api.limits().await?
             && total > limits.max_file_bytes
         {
@@ -223,10 +245,7 @@ impl Client {
                 .map_err(|_| Error::Crypto("no randomness"))?,
         );
         let upload = self.api.create_upload(&self.identity, group, total).await?;
-        let sealed = match self
-            .upload(&source, &key, &upload.id, total, progress)
-            .await
-        {
+        let sealed = match self.upload(source, &key, &upload.id, total, progress).await {
             Ok(sealed) => sealed,
             Err(e) => {
                 // Not worth keeping: the key is gone with this call. (If this fails too, the
@@ -235,11 +254,12 @@ impl Client {
                 return Err(e);
             }
         };
-        let name = path
+        let name = source
+            .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let file = FileRef {
+        Ok(FileRef {
             url: format!("{}/v1/blobs/{}", self.identity.server, upload.id),
             blob: upload.id,
             key: hex::encode(key.key()),
@@ -249,18 +269,7 @@ impl Client {
             file_hash: hex::encode(sealed.file_hash),
             media_type: media_type(&name).to_owned(),
             name,
-        };
-        let content = content::file(self.salt()?, &file, caption);
-        let mut item = Item::text(
-            at(&self.identity.username),
-            caption.to_owned(),
-            String::new(),
-            now_ms(),
-        );
-        if let Item::Message { file: f, .. } = &mut item {
-            *f = Some(Box::new(file));
-        }
-        self.send_shown(group, content, item, reply_to).await
+        })
     }
 
     /// Uploads the sealed file, taking the upload up again where the server says it stands
@@ -385,15 +394,26 @@ impl Client {
             Some(p) => p.to_owned(),
             None => PathBuf::from(&name),
         };
+        self.save_file(&file, &target, progress).await?;
+        Ok(target)
+    }
+
+    /// Fetches, opens and checks `file` and saves it at `target` (which must not exist).
+    pub(super) async fn save_file(
+        &mut self,
+        file: &FileRef,
+        target: &Path,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<(), Error> {
         if target.exists() {
             return Err(Error::FileExists(target.display().to_string()));
         }
-        let mut partial = target.clone().into_os_string();
+        let mut partial = target.to_owned().into_os_string();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
         let mut tries = 0;
         loop {
-            match self.fetch_into(&file, &partial, progress).await {
+            match self.fetch_into(file, &partial, progress).await {
                 Ok(()) => break,
                 Err(e) if retryable(&e) && tries < RETRIES => {
                     tries += 1;
@@ -410,13 +430,13 @@ impl Client {
             let _ = std::fs::remove_file(&partial);
             return Err(Error::FileExists(target.display().to_string()));
         }
-        std::fs::rename(&partial, &target).map_err(|e| io_error(&target, &e))?;
+        std::fs::rename(&partial, target).map_err(|e| io_error(target, &e))?;
         // The server may delete it once every recipient has it. Not fatal: it is deleted after
         // its retention time anyway.
         if let Err(e) = self.api.blob_received(&self.identity, &file.blob).await {
             tracing::debug!(error = %e, "could not tell the server the file arrived");
         }
-        Ok(target)
+        Ok(())
     }
 
     /// Fetches the blob into `partial`, opening and checking it as it comes (on a thread of

@@ -96,6 +96,7 @@ impl Client {
                 timer: 0,
                 receipts_owed: Vec::new(),
                 read_up_to: 0,
+                profile_sent: 0,
             },
             cursor: 0,
         };
@@ -277,6 +278,7 @@ impl Client {
             .member_devices(group)?
             .into_iter()
             .map(|d| MemberInfo {
+                name: self.name_of(d.username.as_str()),
                 member: at(&d.username),
                 device: d.device_id,
                 you: d.device_id == self.identity.device_id,
@@ -351,7 +353,7 @@ impl Client {
             out.push(HistoryEntry {
                 position: id.unsigned_abs(),
                 conversation_id: conversation_id.clone(),
-                event: item.render(name.clone()),
+                event: self.with_name(item.render(name.clone())),
             });
         }
         out.reverse();

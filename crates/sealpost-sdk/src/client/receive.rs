@@ -112,7 +112,7 @@ impl Client {
         Ok(LoggedEvent {
             event_id: EventId(id as u64),
             conversation_id: group.map(ConversationId::of),
-            event,
+            event: self.with_name(event),
         })
     }
 
@@ -371,6 +371,7 @@ impl Client {
                     receipts_owed: Vec::new(),
                     // What the user was shown before stays shown.
                     read_up_to: previous.as_ref().map_or(0, |c| c.info.read_up_to),
+                    profile_sent: 0,
                 },
                 cursor: d.group_seq,
             };
@@ -460,6 +461,7 @@ impl Client {
                         conv.info.meta_owed |= items.iter().any(|i| {
                             matches!(i, Item::MemberAdded { .. } | Item::DeviceAdded { .. })
                         });
+                        profiles::owe_to_newcomers(&mut conv, &items);
                         g.merge_pending_commit(p).map_err(Error::mls)?;
                         merged_own = true;
                         put_conv(tx, sealer, group, &conv)?;
@@ -491,8 +493,13 @@ impl Client {
             if prefs.receipts {
                 receipts::owe(&mut conv, &items, &at(&me));
             }
+            profiles::owe_to_newcomers(&mut conv, &items);
             put_conv(tx, sealer, group, &conv)
         })?;
+        if items.iter().any(|i| matches!(i, Item::Profile { .. })) {
+            self.load_contacts()?;
+            self.profiles_changed = true;
+        }
         if let (Some(cache), Some(g)) = (self.batch_groups.as_mut(), keep) {
             cache.insert(group, g);
         }
@@ -528,6 +535,8 @@ impl Client {
         result?;
         self.send_owed_meta().await?;
         self.send_owed_receipts().await?;
+        self.send_owed_profiles().await?;
+        self.fetch_avatars().await?;
         if !self.stock_checked {
             self.replenish_key_packages().await?;
             self.stock_checked = true;
@@ -1158,6 +1167,17 @@ pub(super) fn receive_content(
                     if receipts::typing_holds(accepted_at) {
                         items.push(Item::Typing { from, typing });
                     }
+                    Ok(items)
+                }
+                // This account's own, from another of its devices: not a contact.
+                content::Body::Profile { .. } if sender.username == *me => Ok(items),
+                content::Body::Profile { name, avatar } => {
+                    items.push(Item::Profile {
+                        from,
+                        name,
+                        avatar: avatar.map(Box::new),
+                        at: accepted_at,
+                    });
                     Ok(items)
                 }
                 content::Body::Conversation { kind, name } => {

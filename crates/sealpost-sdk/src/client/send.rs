@@ -127,6 +127,7 @@ impl Client {
         self.refresh_verified(group).await?;
         self.check_not_blocked(group)?;
         self.before_send(group).await?;
+        self.send_profile_if_owed(group).await?;
         Ok(group)
     }
 
