@@ -221,8 +221,14 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GroupExpiry {
-    /// Seconds, at most a year; 0 for the server's retention time only.
+    /// Seconds, at most [`GroupExpiry::MAX`]; 0 for the server's retention time only.
     pub seconds: u64,
+}
+
+impl GroupExpiry {
+    /// The longest disappearing-messages timer: a year (the MIMI draft's `expires` is a 32-bit
+    /// number of seconds). Clients take no longer timer, and the server sets none.
+    pub const MAX: u64 = 365 * 24 * 3600;
 }
 
 /// Where an upload stands: the answer to creating or continuing one. The headers of the IETF

@@ -57,7 +57,7 @@ pub(crate) const MAX_STATUSES: usize = 1024;
 pub(crate) const TYPING: &str = "application/vnd.sealpost.typing+cbor";
 
 /// The longest timer taken: a year (the draft's expiry is a 32-bit number of seconds).
-pub(crate) const MAX_TIMER: u64 = 365 * 24 * 3600;
+pub(crate) const MAX_TIMER: u64 = sealpost_proto::GroupExpiry::MAX;
 
 /// A private extension: the sending device's number for this message in the conversation, from
 /// 1 (a receiver sees from the numbers when messages are missing or arrive late).

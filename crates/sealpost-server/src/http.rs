@@ -816,9 +816,6 @@ pub(crate) async fn is_member(
         .contains(&me.device_id))
 }
 
-/// The longest disappearing-messages timer the server keeps to: a year.
-const MAX_GROUP_EXPIRY: u64 = 365 * 24 * 3600;
-
 async fn set_group_expiry(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -826,7 +823,7 @@ async fn set_group_expiry(
     ApiJson(expiry): ApiJson<sealpost_proto::GroupExpiry>,
 ) -> Result<StatusCode, ApiFailure> {
     let group: GroupId = parse_path(&group, "group id")?;
-    if expiry.seconds > MAX_GROUP_EXPIRY {
+    if expiry.seconds > sealpost_proto::GroupExpiry::MAX {
         return Err(ApiFailure::bad_request(
             "a group's messages are kept at most a year (31536000 seconds)",
         ));

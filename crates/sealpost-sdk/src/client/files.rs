@@ -65,7 +65,7 @@ fn io_error(path: &Path, e: &std::io::Error) -> Error {
 }
 
 /// Whether a failed transfer is worth taking up again (the server or the way to it failed).
-fn retryable(e: &Error) -> bool {
+pub(super) fn retryable(e: &Error) -> bool {
     matches!(
         e,
         Error::ServerUnreachable { .. }

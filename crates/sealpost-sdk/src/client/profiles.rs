@@ -328,6 +328,12 @@ impl Client {
                     let _ = std::fs::remove_file(&target);
                     match self.save_file(&file, &target, &mut |_| {}).await {
                         Ok(()) => Some(target),
+                        // The server or the way to it failed: tried again when the profile is
+                        // next opened, or a profile next arrives.
+                        Err(e) if files::retryable(&e) => {
+                            tracing::debug!(error = %e, %user, "an avatar could not be fetched yet");
+                            continue;
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, %user, "an avatar could not be fetched");
                             None
