@@ -9,7 +9,7 @@
 //! whatever the file's size.
 //!
 //! Receiving: `download` fetches the blob and opens it as it arrives into `NAME.partial`,
-//! checks the key commitment, every chunk, the size and both hashes, and only then renames it
+//! checks the key commitment, every chunk, the size and the blob's hash, and only then renames it
 //! into place. A blob the server swapped, cut or extended is refused, and nothing is left.
 
 use std::io::{Read as _, Write as _};
