@@ -596,6 +596,16 @@ async fn a_file_is_sent_resumed_after_an_interruption_fetched_and_then_deleted_f
         .collect();
     std::fs::write(&path, &content).unwrap();
 
+    // A reply to a message that is not there is refused before anything is uploaded.
+    let refused = alice
+        .send_file("@bob", &path, "", Some("0123abcd"), &mut |_| {})
+        .await;
+    assert!(
+        matches!(refused, Err(Error::UnknownMessage(_))),
+        "{refused:?}"
+    );
+    assert!(server_blobs(&server).is_empty());
+
     // The first request of the upload breaks after 1.5 MB reached the server.
     proxy.cut("PATCH", "/v1/uploads/", 1_500_000, 1);
     proxy.take_seen();

@@ -202,6 +202,10 @@ impl Client {
     ) -> Result<Event, Error> {
         let source = Source::open(path)?;
         let group = self.conversation_to_send(target).await?;
+        if let Some(to) = reply_to {
+            // Refused before the upload, not after it (which would leave the file on the server).
+            self.reply_target(group, to)?;
+        }
         let file = self.upload_file(group, &source, progress).await?;
         let content = content::file(self.salt()?, &file, caption);
         let mut item = Item::text(
