@@ -133,6 +133,9 @@ enum Command {
     /// and an avatar. They go, encrypted, to every conversation you are in (and to people who
     /// join later). Others see your name beside your @username, never instead of it.
     Profile {
+        /// Show what @user shares instead (their name, and their avatar as saved here).
+        #[arg(conflicts_with_all = ["name", "avatar", "remove_avatar"])]
+        user: Option<String>,
         /// Your display name (up to 64 characters, no @ or "); '' takes it away.
         #[arg(long)]
         name: Option<String>,
@@ -585,11 +588,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Profile {
+            user,
             name,
             avatar,
             remove_avatar,
         } => {
             let mut params = serde_json::Map::new();
+            if let Some(user) = user {
+                params.insert("user".into(), json!(user));
+            }
             if let Some(name) = name {
                 params.insert("name".into(), json!(name));
             }

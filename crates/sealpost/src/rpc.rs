@@ -207,6 +207,9 @@ struct Settings {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileChange {
+    /// Another user's profile, as this device knows it (nothing is changed).
+    #[serde(default)]
+    user: Option<String>,
     #[serde(default)]
     name: Option<String>,
     /// An absolute path, as the daemon's process sees it; `null` takes the avatar away (left
@@ -488,8 +491,22 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
             answer(json!({ "sent": sent }))
         }
         "profile" => {
-            let ProfileChange { name, avatar } = params(p)?;
+            let ProfileChange { user, name, avatar } = params(p)?;
             let mut client = live.lock().await;
+            if let Some(user) = user {
+                if name.is_some() || avatar.is_some() {
+                    return Err(RpcError::params(
+                        "`user` shows another person's profile; only your own can be changed",
+                    ));
+                }
+                let user = users(std::slice::from_ref(&user))?.remove(0);
+                return answer(client.profile_of(user.as_str()).unwrap_or(
+                    sealpost_sdk::SharedProfile {
+                        user: format!("@{user}"),
+                        ..Default::default()
+                    },
+                ));
+            }
             let changed = if name.is_some() || avatar.is_some() {
                 let avatar = avatar
                     .as_ref()

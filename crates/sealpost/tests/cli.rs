@@ -1409,6 +1409,22 @@ fn profiles_from_the_command_line() {
         out.contains(" @alice \"Alice Liddell\": down the rabbit hole"),
         "{out}"
     );
+    // What Alice shares, as Bob's device has it: her name, and her avatar fetched.
+    let out = run_ok(&b, &["profile", "@alice"]);
+    assert!(
+        out.starts_with("@alice \"Alice Liddell\"\navatar: "),
+        "{out}"
+    );
+    let saved = out.lines().nth(1).unwrap().trim_start_matches("avatar: ");
+    assert_eq!(
+        std::fs::read(saved).unwrap(),
+        b"\x89PNG not really, but a file"
+    );
+    assert!(
+        !run(&b, &["profile", "@alice", "--name", "x"])
+            .status
+            .success()
+    );
     let refused = run(&a, &["profile", "--name", "@bob"]);
     assert!(!refused.status.success());
     assert!(
