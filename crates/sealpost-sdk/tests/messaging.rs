@@ -1089,9 +1089,7 @@ async fn receipts_and_typing_go_only_between_those_who_switched_them_on() {
     }];
     assert_eq!(status_of(&two), read);
     assert_eq!(status_of(&three), read);
-    // Bob's own view carries no receipts (they are about Alice's messages), and Alice's
-    // messages are only hers to take receipts for: a report naming Bob's own message from
-    // Alice's side would be, and a report about her messages reaches nobody else.
+    // Bob's reports named Alice's messages: his own history takes none of them.
     assert!(
         bob.messages("@alice", 10)
             .unwrap()

@@ -51,9 +51,7 @@ impl Found {
             Item::Message { id, .. } | Item::Unsupported { id, .. } => id,
             _ => return Err(Error::NotChangeable(String::new())),
         };
-        let mut out = [0u8; MESSAGE_ID_LEN];
-        hex::decode_to_slice(id, &mut out).map_err(|_| Error::NotChangeable(short(id)))?;
-        Ok(out)
+        files::hex_array(id, "a message id").map_err(|_| Error::NotChangeable(short(id)))
     }
 }
 
@@ -155,9 +153,7 @@ impl Client {
             .iter()
             .find(|r| r.from == me && r.emoji == emoji)
             .ok_or_else(|| Error::NoSuchReaction(short(message), emoji.to_owned()))?;
-        let mut of = [0u8; MESSAGE_ID_LEN];
-        hex::decode_to_slice(&reaction.id, &mut of)
-            .map_err(|_| Error::Store("a reaction with a damaged id".into()))?;
+        let of = files::hex_array(&reaction.id, "a reaction's id")?;
         let content = content::retract(self.salt()?, of, Some(to), true);
         let kind = ChangeKind::Replace {
             of: reaction.id.clone(),
@@ -211,15 +207,10 @@ impl Client {
         if *deleted {
             return Err(Error::NotChangeable(short(message)));
         }
-        let reply_to = match reply_to {
-            None => None,
-            Some(id) => {
-                let mut out = [0u8; MESSAGE_ID_LEN];
-                hex::decode_to_slice(id, &mut out)
-                    .map_err(|_| Error::Store("a reply to a damaged id".into()))?;
-                Some(out)
-            }
-        };
+        let reply_to = reply_to
+            .as_deref()
+            .map(|id| files::hex_array(id, "the id a reply answers"))
+            .transpose()?;
         found.mimi_id()?;
         Ok((found, reply_to))
     }

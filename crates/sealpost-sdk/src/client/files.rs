@@ -123,11 +123,11 @@ pub(crate) fn safe_name(name: &str) -> String {
     }
 }
 
-fn hex_array<const N: usize>(s: &str) -> Result<[u8; N], Error> {
-    hex::decode(s)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Error::Store("a stored file reference is malformed".into()))
+/// `N` octets kept in hex in this profile (`what` names them in the error if they are not).
+pub(super) fn hex_array<const N: usize>(s: &str, what: &str) -> Result<[u8; N], Error> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out).map_err(|_| Error::Store(format!("{what} is damaged")))?;
+    Ok(out)
 }
 
 /// Seals the file at `path` (of `len` bytes, sealing to `total`) and hands its sealed bytes from
@@ -451,11 +451,15 @@ impl Client {
         partial: &Path,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<(), Error> {
-        let key = FileKey::new(hex_array(&file.key)?, hex_array(&file.nonce)?);
+        let stored = "a stored file reference";
+        let key = FileKey::new(
+            hex_array(&file.key, stored)?,
+            hex_array(&file.nonce, stored)?,
+        );
         let expected = Sealed {
             size: file.size,
-            blob_hash: hex_array(&file.blob_hash)?,
-            file_hash: hex_array(&file.file_hash)?,
+            blob_hash: hex_array(&file.blob_hash, stored)?,
+            file_hash: hex_array(&file.file_hash, stored)?,
         };
         let mut resp = self.api.fetch_blob(&self.identity, &file.blob, 0).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Feed>(8);

@@ -18,7 +18,7 @@
 use super::*;
 use crate::content::{DELIVERED, READ};
 use crate::model::TYPING_HOLDS_MS;
-use sealpost_proto::mimi::{MESSAGE_ID_LEN, MimiId};
+use sealpost_proto::mimi::MESSAGE_ID_LEN;
 
 /// Where the preferences are kept in the profile.
 pub(super) const PREFERENCES: &str = "preferences";
@@ -98,7 +98,7 @@ impl Client {
                 ..
             } = open_item(&self.profile.sealer, group, *row, sealed)?
                 && from != me
-                && id.len() == 2 * MESSAGE_ID_LEN
+                && is_mimi_id(&id)
             {
                 unread.push(id);
             }
@@ -166,13 +166,10 @@ impl Client {
         ids: &[String],
     ) -> Result<(), Error> {
         for chunk in ids.chunks(REPORT_CHUNK) {
-            let mut statuses = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                let mut mimi: MimiId = [0; MESSAGE_ID_LEN];
-                hex::decode_to_slice(id, &mut mimi)
-                    .map_err(|_| Error::Store("a message with a damaged id".into()))?;
-                statuses.push((mimi, status));
-            }
+            let statuses = chunk
+                .iter()
+                .map(|id| Ok((files::hex_array(id, "a message id")?, status)))
+                .collect::<Result<Vec<_>, Error>>()?;
             let content = content::status(self.salt()?, &statuses);
             self.send_app(group, content, None).await?;
         }
@@ -186,7 +183,7 @@ pub(super) fn owe(conv: &mut Conv, items: &[Item], me: &str) {
     for item in items {
         if let Item::Message { from, id, .. } = item
             && from != me
-            && id.len() == 2 * MESSAGE_ID_LEN
+            && is_mimi_id(id)
         {
             conv.info.receipts_owed.push(id.clone());
         }
@@ -195,6 +192,12 @@ pub(super) fn owe(conv: &mut Conv, items: &[Item], me: &str) {
     if owed.len() > MAX_OWED {
         owed.drain(..owed.len() - MAX_OWED);
     }
+}
+
+/// Whether a message id is a MIMI one (messages from before MIMI content have 16-octet ids,
+/// which no status report can name).
+fn is_mimi_id(id: &str) -> bool {
+    id.len() == 2 * MESSAGE_ID_LEN
 }
 
 /// What a device with `prefs` takes of what arrives: receipts and typing only when it sends
