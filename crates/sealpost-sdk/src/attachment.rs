@@ -23,6 +23,8 @@
 use aes_gcm::Aes128Gcm;
 use aes_gcm::aead::KeyInit as _;
 use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
+use std::io::Write;
+
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
@@ -53,6 +55,9 @@ pub enum OpenError {
     /// Opened under another key, or altered.
     #[error("the file on the server is not the one the message names: it was replaced or altered")]
     NotThisFile,
+    /// What was opened could not be written where it goes.
+    #[error("could not write the received file: {0}")]
+    Write(String),
 }
 
 /// A file too large to seal: STREAM counts chunks in 32 bits (256 TiB of file).
@@ -128,7 +133,7 @@ pub struct Sealer {
     stream: Option<EncryptorBE32<Aes128Gcm>>,
     pending: Vec<u8>,
     blob: Sha256,
-    file: Sha256,
+    file: Option<Sha256>,
     size: u64,
     started: bool,
     commitment: [u8; COMMITMENT],
@@ -141,10 +146,19 @@ impl Sealer {
             stream: Some(EncryptorBE32::from_aead(key.cipher(), key.nonce().into())),
             pending: Vec::with_capacity(CHUNK + TAG),
             blob: Sha256::new(),
-            file: Sha256::new(),
+            file: Some(Sha256::new()),
             size: 0,
             started: false,
             commitment: key.commitment(),
+        }
+    }
+
+    /// Like [`Sealer::new`], for a caller that hashes the file itself (on another thread, in
+    /// parallel with the encryption) and gives the hash to [`Sealer::finish_hashed`].
+    pub fn new_unhashed(key: &FileKey) -> Sealer {
+        Sealer {
+            file: None,
+            ..Sealer::new(key)
         }
     }
 
@@ -165,7 +179,9 @@ impl Sealer {
     /// Takes more of the file; appends to `out` what of the blob is ready.
     pub fn update(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), TooLarge> {
         self.start(out);
-        self.file.update(data);
+        if let Some(file) = &mut self.file {
+            file.update(data);
+        }
         while !data.is_empty() {
             // A full chunk is held back until more comes: the last chunk is flagged.
             if self.pending.len() == CHUNK {
@@ -201,12 +217,24 @@ impl Sealer {
 
     /// Ends the file: appends the last of the blob to `out`.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<Sealed, TooLarge> {
+        // Made by `new_unhashed`: only `finish_hashed` knows the file's hash.
+        let file_hash = self.file.take().ok_or(TooLarge)?.finalize().into();
+        self.finish_hashed(out, file_hash)
+    }
+
+    /// [`Sealer::finish`] for a sealer made by [`Sealer::new_unhashed`], with the SHA-256 of
+    /// every byte of the file given to `update`.
+    pub fn finish_hashed(
+        mut self,
+        out: &mut Vec<u8>,
+        file_hash: [u8; 32],
+    ) -> Result<Sealed, TooLarge> {
         self.start(out);
         self.seal_pending(out, true)?;
         Ok(Sealed {
             size: self.size,
             blob_hash: self.blob.finalize().into(),
-            file_hash: self.file.finalize().into(),
+            file_hash,
         })
     }
 }
@@ -247,9 +275,10 @@ impl Opener {
         }
     }
 
-    /// Takes more of the blob; appends to `out` what of the file is decrypted and authentic
-    /// (not yet checked as a whole: use it only after [`Opener::finish`]).
-    pub fn update(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
+    /// Takes more of the blob; writes to `out` what of the file is decrypted and authentic
+    /// (not yet checked as a whole: use it only after [`Opener::finish`]), a chunk at a time
+    /// and straight from where it was decrypted.
+    pub fn update(&mut self, mut data: &[u8], out: &mut impl Write) -> Result<(), OpenError> {
         self.seen += data.len() as u64;
         if self.seen > self.expected.size {
             return Err(OpenError::TooLong);
@@ -281,7 +310,7 @@ impl Opener {
         Ok(())
     }
 
-    fn open_pending(&mut self, out: &mut Vec<u8>, last: bool) -> Result<(), OpenError> {
+    fn open_pending(&mut self, out: &mut impl Write, last: bool) -> Result<(), OpenError> {
         let mut chunk = std::mem::take(&mut self.pending);
         let stream = self.stream.take().ok_or(OpenError::NotThisFile)?;
         if last {
@@ -295,14 +324,14 @@ impl Opener {
                 .map_err(|_| OpenError::NotThisFile)?;
             self.stream = Some(stream);
         }
-        out.extend_from_slice(&chunk);
+        let written = out.write_all(&chunk);
         chunk.clear();
         self.pending = chunk;
-        Ok(())
+        written.map_err(|e| OpenError::Write(e.to_string()))
     }
 
-    /// Ends the blob: appends the last of the file to `out`, then checks the whole.
-    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), OpenError> {
+    /// Ends the blob: checks the whole, then writes the last of the file to `out`.
+    pub fn finish(mut self, out: &mut impl Write) -> Result<(), OpenError> {
         let hash = self
             .blob
             .take()
@@ -316,7 +345,7 @@ impl Opener {
     /// every byte of the blob given to `update`.
     pub fn finish_hashed(
         mut self,
-        out: &mut Vec<u8>,
+        out: &mut impl Write,
         blob_hash: [u8; 32],
     ) -> Result<(), OpenError> {
         if self.seen < self.expected.size || !self.committed {

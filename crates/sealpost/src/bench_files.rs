@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, ensure};
 use sealpost_sdk::{Client, Event};
 
 /// Bytes sent in one request by the plain upload (the same as the client's segments).
-const SEGMENT: usize = 8 * 1024 * 1024;
+const SEGMENT: usize = 4 * 1024 * 1024;
 
 /// Resets the peak resident memory of process `pid` (`self` for this one); Linux only.
 fn reset_peak(pid: &str) {

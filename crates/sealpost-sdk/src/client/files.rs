@@ -12,7 +12,7 @@
 //! checks the key commitment, every chunk, the size and the blob's hash, and only then renames it
 //! into place. A blob the server swapped, cut or extended is refused, and nothing is left.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
@@ -23,9 +23,11 @@ use crate::content::FileRef;
 use crate::model::Progress;
 
 /// Bytes of an upload sent in one request.
-const SEGMENT: usize = 8 * 1024 * 1024;
+const SEGMENT: usize = 4 * 1024 * 1024;
 /// Bytes of the file read at a time.
 const READ: usize = 256 * 1024;
+/// Pieces of the file read and not yet hashed, at most.
+const HASHED_PIECES: usize = 4;
 /// How often an interrupted upload or download is taken up again before giving up.
 const RETRIES: u32 = 4;
 
@@ -147,11 +149,10 @@ fn seal_segments(
         limit: u64::MAX,
     };
     let mut file = std::fs::File::open(path).map_err(|e| io_error(path, &e))?;
-    let mut sealer = Sealer::new(key);
+    let mut sealer = Sealer::new_unhashed(key);
     // Sealed bytes not yet handed over, and where they start in the blob.
     let mut out = Vec::with_capacity(SEGMENT + READ);
     let mut at = 0u64;
-    let mut read = vec![0u8; READ];
     let hand_over = |out: &mut Vec<u8>, at: &mut u64, last: bool| {
         let skip = usize::try_from(from.saturating_sub(*at)).unwrap_or(usize::MAX);
         *at += out.len() as u64;
@@ -169,24 +170,53 @@ fn seal_segments(
         tx.blocking_send((segment, last))
             .map_err(|_| Error::File("the upload stopped".into()))
     };
-    loop {
-        let n = file.read(&mut read).map_err(|e| io_error(path, &e))?;
-        if n == 0 {
-            let sealed = sealer.finish(&mut out).map_err(too_large)?;
-            if sealed.size != total {
+    // The file is hashed on a thread of its own, a piece behind the encryption (which hashes
+    // the blob): two cores, not one. The pieces go there and back, not copied: four of them.
+    let hashing_failed = || Error::File("hashing the file failed".into());
+    std::thread::scope(|scope| {
+        let (to_hash, pieces) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASHED_PIECES);
+        let (give_back, returned) = std::sync::mpsc::sync_channel(HASHED_PIECES);
+        for _ in 0..HASHED_PIECES {
+            let _ = give_back.send(Vec::with_capacity(READ));
+        }
+        let hasher = scope.spawn(move || {
+            let mut hash = sha2::Sha256::new();
+            for mut piece in pieces {
+                hash.update(&piece);
+                piece.clear();
+                // Never full: there are only so many pieces.
+                let _ = give_back.try_send(piece);
+            }
+            <[u8; 32]>::from(hash.finalize())
+        });
+        loop {
+            let mut read: Vec<u8> = returned.recv().map_err(|_| hashing_failed())?;
+            let n = (&mut file)
+                .take(READ as u64)
+                .read_to_end(&mut read)
+                .map_err(|e| io_error(path, &e))?;
+            if n == 0 {
+                drop(to_hash);
+                let file_hash = hasher.join().map_err(|_| hashing_failed())?;
+                let sealed = sealer
+                    .finish_hashed(&mut out, file_hash)
+                    .map_err(too_large)?;
+                if sealed.size != total {
+                    return Err(changed());
+                }
+                hand_over(&mut out, &mut at, true)?;
+                return Ok(sealed);
+            }
+            sealer.update(&read, &mut out).map_err(too_large)?;
+            to_hash.send(read).map_err(|_| hashing_failed())?;
+            if at + (out.len() as u64) > total {
                 return Err(changed());
             }
-            hand_over(&mut out, &mut at, true)?;
-            return Ok(sealed);
+            if out.len() >= SEGMENT {
+                hand_over(&mut out, &mut at, false)?;
+            }
         }
-        sealer.update(&read[..n], &mut out).map_err(too_large)?;
-        if at + (out.len() as u64) > total {
-            return Err(changed());
-        }
-        if out.len() >= SEGMENT {
-            hand_over(&mut out, &mut at, false)?;
-        }
-    }
+    })
 }
 
 impl Client {
@@ -468,7 +498,9 @@ impl Client {
             tokio::task::spawn_blocking(move || open_into(&path, &key, expected, rx))
         };
         let mut done = 0u64;
-        let mut batch = bytes::BytesMut::new();
+        // Pieces as they came (not copied into one buffer), handed over a few at a time.
+        let mut batch = Vec::new();
+        let mut batched = 0;
         // The blob is hashed here while the opener decrypts: two cores, not one.
         let mut blob_hash = sha2::Sha256::new();
         progress(Progress {
@@ -480,12 +512,18 @@ impl Client {
                 Ok(Some(piece)) => {
                     done += piece.len() as u64;
                     blob_hash.update(&piece);
-                    batch.extend_from_slice(&piece);
-                    if batch.len() >= READ
-                        && tx.send(Feed::Bytes(batch.split().freeze())).await.is_err()
-                    {
-                        // The opener stopped: its error says why.
-                        break Ok(());
+                    batched += piece.len();
+                    batch.push(piece);
+                    if batched >= READ {
+                        batched = 0;
+                        if tx
+                            .send(Feed::Bytes(std::mem::take(&mut batch)))
+                            .await
+                            .is_err()
+                        {
+                            // The opener stopped: its error says why.
+                            break Ok(());
+                        }
                     }
                     progress(Progress {
                         done: done.min(file.size),
@@ -494,7 +532,7 @@ impl Client {
                 }
                 Ok(None) => {
                     if !batch.is_empty() {
-                        let _ = tx.send(Feed::Bytes(batch.split().freeze())).await;
+                        let _ = tx.send(Feed::Bytes(batch)).await;
                     }
                     let _ = tx.send(Feed::End(blob_hash.finalize().into())).await;
                     break Ok(());
@@ -512,8 +550,8 @@ impl Client {
 
 /// What the fetching task hands the opener.
 enum Feed {
-    /// More of the blob.
-    Bytes(bytes::Bytes),
+    /// More of the blob, in the pieces it came in.
+    Bytes(Vec<bytes::Bytes>),
     /// The blob ended; its SHA-256.
     End([u8; 32]),
 }
@@ -528,24 +566,23 @@ fn open_into(
 ) -> Result<(), Error> {
     let mut opener = Opener::new_unhashed(key, expected);
     let mut out = std::fs::File::create(path).map_err(|e| io_error(path, &e))?;
-    let mut plain = Vec::with_capacity(READ + 2 * attachment::CHUNK);
-    let refused = |e: attachment::OpenError| Error::FileRefused(e.to_string());
+    let refused = |e: attachment::OpenError| match e {
+        attachment::OpenError::Write(e) => Error::File(format!("{}: {e}", path.display())),
+        e => Error::FileRefused(e.to_string()),
+    };
     let blob_hash = loop {
         match rx.blocking_recv() {
-            Some(Feed::Bytes(piece)) => {
-                opener.update(&piece, &mut plain).map_err(refused)?;
-                out.write_all(&plain).map_err(|e| io_error(path, &e))?;
-                plain.clear();
+            Some(Feed::Bytes(pieces)) => {
+                for piece in pieces {
+                    opener.update(&piece, &mut out).map_err(refused)?;
+                }
             }
             Some(Feed::End(hash)) => break hash,
             // The fetch broke off: what came is cut short.
             None => return Err(refused(attachment::OpenError::TooShort)),
         }
     };
-    opener
-        .finish_hashed(&mut plain, blob_hash)
-        .map_err(refused)?;
-    out.write_all(&plain).map_err(|e| io_error(path, &e))?;
+    opener.finish_hashed(&mut out, blob_hash).map_err(refused)?;
     out.sync_all().map_err(|e| io_error(path, &e))
 }
 
@@ -570,5 +607,73 @@ mod tests {
         assert_eq!(media_type("Photo.JPG"), "image/jpeg");
         assert_eq!(media_type("notes"), "application/octet-stream");
         assert_eq!(media_type("a.tar.gz"), "application/octet-stream");
+    }
+
+    /// Seals a file of `len` bytes through `seal_segments`, from `from` on: what it handed over,
+    /// and what it says of the file.
+    fn sealed_through_segments(
+        path: &Path,
+        len: u64,
+        key: &FileKey,
+        from: u64,
+    ) -> (Vec<u8>, Vec<bool>, Sealed) {
+        let total = attachment::sealed_len(len);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (path, key2) = (path.to_owned(), FileKey::new(*key.key(), *key.nonce()));
+        let sealing =
+            std::thread::spawn(move || seal_segments(&path, len, &key2, from, total, &tx));
+        let (mut blob, mut marks) = (Vec::new(), Vec::new());
+        while let Some((segment, last)) = rx.blocking_recv() {
+            blob.extend_from_slice(&segment);
+            marks.push(last);
+        }
+        let sealed = sealing.join().unwrap().unwrap();
+        (blob, marks, sealed)
+    }
+
+    #[test]
+    fn segments_carry_the_blob_from_where_the_server_stands_and_the_files_own_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        // Across several reads, chunks and segments, and ending in a partial chunk.
+        let file: Vec<u8> = (0..SEGMENT + 3 * READ + 1001)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&path, &file).unwrap();
+        let len = file.len() as u64;
+        let key = FileKey::new([3; attachment::KEY], [4; attachment::NONCE_PREFIX]);
+        // The same as sealing in one piece, on one thread.
+        let mut whole = Vec::new();
+        let mut sealer = Sealer::new(&key);
+        sealer.update(&file, &mut whole).unwrap();
+        let expected = sealer.finish(&mut whole).unwrap();
+        assert_eq!(
+            expected.file_hash,
+            <[u8; 32]>::from(sha2::Sha256::digest(&file))
+        );
+
+        let (blob, marks, sealed) = sealed_through_segments(&path, len, &key, 0);
+        assert_eq!(sealed, expected);
+        assert_eq!(blob, whole);
+        assert_eq!(marks.last(), Some(&true));
+        assert!(marks.len() >= 2 && marks[..marks.len() - 1].iter().all(|l| !l));
+
+        // Taken up again: only what the server does not have, and the same hashes.
+        let from = SEGMENT as u64 + 12_345;
+        let (rest, _, again) = sealed_through_segments(&path, len, &key, from);
+        assert_eq!(again, expected);
+        assert_eq!(rest, whole[usize::try_from(from).unwrap()..]);
+
+        // A file that grew since: refused, not sent as another file.
+        std::fs::write(&path, [&file[..], b"more"].concat()).unwrap();
+        let total = attachment::sealed_len(len);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let p = path.clone();
+        let sealing = std::thread::spawn(move || seal_segments(&p, len, &key, 0, total, &tx));
+        while rx.blocking_recv().is_some() {}
+        assert!(matches!(
+            sealing.join().unwrap(),
+            Err(Error::FileChanged(_))
+        ));
     }
 }
