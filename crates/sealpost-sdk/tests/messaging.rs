@@ -568,12 +568,14 @@ fn server_blobs(server: &TestServer) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// A file goes end to end: sealed under a fresh key, uploaded (and taken up again where the
-/// server stood after the connection broke), named with its caption in a message, fetched,
-/// checked and saved by the receiver. The server holds only ciphertext, and deletes it once
-/// every recipient device has it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_is_sent_resumed_after_an_interruption_fetched_and_then_deleted_from_the_server() {
+/// A server, a proxy before it, and Alice (through the proxy) and Bob, who share a conversation.
+async fn file_senders() -> (
+    TestServer,
+    common::Interceptor,
+    People,
+    sealpost_sdk::Client,
+    sealpost_sdk::Client,
+) {
     let server = TestServer::start().await;
     let proxy = common::Interceptor::start(&server.url).await;
     let people = People::new();
@@ -581,6 +583,16 @@ async fn a_file_is_sent_resumed_after_an_interruption_fetched_and_then_deleted_f
     let mut bob = people.register(&server, "bob").await;
     alice.send("@bob", "hi").await.unwrap();
     bob.sync().await.unwrap();
+    (server, proxy, people, alice, bob)
+}
+
+/// A file goes end to end: sealed under a fresh key, uploaded (and taken up again where the
+/// server stood after the connection broke), named with its caption in a message, fetched,
+/// checked and saved by the receiver. The server holds only ciphertext, and deletes it once
+/// every recipient device has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_sent_resumed_after_an_interruption_fetched_and_then_deleted_from_the_server() {
+    let (server, proxy, _people, mut alice, mut bob) = file_senders().await;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("holiday photo.jpg");
@@ -705,6 +717,96 @@ async fn a_file_is_sent_resumed_after_an_interruption_fetched_and_then_deleted_f
         bob.download(text_id.as_str(), None, &mut |_| {}).await,
         Err(sealpost_sdk::Error::NoFile(_))
     ));
+}
+
+/// An upload cut off with the process that made it is taken up after a restart, under the same
+/// key and where the server stands, when the same file is sent to the same conversation again;
+/// one whose file changed since starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_off_with_its_process_is_taken_up_after_a_restart() {
+    let (_server, proxy, people, alice, mut bob) = file_senders().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("film.bin");
+    let content: Vec<u8> = (0..9 * 1024 * 1024 + 77u32)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    std::fs::write(&path, &content).unwrap();
+    let uploads = |proxy: &common::Interceptor| -> Vec<(String, u16)> {
+        proxy
+            .take_seen()
+            .into_iter()
+            .filter(|s| s.path.contains("/uploads") || s.path.contains("/blobs"))
+            .map(|s| (s.method, s.status))
+            .collect()
+    };
+
+    // The process ends as soon as the server has stored the first part.
+    let len = content.len() as u64;
+    let cut_off = |mut alice: sealpost_sdk::Client| {
+        let path = path.clone();
+        async move {
+            let (stored, mut first) = tokio::sync::mpsc::unbounded_channel();
+            let mut progress = move |p: sealpost_sdk::Progress| {
+                if p.done > 0 {
+                    let _ = stored.send(p.done);
+                }
+            };
+            tokio::select! {
+                sent = alice.send_file("@bob", &path, "", None, &mut progress) => {
+                    panic!("sent before it was cut off: {sent:?}")
+                }
+                Some(done) = first.recv() => assert!(done < len),
+            }
+        }
+    };
+    // A restart, and the same file sent again: where its upload started.
+    let restart_and_send = || async {
+        let mut alice = sealpost_sdk::Client::open(&people.home("alice"), None).unwrap();
+        let mut progress = Vec::new();
+        alice
+            .send_file("@bob", &path, "", None, &mut |p| progress.push(p))
+            .await
+            .unwrap();
+        (alice, progress[0].done)
+    };
+    cut_off(alice).await;
+    let first = uploads(&proxy);
+    assert_eq!(first[0], ("POST".to_owned(), 201), "{first:?}");
+
+    // After the restart: no new upload, and the bytes the server had are not sent again.
+    let (mut alice, from) = restart_and_send().await;
+    assert!(from >= 4 * 1024 * 1024, "{from}");
+    let again = uploads(&proxy);
+    assert_eq!(again[0], ("HEAD".to_owned(), 204), "{again:?}");
+    assert!(!again.iter().any(|(m, _)| m == "POST"), "{again:?}");
+    let events = bob.sync().await.unwrap();
+    let (_, id, _) = events.iter().find_map(file_of).unwrap();
+    let saved = bob
+        .download(&id, Some(&dir.path().join("got.bin")), &mut |_| {})
+        .await
+        .unwrap();
+    assert!(std::fs::read(&saved).unwrap() == content);
+
+    // Sent: nothing is left to take up, and sending it again is a new upload.
+    alice
+        .send_file("@bob", &path, "", None, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(uploads(&proxy)[0], ("POST".to_owned(), 201));
+
+    // Cut off again, then the file changes: what the server has is dropped, and the changed
+    // file goes from the start.
+    cut_off(alice).await;
+    uploads(&proxy);
+    std::fs::write(&path, [&content[..], b"and more"].concat()).unwrap();
+    let (_, from) = restart_and_send().await;
+    assert_eq!(from, 0);
+    let fresh = uploads(&proxy);
+    assert_eq!(
+        fresh[..2],
+        [("DELETE".to_owned(), 204), ("POST".to_owned(), 201)],
+        "{fresh:?}"
+    );
 }
 
 /// What the server serves in place of a file is checked before anything is saved: another

@@ -6,7 +6,8 @@
 //! segments, each its own request; an interrupted upload continues from where the server says
 //! it stands. Sealing is deterministic under the file's key, so the bytes before that point are
 //! sealed again (to keep the hashes) but not sent again. Memory stays within a few segments
-//! whatever the file's size.
+//! whatever the file's size. An upload that breaks off for good is remembered (see
+//! [`Unfinished`]) and taken up when the same file is sent to the same conversation again.
 //!
 //! Receiving: `download` fetches the blob and opens it as it arrives into `NAME.partial`,
 //! checks the key commitment, every chunk, the size and the blob's hash, and only then renames it
@@ -30,6 +31,50 @@ const READ: usize = 256 * 1024;
 const HASHED_PIECES: usize = 4;
 /// How often an interrupted upload or download is taken up again before giving up.
 const RETRIES: u32 = 4;
+/// The meta record of the uploads that broke off (sealed, as it holds their keys).
+const UNFINISHED: &str = "unfinished_uploads";
+/// Unfinished uploads remembered at most; the oldest is forgotten first.
+const MAX_UNFINISHED: usize = 16;
+
+/// An upload that broke off (the server could not be reached, or the process ended): sending
+/// the same file to the same conversation again takes it up where the server stands, under the
+/// same key, instead of starting again. The server deletes an upload left unfinished for a day,
+/// and then it starts again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Unfinished {
+    /// The conversation's group, in hex.
+    group: String,
+    /// The file, as it was when its sending started.
+    path: String,
+    len: u64,
+    /// Its modification time (nanoseconds since 1970), if the system gives one.
+    modified: Option<u128>,
+    /// The upload's id.
+    upload: String,
+    /// The file's key and nonce prefix, in hex.
+    key: String,
+    nonce: String,
+}
+
+impl Unfinished {
+    /// Whether it sends the file at `source`'s path to `group`.
+    fn goes_where(&self, group: GroupId, source: &Source) -> bool {
+        self.group == hex::encode(group.as_bytes()) && self.path == source.identity()
+    }
+
+    /// Whether the file is still as it was when this upload started.
+    fn is_still(&self, source: &Source) -> bool {
+        self.len == source.len && self.modified == source.modified_ns()
+    }
+
+    fn key(&self) -> Result<FileKey, Error> {
+        let stored = "an unfinished upload";
+        Ok(FileKey::new(
+            hex_array(&self.key, stored)?,
+            hex_array(&self.nonce, stored)?,
+        ))
+    }
+}
 
 /// A file being sent, as it was when its sending started.
 pub(super) struct Source {
@@ -49,6 +94,20 @@ impl Source {
             len: meta.len(),
             modified: meta.modified().ok(),
         })
+    }
+
+    /// The file's path as it names it wherever the sending started (absolute where it can be).
+    fn identity(&self) -> String {
+        std::fs::canonicalize(&self.path)
+            .unwrap_or_else(|_| self.path.clone())
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn modified_ns(&self) -> Option<u128> {
+        self.modified
+            .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
     }
 
     /// Refuses a file that changed since its sending started (its sealed bytes would differ
@@ -271,31 +330,57 @@ impl Client {
                 ),
             });
         }
-        let rand = self.profile.mls.provider.rand();
-        let key = FileKey::new(
-            rand.random_array()
-                .map_err(|_| Error::Crypto("no randomness"))?,
-            rand.random_array()
-                .map_err(|_| Error::Crypto("no randomness"))?,
-        );
-        let upload = self.api.create_upload(&self.identity, group, total).await?;
-        let sealed = match self.upload(source, &key, &upload.id, total, progress).await {
+        let (key, id, start) = match self.unfinished_upload(group, source, total).await? {
+            Some(resumed) => resumed,
+            None => {
+                let rand = self.profile.mls.provider.rand();
+                let key = FileKey::new(
+                    rand.random_array()
+                        .map_err(|_| Error::Crypto("no randomness"))?,
+                    rand.random_array()
+                        .map_err(|_| Error::Crypto("no randomness"))?,
+                );
+                let upload = self.api.create_upload(&self.identity, group, total).await?;
+                // Kept before the first byte goes: a process that ends mid-way takes it up
+                // again the next time.
+                self.remember_unfinished(
+                    Some(Unfinished {
+                        group: hex::encode(group.as_bytes()),
+                        path: source.identity(),
+                        len: source.len,
+                        modified: source.modified_ns(),
+                        upload: upload.id.clone(),
+                        key: hex::encode(key.key()),
+                        nonce: hex::encode(key.nonce()),
+                    }),
+                    &upload.id,
+                )?;
+                (key, upload.id, (0, false))
+            }
+        };
+        let sealed = match self.upload(source, &key, &id, start, total, progress).await {
             Ok(sealed) => sealed,
+            Err(e) if retryable(&e) => {
+                // Kept, with its key, for the next time this file is sent here.
+                return Err(e);
+            }
             Err(e) => {
-                // Not worth keeping: the key is gone with this call. (If this fails too, the
-                // server deletes the unfinished upload after a day.)
-                let _ = self.api.cancel_upload(&self.identity, &upload.id).await;
+                // Not worth keeping. (If this fails too, the server deletes the unfinished
+                // upload after a day.)
+                let _ = self.api.cancel_upload(&self.identity, &id).await;
+                self.remember_unfinished(None, &id)?;
                 return Err(e);
             }
         };
+        self.remember_unfinished(None, &id)?;
         let name = source
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(FileRef {
-            url: format!("{}/v1/blobs/{}", self.identity.server, upload.id),
-            blob: upload.id,
+            url: format!("{}/v1/blobs/{}", self.identity.server, id),
+            blob: id,
             key: hex::encode(key.key()),
             nonce: hex::encode(key.nonce()),
             size: sealed.size,
@@ -306,18 +391,87 @@ impl Client {
         })
     }
 
-    /// Uploads the sealed file, taking the upload up again where the server says it stands
-    /// after an interruption.
+    /// The upload of this file to this conversation that broke off earlier, if the server still
+    /// has it: its key, its id, and where it stands (bytes stored, and whether it is finished).
+    /// One the server no longer knows is forgotten.
+    async fn unfinished_upload(
+        &mut self,
+        group: GroupId,
+        source: &Source,
+        total: u64,
+    ) -> Result<Option<(FileKey, String, (u64, bool))>, Error> {
+        let all: Vec<Unfinished> = store::get_meta_json(
+            self.profile.conn(),
+            &self.profile.sealer,
+            UNFINISHED,
+            "unfinished uploads",
+        )?;
+        let Some(unfinished) = all.into_iter().find(|u| u.goes_where(group, source)) else {
+            return Ok(None);
+        };
+        if !unfinished.is_still(source) {
+            // The file changed since: what the server has is of no use.
+            let _ = self
+                .api
+                .cancel_upload(&self.identity, &unfinished.upload)
+                .await;
+            self.remember_unfinished(None, &unfinished.upload)?;
+            return Ok(None);
+        }
+        match self
+            .api
+            .upload_status(&self.identity, &unfinished.upload)
+            .await
+        {
+            Ok(status) if status.length == total && status.offset <= total => {
+                tracing::debug!(offset = status.offset, "taking up an unfinished upload");
+                let start = if status.finished {
+                    (total, true)
+                } else {
+                    (status.offset, false)
+                };
+                Ok(Some((unfinished.key()?, unfinished.upload, start)))
+            }
+            Err(e) if retryable(&e) => Err(e),
+            // Gone (deleted after its time), or not what it was: sent again from the start.
+            _ => {
+                self.remember_unfinished(None, &unfinished.upload)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Forgets the unfinished upload `id`, and remembers `new` (the newest last).
+    fn remember_unfinished(&mut self, new: Option<Unfinished>, id: &str) -> Result<(), Error> {
+        self.profile.atomically(|tx, sealer, _| {
+            let mut all: Vec<Unfinished> =
+                store::get_meta_json(tx, sealer, UNFINISHED, "unfinished uploads")?;
+            let before = all.len();
+            all.retain(|u| u.upload != id);
+            if new.is_none() && all.len() == before {
+                return Ok(());
+            }
+            all.extend(new);
+            let excess = all.len().saturating_sub(MAX_UNFINISHED);
+            all.drain(..excess);
+            let json =
+                Zeroizing::new(serde_json::to_vec(&all).map_err(|e| Error::Store(e.to_string()))?);
+            put_meta(tx, sealer, UNFINISHED, &json)
+        })
+    }
+
+    /// Uploads the sealed file from `start` (bytes the server has, and whether it is
+    /// finished), taking the upload up again where the server says it stands after an
+    /// interruption.
     async fn upload(
         &mut self,
         source: &Source,
         key: &FileKey,
         id: &str,
+        (mut from, mut finished): (u64, bool),
         total: u64,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Sealed, Error> {
-        let mut from = 0;
-        let mut finished = false;
         let mut tries = 0;
         loop {
             match self
