@@ -373,7 +373,8 @@ impl Api {
             .map(|_| ())
     }
 
-    /// Starts fetching a file, from `from` on; the answer's body is read as it comes.
+    /// Starts fetching a file, from `from` on; the answer's body is read as it comes. An
+    /// answer that does not start at `from` is refused.
     pub async fn fetch_blob(
         &mut self,
         s: &dyn ChallengeSigner,
@@ -381,17 +382,31 @@ impl Api {
         from: u64,
     ) -> Result<reqwest::Response, Error> {
         let path = format!("/v1/blobs/{id}");
-        self.authed_request(s, |api| {
-            let req = api
-                .request(Method::GET, &path, Body::None)
-                .timeout(TRANSFER_TIMEOUT);
-            if from > 0 {
-                req.header("range", format!("bytes={from}-"))
-            } else {
-                req
-            }
-        })
-        .await
+        let resp = self
+            .authed_request(s, |api| {
+                let req = api
+                    .request(Method::GET, &path, Body::None)
+                    .timeout(TRANSFER_TIMEOUT);
+                if from > 0 {
+                    req.header("range", format!("bytes={from}-"))
+                } else {
+                    req
+                }
+            })
+            .await?;
+        let starts_at_from = from == 0
+            || (resp.status() == reqwest::StatusCode::PARTIAL_CONTENT
+                && resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with(&format!("bytes {from}-"))));
+        if !starts_at_from {
+            return Err(Error::Protocol(format!(
+                "the server did not continue the file from byte {from} as asked"
+            )));
+        }
+        Ok(resp)
     }
 
     /// The next piece of a file being fetched; `None` at its end.

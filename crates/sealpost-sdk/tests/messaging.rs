@@ -719,11 +719,12 @@ async fn a_file_is_sent_resumed_after_an_interruption_fetched_and_then_deleted_f
     ));
 }
 
-/// An upload cut off with the process that made it is taken up after a restart, under the same
-/// key and where the server stands, when the same file is sent to the same conversation again;
-/// one whose file changed since starts again.
+/// Broken transfers go on where they stopped. An upload cut off with the process that made it
+/// is taken up after a restart, under the same key and where the server stands, when the same
+/// file is sent to the same conversation again (one whose file changed since starts again); a
+/// download whose connection breaks goes on with a range request, not from the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_cut_off_with_its_process_is_taken_up_after_a_restart() {
+async fn broken_transfers_go_on_where_they_stopped_even_across_a_restart() {
     let (_server, proxy, people, alice, mut bob) = file_senders().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("film.bin");
@@ -781,6 +782,35 @@ async fn an_upload_cut_off_with_its_process_is_taken_up_after_a_restart() {
     assert!(!again.iter().any(|(m, _)| m == "POST"), "{again:?}");
     let events = bob.sync().await.unwrap();
     let (_, id, _) = events.iter().find_map(file_of).unwrap();
+
+    // A download whose connection breaks twice goes on from where each break left it (a range
+    // request each time), and what is saved is the file.
+    proxy.cut_answer("GET", "/v1/blobs/", 2_000_000, 2);
+    let mut progress = Vec::new();
+    let own = alice
+        .download(&id, Some(&dir.path().join("own.bin")), &mut |p| {
+            progress.push(p)
+        })
+        .await
+        .unwrap();
+    assert!(std::fs::read(&own).unwrap() == content);
+    let fetches: Vec<_> = uploads(&proxy)
+        .into_iter()
+        .filter(|(m, _)| m == "GET")
+        .collect();
+    assert_eq!(
+        fetches,
+        [
+            ("GET".to_owned(), 200),
+            ("GET".to_owned(), 206),
+            ("GET".to_owned(), 206)
+        ]
+    );
+    // Never counted back: no byte was fetched twice.
+    assert!(
+        progress.windows(2).all(|w| w[0].done <= w[1].done),
+        "{progress:?}"
+    );
     let saved = bob
         .download(&id, Some(&dir.path().join("got.bin")), &mut |_| {})
         .await

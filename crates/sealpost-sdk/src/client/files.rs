@@ -11,7 +11,8 @@
 //!
 //! Receiving: `download` fetches the blob and opens it as it arrives into `NAME.partial`,
 //! checks the key commitment, every chunk, the size and the blob's hash, and only then renames it
-//! into place. A blob the server swapped, cut or extended is refused, and nothing is left.
+//! into place. A blob the server swapped, cut or extended is refused, and nothing is left. A
+//! broken connection is taken up where it stopped, with a range request.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -599,20 +600,9 @@ impl Client {
         let mut partial = target.to_owned().into_os_string();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
-        let mut tries = 0;
-        loop {
-            match self.fetch_into(file, &partial, progress).await {
-                Ok(()) => break,
-                Err(e) if retryable(&e) && tries < RETRIES => {
-                    tries += 1;
-                    tracing::debug!(error = %e, tries, "download interrupted; starting again");
-                    tokio::time::sleep(Duration::from_millis(250 << tries)).await;
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(e);
-                }
-            }
+        if let Err(e) = self.fetch_into(file, &partial, progress).await {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
         }
         if target.exists() {
             let _ = std::fs::remove_file(&partial);
@@ -645,7 +635,6 @@ impl Client {
             blob_hash: hex_array(&file.blob_hash, stored)?,
             file_hash: hex_array(&file.file_hash, stored)?,
         };
-        let mut resp = self.api.fetch_blob(&self.identity, &file.blob, 0).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Feed>(8);
         let opening = {
             let path = partial.to_owned();
@@ -661,9 +650,24 @@ impl Client {
             done,
             total: file.size,
         });
+        // A broken connection is taken up where it stopped (the opener and the hash go on with
+        // what comes next), as often as it makes progress in between.
+        let mut answer = None;
+        let mut tries = 0;
         let fetched = loop {
-            match self.api.next_piece(&mut resp).await {
+            let next = match answer.as_mut() {
+                Some(resp) => self.api.next_piece(resp).await,
+                None => match self.api.fetch_blob(&self.identity, &file.blob, done).await {
+                    Ok(resp) => {
+                        answer = Some(resp);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match next {
                 Ok(Some(piece)) => {
+                    tries = 0;
                     done += piece.len() as u64;
                     blob_hash.update(&piece);
                     batched += piece.len();
@@ -691,13 +695,18 @@ impl Client {
                     let _ = tx.send(Feed::End(blob_hash.finalize().into())).await;
                     break Ok(());
                 }
+                Err(e) if retryable(&e) && tries < RETRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, done, "download interrupted; going on from there");
+                    answer = None;
+                    tokio::time::sleep(Duration::from_millis(250 << tries)).await;
+                }
                 Err(e) => break Err(e),
             }
         };
         drop(tx);
         let opened = opening.await.map_err(|e| Error::File(e.to_string()))?;
-        // A broken connection is taken up again (what arrived before it is cut short, not
-        // refused); a whole answer that fails a check is refused.
+        // A fetch that failed for good cuts the blob short: its own error says more.
         fetched.and(opened)
     }
 }

@@ -186,7 +186,37 @@ struct Rules {
     /// `(method, path prefix, bytes, times)`: the server gets only the first bytes of the body
     /// (as if the connection broke there), and the client a 502 from "a proxy"; `times` counts
     /// down the requests still to cut.
-    cuts: Vec<(String, String, usize, Arc<std::sync::atomic::AtomicUsize>)>,
+    cuts: Vec<Cut>,
+    /// The same for answers: the client gets the server's answer, headers and all, but its body
+    /// breaks off after the first bytes.
+    answer_cuts: Vec<Cut>,
+}
+
+type Cut = (String, String, usize, Arc<std::sync::atomic::AtomicUsize>);
+
+fn cut_rule(method: &str, prefix: &str, keep: usize, times: usize) -> Cut {
+    (
+        method.to_owned(),
+        prefix.to_owned(),
+        keep,
+        Arc::new(std::sync::atomic::AtomicUsize::new(times)),
+    )
+}
+
+/// Whether a request is the next of `cuts` to cut: after how many bytes.
+fn next_cut(cuts: &[Cut], method: &str, path: &str) -> Option<usize> {
+    cuts.iter().find_map(|(m, prefix, keep, times)| {
+        let take = m == method
+            && path.starts_with(prefix.as_str())
+            && times
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+        take.then_some(*keep)
+    })
 }
 
 /// One request that went through the interceptor.
@@ -291,13 +321,15 @@ impl Interceptor {
     /// Cuts the body of the next `times` `method` requests under `prefix` after `keep` bytes
     /// (see `Rules::cuts`).
     pub fn cut(&self, method: &str, prefix: &str, keep: usize, times: usize) {
-        let mut rules = self.rules.lock().unwrap();
-        rules.cuts.push((
-            method.to_owned(),
-            prefix.to_owned(),
-            keep,
-            Arc::new(std::sync::atomic::AtomicUsize::new(times)),
-        ));
+        let rule = cut_rule(method, prefix, keep, times);
+        self.rules.lock().unwrap().cuts.push(rule);
+    }
+
+    /// Breaks off the answers to the next `times` `method` requests under `prefix` after
+    /// `keep` bytes of their body (see `Rules::answer_cuts`).
+    pub fn cut_answer(&self, method: &str, prefix: &str, keep: usize, times: usize) {
+        let rule = cut_rule(method, prefix, keep, times);
+        self.rules.lock().unwrap().answer_cuts.push(rule);
     }
 
     /// Back to an honest relay.
@@ -359,18 +391,7 @@ async fn forward(
         );
         return response;
     }
-    let cut = rules.cuts.iter().find_map(|(m, prefix, keep, times)| {
-        let take = *m == method_name
-            && path.starts_with(prefix.as_str())
-            && times
-                .fetch_update(
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                    |n| n.checked_sub(1),
-                )
-                .is_ok();
-        take.then_some(*keep)
-    });
+    let cut = next_cut(&rules.cuts, &method_name, &path);
     let sent = cut.map_or(&body[..], |keep| &body[..keep.min(body.len())]);
     let mut out = http
         .request(method, format!("{base}{path}"))
@@ -397,7 +418,22 @@ async fn forward(
             bytes = f(&path, bytes);
         }
     }
-    let mut response = (axum::http::StatusCode::from_u16(status).unwrap(), bytes).into_response();
+    let status = axum::http::StatusCode::from_u16(status).unwrap();
+    if let Some(keep) = next_cut(&rules.answer_cuts, &method_name, &path) {
+        // The headers promise the whole body; the connection breaks after `keep` bytes.
+        bytes.truncate(keep);
+        let broken: [Result<Vec<u8>, std::io::Error>; 2] =
+            [Ok(bytes), Err(std::io::Error::other("cut"))];
+        let mut response = axum::response::Response::new(axum::body::Body::from_stream(
+            futures_util::stream::iter(broken),
+        ));
+        *response.status_mut() = status;
+        for (name, v) in &answer_headers {
+            response.headers_mut().insert(name, v.clone());
+        }
+        return response;
+    }
+    let mut response = (status, bytes).into_response();
     for (name, v) in &answer_headers {
         if !matches!(name.as_str(), "content-length" | "transfer-encoding") {
             response.headers_mut().insert(name, v.clone());
