@@ -20,11 +20,11 @@
 //! the file is the one the sender encrypted (a second SHA-256 pass cost a quarter of the
 //! receiving time and checked nothing more).
 
+use std::io::Write;
+
 use aes_gcm::Aes128Gcm;
 use aes_gcm::aead::KeyInit as _;
 use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
-use std::io::Write;
-
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 

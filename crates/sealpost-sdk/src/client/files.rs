@@ -41,7 +41,8 @@ const MAX_UNFINISHED: usize = 16;
 /// the same file to the same conversation again takes it up where the server stands, under the
 /// same key, instead of starting again. The server deletes an upload left unfinished for a day,
 /// and then it starts again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+// Not `Debug`: it holds a key, which must not reach a log line.
+#[derive(Clone, Serialize, Deserialize)]
 struct Unfinished {
     /// The conversation's group, in hex.
     group: String,
@@ -58,9 +59,9 @@ struct Unfinished {
 }
 
 impl Unfinished {
-    /// Whether it sends the file at `source`'s path to `group`.
-    fn goes_where(&self, group: GroupId, source: &Source) -> bool {
-        self.group == hex::encode(group.as_bytes()) && self.path == source.identity()
+    /// Whether it sends the file at `path` (see [`Source::identity`]) to `group` (in hex).
+    fn goes_where(&self, group: &str, path: &str) -> bool {
+        self.group == group && self.path == path
     }
 
     /// Whether the file is still as it was when this upload started.
@@ -407,7 +408,8 @@ impl Client {
             UNFINISHED,
             "unfinished uploads",
         )?;
-        let Some(unfinished) = all.into_iter().find(|u| u.goes_where(group, source)) else {
+        let (group, path) = (hex::encode(group.as_bytes()), source.identity());
+        let Some(unfinished) = all.into_iter().find(|u| u.goes_where(&group, &path)) else {
             return Ok(None);
         };
         if !unfinished.is_still(source) {
