@@ -358,6 +358,163 @@ impl Opener {
     }
 }
 
+/// A file written front to back on a thread of its own, so that copying into the page cache
+/// runs beside the decryption instead of after it, and synced behind the writer: every
+/// [`WriteBehind::EVERY`] bytes a third thread has the disk take what was written so far, so
+/// that the sync at the end finds little left to do. (Without it the kernel starts writing a
+/// large download back only at the final sync, as its background writeback waits for a tenth of
+/// memory to be dirty: the disk idles while the file arrives, and the receiver waits for all of
+/// it afterwards.) The caller's bytes are gathered into a few buffers that go to the writing
+/// thread and come back; memory stays at [`WriteBehind::BUFFERS`] of them.
+pub struct WriteBehind {
+    buffer: Vec<u8>,
+    full: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl WriteBehind {
+    /// Bytes written between two requests to the disk to take them.
+    pub const EVERY: u64 = 16 * 1024 * 1024;
+    /// Bytes of one buffer.
+    pub const BUFFER: usize = 256 * 1024;
+    /// Buffers, at most: one being filled, the rest waiting or being written.
+    pub const BUFFERS: usize = 4;
+
+    /// Creates `path` for writing (emptying it if it exists).
+    pub fn create(path: &std::path::Path) -> std::io::Result<WriteBehind> {
+        let file = std::fs::File::create(path)?;
+        let behind = file.try_clone()?;
+        let (full, to_write) = std::sync::mpsc::sync_channel::<Vec<u8>>(Self::BUFFERS);
+        let (give_back, empty) = std::sync::mpsc::sync_channel::<Vec<u8>>(Self::BUFFERS);
+        for _ in 1..Self::BUFFERS {
+            let _ = give_back.send(Vec::with_capacity(Self::BUFFER));
+        }
+        let writer = std::thread::Builder::new()
+            .name("file-writer".into())
+            .spawn(move || write_behind(file, behind, &to_write, &give_back))?;
+        Ok(WriteBehind {
+            buffer: Vec::with_capacity(Self::BUFFER),
+            full: Some(full),
+            empty,
+            writer: Some(writer),
+        })
+    }
+
+    /// Writes the rest and syncs the file and its metadata: the file is on the disk when this
+    /// returns.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.hand_over()?;
+        }
+        // An empty buffer: the end (the file is synced only if it was finished).
+        if let Some(full) = self.full.take() {
+            let _ = full.send(Vec::new());
+        }
+        self.stop()
+    }
+
+    /// Hands the filled buffer to the writing thread and takes an empty one.
+    fn hand_over(&mut self) -> std::io::Result<()> {
+        let filled = std::mem::take(&mut self.buffer);
+        let sent = self.full.as_ref().map(|full| full.send(filled));
+        match (sent, self.empty.recv()) {
+            (Some(Ok(())), Ok(empty)) => {
+                self.buffer = empty;
+                Ok(())
+            }
+            // The writing thread stopped: its error says why.
+            _ => {
+                self.full = None;
+                self.stop().and(Err(std::io::Error::other(
+                    "the file's writing thread stopped",
+                )))
+            }
+        }
+    }
+
+    /// Waits for the writing thread to end; its outcome.
+    fn stop(&mut self) -> std::io::Result<()> {
+        match self.writer.take() {
+            Some(writer) => writer
+                .join()
+                .map_err(|_| std::io::Error::other("the file's writing thread failed"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// The writing thread of a [`WriteBehind`]: writes what comes from `to_write` to `file`, gives
+/// each buffer back, and has a thread of its own sync `behind` (the same file) as it goes;
+/// syncs all of it when an empty buffer says the file is finished (not when the writer is
+/// dropped: that file is cut short, and deleted).
+fn write_behind(
+    mut file: std::fs::File,
+    behind: std::fs::File,
+    to_write: &std::sync::mpsc::Receiver<Vec<u8>>,
+    give_back: &std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> std::io::Result<()> {
+    // One request waits at most; one that comes while the disk is busy is not needed.
+    let (sync, requests) = std::sync::mpsc::sync_channel::<()>(1);
+    let syncer = std::thread::Builder::new()
+        .name("file-syncer".into())
+        .spawn(move || {
+            while requests.recv().is_ok() {
+                behind.sync_data()?;
+            }
+            Ok(())
+        })?;
+    let mut unsynced = 0;
+    let mut finished = false;
+    let written = to_write.iter().try_for_each(|mut buffer| {
+        if buffer.is_empty() {
+            finished = true;
+            return Ok(());
+        }
+        file.write_all(&buffer)?;
+        unsynced += buffer.len() as u64;
+        if unsynced >= WriteBehind::EVERY {
+            unsynced = 0;
+            let _ = sync.try_send(());
+        }
+        buffer.clear();
+        // The other side may have stopped waiting: nothing to give back to.
+        let _ = give_back.send(buffer);
+        std::io::Result::Ok(())
+    });
+    drop(sync);
+    let synced: std::io::Result<()> = syncer
+        .join()
+        .map_err(|_| std::io::Error::other("the file's syncing thread failed"))?;
+    written?;
+    synced?;
+    if finished { file.sync_all() } else { Ok(()) }
+}
+
+impl Write for WriteBehind {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.buffer.len() == Self::BUFFER {
+            self.hand_over()?;
+        }
+        let n = buf.len().min(Self::BUFFER - self.buffer.len());
+        self.buffer.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    /// Does nothing: what is written reaches the file when the buffer fills, and the disk at
+    /// [`WriteBehind::finish`].
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for WriteBehind {
+    fn drop(&mut self) {
+        self.full = None;
+        let _ = self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +605,35 @@ mod tests {
             let mut bad = blob.clone();
             bad[at] ^= 1;
             assert!(open(&key(1), &bad, &sealed, 4096).is_err(), "{at}");
+        }
+    }
+
+    #[test]
+    fn written_behind_is_written_whole_and_a_failed_write_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        // More than the buffers hold and a sync interval, in pieces that do not fit them.
+        let len = 2 * WriteBehind::EVERY as usize + 12_345;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut out = WriteBehind::create(&path).unwrap();
+        for piece in data.chunks(100_003) {
+            out.write_all(piece).unwrap();
+        }
+        out.finish().unwrap();
+        assert!(std::fs::read(&path).unwrap() == data);
+
+        // Dropped unfinished: it ends, with what was handed over written.
+        let mut out = WriteBehind::create(&path).unwrap();
+        out.write_all(&data[..WriteBehind::BUFFER + 1]).unwrap();
+        drop(out);
+        assert_eq!(std::fs::read(&path).unwrap(), &data[..WriteBehind::BUFFER]);
+
+        // A disk that is full: an error, at the latest when finished, never a hang.
+        if std::path::Path::new("/dev/full").exists() {
+            let mut out = WriteBehind::create(std::path::Path::new("/dev/full")).unwrap();
+            let wrote = data.chunks(100_003).try_for_each(|p| out.write_all(p));
+            let err = wrote.and_then(|()| out.finish()).unwrap_err();
+            assert!(err.to_string().contains("No space"), "{err}");
         }
     }
 

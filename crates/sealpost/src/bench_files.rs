@@ -94,7 +94,8 @@ async fn plain_upload(
     Ok(id)
 }
 
-/// A plain download of the file `id` into `path` (written and synced, as the client does).
+/// A plain download of the file `id` into `path` (written and synced as the client does it:
+/// synced behind the writer, and at the end).
 async fn plain_download(
     http: &reqwest::Client,
     server: &str,
@@ -108,13 +109,13 @@ async fn plain_download(
         .send()
         .await?
         .error_for_status()?;
-    let mut out = std::fs::File::create(path)?;
+    let mut out = sealpost_sdk::attachment::WriteBehind::create(path)?;
     let mut n = 0;
     while let Some(piece) = resp.chunk().await? {
         out.write_all(&piece)?;
         n += piece.len() as u64;
     }
-    out.sync_all()?;
+    out.finish()?;
     Ok(n)
 }
 

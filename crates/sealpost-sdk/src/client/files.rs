@@ -722,7 +722,7 @@ enum Feed {
 }
 
 /// Opens the blob's bytes as they come from `rx` into the file at `path`, checking everything,
-/// and syncs it.
+/// and syncs it (as it is written, and at the end).
 fn open_into(
     path: &Path,
     key: &FileKey,
@@ -730,7 +730,7 @@ fn open_into(
     mut rx: tokio::sync::mpsc::Receiver<Feed>,
 ) -> Result<(), Error> {
     let mut opener = Opener::new_unhashed(key, expected);
-    let mut out = std::fs::File::create(path).map_err(|e| io_error(path, &e))?;
+    let mut out = attachment::WriteBehind::create(path).map_err(|e| io_error(path, &e))?;
     let refused = |e: attachment::OpenError| match e {
         attachment::OpenError::Write(e) => Error::File(format!("{}: {e}", path.display())),
         e => Error::FileRefused(e.to_string()),
@@ -748,7 +748,7 @@ fn open_into(
         }
     };
     opener.finish_hashed(&mut out, blob_hash).map_err(refused)?;
-    out.sync_all().map_err(|e| io_error(path, &e))
+    out.finish().map_err(|e| io_error(path, &e))
 }
 
 #[cfg(test)]
