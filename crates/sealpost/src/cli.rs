@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "sealpost",
     version,
-    about,
-    long_about = None,
-    after_help = EXIT_STATUS
+    about = "Sealpost: an end-to-end encrypted messenger",
+    long_about = ABOUT,
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// Client profile directory [default: $XDG_DATA_HOME/sealpost/client].
@@ -34,14 +34,54 @@ pub struct Cli {
     command: Command,
 }
 
-/// What `--help` says about exit statuses.
-const EXIT_STATUS: &str = "\
+/// What `sealpost --help` says first.
+const ABOUT: &str = "\
+Sealpost: an end-to-end encrypted messenger. Messages, files and groups are encrypted on your \
+devices for the devices of the people you write to; the server passes on what it cannot read.";
+
+/// What `sealpost --help` says after the options.
+const AFTER_HELP: &str = "\
+Examples:
+  sealpost register alice --server https://chat.example.org   an account on a server
+  sealpost send @bob 'See you at six'                         a message
+  sealpost send @bob --file photo.jpg --caption 'The view'    a photo
+  sealpost group create friends --member @bob --member @carol a group
+  sealpost sync                                               what came in since
+  sealpost messages @bob                                      a conversation
+  sealpost listen                                             messages as they arrive
+  sealpost verify @bob                                        compare your safety number
+
+Environment:
+  SEALPOST_HOME        the profile directory (as --home)
+  SEALPOST_PASSPHRASE  the passphrase that protects the profile's key (set when registering
+                       to use one, then whenever the profile is opened)
+  XDG_DATA_HOME        where the profile lives by default (~/.local/share if unset)
+  XDG_RUNTIME_DIR      where `daemon` puts its socket by default
+  The server's own settings: sealpost server --help
+
 Exit status:
   0    done
   1    failed (the error is on stderr)
   2    the command line is wrong
   3    a security event was shown, or a security check failed: see docs/threat-model.md
   130  interrupted (Ctrl-C) during a command; `listen` and `daemon` stop cleanly on Ctrl-C (0)";
+
+/// What `sealpost completions --help` says after the options.
+const COMPLETIONS_HELP: &str = "\
+Install it where your shell looks (then open a new shell):
+  bash  sealpost completions bash > ~/.local/share/bash-completion/completions/sealpost
+  zsh   sealpost completions zsh > ~/.zfunc/_sealpost
+        (and in ~/.zshrc, before compinit: fpath+=~/.zfunc)
+  fish  sealpost completions fish > ~/.config/fish/completions/sealpost.fish";
+
+/// What `sealpost man --help` says after the options.
+const MAN_HELP: &str = "\
+Install the pages for your user, then read them with man:
+  sealpost man --out ~/.local/share/man/man1
+  man sealpost-send
+(man finds ~/.local/share/man when ~/.local/bin is on your PATH; otherwise:
+  man -l ~/.local/share/man/man1/sealpost-send.1)
+Read the main page without installing it: sealpost man | man -l -";
 
 impl Cli {
     /// Whether output (and errors) are JSON.
@@ -101,14 +141,16 @@ enum Command {
         /// The new text, or '-' for stdin.
         text: String,
     },
-    /// Take back a message you sent, for everyone: its text is deleted from every member's
-    /// device that follows the protocol (one that does not can have kept a copy).
+    /// Take back a message you sent, for everyone.
+    ///
+    /// Its text is deleted from every member's device that follows the protocol (one that does not can have kept a copy).
     Delete {
         /// The message's id, as `messages` shows it.
         message: String,
     },
-    /// Make messages in a conversation disappear, for every member, a while after they are
-    /// sent (e.g. 1h, 7d; `off` to keep them). Any member can change it; everyone sees who did.
+    /// Make messages in a conversation disappear a while after they are sent.
+    ///
+    /// For every member (e.g. 1h, 7d; `off` to keep them). Any member can change it; everyone sees who did.
     Disappear {
         /// @user or #group.
         to: String,
@@ -116,8 +158,9 @@ enum Command {
         /// 365d; or `off`.
         duration: String,
     },
-    /// Show or change what you tell the people you talk to beyond your messages: delivery and
-    /// read receipts, and typing indicators. Both are off until you switch them on, and each
+    /// Show or change delivery and read receipts and typing indicators (off by default).
+    ///
+    /// What you tell the people you talk to beyond your messages. Both are off until you switch them on, and each
     /// works both ways: while yours are off, you do not see those of others either. They are
     /// encrypted like messages; the server cannot tell them from one.
     Settings {
@@ -129,8 +172,9 @@ enum Command {
         #[arg(long, value_name = "on|off")]
         typing: Option<Switch>,
     },
-    /// Show or change what you share of yourself with the people you talk to: a display name
-    /// and an avatar. They go, encrypted, to every conversation you are in (and to people who
+    /// Show or change your display name and avatar, or show someone's.
+    ///
+    /// What you share of yourself with the people you talk to. They go, encrypted, to every conversation you are in (and to people who
     /// join later). Others see your name beside your @username, never instead of it.
     Profile {
         /// Show what @user shares instead (their name, and their avatar as saved here).
@@ -146,8 +190,9 @@ enum Command {
         #[arg(long)]
         remove_avatar: bool,
     },
-    /// Download the file of a message, check that it is the one the sender sent, and save it
-    /// (under the sender's name for it, in the current directory, unless --out says where).
+    /// Download the file of a message, check it and save it.
+    ///
+    /// Checks that it is the one the sender sent, and saves it (under the sender's name for it, in the current directory, unless --out says where).
     /// Never overwrites a file.
     Download {
         /// The message's id, as `messages` shows it.
@@ -156,11 +201,15 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         out: Option<std::path::PathBuf>,
     },
-    /// Fetch and process everything pending; print new messages and events. Also checks this
+    /// Fetch and process everything pending; print new messages and events.
+    ///
+    /// Also checks this
     /// account's key-directory history. Exits with status 3 if a security event was shown.
     Sync,
-    /// Show a conversation's local history, oldest first, and mark it read (with receipts on,
-    /// its senders are told).
+    /// Show a conversation's history, oldest first, and mark it read.
+    ///
+    /// The history kept on this device (with receipts on, its senders are told that you read
+    /// it).
     Messages {
         /// @user or #group.
         conversation: String,
@@ -172,11 +221,14 @@ enum Command {
         #[arg(long)]
         before: Option<u64>,
     },
-    /// Stay connected and print messages as they arrive (first those no command printed yet).
-    /// While it runs, other commands on this profile go through it.
+    /// Stay connected and print messages as they arrive.
+    ///
+    /// First those no command printed yet. While it runs, other commands on this profile go through it.
     Listen,
-    /// Keep this profile (and any given with --profile) connected and serve it to other
-    /// programs over JSON-RPC 2.0 on a Unix socket (see docs/jsonrpc.md). While it runs, every
+    /// Serve this profile to other programs (JSON-RPC 2.0 on a Unix socket), staying connected.
+    ///
+    /// Keeps this profile (and any given with --profile) connected and serves it over JSON-RPC
+    /// 2.0 on a Unix socket (see docs/jsonrpc.md). While it runs, every
     /// other command on a profile it serves goes through it. Stops on Ctrl-C or SIGTERM.
     Daemon(DaemonArgs),
     /// Manage groups.
@@ -185,8 +237,9 @@ enum Command {
     /// Link, list and remove this account's devices.
     #[command(subcommand)]
     Device(DeviceCommand),
-    /// Show the safety number with @user (compare it with them in person or by phone), or
-    /// confirm it with --confirm. Sending to a verified contact whose key changes is blocked
+    /// Show the safety number you share with @user, or confirm it.
+    ///
+    /// Compare it with them in person or by phone, then confirm it with --confirm. Sending to a verified contact whose key changes is blocked
     /// until you confirm again.
     Verify {
         /// The @user.
@@ -197,8 +250,10 @@ enum Command {
     },
     /// List conversations.
     Conversations,
-    /// List this device's messages whose sending is not settled (the server's answer was
-    /// lost: each sync sends them again until the server answers for them), or stop trying.
+    /// List this device's messages whose sending is not settled, or stop trying.
+    ///
+    /// The server's answer to them was lost: each sync sends them again until the server
+    /// answers for them.
     Outbox {
         /// Stop trying to send the unsettled messages to @user or #group: they are shown as not
         /// sent, though some may have received them. For a server that keeps failing on one
@@ -206,11 +261,32 @@ enum Command {
         #[arg(long, value_name = "CONVERSATION")]
         give_up: Option<String>,
     },
-    /// Verify that a server's key directory only ever appended (akd audit proofs), epoch by
-    /// epoch, from where the last run stopped. Exits with status 3 if a check fails.
+    /// Check that a server never rewrote its key directory (only ever added to it).
+    ///
+    /// The key directory is where the server publishes every account's device keys; if it
+    /// could rewrite it, it could show one key to you and another to your contacts
+    /// (docs/threat-model.md). This checks its audit proofs (akd), one published version
+    /// ("epoch") after another, from where the last run stopped. Exits with status 3 if a check fails.
     Audit(AuditArgs),
     /// Run a self-checking demonstration on a private loopback server.
     Demo,
+    /// Print a shell's completion script for sealpost.
+    ///
+    /// With it installed, commands, options and their values complete on Tab.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print sealpost's manual page, or write a page per command into a directory.
+    #[command(after_help = MAN_HELP)]
+    Man {
+        /// Write `sealpost.1` and a page per command (`sealpost-send.1`, …) into this
+        /// directory (made if missing) instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Measure the server with a load generator (see docs/BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
 }
@@ -480,6 +556,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Server(args) => return server(args).await,
         Command::Demo => return crate::demo::run().await,
+        Command::Completions { shell } => return completions(shell),
+        Command::Man { out } => return man(out.as_deref()),
         Command::Bench(args) => return crate::bench::run(args).await,
         Command::Audit(args) => return audit(&home, args, as_json).await,
         Command::Register { username, server } => {
@@ -770,10 +848,52 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Daemon(args) => daemon(&home, session, args, as_json).await,
         Command::Server(_)
         | Command::Demo
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Bench(_)
         | Command::Audit(_)
         | Command::Register { .. } => Ok(()),
     }
+}
+
+/// `sealpost completions SHELL`: the script, written whole (a closed pipe is an error, not a
+/// panic).
+fn completions(shell: clap_complete::Shell) -> Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "sealpost",
+        &mut script,
+    );
+    write_stdout(&script)
+}
+
+/// `sealpost man [--out DIR]`: the main page on stdout, or every page into `out`.
+fn man(out: Option<&std::path::Path>) -> Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = out else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command).render(&mut page)?;
+        return write_stdout(&page);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    clap_mangen::generate_to(command, dir)
+        .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+    println!(
+        "wrote the manual pages into {} (sealpost.1, and sealpost-COMMAND.1 for each command)",
+        safe(&dir.display().to_string())
+    );
+    Ok(())
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .context("cannot write to standard output")
 }
 
 /// Where a command's results go: the session it calls, and whether it prints JSON.

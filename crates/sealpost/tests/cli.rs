@@ -74,6 +74,8 @@ fn every_command_has_help() {
         &["device", "approve", "--help"],
         &["verify", "--help"],
         &["audit", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
     ] {
         let out = sealpost().args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -82,6 +84,108 @@ fn every_command_has_help() {
             "{args:?}"
         );
     }
+}
+
+/// What bash offers after `words` (the last one being completed), with the script of
+/// `sealpost completions bash` loaded: run in a real bash, as pressing Tab does.
+fn bash_completes(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}'; COMP_WORDS=({}); COMP_CWORD={}; _sealpost sealpost '{}' '{}'; \
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        quoted.join(" "),
+        words.len() - 1,
+        words[words.len() - 1],
+        words[words.len() - 2],
+    );
+    let bash = Command::new("bash").args(["-c", &program]).output();
+    let std::process::Output {
+        status,
+        stdout,
+        stderr,
+    } = bash.unwrap();
+    let complaint = String::from_utf8_lossy(&stderr);
+    assert!(status.success(), "bash: {complaint}");
+    String::from_utf8(stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn completions_and_manual_pages_come_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("sealpost.bash");
+    let out = sealpost().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    std::fs::write(&script, &out.stdout).unwrap();
+    assert_eq!(
+        bash_completes(&script, &["sealpost", "se"]),
+        ["server", "send", "settings"]
+    );
+    assert_eq!(
+        bash_completes(&script, &["sealpost", "group", "c"]),
+        ["create"]
+    );
+    assert_eq!(
+        bash_completes(&script, &["sealpost", "send", "@bob", "--rep"]),
+        ["--reply-to"]
+    );
+    assert_eq!(
+        bash_completes(
+            &script,
+            &["sealpost", "group", "create", "g", "--ciphersuite", ""]
+        ),
+        ["pq", "classic"]
+    );
+    for (shell, says) in [
+        ("zsh", "#compdef sealpost"),
+        ("fish", "complete -c sealpost"),
+    ] {
+        let out = sealpost().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(says),
+            "{shell}"
+        );
+    }
+    let out = sealpost().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // The main page on stdout; with --out, a page for every command, nested ones too.
+    let out = sealpost().arg("man").output().unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH sealpost 1"), "{page}");
+    assert!(
+        page.contains("end\\-to\\-end encrypted messenger"),
+        "{page}"
+    );
+    let pages = dir.path().join("man1");
+    let out = sealpost()
+        .args(["man", "--out"])
+        .arg(&pages)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for command in [
+        "",
+        "-send",
+        "-download",
+        "-group-create",
+        "-device-link",
+        "-server",
+    ] {
+        let page = std::fs::read_to_string(pages.join(format!("sealpost{command}.1"))).unwrap();
+        assert!(
+            page.contains(&format!(".TH sealpost{command} 1")),
+            "{command}: {page}"
+        );
+    }
+    let send = std::fs::read_to_string(pages.join("sealpost-send.1")).unwrap();
+    assert!(send.contains("reply\\-to"), "{send}");
 }
 
 #[test]
