@@ -475,12 +475,6 @@ fn default_home() -> PathBuf {
     base.join("sealpost").join("client")
 }
 
-fn passphrase() -> Option<String> {
-    std::env::var("SEALPOST_PASSPHRASE")
-        .ok()
-        .filter(|p| !p.is_empty())
-}
-
 fn users(list: &[String]) -> Result<Vec<Username>> {
     list.iter()
         .map(|u| {
@@ -561,11 +555,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => return crate::bench::run(args).await,
         Command::Audit(args) => return audit(&home, args, as_json).await,
         Command::Register { username, server } => {
+            let passphrase = crate::passphrase::choose().await?;
             let client = Client::register(
                 &home,
                 &server,
                 username.trim_start_matches('@'),
-                passphrase().as_deref(),
+                passphrase.as_ref().map(|p| p.as_str()),
             )
             .await
             .map_err(crate::rpc::RpcError::from)?;
@@ -584,7 +579,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         _ => {}
     }
-    let session = Session::open(&home, passphrase().as_deref()).await?;
+    let passphrase = crate::passphrase::from_env();
+    let session = Session::open(&home, passphrase.as_ref().map(|p| p.as_str())).await?;
     let out = Output {
         session: &session,
         json: as_json,
@@ -1180,7 +1176,8 @@ async fn daemon(
     // Every profile is opened before anything is served: all of them, or none.
     let mut profiles = vec![held_by_this_process(home, session)?];
     for extra in &args.profile {
-        let session = Session::open(extra, passphrase().as_deref()).await?;
+        let passphrase = crate::passphrase::from_env();
+        let session = Session::open(extra, passphrase.as_ref().map(|p| p.as_str())).await?;
         profiles.push(held_by_this_process(extra, session)?);
     }
     let mut served = Vec::with_capacity(profiles.len());
@@ -1308,10 +1305,15 @@ fn qr(data: &str) -> String {
 }
 
 async fn link(home: &std::path::Path, server: &str, username: &str, as_json: bool) -> Result<()> {
-    let mut pending =
-        sealpost_sdk::PendingLink::start(home, server, username, passphrase().as_deref())
-            .await
-            .map_err(crate::rpc::RpcError::from)?;
+    let passphrase = crate::passphrase::choose().await?;
+    let mut pending = sealpost_sdk::PendingLink::start(
+        home,
+        server,
+        username,
+        passphrase.as_ref().map(|p| p.as_str()),
+    )
+    .await
+    .map_err(crate::rpc::RpcError::from)?;
     let code = pending.code();
     if as_json {
         print_json(&serde_json::json!({ "code": code, "waiting_minutes": 10 }))?;

@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod daemon_http;
 mod demo;
+mod passphrase;
 mod render;
 mod rpc;
 mod session;

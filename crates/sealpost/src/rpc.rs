@@ -112,7 +112,9 @@ impl From<sealpost_sdk::Error> for RpcError {
                 format!("{e}: run `sealpost register <username> --server <URL>` first")
             }
             E::AlreadyRegistered(_) => format!("{e}; use another --home for another account"),
-            E::PassphraseRequired => format!("{e}: set SEALPOST_PASSPHRASE"),
+            E::PassphraseRequired => {
+                format!("{e}: set SEALPOST_PASSPHRASE, or run the command on a terminal to type it")
+            }
             E::BadDeviceId(_) | E::UnknownDevice(_) => {
                 format!("{e} (`sealpost device list` shows them)")
             }

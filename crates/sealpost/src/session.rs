@@ -33,12 +33,17 @@ pub enum Session {
 
 impl Session {
     /// Opens the profile in `home`, or connects to the daemon that holds it. While a one-shot
-    /// command holds it, waits (up to a minute) for it to finish.
+    /// command holds it, waits (up to a minute) for it to finish. A profile protected by a
+    /// passphrase opens with `passphrase` (`SEALPOST_PASSPHRASE`), or, without it, with one
+    /// typed on the terminal.
     pub async fn open(home: &Path, passphrase: Option<&str>) -> Result<Session> {
         let deadline = Instant::now() + WAIT_FOR_PROFILE;
         let mut said = false;
+        let mut typed: Option<zeroize::Zeroizing<String>> = None;
+        let mut attempts = 0;
         loop {
-            match Client::open(home, passphrase) {
+            let given = typed.as_ref().map(|t| t.as_str()).or(passphrase);
+            match Client::open(home, given) {
                 Ok(client) => {
                     return Ok(Session::Local {
                         live: Live::new(client)?,
@@ -66,6 +71,19 @@ impl Session {
                         said = true;
                     }
                     tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(
+                    e @ (sealpost_sdk::Error::PassphraseRequired
+                    | sealpost_sdk::Error::WrongPassphrase),
+                ) if passphrase.is_none()
+                    && attempts < crate::passphrase::ATTEMPTS
+                    && crate::passphrase::can_ask() =>
+                {
+                    if matches!(e, sealpost_sdk::Error::WrongPassphrase) {
+                        eprintln!("That passphrase does not open this profile; once more.");
+                    }
+                    attempts += 1;
+                    typed = Some(crate::passphrase::ask(home).await?);
                 }
                 Err(e) => return Err(rpc::RpcError::from(e).into()),
             }
