@@ -49,7 +49,9 @@ pub(crate) fn rollback(got: u64, verified: u64) -> Error {
     security(
         SecurityAlert::DirectoryRollback,
         format!(
-            "the server answered with directory epoch {got} after epoch {verified} was verified"
+            "the server showed version {got} of its key directory after version {verified} was \
+             checked: a server going back can be showing you a different directory from \
+             everyone else's (see docs/threat-model.md)"
         ),
     )
 }

@@ -57,6 +57,7 @@ Environment:
                        to use one, then whenever the profile is opened)
   XDG_DATA_HOME        where the profile lives by default (~/.local/share if unset)
   XDG_RUNTIME_DIR      where `daemon` puts its socket by default
+  NO_COLOR             set to anything: no colours (sealpost colours only on a terminal)
   The server's own settings: sealpost server --help
 
 Exit status:
@@ -465,6 +466,12 @@ struct ServerArgs {
     /// Print the default configuration and exit.
     #[arg(long)]
     print_config: bool,
+}
+
+/// Whether what goes to stderr may be coloured: only on a terminal, and never while `NO_COLOR`
+/// is set to anything (<https://no-color.org>).
+fn colour_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn default_home() -> PathBuf {
@@ -1417,11 +1424,15 @@ async fn audit(home: &std::path::Path, args: AuditArgs, as_json: bool) -> Result
             print_json(&report)?;
         } else if report.verified > 0 {
             println!(
-                "verified epochs {} to {}: the directory only appended",
+                "checked versions {} to {} of the server's key directory: it only grew (no \
+                 account's keys were changed or taken back behind its owner)",
                 report.from, report.to
             );
         } else {
-            println!("up to date: epochs up to {} verified", report.to);
+            println!(
+                "nothing new: the server's key directory is checked up to its version {}",
+                report.to
+            );
         }
         if !args.follow {
             return Ok(());
@@ -1529,7 +1540,7 @@ async fn server(args: ServerArgs) -> Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour_stderr())
         .init();
     // Open the store, the key directory and the certificate first: a server that cannot run
     // says so before it announces an address.

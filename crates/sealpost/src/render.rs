@@ -341,11 +341,14 @@ pub fn line(e: &Event) -> String {
             ..
         } => match change {
             sealpost_sdk::DeviceChange::Added => format!(
-                "device {} was linked to your account (directory epoch {epoch})",
+                "device {0} was linked to your account (the server's key directory says so from \
+                 its version {epoch} on); if you did not link it, remove it at once: sealpost \
+                 device remove {0} (see docs/threat-model.md)",
                 safe(device)
             ),
             sealpost_sdk::DeviceChange::Removed => format!(
-                "device {} was removed from your account (directory epoch {epoch})",
+                "device {} was removed from your account (the server's key directory says so from \
+                 its version {epoch} on)",
                 safe(device)
             ),
         },

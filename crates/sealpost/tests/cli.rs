@@ -200,7 +200,12 @@ impl Terminal {
             eprintln!("skipping: tmux is not installed (apt-get install tmux)");
             return None;
         }
-        let socket = format!("sealpost-test-{}", std::process::id());
+        static TERMINALS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let socket = format!(
+            "sealpost-test-{}-{}",
+            std::process::id(),
+            TERMINALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let status = Command::new("tmux")
             .args(["-L", &socket, "new-session", "-d", "-x", "160", "-y", "50"])
             .arg(command)
@@ -210,9 +215,19 @@ impl Terminal {
         Some(Terminal { socket })
     }
 
+    /// What the terminal shows, with its colours as escape sequences.
     fn screen(&self) -> String {
         let out = Command::new("tmux")
-            .args(["-L", &self.socket, "capture-pane", "-p", "-J", "-S", "-100"])
+            .args([
+                "-L",
+                &self.socket,
+                "capture-pane",
+                "-p",
+                "-e",
+                "-J",
+                "-S",
+                "-100",
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -253,6 +268,29 @@ impl Drop for Terminal {
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .status();
+    }
+}
+
+/// The server's log is coloured on a terminal, and not while `NO_COLOR` is set.
+#[test]
+fn no_color_is_respected_on_a_terminal() {
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_sealpost");
+    for (no_color, coloured) in [("", true), ("1", false)] {
+        let script = format!(
+            "env NO_COLOR={no_color} SEALPOST_LOG=info '{bin}' server --listen 127.0.0.1:0 \
+             --data '{}'; sleep 600",
+            data.path().join(no_color).display()
+        );
+        let Some(terminal) = Terminal::start(&script) else {
+            return;
+        };
+        let screen = terminal.wait_for("scheme", 1);
+        assert_eq!(
+            screen.contains('\u{1b}'),
+            coloured,
+            "NO_COLOR={no_color}:\n{screen}"
+        );
     }
 }
 
@@ -484,12 +522,12 @@ fn linking_verifying_and_auditing_through_the_binary() {
         &a,
         &["audit", "--server", &server.url, "--state", state_arg],
     );
-    assert!(out.contains("verified epochs 0 to"), "{out}");
+    assert!(out.contains("checked versions 0 to"), "{out}");
     let out = run_ok(
         &a,
         &["audit", "--server", &server.url, "--state", state_arg],
     );
-    assert!(out.contains("up to date"), "{out}");
+    assert!(out.contains("nothing new"), "{out}");
     // A server whose directory went back below what the auditor saw: exit status 3.
     let mut saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
@@ -933,7 +971,7 @@ fn leaving_and_removing_devices_say_what_happened_once() {
     // that id.
     link_new_device(&server.url, &phone, &a);
     let out = run_ok(&a, &["sync"]);
-    // "device 1a2b3c4d was linked to your account (directory epoch 7)"
+    // "device 1a2b3c4d was linked to your account (the server's key directory says so ..."
     let short = out
         .lines()
         .find(|l| l.starts_with("device ") && l.contains("was linked"))
