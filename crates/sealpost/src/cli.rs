@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sealpost_sdk::{Client, Event, Live, LoggedEvent, Suite, Username};
 
+use crate::client_config::ClientConfig;
 use crate::render::{line, safe};
 use crate::session::Session;
 use serde::Serialize;
@@ -23,7 +24,8 @@ use tokio_util::sync::CancellationToken;
     after_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// Client profile directory [default: $XDG_DATA_HOME/sealpost/client].
+    /// Client profile directory [default: `home` in the settings file, or
+    /// $XDG_DATA_HOME/sealpost/client].
     #[arg(long, global = true, env = "SEALPOST_HOME")]
     home: Option<PathBuf>,
     /// Print one JSON object per line (the shapes of docs/jsonrpc.md); errors go to stderr as
@@ -56,6 +58,8 @@ Environment:
   SEALPOST_PASSPHRASE  the passphrase that protects the profile's key (set when registering
                        to use one, then whenever the profile is opened)
   XDG_DATA_HOME        where the profile lives by default (~/.local/share if unset)
+  XDG_CONFIG_HOME      where the settings file is: sealpost/client.toml (~/.config if unset);
+                       `sealpost config` shows the settings in effect
   XDG_RUNTIME_DIR      where `daemon` puts its socket by default
   NO_COLOR             set to anything: no colours (sealpost colours only on a terminal)
   The server's own settings: sealpost server --help
@@ -99,9 +103,9 @@ enum Command {
     Register {
         /// The username (3-32 of a-z, 0-9, _; starting with a letter).
         username: String,
-        /// The server, e.g. http://127.0.0.1:7443.
+        /// The server, e.g. https://chat.example.org [default: `server` in the settings file].
         #[arg(long)]
-        server: String,
+        server: Option<String>,
     },
     /// Show this profile's account and device.
     Whoami,
@@ -269,6 +273,12 @@ enum Command {
     /// (docs/threat-model.md). This checks its audit proofs (akd), one published version
     /// ("epoch") after another, from where the last run stopped. Exits with status 3 if a check fails.
     Audit(AuditArgs),
+    /// Show the client's settings in effect, in the form of its settings file.
+    ///
+    /// The file is $XDG_CONFIG_HOME/sealpost/client.toml (~/.config/sealpost/client.toml); it
+    /// can name the profile directory and the server that `register`, `device link` and
+    /// `audit` use when not given --server. The output can be saved as the file.
+    Config,
     /// Run a self-checking demonstration on a private loopback server.
     Demo,
     /// Print a shell's completion script for sealpost.
@@ -345,9 +355,9 @@ enum DeviceCommand {
     Link {
         /// The account's username.
         username: String,
-        /// The server, e.g. http://127.0.0.1:7443.
+        /// The server, e.g. https://chat.example.org [default: `server` in the settings file].
         #[arg(long)]
-        server: String,
+        server: Option<String>,
     },
     /// On a device of the account: approve the new device showing this code. It gets the
     /// account key and is added to every conversation.
@@ -399,9 +409,9 @@ struct DaemonArgs {
 
 #[derive(Debug, Args)]
 struct AuditArgs {
-    /// The server, e.g. http://127.0.0.1:7443.
+    /// The server, e.g. https://chat.example.org [default: `server` in the settings file].
     #[arg(long)]
-    server: String,
+    server: Option<String>,
     /// Start at this epoch instead of where the last run stopped.
     #[arg(long)]
     from: Option<u64>,
@@ -474,14 +484,6 @@ fn colour_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-fn default_home() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("sealpost").join("client")
-}
-
 fn users(list: &[String]) -> Result<Vec<Username>> {
     list.iter()
         .map(|u| {
@@ -552,7 +554,6 @@ fn print_logged(e: &LoggedEvent, json: bool) -> Result<()> {
 /// Runs a command.
 pub async fn run(cli: Cli) -> Result<()> {
     use serde_json::json;
-    let home = cli.home.clone().unwrap_or_else(default_home);
     let as_json = cli.json;
     match cli.command {
         Command::Server(args) => return server(args).await,
@@ -560,8 +561,25 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Completions { shell } => return completions(shell),
         Command::Man { out } => return man(out.as_deref()),
         Command::Bench(args) => return crate::bench::run(args).await,
-        Command::Audit(args) => return audit(&home, args, as_json).await,
+        _ => {}
+    }
+    // Only the client's commands read the client's settings.
+    let config = ClientConfig::load(&crate::client_config::default_file(), cli.home.clone())?;
+    let home = config.home();
+    match cli.command {
+        Command::Config => {
+            if as_json {
+                return print_json(&config);
+            }
+            print!("{}", config.render());
+            return Ok(());
+        }
+        Command::Audit(mut args) => {
+            args.server = Some(config.server(args.server.take())?);
+            return audit(&home, args, as_json).await;
+        }
         Command::Register { username, server } => {
+            let server = config.server(server)?;
             let passphrase = crate::passphrase::choose().await?;
             let client = Client::register(
                 &home,
@@ -582,6 +600,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Command::Device(DeviceCommand::Link { username, server }) => {
+            let server = config.server(server)?;
             return link(&home, &server, username.trim_start_matches('@'), as_json).await;
         }
         _ => {}
@@ -850,6 +869,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Daemon(args) => daemon(&home, session, args, as_json).await,
         Command::Server(_)
+        | Command::Config
         | Command::Demo
         | Command::Completions { .. }
         | Command::Man { .. }
@@ -1411,13 +1431,14 @@ fn list_devices(devices: Vec<sealpost_sdk::DeviceEntry>, json: bool) -> Result<(
 }
 
 async fn audit(home: &std::path::Path, args: AuditArgs, as_json: bool) -> Result<()> {
+    let server = args.server.clone().unwrap_or_default();
     let state = args
         .state
         .clone()
-        .unwrap_or_else(|| sealpost_sdk::audit::default_state_file(home, &args.server));
+        .unwrap_or_else(|| sealpost_sdk::audit::default_state_file(home, &server));
     let mut from = args.from;
     loop {
-        let report = sealpost_sdk::audit::audit(&args.server, &state, from.take())
+        let report = sealpost_sdk::audit::audit(&server, &state, from.take())
             .await
             .map_err(security_exit)?;
         if as_json {

@@ -6,6 +6,7 @@ mod bench_ceilings;
 mod bench_directory;
 mod bench_files;
 mod cli;
+mod client_config;
 mod daemon;
 mod daemon_http;
 mod demo;

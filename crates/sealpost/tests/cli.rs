@@ -271,6 +271,98 @@ impl Drop for Terminal {
     }
 }
 
+/// The client's settings file names the profile and the server; the command line wins over it;
+/// `sealpost config` prints what is in effect in a form the file takes back; a file with a key
+/// this version does not know is refused, naming the file.
+#[test]
+fn the_settings_file_names_the_profile_and_the_server() {
+    let server = ServerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config/sealpost/client.toml");
+    let with_env = |args: &[&str]| {
+        sealpost()
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env_remove("SEALPOST_HOME")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let config = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        all.push("config");
+        let out = with_env(&all);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // No file: the default profile directory, no server.
+    let none = config(&[]);
+    assert_eq!(none["found"], false);
+    assert_eq!(none["home"]["from"], "default");
+    assert_eq!(
+        none["home"]["value"],
+        dir.path().join("data/sealpost/client").to_str().unwrap()
+    );
+    assert_eq!(none["server"]["from"], "unset");
+    let out = with_env(&["register", "alice"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("which server?") && said.contains("client.toml"),
+        "{said}"
+    );
+
+    // The file names both: register and whoami need neither --home nor --server.
+    let profile = dir.path().join("alice");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "home = {:?}\nserver = {:?}\n",
+            profile.to_str().unwrap(),
+            server.url
+        ),
+    )
+    .unwrap();
+    let out = with_env(&["register", "alice"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(profile.join("store.key").exists());
+    let out = with_env(&["whoami"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("@alice"),
+        "{out:?}"
+    );
+    let from_file = config(&[]);
+    assert_eq!(from_file["home"]["from"], "file");
+    assert_eq!(from_file["server"]["value"], server.url.as_str());
+    // The command line wins.
+    let elsewhere = dir.path().join("elsewhere");
+    let given = config(&["--home", elsewhere.to_str().unwrap()]);
+    assert_eq!(given["home"]["from"], "command_line");
+    assert_eq!(given["home"]["value"], elsewhere.to_str().unwrap());
+
+    // What `config` prints, saved as the file, says the same.
+    let printed = with_env(&["config"]);
+    let text = String::from_utf8(printed.stdout).unwrap();
+    assert!(text.contains("# The profile directory"), "{text}");
+    std::fs::write(&file, &text).unwrap();
+    let again = config(&[]);
+    assert_eq!(again["home"], from_file["home"]);
+    assert_eq!(again["server"], from_file["server"]);
+
+    // A misspelt key is refused, naming the file and the key.
+    std::fs::write(&file, "sever = \"https://example.org\"\n").unwrap();
+    let out = with_env(&["whoami"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("client.toml is not valid") && said.contains("sever"),
+        "{said}"
+    );
+}
+
 /// The server's log is coloured on a terminal, and not while `NO_COLOR` is set.
 #[test]
 fn no_color_is_respected_on_a_terminal() {
