@@ -44,15 +44,14 @@ devices for the devices of the people you write to; the server passes on what it
 /// What `sealpost --help` says after the options.
 const AFTER_HELP: &str = "\
 Examples:
-  sealpost register alice --server https://chat.example.org   an account on a server
-  sealpost send @bob 'See you at six'                         a message
-  sealpost send @bob --file photo.jpg --caption 'The view'    a photo
-  sealpost group create friends --member @bob --member @carol a group
-  sealpost sync                                               what came in since
-  sealpost messages @bob                                      a conversation
-  sealpost listen                                             messages as they arrive
-  sealpost verify @bob                                        compare your safety number
-
+  sealpost register alice --server https://chat.example.org     an account on a server
+  sealpost send @bob 'See you at six'                           a message
+  sealpost send @bob --file photo.jpg --caption 'The view'      a photo
+  sealpost group create friends --member @bob --member @carol   a group
+  sealpost sync                                                 what came in since
+  sealpost messages @bob                                        a conversation
+  sealpost listen                                               messages as they arrive
+  sealpost verify @bob                                          compare your safety number
 Environment:
   SEALPOST_HOME        the profile directory (as --home)
   SEALPOST_PASSPHRASE  the passphrase that protects the profile's key (set when registering
@@ -70,6 +69,46 @@ Exit status:
   2    the command line is wrong
   3    a security event was shown, or a security check failed: see docs/threat-model.md
   130  interrupted (Ctrl-C) during a command; `listen` and `daemon` stop cleanly on Ctrl-C (0)";
+
+const SEND_EXAMPLES: &str = "\
+Examples:
+  sealpost send @bob 'See you at six'
+  sealpost send '#friends' 'Who is coming?'
+  sealpost send @bob 'Yes!' --reply-to 0c4f2a71
+  sealpost send @bob --file photo.jpg --caption 'The view'
+  echo 'from a script' | sealpost send @bob -";
+
+const REACT_EXAMPLES: &str = "\
+Examples:
+  sealpost react 0c4f2a71 👍
+  sealpost react 0c4f2a71 👍 --remove";
+
+const DISAPPEAR_EXAMPLES: &str = "\
+Examples:
+  sealpost disappear @bob 1d
+  sealpost disappear '#friends' off";
+
+const DOWNLOAD_EXAMPLES: &str = "\
+Examples:
+  sealpost download 0c4f2a71
+  sealpost download 0c4f2a71 --out ~/Pictures/";
+
+const MESSAGES_EXAMPLES: &str = "\
+Examples:
+  sealpost messages @bob
+  sealpost messages '#friends' --limit 20";
+
+const GROUP_EXAMPLES: &str = "\
+Examples:
+  sealpost group create friends --member @bob --member @carol
+  sealpost group add '#friends' @dave
+  sealpost group members '#friends'
+  sealpost group leave '#friends'";
+
+const VERIFY_EXAMPLES: &str = "\
+Examples:
+  sealpost verify @bob                        show the number; compare it with bob's
+  sealpost verify @bob --confirm '12345 …'    the number bob read to you, once it matches";
 
 /// What `sealpost completions --help` says after the options.
 const COMPLETIONS_HELP: &str = "\
@@ -110,6 +149,7 @@ enum Command {
     /// Show this profile's account and device.
     Whoami,
     /// Send a message to @user or #group ('-' reads the text from stdin).
+    #[command(after_help = SEND_EXAMPLES)]
     Send {
         /// @user or #group.
         to: String,
@@ -129,6 +169,7 @@ enum Command {
         reply_to: Option<String>,
     },
     /// React to a message with an emoji, or take your reaction back with --remove.
+    #[command(after_help = REACT_EXAMPLES)]
     React {
         /// The message's id, as `messages` shows it after the conversation (8 hex digits), or
         /// more of it.
@@ -156,6 +197,7 @@ enum Command {
     /// Make messages in a conversation disappear a while after they are sent.
     ///
     /// For every member (e.g. 1h, 7d; `off` to keep them). Any member can change it; everyone sees who did.
+    #[command(after_help = DISAPPEAR_EXAMPLES)]
     Disappear {
         /// @user or #group.
         to: String,
@@ -199,6 +241,7 @@ enum Command {
     ///
     /// Checks that it is the one the sender sent, and saves it (under the sender's name for it, in the current directory, unless --out says where).
     /// Never overwrites a file.
+    #[command(after_help = DOWNLOAD_EXAMPLES)]
     Download {
         /// The message's id, as `messages` shows it.
         message: String,
@@ -215,6 +258,7 @@ enum Command {
     ///
     /// The history kept on this device (with receipts on, its senders are told that you read
     /// it).
+    #[command(after_help = MESSAGES_EXAMPLES)]
     Messages {
         /// @user or #group.
         conversation: String,
@@ -237,7 +281,7 @@ enum Command {
     /// other command on a profile it serves goes through it. Stops on Ctrl-C or SIGTERM.
     Daemon(DaemonArgs),
     /// Manage groups.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = GROUP_EXAMPLES)]
     Group(GroupCommand),
     /// Link, list and remove this account's devices.
     #[command(subcommand)]
@@ -246,6 +290,7 @@ enum Command {
     ///
     /// Compare it with them in person or by phone, then confirm it with --confirm. Sending to a verified contact whose key changes is blocked
     /// until you confirm again.
+    #[command(after_help = VERIFY_EXAMPLES)]
     Verify {
         /// The @user.
         user: String,
@@ -1617,5 +1662,65 @@ impl Signals {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
         shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words of an example's command line: split at spaces outside single quotes, up to
+    /// two spaces in a row (where the example's explanation starts); from after a `|`.
+    fn words(line: &str) -> Vec<String> {
+        let line = line.rsplit_once("| ").map_or(line, |(_, rest)| rest).trim();
+        let (mut words, mut word, mut quoted, mut spaces) = (Vec::new(), String::new(), false, 0);
+        for c in line.chars() {
+            match c {
+                '\'' => quoted = !quoted,
+                ' ' if !quoted => {
+                    spaces += 1;
+                    if spaces == 2 {
+                        break;
+                    }
+                    if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                    continue;
+                }
+                c => word.push(c),
+            }
+            spaces = 0;
+        }
+        if !word.is_empty() {
+            words.push(word);
+        }
+        words
+    }
+
+    #[test]
+    fn every_example_in_the_help_is_a_valid_command_line() {
+        let mut seen = 0;
+        for help in [
+            AFTER_HELP,
+            SEND_EXAMPLES,
+            REACT_EXAMPLES,
+            DISAPPEAR_EXAMPLES,
+            DOWNLOAD_EXAMPLES,
+            MESSAGES_EXAMPLES,
+            GROUP_EXAMPLES,
+            VERIFY_EXAMPLES,
+        ] {
+            for line in help.lines().filter(|l| l.contains("sealpost ")) {
+                let words = words(line);
+                if words.first().map(String::as_str) != Some("sealpost") {
+                    continue;
+                }
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("{line:?} does not parse: {e}");
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 25, "{seen}");
     }
 }
