@@ -60,7 +60,7 @@ Environment:
   XDG_CONFIG_HOME      where the settings file is: sealpost/client.toml (~/.config if unset);
                        `sealpost config` shows the settings in effect
   XDG_RUNTIME_DIR      where `daemon` puts its socket by default
-  NO_COLOR             set to anything: no colours (sealpost colours only on a terminal)
+  NO_COLOR             set (not empty): no colours (sealpost colours only on a terminal)
   The server's own settings: sealpost server --help
 
 Exit status:
@@ -156,8 +156,8 @@ enum Command {
         /// The text, or '-' for stdin (none with --file).
         #[arg(required_unless_present = "file")]
         text: Option<String>,
-        /// Send this file (a photo, a document; up to the server's limit, 100 MiB by
-        /// default), encrypted under a key of its own.
+        /// Send this file (a photo, a document; up to the server's limit, 100 MiB by default),
+        /// encrypted under a key of its own.
         #[arg(long, value_name = "PATH", conflicts_with = "text")]
         file: Option<std::path::PathBuf>,
         /// A caption for the file.
@@ -171,8 +171,8 @@ enum Command {
     /// React to a message with an emoji, or take your reaction back with --remove.
     #[command(after_help = REACT_EXAMPLES)]
     React {
-        /// The message's id, as `messages` shows it after the conversation (8 hex digits), or
-        /// more of it.
+        /// The message's id, as `messages` shows it after the conversation (8 hex digits), or more
+        /// of it.
         message: String,
         /// The reaction, e.g. 👍.
         emoji: String,
@@ -189,14 +189,16 @@ enum Command {
     },
     /// Take back a message you sent, for everyone.
     ///
-    /// Its text is deleted from every member's device that follows the protocol (one that does not can have kept a copy).
+    /// Its text is deleted from every member's device that follows the protocol (one that does not
+    /// can have kept a copy).
     Delete {
         /// The message's id, as `messages` shows it.
         message: String,
     },
     /// Make messages in a conversation disappear a while after they are sent.
     ///
-    /// For every member (e.g. 1h, 7d; `off` to keep them). Any member can change it; everyone sees who did.
+    /// For every member (e.g. 1h, 7d; `off` to keep them). Any member can change it; everyone sees
+    /// who did.
     #[command(after_help = DISAPPEAR_EXAMPLES)]
     Disappear {
         /// @user or #group.
@@ -207,9 +209,9 @@ enum Command {
     },
     /// Show or change delivery and read receipts and typing indicators (off by default).
     ///
-    /// What you tell the people you talk to beyond your messages. Both are off until you switch them on, and each
-    /// works both ways: while yours are off, you do not see those of others either. They are
-    /// encrypted like messages; the server cannot tell them from one.
+    /// What you tell the people you talk to beyond your messages. Both are off until you switch
+    /// them on, and each works both ways: while yours are off, you do not see those of others
+    /// either. They are encrypted like messages; the server cannot tell them from one.
     Settings {
         /// Tell senders when your devices received their messages and when you read them
         /// (`messages` marks a conversation read).
@@ -221,8 +223,9 @@ enum Command {
     },
     /// Show or change your display name and avatar, or show someone's.
     ///
-    /// What you share of yourself with the people you talk to. They go, encrypted, to every conversation you are in (and to people who
-    /// join later). Others see your name beside your @username, never instead of it.
+    /// What you share of yourself with the people you talk to. They go, encrypted, to every
+    /// conversation you are in (and to people who join later). Others see your name beside your
+    /// @username, never instead of it.
     Profile {
         /// Show what @user shares instead (their name, and their avatar as saved here).
         #[arg(conflicts_with_all = ["name", "avatar", "remove_avatar"])]
@@ -239,8 +242,8 @@ enum Command {
     },
     /// Download the file of a message, check it and save it.
     ///
-    /// Checks that it is the one the sender sent, and saves it (under the sender's name for it, in the current directory, unless --out says where).
-    /// Never overwrites a file.
+    /// Checks that it is the one the sender sent, and saves it (under the sender's name for it, in
+    /// the current directory, unless --out says where). Never overwrites a file.
     #[command(after_help = DOWNLOAD_EXAMPLES)]
     Download {
         /// The message's id, as `messages` shows it.
@@ -251,13 +254,12 @@ enum Command {
     },
     /// Fetch and process everything pending; print new messages and events.
     ///
-    /// Also checks this
-    /// account's key-directory history. Exits with status 3 if a security event was shown.
+    /// Also checks this account's key-directory history. Exits with status 3 if a security event
+    /// was shown.
     Sync,
     /// Show a conversation's history, oldest first, and mark it read.
     ///
-    /// The history kept on this device (with receipts on, its senders are told that you read
-    /// it).
+    /// The history kept on this device (with receipts on, its senders are told that you read it).
     #[command(after_help = MESSAGES_EXAMPLES)]
     Messages {
         /// @user or #group.
@@ -272,13 +274,14 @@ enum Command {
     },
     /// Stay connected and print messages as they arrive.
     ///
-    /// First those no command printed yet. While it runs, other commands on this profile go through it.
+    /// First those no command printed yet. While it runs, other commands on this profile go through
+    /// it.
     Listen,
     /// Serve this profile to other programs (JSON-RPC 2.0 on a Unix socket), staying connected.
     ///
-    /// Keeps this profile (and any given with --profile) connected and serves it over JSON-RPC
-    /// 2.0 on a Unix socket (see docs/jsonrpc.md). While it runs, every
-    /// other command on a profile it serves goes through it. Stops on Ctrl-C or SIGTERM.
+    /// Keeps this profile (and any given with --profile) connected and serves it over JSON-RPC 2.0
+    /// on a Unix socket (see docs/jsonrpc.md). While it runs, every other command on a profile it
+    /// serves goes through it. Stops on Ctrl-C or SIGTERM.
     Daemon(DaemonArgs),
     /// Manage groups.
     #[command(subcommand, after_help = GROUP_EXAMPLES)]
@@ -288,8 +291,8 @@ enum Command {
     Device(DeviceCommand),
     /// Show the safety number you share with @user, or confirm it.
     ///
-    /// Compare it with them in person or by phone, then confirm it with --confirm. Sending to a verified contact whose key changes is blocked
-    /// until you confirm again.
+    /// Compare it with them in person or by phone, then confirm it with --confirm. Sending to a
+    /// verified contact whose key changes is blocked until you confirm again.
     #[command(after_help = VERIFY_EXAMPLES)]
     Verify {
         /// The @user.
@@ -302,8 +305,8 @@ enum Command {
     Conversations,
     /// List this device's messages whose sending is not settled, or stop trying.
     ///
-    /// The server's answer to them was lost: each sync sends them again until the server
-    /// answers for them.
+    /// The server's answer to them was lost: each sync sends them again until the server answers
+    /// for them.
     Outbox {
         /// Stop trying to send the unsettled messages to @user or #group: they are shown as not
         /// sent, though some may have received them. For a server that keeps failing on one
@@ -313,16 +316,16 @@ enum Command {
     },
     /// Check that a server never rewrote its key directory (only ever added to it).
     ///
-    /// The key directory is where the server publishes every account's device keys; if it
-    /// could rewrite it, it could show one key to you and another to your contacts
-    /// (docs/threat-model.md). This checks its audit proofs (akd), one published version
-    /// ("epoch") after another, from where the last run stopped. Exits with status 3 if a check fails.
+    /// The key directory is where the server publishes every account's device keys; if it could
+    /// rewrite it, it could show one key to you and another to your contacts
+    /// (docs/threat-model.md). This checks its audit proofs (akd), one published version ("epoch")
+    /// after another, from where the last run stopped. Exits with status 3 if a check fails.
     Audit(AuditArgs),
     /// Show the client's settings in effect, in the form of its settings file.
     ///
-    /// The file is $XDG_CONFIG_HOME/sealpost/client.toml (~/.config/sealpost/client.toml); it
-    /// can name the profile directory and the server that `register`, `device link` and
-    /// `audit` use when not given --server. The output can be saved as the file.
+    /// The file is $XDG_CONFIG_HOME/sealpost/client.toml (~/.config/sealpost/client.toml); it can
+    /// name the profile directory and the server that `register`, `device link` and `audit` use
+    /// when not given --server. The output can be saved as the file.
     Config,
     /// Run a self-checking demonstration on a private loopback server.
     Demo,
@@ -524,7 +527,7 @@ struct ServerArgs {
 }
 
 /// Whether what goes to stderr may be coloured: only on a terminal, and never while `NO_COLOR`
-/// is set to anything (<https://no-color.org>).
+/// is set and not empty (<https://no-color.org>).
 fn colour_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

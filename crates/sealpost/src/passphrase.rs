@@ -34,7 +34,8 @@ async fn read(prompt: String) -> Result<Zeroizing<String>> {
 
 /// Asks for the passphrase of the profile in `home` (which needs one).
 pub async fn ask(home: &Path) -> Result<Zeroizing<String>> {
-    read(format!("Passphrase for the profile {}: ", home.display())).await
+    let home = crate::render::safe(&home.display().to_string());
+    read(format!("Passphrase for the profile {home}: ")).await
 }
 
 /// The passphrase for a new profile: `SEALPOST_PASSPHRASE`, or, on a terminal, one typed twice
