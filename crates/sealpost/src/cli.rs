@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sealpost_sdk::{Client, Event, Live, LoggedEvent, Suite, Username};
 
 use crate::client_config::ClientConfig;
+use crate::help;
 use crate::render::{line, safe};
 use crate::session::Session;
 use serde::Serialize;
@@ -20,8 +21,8 @@ use tokio_util::sync::CancellationToken;
     name = "sealpost",
     version,
     about = "Sealpost: an end-to-end encrypted messenger",
-    long_about = ABOUT,
-    after_help = AFTER_HELP
+    long_about = help::ABOUT,
+    after_help = help::AFTER_HELP
 )]
 pub struct Cli {
     /// Client profile directory [default: `home` in the settings file, or
@@ -35,97 +36,6 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
-
-/// What `sealpost --help` says first.
-const ABOUT: &str = "\
-Sealpost: an end-to-end encrypted messenger. Messages, files and groups are encrypted on your \
-devices for the devices of the people you write to; the server passes on what it cannot read.";
-
-/// What `sealpost --help` says after the options.
-const AFTER_HELP: &str = "\
-Examples:
-  sealpost register alice --server https://chat.example.org     an account on a server
-  sealpost send @bob 'See you at six'                           a message
-  sealpost send @bob --file photo.jpg --caption 'The view'      a photo
-  sealpost group create friends --member @bob --member @carol   a group
-  sealpost sync                                                 what came in since
-  sealpost messages @bob                                        a conversation
-  sealpost listen                                               messages as they arrive
-  sealpost verify @bob                                          compare your safety number
-Environment:
-  SEALPOST_HOME        the profile directory (as --home)
-  SEALPOST_PASSPHRASE  the passphrase that protects the profile's key (set when registering
-                       to use one, then whenever the profile is opened)
-  XDG_DATA_HOME        where the profile lives by default (~/.local/share if unset)
-  XDG_CONFIG_HOME      where the settings file is: sealpost/client.toml (~/.config if unset);
-                       `sealpost config` shows the settings in effect
-  XDG_RUNTIME_DIR      where `daemon` puts its socket by default
-  NO_COLOR             set (not empty): no colours (sealpost colours only on a terminal)
-  The server's own settings: sealpost server --help
-
-Exit status:
-  0    done
-  1    failed (the error is on stderr)
-  2    the command line is wrong
-  3    a security event was shown, or a security check failed: see docs/threat-model.md
-  130  interrupted (Ctrl-C) during a command; `listen` and `daemon` stop cleanly on Ctrl-C (0)";
-
-const SEND_EXAMPLES: &str = "\
-Examples:
-  sealpost send @bob 'See you at six'
-  sealpost send '#friends' 'Who is coming?'
-  sealpost send @bob 'Yes!' --reply-to 0c4f2a71
-  sealpost send @bob --file photo.jpg --caption 'The view'
-  echo 'from a script' | sealpost send @bob -";
-
-const REACT_EXAMPLES: &str = "\
-Examples:
-  sealpost react 0c4f2a71 👍
-  sealpost react 0c4f2a71 👍 --remove";
-
-const DISAPPEAR_EXAMPLES: &str = "\
-Examples:
-  sealpost disappear @bob 1d
-  sealpost disappear '#friends' off";
-
-const DOWNLOAD_EXAMPLES: &str = "\
-Examples:
-  sealpost download 0c4f2a71
-  sealpost download 0c4f2a71 --out ~/Pictures/";
-
-const MESSAGES_EXAMPLES: &str = "\
-Examples:
-  sealpost messages @bob
-  sealpost messages '#friends' --limit 20";
-
-const GROUP_EXAMPLES: &str = "\
-Examples:
-  sealpost group create friends --member @bob --member @carol
-  sealpost group add '#friends' @dave
-  sealpost group members '#friends'
-  sealpost group leave '#friends'";
-
-const VERIFY_EXAMPLES: &str = "\
-Examples:
-  sealpost verify @bob                        show the number; compare it with bob's
-  sealpost verify @bob --confirm '12345 …'    the number bob read to you, once it matches";
-
-/// What `sealpost completions --help` says after the options.
-const COMPLETIONS_HELP: &str = "\
-Install it where your shell looks (then open a new shell):
-  bash  sealpost completions bash > ~/.local/share/bash-completion/completions/sealpost
-  zsh   sealpost completions zsh > ~/.zfunc/_sealpost
-        (and in ~/.zshrc, before compinit: fpath+=~/.zfunc)
-  fish  sealpost completions fish > ~/.config/fish/completions/sealpost.fish";
-
-/// What `sealpost man --help` says after the options.
-const MAN_HELP: &str = "\
-Install the pages for your user, then read them with man:
-  sealpost man --out ~/.local/share/man/man1
-  man sealpost-send
-(man finds ~/.local/share/man when ~/.local/bin is on your PATH; otherwise:
-  man -l ~/.local/share/man/man1/sealpost-send.1)
-Read the main page without installing it: sealpost man | man -l -";
 
 impl Cli {
     /// Whether output (and errors) are JSON.
@@ -149,7 +59,7 @@ enum Command {
     /// Show this profile's account and device.
     Whoami,
     /// Send a message to @user or #group ('-' reads the text from stdin).
-    #[command(after_help = SEND_EXAMPLES)]
+    #[command(after_help = help::SEND_EXAMPLES)]
     Send {
         /// @user or #group.
         to: String,
@@ -169,7 +79,7 @@ enum Command {
         reply_to: Option<String>,
     },
     /// React to a message with an emoji, or take your reaction back with --remove.
-    #[command(after_help = REACT_EXAMPLES)]
+    #[command(after_help = help::REACT_EXAMPLES)]
     React {
         /// The message's id, as `messages` shows it after the conversation (8 hex digits), or more
         /// of it.
@@ -199,7 +109,7 @@ enum Command {
     ///
     /// For every member (e.g. 1h, 7d; `off` to keep them). Any member can change it; everyone sees
     /// who did.
-    #[command(after_help = DISAPPEAR_EXAMPLES)]
+    #[command(after_help = help::DISAPPEAR_EXAMPLES)]
     Disappear {
         /// @user or #group.
         to: String,
@@ -244,7 +154,7 @@ enum Command {
     ///
     /// Checks that it is the one the sender sent, and saves it (under the sender's name for it, in
     /// the current directory, unless --out says where). Never overwrites a file.
-    #[command(after_help = DOWNLOAD_EXAMPLES)]
+    #[command(after_help = help::DOWNLOAD_EXAMPLES)]
     Download {
         /// The message's id, as `messages` shows it.
         message: String,
@@ -260,7 +170,7 @@ enum Command {
     /// Show a conversation's history, oldest first, and mark it read.
     ///
     /// The history kept on this device (with receipts on, its senders are told that you read it).
-    #[command(after_help = MESSAGES_EXAMPLES)]
+    #[command(after_help = help::MESSAGES_EXAMPLES)]
     Messages {
         /// @user or #group.
         conversation: String,
@@ -284,7 +194,7 @@ enum Command {
     /// serves goes through it. Stops on Ctrl-C or SIGTERM.
     Daemon(DaemonArgs),
     /// Manage groups.
-    #[command(subcommand, after_help = GROUP_EXAMPLES)]
+    #[command(subcommand, after_help = help::GROUP_EXAMPLES)]
     Group(GroupCommand),
     /// Link, list and remove this account's devices.
     #[command(subcommand)]
@@ -293,7 +203,7 @@ enum Command {
     ///
     /// Compare it with them in person or by phone, then confirm it with --confirm. Sending to a
     /// verified contact whose key changes is blocked until you confirm again.
-    #[command(after_help = VERIFY_EXAMPLES)]
+    #[command(after_help = help::VERIFY_EXAMPLES)]
     Verify {
         /// The @user.
         user: String,
@@ -332,14 +242,14 @@ enum Command {
     /// Print a shell's completion script for sealpost.
     ///
     /// With it installed, commands, options and their values complete on Tab.
-    #[command(after_help = COMPLETIONS_HELP)]
+    #[command(after_help = help::COMPLETIONS_HELP)]
     Completions {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Print sealpost's manual page, or write a page per command into a directory.
-    #[command(after_help = MAN_HELP)]
+    #[command(after_help = help::MAN_HELP)]
     Man {
         /// Write `sealpost.1` and a page per command (`sealpost-send.1`, …) into this
         /// directory (made if missing) instead.
@@ -606,8 +516,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Server(args) => return server(args).await,
         Command::Demo => return crate::demo::run().await,
-        Command::Completions { shell } => return completions(shell),
-        Command::Man { out } => return man(out.as_deref()),
+        Command::Completions { shell } => return help::completions(shell),
+        Command::Man { out } => return help::man(out.as_deref()),
         Command::Bench(args) => return crate::bench::run(args).await,
         _ => {}
     }
@@ -925,46 +835,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         | Command::Audit(_)
         | Command::Register { .. } => Ok(()),
     }
-}
-
-/// `sealpost completions SHELL`: the script, written whole (a closed pipe is an error, not a
-/// panic).
-fn completions(shell: clap_complete::Shell) -> Result<()> {
-    let mut script = Vec::new();
-    clap_complete::generate(
-        shell,
-        &mut <Cli as clap::CommandFactory>::command(),
-        "sealpost",
-        &mut script,
-    );
-    write_stdout(&script)
-}
-
-/// `sealpost man [--out DIR]`: the main page on stdout, or every page into `out`.
-fn man(out: Option<&std::path::Path>) -> Result<()> {
-    let command = <Cli as clap::CommandFactory>::command();
-    let Some(dir) = out else {
-        let mut page = Vec::new();
-        clap_mangen::Man::new(command).render(&mut page)?;
-        return write_stdout(&page);
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
-    clap_mangen::generate_to(command, dir)
-        .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
-    println!(
-        "wrote the manual pages into {} (sealpost.1, and sealpost-COMMAND.1 for each command)",
-        safe(&dir.display().to_string())
-    );
-    Ok(())
-}
-
-fn write_stdout(bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(bytes)
-        .and_then(|()| stdout.flush())
-        .context("cannot write to standard output")
 }
 
 /// Where a command's results go: the session it calls, and whether it prints JSON.
@@ -1665,65 +1535,5 @@ impl Signals {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
         shutdown.cancel();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The words of an example's command line: split at spaces outside single quotes, up to
-    /// two spaces in a row (where the example's explanation starts); from after a `|`.
-    fn words(line: &str) -> Vec<String> {
-        let line = line.rsplit_once("| ").map_or(line, |(_, rest)| rest).trim();
-        let (mut words, mut word, mut quoted, mut spaces) = (Vec::new(), String::new(), false, 0);
-        for c in line.chars() {
-            match c {
-                '\'' => quoted = !quoted,
-                ' ' if !quoted => {
-                    spaces += 1;
-                    if spaces == 2 {
-                        break;
-                    }
-                    if !word.is_empty() {
-                        words.push(std::mem::take(&mut word));
-                    }
-                    continue;
-                }
-                c => word.push(c),
-            }
-            spaces = 0;
-        }
-        if !word.is_empty() {
-            words.push(word);
-        }
-        words
-    }
-
-    #[test]
-    fn every_example_in_the_help_is_a_valid_command_line() {
-        let mut seen = 0;
-        for help in [
-            AFTER_HELP,
-            SEND_EXAMPLES,
-            REACT_EXAMPLES,
-            DISAPPEAR_EXAMPLES,
-            DOWNLOAD_EXAMPLES,
-            MESSAGES_EXAMPLES,
-            GROUP_EXAMPLES,
-            VERIFY_EXAMPLES,
-        ] {
-            for line in help.lines().filter(|l| l.contains("sealpost ")) {
-                let words = words(line);
-                if words.first().map(String::as_str) != Some("sealpost") {
-                    continue;
-                }
-                if let Err(e) = Cli::try_parse_from(&words) {
-                    panic!("{line:?} does not parse: {e}");
-                }
-                seen += 1;
-            }
-        }
-        assert!(seen >= 25, "{seen}");
     }
 }

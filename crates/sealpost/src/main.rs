@@ -10,6 +10,7 @@ mod client_config;
 mod daemon;
 mod daemon_http;
 mod demo;
+mod help;
 mod passphrase;
 mod render;
 mod rpc;
