@@ -1,0 +1,176 @@
+//! Tests on a real terminal: each runs sealpost in a pane of a tmux server of its own, types
+//! into it and reads the screen back (with its colours), as a person at the keyboard would.
+
+use std::process::Command;
+
+use super::{ServerProcess, sealpost};
+
+/// A tmux server of this test's own, whose one pane runs a shell command on a real terminal.
+struct Terminal {
+    socket: String,
+}
+
+impl Terminal {
+    /// `None` (the test says so and skips) where tmux is not installed; `.ci/run` installs it.
+    fn start(command: &str) -> Option<Terminal> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            eprintln!("skipping: tmux is not installed (apt-get install tmux)");
+            return None;
+        }
+        static TERMINALS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let socket = format!(
+            "sealpost-test-{}-{}",
+            std::process::id(),
+            TERMINALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let status = Command::new("tmux")
+            .args(["-L", &socket, "new-session", "-d", "-x", "160", "-y", "50"])
+            .arg(command)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        Some(Terminal { socket })
+    }
+
+    /// What the terminal shows, with its colours as escape sequences.
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args([
+                "-L",
+                &self.socket,
+                "capture-pane",
+                "-p",
+                "-e",
+                "-J",
+                "-S",
+                "-100",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the screen shows `text` (`seen` times), and returns it.
+    fn wait_for(&self, text: &str, seen: usize) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let screen = self.screen();
+            if screen.matches(text).count() >= seen {
+                return screen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{text:?} never showed:\n{screen}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn type_line(&self, line: &str) {
+        let status = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "0", "-l", line])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "0", "Enter"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+/// The server's log is coloured on a terminal, and not while `NO_COLOR` is set.
+#[test]
+fn no_color_is_respected_on_a_terminal() {
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_sealpost");
+    for (no_color, coloured) in [("", true), ("1", false)] {
+        let script = format!(
+            "env NO_COLOR={no_color} SEALPOST_LOG=info '{bin}' server --listen 127.0.0.1:0 \
+             --data '{}'; sleep 600",
+            data.path().join(no_color).display()
+        );
+        let Some(terminal) = Terminal::start(&script) else {
+            return;
+        };
+        let screen = terminal.wait_for("scheme", 1);
+        assert_eq!(
+            screen.contains('\u{1b}'),
+            coloured,
+            "NO_COLOR={no_color}:\n{screen}"
+        );
+    }
+}
+
+/// On a terminal, registering asks for a passphrase (twice, never echoed) and every later
+/// command asks for it again, once more after a wrong one; without a terminal nothing waits,
+/// and the profile opens only with the passphrase.
+#[test]
+fn a_passphrase_typed_on_the_terminal_protects_the_profile() {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let home = homes.path().join("alice");
+    let secret = "correct horse battery";
+    let bin = env!("CARGO_BIN_EXE_sealpost");
+    let script = format!(
+        "env -u SEALPOST_PASSPHRASE SEALPOST_HOME='{home}' sh -c \
+         \"'{bin}' register alice --server {url}; echo register said \\$?; \
+         '{bin}' whoami; echo whoami said \\$?; sleep 600\"",
+        home = home.display(),
+        url = server.url,
+    );
+    let Some(terminal) = Terminal::start(&script) else {
+        return;
+    };
+    terminal.wait_for("Passphrase to protect this profile", 1);
+    terminal.type_line(secret);
+    terminal.wait_for("The same passphrase again", 1);
+    terminal.type_line("something else");
+    terminal.wait_for("The two passphrases differ", 1);
+    terminal.wait_for("Passphrase to protect this profile", 2);
+    terminal.type_line(secret);
+    terminal.wait_for("The same passphrase again", 2);
+    terminal.type_line(secret);
+    terminal.wait_for("register said 0", 1);
+    terminal.wait_for("Passphrase for the profile", 1);
+    terminal.type_line("wrong");
+    terminal.wait_for("does not open this profile", 1);
+    terminal.wait_for("Passphrase for the profile", 2);
+    terminal.type_line(secret);
+    let screen = terminal.wait_for("whoami said 0", 1);
+    assert!(screen.contains("@alice"), "{screen}");
+    assert!(
+        !screen.contains(secret),
+        "the passphrase was echoed:\n{screen}"
+    );
+
+    // Not on a terminal: no prompt, no wait; the profile opens with the passphrase only.
+    let out = sealpost()
+        .env_remove("SEALPOST_PASSPHRASE")
+        .arg("--home")
+        .arg(&home)
+        .arg("whoami")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("protected by a passphrase"), "{error}");
+    let out = sealpost()
+        .env("SEALPOST_PASSPHRASE", secret)
+        .arg("--home")
+        .arg(&home)
+        .arg("whoami")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("@alice"));
+}
