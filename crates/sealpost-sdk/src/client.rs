@@ -80,8 +80,8 @@ use crate::directory::{DirectoryState, Roots, Verified, security, verify_proof};
 use crate::error::Error;
 use crate::model::{
     ConversationId, ConversationInfo, ConversationKind, DeviceChange, Event, EventId, HistoryEntry,
-    LoggedEvent, MemberInfo, MessageId, Preferences, Reaction, Receipt, ReceiptStatus,
-    SecurityAlert, Suite, Unconfirmed, Whoami,
+    LoggedEvent, MAX_UNREAD_COUNTED, MemberInfo, MessageId, Preferences, Reaction, Receipt,
+    ReceiptStatus, SecurityAlert, Suite, Unconfirmed, Whoami,
 };
 use crate::store::{self, Profile, Provider, Sealer, conv_row, item_row, put_meta};
 use sealpost_proto::directory::MAX_BATCH_LOOKUP;

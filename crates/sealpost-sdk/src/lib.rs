@@ -55,9 +55,9 @@ pub use error::Error;
 pub use live::{ClientGuard, Connection, Live, Subscription};
 pub use model::{
     ConversationId, ConversationInfo, ConversationKind, DeviceChange, DeviceEntry, Event, EventId,
-    FileInfo, HistoryEntry, LoggedEvent, MemberInfo, MessageId, Preferences, Progress, Reaction,
-    Receipt, ReceiptStatus, SecurityAlert, SharedProfile, Suite, TYPING_HOLDS_MS, TYPING_REPEAT_MS,
-    Transfer, TransferKind, Unconfirmed, Whoami,
+    FileInfo, HistoryEntry, LoggedEvent, MAX_UNREAD_COUNTED, MemberInfo, MessageId, Preferences,
+    Progress, Reaction, Receipt, ReceiptStatus, SecurityAlert, SharedProfile, Suite,
+    TYPING_HOLDS_MS, TYPING_REPEAT_MS, Transfer, TransferKind, Unconfirmed, Whoami,
 };
 pub use sealpost_proto::{DeviceId, Username};
 pub use store::profile_holder;

@@ -615,7 +615,18 @@ pub struct ConversationInfo {
     pub members: usize,
     /// False once this device left or was removed.
     pub active: bool,
+    /// Messages of others the user was not shown yet (see `Client::mark_read`), counted among
+    /// the newest [`MAX_UNREAD_COUNTED`] entries of the history.
+    #[serde(default)]
+    pub unread: usize,
+    /// The newest entry of its history, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<Box<Event>>,
 }
+
+/// How far back a conversation's unread messages are counted: a count this high means "this
+/// many or more".
+pub const MAX_UNREAD_COUNTED: usize = 1000;
 
 /// What a person shares of themselves, as this device knows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

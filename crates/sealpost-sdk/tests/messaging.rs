@@ -1194,9 +1194,18 @@ async fn receipts_and_typing_go_only_between_those_who_switched_them_on() {
         typing(&alice.sync().await.unwrap()),
         vec![("@bob".into(), true)]
     );
+    // The conversation list counts them (his own messages are never unread), with the newest.
+    bob.send("@alice", "mine").await.unwrap();
+    let listed = bob.conversations().unwrap().remove(0);
+    assert_eq!(listed.unread, 2, "{listed:?}");
+    assert!(
+        matches!(listed.latest.as_deref(), Some(Event::Message { text, .. }) if text == "mine"),
+        "{listed:?}"
+    );
     // Marked read: the messages shown since the last time (two and three; one was read before).
     assert_eq!(bob.mark_read("@alice").await.unwrap(), 2);
     assert_eq!(bob.mark_read("@alice").await.unwrap(), 0, "once");
+    assert_eq!(bob.conversations().unwrap()[0].unread, 0);
     let seen = alice.sync().await.unwrap();
     assert_eq!(
         receipts(&seen),

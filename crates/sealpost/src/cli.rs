@@ -182,6 +182,12 @@ enum Command {
         #[arg(long)]
         before: Option<u64>,
     },
+    /// Chat in a full-screen terminal: conversations, messages, files, groups.
+    ///
+    /// Messages arrive while you type; /help (or F1) lists the commands and keys. While it runs,
+    /// other commands on this profile go through it. Needs a terminal; NO_COLOR turns colours
+    /// off.
+    Chat,
     /// Stay connected and print messages as they arrive.
     ///
     /// First those no command printed yet. While it runs, other commands on this profile go through
@@ -768,6 +774,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Listen => listen(session, as_json).await,
+        Command::Chat => crate::chat::run(session).await,
         Command::Conversations => {
             let list: Vec<sealpost_sdk::ConversationInfo> =
                 session.call("conversations", json!({})).await?;
@@ -776,12 +783,20 @@ pub async fn run(cli: Cli) -> Result<()> {
                     print_json(&c)?;
                 } else {
                     let state = if c.active { "" } else { " (left)" };
+                    let unread = match c.unread {
+                        0 => String::new(),
+                        sealpost_sdk::MAX_UNREAD_COUNTED.. => {
+                            format!("  {}+ unread", sealpost_sdk::MAX_UNREAD_COUNTED)
+                        }
+                        n => format!("  {n} unread"),
+                    };
                     println!(
-                        "{}  {} members  {:?}{}  {}",
+                        "{}  {} members  {:?}{}{}  {}",
                         safe(&c.conversation),
                         c.members,
                         c.ciphersuite,
                         state,
+                        unread,
                         c.id
                     );
                 }
@@ -857,7 +872,7 @@ impl ProgressShown {
 }
 
 /// A timer as people write it (`30s`, `10m`, `1h`, `7d`, `4w`, or `off`), in seconds.
-fn parse_duration(text: &str) -> Result<u64> {
+pub(crate) fn parse_duration(text: &str) -> Result<u64> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("off") {
         return Ok(0);
@@ -887,7 +902,7 @@ fn parse_duration(text: &str) -> Result<u64> {
 }
 
 /// `path` made absolute (a daemon running elsewhere resolves it the same way).
-fn absolute(path: &std::path::Path) -> Result<String> {
+pub(crate) fn absolute(path: &std::path::Path) -> Result<String> {
     let path = std::path::absolute(path)
         .with_context(|| format!("{} is not a usable path", path.display()))?;
     path.into_os_string()
@@ -1223,7 +1238,7 @@ fn show_verification(v: &sealpost_sdk::Verification, json: bool) -> Result<()> {
         "safety number with {}:\n\n    {}\n",
         v.contact, v.safety_number
     );
-    println!("{}", qr(&v.safety_number.replace(' ', "")));
+    println!("{}", qr(&v.safety_number.replace(' ', ""), true));
     if v.verified {
         println!("{} is verified.", v.contact);
     } else {
@@ -1238,12 +1253,13 @@ fn show_verification(v: &sealpost_sdk::Verification, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A QR code for a terminal (two rows of modules per line).
-fn qr(data: &str) -> String {
+/// A QR code for a terminal (two rows of modules per line), with the blank margin scanners
+/// look for around it, or (where something else leaves room around it) without.
+pub(crate) fn qr(data: &str, margin: bool) -> String {
     match qrcode::QrCode::new(data.as_bytes()) {
         Ok(code) => code
             .render::<qrcode::render::unicode::Dense1x2>()
-            .quiet_zone(true)
+            .quiet_zone(margin)
             .build(),
         Err(_) => String::new(),
     }
@@ -1264,7 +1280,7 @@ async fn link(home: &std::path::Path, server: &str, username: &str, as_json: boo
         print_json(&serde_json::json!({ "code": code, "waiting_minutes": 10 }))?;
     } else {
         println!("On a device of @{username}, run:\n\n    sealpost device approve {code}\n");
-        println!("{}", qr(&format!("sealpost-link:{code}")));
+        println!("{}", qr(&format!("sealpost-link:{code}"), true));
         println!("Waiting for approval (up to 10 minutes; Ctrl-C to give up)...");
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10 * 60);
@@ -1505,7 +1521,7 @@ async fn server(args: ServerArgs) -> Result<()> {
 }
 
 /// SIGINT and SIGTERM, registered with the runtime.
-struct Signals {
+pub(crate) struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -1513,7 +1529,7 @@ struct Signals {
 }
 
 impl Signals {
-    fn install() -> Result<Signals> {
+    pub(crate) fn install() -> Result<Signals> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -1526,7 +1542,7 @@ impl Signals {
         Ok(Signals {})
     }
 
-    async fn cancel_on_first(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn cancel_on_first(mut self, shutdown: CancellationToken) {
         #[cfg(unix)]
         tokio::select! {
             _ = self.term.recv() => {}

@@ -425,7 +425,7 @@ fn receipts_note(receipts: &[Receipt]) -> Option<String> {
 }
 
 /// A size for people: bytes, KiB, MiB or GiB.
-fn size_text(bytes: u64) -> String {
+pub fn size_text(bytes: u64) -> String {
     const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
     if bytes < 1024 {
         return format!("{bytes} bytes");

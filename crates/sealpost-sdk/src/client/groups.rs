@@ -296,13 +296,31 @@ impl Client {
         } else {
             0
         };
+        let conversation = self.display(group);
+        let unread = self
+            .unread(group, MAX_UNREAD_COUNTED)?
+            .map_or(0, |(_, ids)| ids.len());
+        let latest = store::history_page(
+            self.profile.conn(),
+            group.as_bytes(),
+            (None, None),
+            1,
+            now_ms(),
+        )?
+        .into_iter()
+        .next()
+        .map(|(row, sealed)| open_item(&self.profile.sealer, group, row, &sealed))
+        .transpose()?
+        .map(|item| Box::new(self.with_name(item.render(conversation.clone()))));
         Ok(ConversationInfo {
-            conversation: self.display(group),
+            conversation,
             id: ConversationId::of(group),
             kind: conv.info.kind,
             ciphersuite: conv.info.suite,
             members,
             active: conv.info.active,
+            unread,
+            latest,
         })
     }
 

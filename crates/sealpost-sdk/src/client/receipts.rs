@@ -78,31 +78,10 @@ impl Client {
         let Some(conv) = self.convs.get(&group) else {
             return Err(Error::UnknownConversation(target.to_owned()));
         };
-        let rows = store::history_page(
-            self.profile.conn(),
-            group.as_bytes(),
-            (Some(conv.info.read_up_to), None),
-            MAX_MARK_READ,
-            now_ms(),
-        )?;
-        let Some(newest) = rows.first().map(|(row, _)| *row) else {
+        let Some((newest, unread)) = self.unread(group, MAX_MARK_READ)? else {
             return Ok(0);
         };
-        let me = at(&self.identity.username);
-        let mut unread = Vec::new();
-        for (row, sealed) in rows.iter().rev() {
-            if let Item::Message {
-                from,
-                id,
-                deleted: false,
-                ..
-            } = open_item(&self.profile.sealer, group, *row, sealed)?
-                && from != me
-                && is_mimi_id(&id)
-            {
-                unread.push(id);
-            }
-        }
+        let unread: Vec<String> = unread.into_iter().filter(|id| is_mimi_id(id)).collect();
         if self.prefs.receipts && !unread.is_empty() && conv.info.active {
             self.check_not_blocked(group)?;
             self.before_send(group).await?;
@@ -114,6 +93,44 @@ impl Client {
             info.receipts_owed.retain(|id| !read.contains(id));
         })?;
         Ok(unread.len())
+    }
+
+    /// The messages of others in `group` that the user was not shown yet (up to the newest
+    /// `limit` entries of its history, oldest first), and the newest entry's row; `None` when
+    /// nothing was added since.
+    pub(super) fn unread(
+        &self,
+        group: GroupId,
+        limit: usize,
+    ) -> Result<Option<(i64, Vec<String>)>, Error> {
+        let Some(conv) = self.convs.get(&group) else {
+            return Err(Error::UnknownConversation(group.to_string()));
+        };
+        let rows = store::history_page(
+            self.profile.conn(),
+            group.as_bytes(),
+            (Some(conv.info.read_up_to), None),
+            limit,
+            now_ms(),
+        )?;
+        let Some(newest) = rows.first().map(|(row, _)| *row) else {
+            return Ok(None);
+        };
+        let me = at(&self.identity.username);
+        let mut unread = Vec::new();
+        for (row, sealed) in rows.iter().rev() {
+            if let Item::Message {
+                from,
+                id,
+                deleted: false,
+                ..
+            } = open_item(&self.profile.sealer, group, *row, sealed)?
+                && from != me
+            {
+                unread.push(id);
+            }
+        }
+        Ok(Some((newest, unread)))
     }
 
     /// Tells the conversation `target` that the user started (`true`) or stopped typing, if
