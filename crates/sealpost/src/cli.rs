@@ -188,6 +188,16 @@ enum Command {
     /// other commands on this profile go through it. Needs a terminal; NO_COLOR turns colours
     /// off.
     Chat,
+    /// Chat in your web browser, served by this process to this computer only.
+    ///
+    /// Prints an address to open (it carries a token that works once; the browser keeps a
+    /// cookie). The keys stay in this process. While it runs, other commands on this profile go
+    /// through it.
+    Web {
+        /// Where to listen: a loopback address only [default: 127.0.0.1 on a free port].
+        #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
     /// Stay connected and print messages as they arrive.
     ///
     /// First those no command printed yet. While it runs, other commands on this profile go through
@@ -775,6 +785,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Listen => listen(session, as_json).await,
         Command::Chat => crate::chat::run(session).await,
+        Command::Web { listen } => crate::web::run(session, listen).await,
         Command::Conversations => {
             let list: Vec<sealpost_sdk::ConversationInfo> =
                 session.call("conversations", json!({})).await?;
@@ -1028,18 +1039,8 @@ impl Output<'_> {
 async fn listen(session: Session, json: bool) -> Result<()> {
     match session {
         Session::Local { live, home } => {
-            let shutdown = CancellationToken::new();
-            let signals = Signals::install()?;
-            tokio::spawn(signals.cancel_on_first(shutdown.clone()));
-            let socket = crate::daemon::Socket::bind(&home, &crate::daemon::default_socket(&home))?;
-            let connection = tokio::spawn({
-                let (live, shutdown) = (live.clone(), shutdown.clone());
-                async move { live.run(shutdown).await }
-            });
-            let serving = tokio::spawn({
-                let (live, shutdown) = (live.clone(), shutdown.clone());
-                async move { socket.serve(live, shutdown).await }
-            });
+            let held = crate::daemon::Held::start(&home, &live)?;
+            let shutdown = held.shutdown.clone();
             let mut sub = live.subscribe_as(CONSUMER);
             let mut state = live.connection();
             let mut said = None;
@@ -1060,9 +1061,7 @@ async fn listen(session: Session, json: bool) -> Result<()> {
                     Err(e) => break Err(e),
                 }
             };
-            shutdown.cancel();
-            let _ = connection.await;
-            let _ = serving.await;
+            held.stop().await;
             printed
         }
         Session::Remote(remote) => {

@@ -67,7 +67,7 @@ pub fn default_socket(home: &Path) -> PathBuf {
 }
 
 /// A directory only this user can enter.
-fn private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -76,6 +76,50 @@ fn private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict {}", dir.display()))
+}
+
+/// What a process that holds a profile (`listen`, `chat`, `web`) runs beside its own work: the
+/// live client's server connection, and the daemon's socket, so that other commands on the
+/// profile go through it. Both run until [`shutdown`](Self::shutdown) is cancelled, which
+/// SIGINT and SIGTERM do.
+pub struct Held {
+    /// Cancelled to stop.
+    pub shutdown: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Held {
+    /// Starts both for `live`, the profile in `home`.
+    pub fn start(home: &Path, live: &Live) -> Result<Held> {
+        let shutdown = CancellationToken::new();
+        let socket = Socket::bind(home, &default_socket(home))?;
+        let signals = crate::cli::Signals::install()?;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    _ = signals.cancel_on_first(shutdown.clone()) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        });
+        tasks.spawn({
+            let (live, shutdown) = (live.clone(), shutdown.clone());
+            async move { live.run(shutdown).await }
+        });
+        tasks.spawn({
+            let (live, shutdown) = (live.clone(), shutdown.clone());
+            async move { socket.serve(live, shutdown).await }
+        });
+        Ok(Held { shutdown, tasks })
+    }
+
+    /// Stops both, and waits for them (the socket and `daemon.json` are gone after).
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 /// The Unix socket of a daemon, bound and announced in the profile; removed again on drop.

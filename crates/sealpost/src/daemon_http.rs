@@ -41,10 +41,8 @@ struct Http {
     /// The profiles served, by `@username`.
     profiles: std::sync::Arc<Vec<(String, Live)>>,
     token: String,
-    /// The `Host` values this endpoint answers to.
-    hosts: Vec<String>,
-    /// The one `Origin` it accepts.
-    origins: Vec<String>,
+    /// Whom it answers.
+    loopback: std::sync::Arc<Loopback>,
 }
 
 /// Where the token is kept.
@@ -56,9 +54,7 @@ pub fn token_file(home: &Path) -> PathBuf {
 fn new_token(homes: &[&Path]) -> Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut raw = [0u8; 32];
-    getrandom(&mut raw)?;
-    let token = hex::encode(raw);
+    let token = random_token()?;
     for home in homes {
         let path = token_file(home);
         let _ = std::fs::remove_file(&path);
@@ -73,13 +69,16 @@ fn new_token(homes: &[&Path]) -> Result<String> {
     Ok(token)
 }
 
-/// Random bytes from the operating system (through the crypto provider the SDK uses).
-fn getrandom(buf: &mut [u8]) -> Result<()> {
+/// 32 random bytes from the operating system (through the crypto provider the SDK uses), as
+/// hex.
+pub(crate) fn random_token() -> Result<String> {
     use rustls::crypto::ring::default_provider;
+    let mut raw = [0u8; 32];
     default_provider()
         .secure_random
-        .fill(buf)
-        .map_err(|_| anyhow::anyhow!("no randomness from the operating system"))
+        .fill(&mut raw)
+        .map_err(|_| anyhow::anyhow!("no randomness from the operating system"))?;
+    Ok(hex::encode(raw))
 }
 
 /// The endpoint, bound and not yet served.
@@ -92,15 +91,7 @@ pub struct Bound {
 
 /// Binds `addr` (loopback only) and writes a fresh token into each of `homes`.
 pub async fn bind(homes: &[&Path], addr: SocketAddr) -> Result<Bound> {
-    if !addr.ip().is_loopback() {
-        bail!(
-            "--http serves loopback only (127.0.0.1 or [::1]), not {}: the daemon holds your keys",
-            addr.ip()
-        );
-    }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = bind_loopback(addr, "--http").await?;
     let token = new_token(homes)?;
     let url = format!("http://{}", listener.local_addr()?);
     Ok(Bound {
@@ -108,6 +99,66 @@ pub async fn bind(homes: &[&Path], addr: SocketAddr) -> Result<Bound> {
         token,
         url,
     })
+}
+
+/// Binds `addr`, refusing anything but loopback (`flag` names the option, for the error).
+pub(crate) async fn bind_loopback(addr: SocketAddr, flag: &str) -> Result<tokio::net::TcpListener> {
+    if !addr.ip().is_loopback() {
+        bail!(
+            "{flag} serves loopback only (127.0.0.1 or [::1]), not {}: this process holds your keys",
+            addr.ip()
+        );
+    }
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// The `Host` values a loopback listener answers to, and the origins that are its own.
+pub(crate) struct Loopback {
+    hosts: Vec<String>,
+    origins: Vec<String>,
+}
+
+impl Loopback {
+    /// For a listener on `addr`.
+    pub(crate) fn new(addr: SocketAddr) -> Loopback {
+        let port = addr.port();
+        let hosts: Vec<String> = match addr {
+            SocketAddr::V4(_) => vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")],
+            SocketAddr::V6(_) => vec![format!("[::1]:{port}"), format!("localhost:{port}")],
+        };
+        let origins = hosts.iter().map(|h| format!("http://{h}")).collect();
+        Loopback { hosts, origins }
+    }
+
+    /// Refuses a request whose `Host` is not this listener's (a DNS-rebinding page sends its
+    /// own host name), or that carries an `Origin` other than its own (a request from another
+    /// web page).
+    pub(crate) fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !self.hosts.iter().any(|h| h == host) {
+            return Some(refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this endpoint answers to its loopback address only",
+            ));
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let own = origin
+                .to_str()
+                .is_ok_and(|o| self.origins.iter().any(|mine| mine == o));
+            if !own {
+                return Some(refuse(
+                    StatusCode::FORBIDDEN,
+                    "requests from other web pages are refused",
+                ));
+            }
+        }
+        None
+    }
 }
 
 /// Serves `profiles` (each `@username` with its live client) until `shutdown`.
@@ -119,18 +170,10 @@ pub async fn serve(
     let Bound {
         listener, token, ..
     } = bound;
-    let addr = listener.local_addr()?;
-    let port = addr.port();
-    let hosts = match addr {
-        SocketAddr::V4(_) => vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")],
-        SocketAddr::V6(_) => vec![format!("[::1]:{port}"), format!("localhost:{port}")],
-    };
-    let origins = hosts.iter().map(|h| format!("http://{h}")).collect();
     let state = Http {
         profiles: std::sync::Arc::new(profiles),
         token,
-        hosts,
-        origins,
+        loopback: std::sync::Arc::new(Loopback::new(listener.local_addr()?)),
     };
     let app = Router::new()
         .route("/api/v1/rpc", post(rpc_call))
@@ -145,30 +188,15 @@ pub async fn serve(
         .context("the HTTP endpoint failed")
 }
 
-fn refuse(status: StatusCode, why: &str) -> Response {
+pub(crate) fn refuse(status: StatusCode, why: &str) -> Response {
     (status, Json(json!({ "error": why }))).into_response()
 }
 
 /// The checks every request passes before it reaches the client (see the module docs).
 async fn guard(State(http): State<Http>, req: Request, next: Next) -> Response {
     let headers = req.headers();
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    if !http.hosts.iter().any(|h| h == host) {
-        return refuse(
-            StatusCode::MISDIRECTED_REQUEST,
-            "this endpoint answers to its loopback address only",
-        );
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let own = origin
-            .to_str()
-            .is_ok_and(|o| http.origins.iter().any(|mine| mine == o));
-        if !own {
-            return refuse(StatusCode::FORBIDDEN, "requests from web pages are refused");
-        }
+    if let Some(refused) = http.loopback.refusal(headers) {
+        return refused;
     }
     if req.uri().path() != "/api/v1/check" && !authorized(headers, &http.token) {
         return refuse(
@@ -180,7 +208,6 @@ async fn guard(State(http): State<Http>, req: Request, next: Next) -> Response {
 }
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    use subtle::ConstantTimeEq as _;
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
@@ -188,7 +215,13 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     else {
         return false;
     };
-    given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    same_secret(given, token)
+}
+
+/// Whether `given` is `secret`, compared in constant time.
+pub(crate) fn same_secret(given: &str, secret: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    given.len() == secret.len() && bool::from(given.as_bytes().ct_eq(secret.as_bytes()))
 }
 
 /// Which profile a request is for: `?profile=@user` (or `user`); needed when several are served.
@@ -234,6 +267,19 @@ async fn rpc_call(
     Query(pick): Query<Pick>,
     body: axum::body::Bytes,
 ) -> Response {
+    rpc_request(&body, async |method, params| {
+        let live = http.live(pick.profile.as_deref())?;
+        rpc::dispatch(live, method, params).await
+    })
+    .await
+}
+
+/// Answers the JSON-RPC request in `body` with what `call` makes of its method and params
+/// (subscriptions are the event stream's, not a call's).
+pub(crate) async fn rpc_request(
+    body: &[u8],
+    call: impl AsyncFnOnce(&str, Value) -> Result<Value, RpcError>,
+) -> Response {
     #[derive(Deserialize)]
     struct Call {
         #[serde(default)]
@@ -242,26 +288,23 @@ async fn rpc_call(
         #[serde(default)]
         params: Value,
     }
-    let call: Call = match serde_json::from_slice(&body) {
+    let call_made: Call = match serde_json::from_slice(body) {
         Ok(c) => c,
         Err(e) => {
             let error = RpcError::params(format!("not a JSON-RPC request: {e}"));
             return Json(json!({ "jsonrpc": "2.0", "id": null, "error": error })).into_response();
         }
     };
-    let answer = match call.method.as_str() {
+    let answer = match call_made.method.as_str() {
         "subscribe" | "unsubscribe" => Err(RpcError::no_method(&format!(
-            "{} (over HTTP, read GET /api/v1/events)",
-            call.method
+            "{} (over HTTP, read the event stream)",
+            call_made.method
         ))),
-        method => match http.live(pick.profile.as_deref()) {
-            Ok(live) => rpc::dispatch(live, method, call.params).await,
-            Err(e) => Err(e),
-        },
+        method => call(method, call_made.params).await,
     };
     let body = match answer {
-        Ok(result) => json!({ "jsonrpc": "2.0", "id": call.id, "result": result }),
-        Err(error) => json!({ "jsonrpc": "2.0", "id": call.id, "error": error }),
+        Ok(result) => json!({ "jsonrpc": "2.0", "id": call_made.id, "result": result }),
+        Err(error) => json!({ "jsonrpc": "2.0", "id": call_made.id, "error": error }),
     };
     Json(body).into_response()
 }

@@ -16,6 +16,7 @@ mod passphrase;
 mod render;
 mod rpc;
 mod session;
+mod web;
 
 use std::process::ExitCode;
 

@@ -47,27 +47,9 @@ pub async fn run(session: Session) -> Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         bail!("sealpost chat needs a terminal (for scripts: send, listen, or sealpost daemon)");
     }
-    let shutdown = CancellationToken::new();
-    let socket = crate::daemon::Socket::bind(&home, &crate::daemon::default_socket(&home))?;
+    let held = crate::daemon::Held::start(&home, &live)?;
+    let shutdown = held.shutdown.clone();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn({
-        let (live, shutdown) = (live.clone(), shutdown.clone());
-        async move { live.run(shutdown).await }
-    });
-    tasks.spawn({
-        let (live, shutdown) = (live.clone(), shutdown.clone());
-        async move { socket.serve(live, shutdown).await }
-    });
-    let signals = crate::cli::Signals::install()?;
-    tasks.spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            tokio::select! {
-                _ = signals.cancel_on_first(shutdown.clone()) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        }
-    });
     let (tx, mut rx) = mpsc::unbounded_channel();
     feed(&live, &tx, &shutdown, &mut tasks);
     let calls = caller(&live, &tx, &mut tasks);
@@ -130,7 +112,7 @@ pub async fn run(session: Session) -> Result<()> {
     };
     let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableBracketedPaste);
     ratatui::restore();
-    shutdown.cancel();
+    held.stop().await;
     drop(calls);
     while tasks.join_next().await.is_some() {}
     outcome

@@ -9,6 +9,7 @@
 use std::process::Command;
 
 mod terminal;
+mod web;
 
 fn sealpost() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sealpost"))
@@ -382,6 +383,19 @@ fn alice_and_bob() -> (
     run_ok(&a, &["register", "alice", "--server", &server.url]);
     run_ok(&b, &["register", "bob", "--server", &server.url]);
     (server, homes, a, b)
+}
+
+/// Registers each of `names` on the server at `url`, in a profile named after them in `homes`.
+fn register_all<const N: usize>(
+    url: &str,
+    homes: &std::path::Path,
+    names: [&str; N],
+) -> [std::path::PathBuf; N] {
+    names.map(|name| {
+        let home = homes.join(name);
+        run_ok(&home, &["register", name, "--server", url]);
+        home
+    })
 }
 
 fn run_ok(home: &std::path::Path, args: &[&str]) -> String {

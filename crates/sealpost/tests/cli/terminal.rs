@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use super::{InProcessServer, ServerProcess, run_ok, sealpost};
+use super::{InProcessServer, ServerProcess, register_all, run_ok, sealpost};
 
 /// A tmux server of this test's own, whose one pane runs a shell command on a real terminal.
 struct Terminal {
@@ -240,11 +240,7 @@ fn chat(home: &std::path::Path) -> String {
 fn two_people_chat_in_the_terminal() {
     let server = InProcessServer::start();
     let homes = tempfile::tempdir().unwrap();
-    let [a, b, _carol] = ["alice", "bob", "carol"].map(|name| {
-        let home = homes.path().join(name);
-        run_ok(&home, &["register", name, "--server", &server.url]);
-        home
-    });
+    let [a, b, _carol] = register_all(&server.url, homes.path(), ["alice", "bob", "carol"]);
     let Some(alice) = Terminal::start_sized(&chat(&a), 80, 24) else {
         return;
     };
