@@ -554,7 +554,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Register { username, server } => {
             let server = config.server(server)?;
-            let passphrase = crate::passphrase::choose().await?;
+            let passphrase = crate::passphrase::for_new_profile(&home).await?;
             let client = Client::register(
                 &home,
                 &server,
@@ -1265,7 +1265,7 @@ pub(crate) fn qr(data: &str, margin: bool) -> String {
 }
 
 async fn link(home: &std::path::Path, server: &str, username: &str, as_json: bool) -> Result<()> {
-    let passphrase = crate::passphrase::choose().await?;
+    let passphrase = crate::passphrase::for_new_profile(home).await?;
     let mut pending = sealpost_sdk::PendingLink::start(
         home,
         server,

@@ -63,3 +63,20 @@ pub async fn choose() -> Result<Option<Zeroizing<String>>> {
     }
     bail!("the passphrases typed did not match {ATTEMPTS} times: nothing was created")
 }
+
+/// The passphrase for a command that makes a profile in `home` (`register`, `device link`): a
+/// new one ([`choose`]), or, where a profile is there already, the one that opens it, asked
+/// for on a terminal (so that the command can then say what is in the way, not that a new
+/// passphrase is wrong).
+pub async fn for_new_profile(home: &Path) -> Result<Option<Zeroizing<String>>> {
+    if !home.join("store.key").exists() {
+        return choose().await;
+    }
+    if let Some(given) = from_env() {
+        return Ok(Some(given));
+    }
+    match sealpost_sdk::Client::open(home, None) {
+        Err(sealpost_sdk::Error::PassphraseRequired) if can_ask() => Ok(Some(ask(home).await?)),
+        _ => Ok(None),
+    }
+}

@@ -172,7 +172,8 @@ fn a_passphrase_typed_on_the_terminal_protects_the_profile() {
     let script = format!(
         "env -u SEALPOST_PASSPHRASE SEALPOST_HOME='{home}' sh -c \
          \"'{bin}' register alice --server {url}; echo register said \\$?; \
-         '{bin}' whoami; echo whoami said \\$?; sleep 600\"",
+         '{bin}' whoami; echo whoami said \\$?; \
+         '{bin}' register alice --server {url}; echo again said \\$?; sleep 600\"",
         home = home.display(),
         url = server.url,
     );
@@ -196,6 +197,17 @@ fn a_passphrase_typed_on_the_terminal_protects_the_profile() {
     terminal.type_line(secret);
     let screen = terminal.wait_for("whoami said 0", 1);
     assert!(screen.contains("@alice"), "{screen}");
+    // Registering again on the protected profile asks for its passphrase (not a new one), and
+    // then says what is in the way.
+    terminal.wait_for("Passphrase for the profile", 3);
+    terminal.type_line(secret);
+    let screen = terminal.wait_for("again said 1", 1);
+    assert!(screen.contains("already"), "{screen}");
+    assert_eq!(
+        screen.matches("Passphrase to protect").count(),
+        2,
+        "asked to choose a passphrase again:\n{screen}"
+    );
     assert!(
         !screen.contains(secret),
         "the passphrase was echoed:\n{screen}"
