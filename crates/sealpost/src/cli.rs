@@ -42,6 +42,86 @@ impl Cli {
     pub fn json(&self) -> bool {
         self.json
     }
+
+    /// The command line as clap sees it, with the client's options (`--home`, `--json`) left
+    /// out of what `server` offers in its help, completions and manual page.
+    pub fn command() -> clap::Command {
+        // A subcommand that has an argument of a global one's name does not get the global
+        // one: `server` gets hidden ones of its own instead, refused in `parse_args`.
+        <Cli as clap::CommandFactory>::command().mut_subcommand("server", |server| {
+            server
+                .arg(
+                    clap::Arg::new("home")
+                        .long("home")
+                        .hide(true)
+                        .num_args(0..=1),
+                )
+                .arg(
+                    clap::Arg::new("json")
+                        .long("json")
+                        .hide(true)
+                        .action(clap::ArgAction::SetTrue),
+                )
+        })
+    }
+
+    /// [`command`](Self::command) as completions and manual pages show it: the client's
+    /// options on every command but `server` (a completion script offers even hidden options,
+    /// so `server` must not have them at all here).
+    pub fn for_display() -> clap::Command {
+        fn with(command: clap::Command, args: &[clap::Arg]) -> clap::Command {
+            let names: Vec<String> = command
+                .get_subcommands()
+                .map(|c| c.get_name().to_owned())
+                .collect();
+            let command = args.iter().fold(command, |c, a| c.arg(a.clone()));
+            names.into_iter().fold(command, |c, name| {
+                c.mut_subcommand(name, |sub| with(sub, args))
+            })
+        }
+        let base = <Cli as clap::CommandFactory>::command()
+            .mut_arg("home", |a| a.global(false))
+            .mut_arg("json", |a| a.global(false));
+        let client: Vec<clap::Arg> = base
+            .get_arguments()
+            .filter(|a| ["home", "json"].contains(&a.get_id().as_str()))
+            .cloned()
+            .collect();
+        let names: Vec<String> = base
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .filter(|name| name != "server")
+            .collect();
+        names.into_iter().fold(base, |c, name| {
+            c.mut_subcommand(name, |sub| with(sub, &client))
+        })
+    }
+
+    /// Reads the command line (on a mistake, says so and exits, as clap does).
+    pub fn parse_args() -> Cli {
+        use clap::parser::ValueSource;
+        let mut command = Cli::command();
+        let matches = command.get_matches_mut();
+        if let Some(("server", server)) = matches.subcommand() {
+            let typed = |id: &str| {
+                matches.value_source(id) == Some(ValueSource::CommandLine)
+                    || server.value_source(id) == Some(ValueSource::CommandLine)
+            };
+            if typed("home") || typed("json") {
+                command
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--home and --json are options of the client's commands; the server \
+                         keeps its data in --data and its settings in --config",
+                    )
+                    .exit();
+            }
+        }
+        match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -101,18 +101,13 @@ Read the main page without installing it: sealpost man | man -l -";
 /// panic).
 pub fn completions(shell: clap_complete::Shell) -> Result<()> {
     let mut script = Vec::new();
-    clap_complete::generate(
-        shell,
-        &mut <Cli as clap::CommandFactory>::command(),
-        "sealpost",
-        &mut script,
-    );
+    clap_complete::generate(shell, &mut Cli::for_display(), "sealpost", &mut script);
     write_stdout(&script)
 }
 
 /// `sealpost man [--out DIR]`: the main page on stdout, or every page into `out`.
 pub fn man(out: Option<&std::path::Path>) -> Result<()> {
-    let command = <Cli as clap::CommandFactory>::command();
+    let command = Cli::for_display();
     let Some(dir) = out else {
         let mut page = Vec::new();
         clap_mangen::Man::new(command).render(&mut page)?;

@@ -124,10 +124,9 @@ fn completions_and_manual_pages_come_from_the_command_line() {
     let out = sealpost().args(["completions", "bash"]).output().unwrap();
     assert!(out.status.success());
     std::fs::write(&script, &out.stdout).unwrap();
-    assert_eq!(
-        bash_completes(&script, &["sealpost", "se"]),
-        ["server", "send", "settings"]
-    );
+    let mut commands = bash_completes(&script, &["sealpost", "se"]);
+    commands.sort();
+    assert_eq!(commands, ["send", "server", "settings"]);
     assert_eq!(
         bash_completes(&script, &["sealpost", "group", "c"]),
         ["create"]
@@ -189,6 +188,39 @@ fn completions_and_manual_pages_come_from_the_command_line() {
     }
     let send = std::fs::read_to_string(pages.join("sealpost-send.1")).unwrap();
     assert!(send.contains("reply\\-to"), "{send}");
+
+    // The client's options are the client's: `server` offers neither in its help, its
+    // completions or its page, and refuses them (SEALPOST_HOME in the environment is no harm).
+    let server_page = std::fs::read_to_string(pages.join("sealpost-server.1")).unwrap();
+    assert!(send.contains("\\-\\-home"), "{send}");
+    assert!(!server_page.contains("\\-\\-home"), "{server_page}");
+    let help = sealpost().args(["server", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--data") && !help.contains("--home") && !help.contains("--json"),
+        "{help}"
+    );
+    let offered = bash_completes(&script, &["sealpost", "server", "--"]);
+    assert!(offered.contains(&"--data".to_owned()), "{offered:?}");
+    assert!(
+        !offered.iter().any(|o| o == "--home" || o == "--json"),
+        "{offered:?}"
+    );
+    for args in [&["server", "--home", "x"][..], &["--json", "server"]] {
+        let out = sealpost().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let error = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            error.contains("options of the client's commands"),
+            "{error}"
+        );
+    }
+    let out = sealpost()
+        .env("SEALPOST_HOME", dir.path())
+        .args(["server", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
 }
 
 /// The client's settings file names the profile and the server; the command line wins over it;
