@@ -327,6 +327,14 @@ enum Command {
     /// (docs/threat-model.md). This checks its audit proofs (akd), one published version ("epoch")
     /// after another, from where the last run stopped. Exits with status 3 if a check fails.
     Audit(AuditArgs),
+    /// Remember this profile's passphrase in the system's keyring, or forget it.
+    ///
+    /// Remembered, commands open the profile without asking (on Linux: in the kernel's user
+    /// keyring, in memory only, until the next restart).
+    Passphrase {
+        #[command(subcommand)]
+        action: PassphraseAction,
+    },
     /// Show the client's settings in effect, in the form of its settings file.
     ///
     /// The file is $XDG_CONFIG_HOME/sealpost/client.toml (~/.config/sealpost/client.toml); it can
@@ -400,6 +408,14 @@ enum GroupCommand {
         /// The #group or @user.
         group: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum PassphraseAction {
+    /// Keep the passphrase (SEALPOST_PASSPHRASE, or typed) once it opened the profile.
+    Remember,
+    /// Take it out again.
+    Forget,
 }
 
 #[derive(Debug, Subcommand)]
@@ -652,6 +668,27 @@ pub async fn run(cli: Cli) -> Result<()> {
                 me.username, me.device, me.server
             );
             return Ok(());
+        }
+        Command::Passphrase { action } => {
+            return match action {
+                PassphraseAction::Remember => {
+                    crate::passphrase::remember(&home).await?;
+                    println!(
+                        "remembered: commands open {} without asking until the next restart \
+                         (`sealpost passphrase forget` takes it out)",
+                        safe(&home.display().to_string())
+                    );
+                    Ok(())
+                }
+                PassphraseAction::Forget => {
+                    if crate::passphrase::forget(&home)? {
+                        println!("forgotten");
+                    } else {
+                        println!("nothing was remembered for this profile");
+                    }
+                    Ok(())
+                }
+            };
         }
         Command::Device(DeviceCommand::Link { username, server }) => {
             let server = config.server(server)?;
@@ -934,6 +971,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Daemon(args) => daemon(&home, session, args, as_json).await,
         Command::Server(_)
         | Command::Config
+        | Command::Passphrase { .. }
         | Command::Demo
         | Command::Completions { .. }
         | Command::Man { .. }

@@ -1,6 +1,12 @@
-//! The passphrase that protects a profile's store key: `SEALPOST_PASSPHRASE`, or typed on the
-//! terminal (never echoed) when the variable is not set and the command runs on one. A command
-//! that does not run on a terminal (a script, a service) never waits for someone to type.
+//! The passphrase that protects a profile's store key: `SEALPOST_PASSPHRASE`, or the one
+//! remembered in the system's keyring (`sealpost passphrase remember`), or typed on the terminal
+//! (never echoed) when neither is there and the command runs on one. A command that does not
+//! run on a terminal (a script, a service) never waits for someone to type.
+//!
+//! The keyring is, on Linux, the kernel's user keyring (keyrings(7)): the passphrase is kept in
+//! the kernel's memory, never on disk, for the user's processes until the last of them ends
+//! (in practice until the next restart). A program running as the user can read it there, as
+//! it could read the profile; someone with the disk or a backup cannot.
 
 use std::io::IsTerminal as _;
 use std::path::Path;
@@ -78,5 +84,105 @@ pub async fn for_new_profile(home: &Path) -> Result<Option<Zeroizing<String>>> {
     match sealpost_sdk::Client::open(home, None) {
         Err(sealpost_sdk::Error::PassphraseRequired) if can_ask() => Ok(Some(ask(home).await?)),
         _ => Ok(None),
+    }
+}
+
+/// The passphrase remembered for the profile in `home`, if any.
+pub fn remembered(home: &Path) -> Option<Zeroizing<String>> {
+    keyring::load(home)
+}
+
+/// `sealpost passphrase remember`: keeps the profile's passphrase (`SEALPOST_PASSPHRASE`, or
+/// typed) in the keyring, once it has opened the profile.
+pub async fn remember(home: &Path) -> Result<()> {
+    let passphrase = match from_env() {
+        Some(given) => given,
+        None if can_ask() => ask(home).await?,
+        None => bail!(
+            "set SEALPOST_PASSPHRASE, or run the command on a terminal to type the passphrase"
+        ),
+    };
+    match sealpost_sdk::Client::open(home, Some(&passphrase)) {
+        Ok(_) => {}
+        Err(sealpost_sdk::Error::ProfileLocked) => bail!(
+            "the profile is in use (a daemon, listen, chat or web): stop it, then try again, so \
+             that the passphrase can be checked first"
+        ),
+        Err(e) => return Err(crate::rpc::RpcError::from(e).into()),
+    }
+    keyring::save(home, &passphrase)
+}
+
+/// `sealpost passphrase forget`: takes the profile's passphrase out of the keyring. Whether
+/// there was one.
+pub fn forget(home: &Path) -> Result<bool> {
+    keyring::forget(home)
+}
+
+#[cfg(target_os = "linux")]
+mod keyring {
+    use std::path::Path;
+
+    use anyhow::{Context as _, Result};
+    use linux_keyutils::{KeyError, KeyRing, KeyRingIdentifier};
+    use zeroize::Zeroizing;
+
+    /// The key's name: the profile's full path.
+    fn name(home: &Path) -> String {
+        let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
+        format!("sealpost passphrase:{}", home.display())
+    }
+
+    fn ring(create: bool) -> Result<KeyRing, KeyError> {
+        KeyRing::from_special_id(KeyRingIdentifier::User, create)
+    }
+
+    pub fn load(home: &Path) -> Option<Zeroizing<String>> {
+        let key = ring(false).ok()?.search(&name(home)).ok()?;
+        let bytes = Zeroizing::new(key.read_to_vec().ok()?);
+        std::str::from_utf8(&bytes)
+            .ok()
+            .map(|s| Zeroizing::new(s.to_owned()))
+    }
+
+    pub fn save(home: &Path, passphrase: &str) -> Result<()> {
+        ring(true)
+            .and_then(|r| r.add_key(&name(home), passphrase.as_bytes()))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("the kernel's keyring did not take the passphrase")?;
+        Ok(())
+    }
+
+    pub fn forget(home: &Path) -> Result<bool> {
+        let Ok(ring) = ring(false) else {
+            return Ok(false);
+        };
+        match ring.search(&name(home)) {
+            Ok(key) => key
+                .invalidate()
+                .map(|()| true)
+                .map_err(|e| anyhow::anyhow!("cannot take the passphrase out of the keyring: {e}")),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod keyring {
+    use std::path::Path;
+
+    use anyhow::{Result, bail};
+    use zeroize::Zeroizing;
+
+    pub fn load(_home: &Path) -> Option<Zeroizing<String>> {
+        None
+    }
+
+    pub fn save(_home: &Path, _passphrase: &str) -> Result<()> {
+        bail!("this system's keyring is not supported yet: use SEALPOST_PASSPHRASE")
+    }
+
+    pub fn forget(_home: &Path) -> Result<bool> {
+        Ok(false)
     }
 }

@@ -113,7 +113,10 @@ impl From<sealpost_sdk::Error> for RpcError {
             }
             E::AlreadyRegistered(_) => format!("{e}; use another --home for another account"),
             E::PassphraseRequired => {
-                format!("{e}: set SEALPOST_PASSPHRASE, or run the command on a terminal to type it")
+                format!(
+                    "{e}: set SEALPOST_PASSPHRASE, run the command on a terminal to type it, or \
+                     keep it in the system's keyring with `sealpost passphrase remember`"
+                )
             }
             E::BadDeviceId(_) | E::UnknownDevice(_) => {
                 format!("{e} (`sealpost device list` shows them)")

@@ -39,7 +39,11 @@ impl Session {
     pub async fn open(home: &Path, passphrase: Option<&str>) -> Result<Session> {
         let deadline = Instant::now() + WAIT_FOR_PROFILE;
         let mut said = false;
-        let mut typed: Option<zeroize::Zeroizing<String>> = None;
+        // The one remembered in the keyring is tried first, as if typed (a wrong one: asked).
+        let mut typed = passphrase
+            .is_none()
+            .then(|| crate::passphrase::remembered(home))
+            .flatten();
         let mut attempts = 0;
         loop {
             let given = typed.as_ref().map(|t| t.as_str()).or(passphrase);

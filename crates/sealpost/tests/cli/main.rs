@@ -1678,3 +1678,51 @@ fn profiles_from_the_command_line() {
     let out = run_ok(&a, &["profile", "--remove-avatar"]);
     assert!(out.ends_with("no avatar\n"), "{out}");
 }
+
+/// A passphrase remembered in the system's keyring opens the profile without being given, until
+/// it is forgotten; a wrong one is never remembered.
+#[test]
+fn a_passphrase_remembered_in_the_keyring_opens_the_profile() {
+    let server = ServerProcess::start();
+    let homes = tempfile::tempdir().unwrap();
+    let home = homes.path().join("alice");
+    let secret = "correct horse battery";
+    let with = |passphrase: Option<&str>, args: &[&str]| {
+        let mut command = sealpost();
+        command.env_remove("SEALPOST_PASSPHRASE");
+        if let Some(p) = passphrase {
+            command.env("SEALPOST_PASSPHRASE", p);
+        }
+        command
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let registered = with(
+        Some(secret),
+        &["register", "alice", "--server", &server.url],
+    );
+    assert!(registered.status.success());
+    let refused = with(Some("not it"), &["passphrase", "remember"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let locked = with(None, &["whoami"]);
+    assert_eq!(locked.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&locked.stderr).contains("passphrase remember"));
+
+    let remembered = with(Some(secret), &["passphrase", "remember"]);
+    assert!(
+        remembered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&remembered.stderr)
+    );
+    let opened = with(None, &["whoami"]);
+    assert!(opened.status.success());
+    assert!(String::from_utf8_lossy(&opened.stdout).contains("@alice"));
+
+    let forgotten = with(None, &["passphrase", "forget"]);
+    assert_eq!(String::from_utf8_lossy(&forgotten.stdout), "forgotten\n");
+    assert_eq!(with(None, &["whoami"]).status.code(), Some(1));
+}
