@@ -119,6 +119,21 @@ async function main() {
     await alice.page.locator(".message .text", { hasText: "hello from the browser" }).waitFor();
     await alice.page.setViewportSize({ width: 1100, height: 720 });
 
+    // A group, made in the page: Bob finds it in his list, and what Alice writes there.
+    await alice.page.click("#new-group");
+    await alice.page.fill("dialog input[name=name]", "family");
+    await alice.page.fill("dialog input[name=members]", "@bob");
+    await alice.page.click("dialog button.ok");
+    await alice.page.locator("#title", { hasText: "#family" }).waitFor();
+    await alice.page.fill("#text", "dinner at eight");
+    await alice.page.press("#text", "Enter");
+    await bob.page.locator("#conversations li", { hasText: "#family" }).click();
+    await bob.page.locator(".message .text", { hasText: "dinner at eight" }).waitFor();
+    await bob.page.click("#members-button");
+    await bob.page.locator("dialog li", { hasText: "@alice" }).waitFor();
+    await bob.page.screenshot({ path: path.join(shots, "web-group-members.png") });
+    await bob.page.getByRole("button", { name: "Cancel" }).click();
+
     // The server put a device of its own under @carol: Alice's first message to her is refused,
     // and the alert stays on top until she says she read it.
     await newChat(alice.page, "@carol");
@@ -135,6 +150,7 @@ async function main() {
     await alice.page.locator("#conversations li", { hasText: "@bob" }).click();
     await alice.page.fill("#text", "last one");
     await alice.page.press("#text", "Enter");
+    await bob.page.locator("#conversations li[data-conversation=\"@alice\"]").click();
     await bob.page.locator(".message .text", { hasText: "last one" }).waitFor();
     assert.equal(await bob.page.locator("text=forged by another page").count(), 0);
     await bob.page.screenshot({ path: path.join(shots, "web-bob.png") });
