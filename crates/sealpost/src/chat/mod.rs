@@ -62,6 +62,7 @@ pub async fn run(session: Session) -> Result<()> {
     let mut effects = app.start();
     let outcome = loop {
         let mut quit = false;
+        let mut seen = Vec::new();
         for effect in effects.drain(..) {
             match effect {
                 Effect::Quit => quit = true,
@@ -78,13 +79,15 @@ pub async fn run(session: Session) -> Result<()> {
                         let _ = tx.send(Msg::Loaded(load(&live, open, limit).await));
                     });
                 }
-                Effect::Seen(ids) => {
-                    let live = live.clone();
-                    tokio::spawn(async move {
-                        let _ = live.lock().await.mark_seen(CONSUMER, &ids);
-                    });
-                }
+                Effect::Seen(ids) => seen.extend(ids),
             }
+        }
+        if !seen.is_empty() {
+            // One write for everything this round showed.
+            let live = live.clone();
+            tokio::spawn(async move {
+                let _ = live.lock().await.mark_seen(CONSUMER, &seen);
+            });
         }
         if quit || shutdown.is_cancelled() {
             break Ok(());

@@ -7,6 +7,9 @@
 //! - only loopback addresses are served, and a request must name this listener as its `Host`
 //!   (a DNS-rebinding page names its own) and carry no `Origin` but this page's own (see
 //!   [`Loopback`]);
+//! - a request for `/api/` that the browser says comes from another page (`Sec-Fetch-Site`
+//!   other than `same-origin`; another port of this machine is the same site, so the cookie
+//!   would go along with what such a page embeds) is refused;
 //! - the address printed at start carries a random token that works once: it is exchanged for
 //!   a cookie (`HttpOnly`, `SameSite=Strict`, named after the port) holding another random
 //!   secret, and every other request needs that cookie;
@@ -140,6 +143,21 @@ async fn guard(State(web): State<Web>, req: Request, next: Next) -> Response {
         return with_headers(refuse(
             StatusCode::FORBIDDEN,
             "requests without an Origin are refused",
+        ));
+    }
+    // A page on another port of this machine is the same site, so the cookie goes along with
+    // what it embeds (an image, say): the browser's Sec-Fetch-Site tells such a request from
+    // the page's own.
+    let fetched_from = req
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok());
+    if req.uri().path().starts_with("/api/")
+        && fetched_from.is_some_and(|site| site != "same-origin")
+    {
+        return with_headers(refuse(
+            StatusCode::FORBIDDEN,
+            "requests from other web pages are refused",
         ));
     }
     let login = req.uri().path() == "/" && req.uri().query().is_some_and(|q| q.contains("token="));

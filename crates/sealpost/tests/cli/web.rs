@@ -167,6 +167,26 @@ fn the_web_app_answers_its_own_page_only() {
                     answer.json::<serde_json::Value>().await.unwrap_or_default(),
                 )
             };
+        // What another page on this machine embeds (same site: the cookie goes along) is
+        // refused by what the browser says of it.
+        let embedded = http
+            .get(format!("{origin}/api/qr?text=123"))
+            .header("Cookie", &cookie)
+            .header("Sec-Fetch-Site", "same-site")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(embedded.status(), 403);
+        let own = http
+            .get(format!("{origin}/api/qr?text=123"))
+            .header("Cookie", &cookie)
+            .header("Sec-Fetch-Site", "same-origin")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(own.status(), 200);
+        assert_eq!(own.headers()["content-type"], "image/svg+xml");
+
         let whoami = serde_json::json!({"method": "whoami"});
         assert_eq!(call(whoami.clone(), Some(&origin), None).await.0, 401);
         assert_eq!(
