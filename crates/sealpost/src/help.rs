@@ -20,12 +20,15 @@ Examples:
   sealpost group create friends --member @bob --member @carol   a group
   sealpost sync                                                 what came in since
   sealpost messages @bob                                        a conversation
+  sealpost chat                                                 a full-screen chat (F1: help)
+  sealpost web                                                  the chat in your browser
   sealpost listen                                               messages as they arrive
   sealpost verify @bob                                          compare your safety number
 Environment:
   SEALPOST_HOME        the profile directory (as --home)
   SEALPOST_PASSPHRASE  the passphrase that protects the profile's key (set when registering
-                       to use one, then whenever the profile is opened)
+                       to use one, then whenever the profile is opened; or `sealpost
+                       passphrase remember` once)
   XDG_DATA_HOME        where the profile lives by default (~/.local/share if unset)
   XDG_CONFIG_HOME      where the settings file is: sealpost/client.toml (~/.config if unset);
                        `sealpost config` shows the settings in effect
