@@ -40,8 +40,8 @@ pub async fn run(session: Session) -> Result<()> {
     let (live, home) = match session {
         Session::Local { live, home } => (live, home),
         Session::Remote(_) => bail!(
-            "a daemon (or a `sealpost listen`) holds this profile: stop it first; while the chat \
-             runs, it serves other commands on the profile itself"
+            "another sealpost process (a daemon, listen, chat or web) holds this profile: stop \
+             it first; while the chat runs, it serves other commands on the profile itself"
         ),
     };
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {

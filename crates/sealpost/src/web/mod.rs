@@ -82,8 +82,8 @@ pub async fn run(session: Session, listen: SocketAddr) -> Result<()> {
     let (live, home) = match session {
         Session::Local { live, home } => (live, home),
         Session::Remote(_) => bail!(
-            "a daemon (or a `sealpost listen` or `sealpost chat`) holds this profile: stop it \
-             first; while the web app runs, it serves other commands on the profile itself"
+            "another sealpost process (a daemon, listen, chat or web) holds this profile: stop \
+             it first; while the web app runs, it serves other commands on the profile itself"
         ),
     };
     let listener = crate::daemon_http::bind_loopback(listen, "sealpost web").await?;
