@@ -43,6 +43,8 @@ struct Http {
     token: String,
     /// Whom it answers.
     loopback: std::sync::Arc<Loopback>,
+    /// Ends the event streams, so that a graceful shutdown does not wait for them forever.
+    shutdown: CancellationToken,
 }
 
 /// Where the token is kept.
@@ -174,6 +176,7 @@ pub async fn serve(
         profiles: std::sync::Arc::new(profiles),
         token,
         loopback: std::sync::Arc::new(Loopback::new(listener.local_addr()?)),
+        shutdown: shutdown.clone(),
     };
     let app = Router::new()
         .route("/api/v1/rpc", post(rpc_call))
@@ -359,6 +362,7 @@ async fn events(
         let event = event.unwrap_or_else(|_| SseEvent::default().event("error"));
         Some((Ok::<_, Infallible>(event), next))
     });
+    let stream = futures_util::StreamExt::take_until(stream, http.shutdown.cancelled_owned());
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

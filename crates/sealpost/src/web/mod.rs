@@ -75,6 +75,8 @@ struct Web {
     cookie: Arc<String>,
     /// Where uploads and downloads pass through (in the profile, only the user can enter).
     spool: Arc<PathBuf>,
+    /// Ends the event streams, so that a graceful shutdown does not wait for them forever.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Runs the web app on `listen` (loopback only) until SIGINT or SIGTERM.
@@ -91,6 +93,7 @@ pub async fn run(session: Session, listen: SocketAddr) -> Result<()> {
     let spool = home.join("web");
     crate::daemon::private_dir(&spool)?;
     let token = random_token()?;
+    let held = crate::daemon::Held::start(&home, &live)?;
     let web = Web {
         live: live.clone(),
         loopback: Arc::new(Loopback::new(addr)),
@@ -98,8 +101,8 @@ pub async fn run(session: Session, listen: SocketAddr) -> Result<()> {
         secret: Arc::new(random_token()?),
         cookie: Arc::new(format!("sealpost_web_{}", addr.port())),
         spool: Arc::new(spool),
+        shutdown: held.shutdown.clone(),
     };
-    let held = crate::daemon::Held::start(&home, &live)?;
     let me = live.lock().await.whoami();
     println!(
         "Sealpost for {} on http://{addr}: open this address in your browser (it works once; \
@@ -298,7 +301,8 @@ async fn events(State(web): State<Web>) -> Response {
     let transfers = watch_transfers(web.live.transfers());
     let all =
         futures_util::stream::select(futures_util::stream::select(log, connection), transfers)
-            .map(Ok::<_, Infallible>);
+            .map(Ok::<_, Infallible>)
+            .take_until(web.shutdown.clone().cancelled_owned());
     Sse::new(all)
         .keep_alive(KeepAlive::default())
         .into_response()

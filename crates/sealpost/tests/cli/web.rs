@@ -235,3 +235,53 @@ fn the_web_app_answers_its_own_page_only() {
         );
     });
 }
+
+/// Ctrl-C (or SIGTERM) stops the web app even while a page listens to its event stream: the
+/// graceful shutdown used to wait for that stream forever.
+#[test]
+fn the_web_app_stops_while_a_page_listens() {
+    let server = InProcessServer::start();
+    let homes = tempfile::tempdir().unwrap();
+    let [home] = register_all(&server.url, homes.path(), ["alice"]);
+    let mut app = WebApp::start(&home);
+    let origin = app.url.split("/?").next().unwrap().to_owned();
+    // The page's stream stays open (held here) while the process is told to stop.
+    let _listening = server.runtime.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let login = http.get(&app.url).send().await.unwrap();
+        let cookie = login.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let mut events = http
+            .get(format!("{origin}/api/events"))
+            .header("Cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(events.status(), 200);
+        // The stream is open: its first event is there.
+        assert!(events.chunk().await.unwrap().is_some());
+        let pid = app.child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        events
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = app.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the web app did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
