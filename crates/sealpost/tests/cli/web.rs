@@ -57,6 +57,15 @@ impl Drop for WebApp {
     }
 }
 
+/// An HTTP client that shows redirects instead of following them (as the login answers one).
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn two_browsers_chat_through_the_web_app() {
     let Some(playwright) = playwright() else {
@@ -98,11 +107,7 @@ fn the_web_app_answers_its_own_page_only() {
     let app = WebApp::start(&home);
     let origin = app.url.split("/?").next().unwrap().to_owned();
     server.runtime.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let http = client();
         let csp = |r: &reqwest::Response| {
             r.headers()
                 .get("content-security-policy")
@@ -247,11 +252,7 @@ fn the_web_app_stops_while_a_page_listens() {
     let origin = app.url.split("/?").next().unwrap().to_owned();
     // The page's stream stays open (held here) while the process is told to stop.
     let _listening = server.runtime.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let http = client();
         let login = http.get(&app.url).send().await.unwrap();
         let cookie = login.headers()["set-cookie"].to_str().unwrap();
         let cookie = cookie.split(';').next().unwrap().to_owned();
