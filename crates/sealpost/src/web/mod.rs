@@ -41,6 +41,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 
 use sealpost_sdk::Live;
+use zeroize::Zeroizing;
 
 use crate::daemon_http::{Loopback, random_token, refuse, rpc_request, same_secret};
 use crate::rpc::{self, RpcError};
@@ -68,9 +69,9 @@ struct Web {
     live: Live,
     loopback: Arc<Loopback>,
     /// The token in the printed address, until it is used.
-    token: Arc<Mutex<Option<String>>>,
+    token: Arc<Mutex<Option<Zeroizing<String>>>>,
     /// The cookie's secret.
-    secret: Arc<String>,
+    secret: Arc<Zeroizing<String>>,
     /// The cookie's name (with the port: two profiles served on two ports keep theirs apart).
     cookie: Arc<String>,
     /// Where uploads and downloads pass through (in the profile, only the user can enter).
@@ -92,13 +93,13 @@ pub async fn run(session: Session, listen: SocketAddr) -> Result<()> {
     let addr = listener.local_addr()?;
     let spool = home.join("web");
     crate::daemon::private_dir(&spool)?;
-    let token = random_token()?;
+    let token = Zeroizing::new(random_token()?);
     let held = crate::daemon::Held::start(&home, &live)?;
     let web = Web {
         live: live.clone(),
         loopback: Arc::new(Loopback::new(addr)),
         token: Arc::new(Mutex::new(Some(token.clone()))),
-        secret: Arc::new(random_token()?),
+        secret: Arc::new(Zeroizing::new(random_token()?)),
         cookie: Arc::new(format!("sealpost_web_{}", addr.port())),
         spool: Arc::new(spool),
         shutdown: held.shutdown.clone(),
@@ -108,7 +109,8 @@ pub async fn run(session: Session, listen: SocketAddr) -> Result<()> {
         "Sealpost for {} on http://{addr}: open this address in your browser (it works once; \
          start again for a new one):\n\n    http://{addr}/?token={token}\n\nOnly this computer \
          can reach it. Ctrl-C stops it.",
-        me.username
+        me.username,
+        token = token.as_str()
     );
     let served = axum::serve(listener, router(web))
         .with_graceful_shutdown(held.shutdown.clone().cancelled_owned())
@@ -235,7 +237,8 @@ async fn index(State(web): State<Web>, Query(login): Query<Login>, headers: Head
     }
     let cookie = format!(
         "{}={}; HttpOnly; SameSite=Strict; Path=/",
-        web.cookie, web.secret
+        web.cookie,
+        web.secret.as_str()
     );
     (
         StatusCode::SEE_OTHER,
