@@ -214,6 +214,13 @@ pub struct Limits {
     /// The largest file, in bytes as uploaded (encrypted); 0 from a server without files.
     #[serde(default)]
     pub max_file_bytes: u64,
+    /// The largest commit upload (a commit and its Welcome), bytes; 0 from a server that
+    /// takes commits within `max_body_bytes` only.
+    #[serde(default)]
+    pub max_handshake_bytes: u64,
+    /// The most devices in one group; 0 when the server does not say.
+    #[serde(default)]
+    pub max_group_size: u64,
 }
 
 /// `PUT /v1/groups/{group}/expiry`: the most the server keeps the group's messages and files,

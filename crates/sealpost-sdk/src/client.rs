@@ -20,8 +20,8 @@ use openmls::prelude::{
     BasicCredential, Capabilities, Ciphersuite, ContentType, Credential, CredentialWithKey,
     ExtensionType, GroupId as MlsGroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters,
     MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
-    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, Proposal,
-    ProtocolMessage, ProtocolVersion, Sender, StagedWelcome,
+    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, ProcessedWelcome,
+    Proposal, ProtocolMessage, ProtocolVersion, Sender,
 };
 use openmls::treesync::errors::LifetimeError;
 use openmls_basic_credential::SignatureKeyPair;
@@ -37,7 +37,7 @@ use sealpost_proto::{
     padded_len, unpad,
 };
 use serde::{Deserialize, Serialize};
-use tls_codec::{Deserialize as _, Serialize as _};
+use tls_codec::{Deserialize as _, Serialize as _, Size as _};
 use zeroize::Zeroizing;
 
 mod changes;
@@ -92,8 +92,6 @@ const SYNC_CONSUMER: &str = "sdk.sync";
 
 /// Past epochs whose keys are kept, so that messages sent just before a commit still decrypt.
 pub const MAX_PAST_EPOCHS: usize = 5;
-/// Most members added in one commit (openmls batch adds are superlinear).
-pub const MAX_ADD_BATCH: usize = 100;
 
 /// Client behaviour that can be tuned.
 #[derive(Debug, Clone)]

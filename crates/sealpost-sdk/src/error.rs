@@ -48,6 +48,25 @@ pub enum Error {
         /// The largest this server takes, in bytes.
         limit: u64,
     },
+    /// A group would have more devices than the server allows; nothing was changed.
+    #[error(
+        "the group would have {devices} devices (each person's phones and computers count); this server allows at most {limit} in one group"
+    )]
+    GroupTooLarge {
+        /// Devices the group would have.
+        devices: u64,
+        /// The most the server allows.
+        limit: u64,
+    },
+    /// A commit that adds members would be larger than the server accepts (even for one
+    /// device); nothing was changed.
+    #[error("adding these devices takes a change of {}; this server accepts at most {}", size_text(*size), size_text(*limit))]
+    CommitTooLarge {
+        /// The commit and its Welcome, bytes.
+        size: u64,
+        /// The largest this server takes, bytes.
+        limit: u64,
+    },
     /// The server could not be reached.
     #[error("cannot reach the server at {url}: {reason} (nothing was lost: try again later)")]
     ServerUnreachable {

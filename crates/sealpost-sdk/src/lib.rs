@@ -45,8 +45,8 @@ mod store;
 pub mod vault;
 
 pub use client::{
-    BenchBatch, Client, ClientSettings, LinkStep, MAX_ADD_BATCH, MAX_PAST_EPOCHS, PendingLink,
-    Verification, safety_number, ws_config,
+    BenchBatch, Client, ClientSettings, LinkStep, MAX_PAST_EPOCHS, PendingLink, Verification,
+    safety_number, ws_config,
 };
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]

@@ -287,14 +287,15 @@ async fn server_limits_give_clear_errors_and_change_nothing() {
         .create_group("pair", &[u("bob")], Suite::Classic)
         .await
         .unwrap();
-    // A third member would exceed the group limit: refused, the group unchanged.
+    // A third member would exceed the group limit: refused before carol's key package is
+    // claimed, the group unchanged.
     let err = alice.add_members("#pair", &[u("carol")]).await.unwrap_err();
     assert!(
         matches!(
             &err,
-            Error::Server {
-                code: sealpost_proto::ErrorCode::TooLarge,
-                ..
+            Error::GroupTooLarge {
+                devices: 3,
+                limit: 2
             }
         ),
         "{err}"
@@ -305,8 +306,9 @@ async fn server_limits_give_clear_errors_and_change_nothing() {
         texts(&bob.sync().await.unwrap()),
         vec![("@alice".to_string(), "still two".to_string())]
     );
-    // The claim limit (2 per minute) is used up: the next claim is refused.
-    let err = alice.send("@dave", "hi").await.unwrap_err();
+    // The claim limit (2 per minute): dave's is the second claim, carol's the third, refused.
+    alice.send("@dave", "hi").await.unwrap();
+    let err = alice.send("@carol", "hi").await.unwrap_err();
     assert!(
         matches!(
             &err,

@@ -16,7 +16,7 @@ use common::{Interceptor, People, TestServer, alerts, texts, u};
 use openmls::prelude::{BasicCredential, CredentialWithKey, KeyPackage, MlsMessageOut};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::types::SignatureScheme;
-use sealpost_proto::directory::{LookupResponse, SignedRoot};
+use sealpost_proto::directory::{BatchLookupResponse, LookupResponse, SignedRoot};
 use sealpost_proto::{ClaimKeyPackagesResponse, DeviceId, DeviceIdentity};
 use sealpost_sdk::{Client, Error, Event, SecurityAlert, Suite};
 use sealpost_server::storage::{DeviceRecord, KeyPackageRecord};
@@ -57,6 +57,29 @@ fn forged_key_package(user: &str, device: DeviceId, suite: Suite) -> (Vec<u8>, V
         .tls_serialize_detached()
         .unwrap();
     (bytes, signer.to_public_vec())
+}
+
+type Tamper = fn(&mut LookupResponse);
+
+/// `tamper` applied to a directory answer: one lookup's (`lookup/{user}`) or every proof of a
+/// batch's (`lookups`), each with the batch's root.
+fn tampered(body: &[u8], tamper: Tamper) -> Vec<u8> {
+    if let Ok(mut one) = serde_json::from_slice::<LookupResponse>(body) {
+        tamper(&mut one);
+        return serde_json::to_vec(&one).unwrap();
+    }
+    let mut batch: BatchLookupResponse = serde_json::from_slice(body).unwrap();
+    let root = batch.root.clone();
+    for named in &mut batch.proofs {
+        let mut one = LookupResponse {
+            root: root.clone(),
+            proof: std::mem::take(&mut named.proof),
+        };
+        tamper(&mut one);
+        named.proof = one.proof;
+        batch.root = one.root;
+    }
+    serde_json::to_vec(&batch).unwrap()
 }
 
 fn security_alert<T: std::fmt::Debug>(result: Result<T, Error>) -> SecurityAlert {
@@ -228,7 +251,6 @@ async fn tampered_truncated_and_rolled_back_directory_answers_are_refused() {
     let _bob = people.register(&server, "bob").await;
     alice.sync().await.unwrap();
 
-    type Tamper = fn(&mut LookupResponse);
     let cases: [(&str, Tamper, SecurityAlert); 4] = [
         (
             "flipped proof byte",
@@ -256,10 +278,10 @@ async fn tampered_truncated_and_rolled_back_directory_answers_are_refused() {
     ];
     for (name, tamper, expected) in cases {
         mitm.clear();
-        mitm.rewrite("/v1/directory/lookup/", move |_, body| {
-            let mut resp: LookupResponse = serde_json::from_slice(&body).unwrap();
-            tamper(&mut resp);
-            serde_json::to_vec(&resp).unwrap()
+        // Both ways of asking: adding someone looks their entry up in a batch, and then on its
+        // own when the batch did not give a usable one.
+        mitm.rewrite("/v1/directory/lookup", move |_, body| {
+            tampered(&body, tamper)
         });
         let refused = alice.send("@bob", "hello").await;
         assert_eq!(security_alert(refused), expected, "{name}");
@@ -275,10 +297,14 @@ async fn tampered_truncated_and_rolled_back_directory_answers_are_refused() {
 
     // A rolled-back answer: a lookup recorded now, replayed after a newer epoch was verified.
     mitm.clear();
-    let recorded = std::sync::Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        bool,
+        Vec<u8>,
+    >::new()));
     let record = recorded.clone();
-    mitm.rewrite("/v1/directory/lookup/", move |_, body| {
-        record.lock().unwrap().get_or_insert(body).clone()
+    mitm.rewrite("/v1/directory/lookup", move |path, body| {
+        let batch = path.starts_with("/v1/directory/lookups");
+        record.lock().unwrap().entry(batch).or_insert(body).clone()
     });
     alice.send("@bob", "hello").await.unwrap();
     let _carol = people.register(&server, "carol").await;

@@ -1,6 +1,7 @@
 //! The server's abuse limits: registrations and sign-ins per client address, lookups, sends
 //! and connections per device. Each refusal is a clear error that changes nothing, and what
-//! the limit does not cover keeps working.
+//! the limit does not cover keeps working. And the largest group the server allows works with
+//! its default settings.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,9 +11,9 @@
 
 mod common;
 
-use common::{People, TestServer, texts};
+use common::{People, TestServer, texts, u};
 use sealpost_proto::ErrorCode;
-use sealpost_sdk::{Client, Error, Event};
+use sealpost_sdk::{Client, ClientSettings, Error, Event, Suite, Username};
 
 fn rate_limited(result: &Error) -> bool {
     matches!(
@@ -64,7 +65,12 @@ async fn raw(method: reqwest::Method, url: String, token: Option<&str>) -> (u16,
 
 #[tokio::test]
 async fn looking_up_one_user_after_another_is_stopped() {
-    let server = TestServer::start_with(|s| s.lookups_per_minute = 8).await;
+    // (The limit is never below twice the largest group: that is made small too.)
+    let server = TestServer::start_with(|s| {
+        s.lookups_per_minute = 8;
+        s.max_group_size = 4;
+    })
+    .await;
     let people = People::new();
     let mut alice = people.register(&server, "alice").await;
     let mut bob = people.register(&server, "bob").await;
@@ -120,7 +126,7 @@ async fn a_device_sending_too_fast_is_refused_and_nothing_goes_missing() {
     let mut sent = Vec::new();
     let mut refused = None;
     for i in 0..20 {
-        let text = format!("m{i}");
+        let text = format!("member{i}");
         match alice.send("@bob", &text).await {
             Ok(_) => sent.push(text),
             Err(e) => {
@@ -330,4 +336,106 @@ async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
     let got = texts(&events);
     assert_eq!(got.len(), sent);
     assert!(got.iter().all(|(from, _)| from == "@alice"));
+}
+
+/// A group of 1,000 devices, the default largest, with the server's default settings (but for
+/// the per-address limits on registering and signing in: one test address registers them
+/// all): created in one commit, grown, shrunk and left. A group one device larger is refused
+/// before anything is created or claimed. (The classic suite and a few joining members keep
+/// the test short; `sealpost bench --only c --group-size 1000` measures the whole group on the
+/// post-quantum suite.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_of_the_largest_size_works_with_the_default_settings() {
+    let server = TestServer::start_with(|s| {
+        s.registrations_per_address_per_hour = 0;
+        s.sign_ins_per_address_per_minute = 0;
+    })
+    .await;
+    let largest = sealpost_server::Settings::default().max_group_size;
+    let people = People::new();
+    // Few key packages each: registering a thousand devices is most of the test's time.
+    let settings = ClientSettings {
+        key_packages_target: 2,
+        key_packages_low: 1,
+        ..ClientSettings::default()
+    };
+    let names: Vec<String> = (0..largest).map(|i| format!("member{i}")).collect();
+    let mut clients = Vec::with_capacity(largest);
+    for chunk in names.chunks(50) {
+        let registering = chunk.iter().map(|name| {
+            let home = people.home(name);
+            let (url, settings) = (server.url.clone(), settings.clone());
+            async move { Client::register_with(&home, &url, name, None, settings).await }
+        });
+        clients.extend(
+            futures_util::future::try_join_all(registering)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut late = people.register(&server, "late").await;
+    let mut creator = clients.remove(0);
+    let mut others: Vec<Username> = names[1..].iter().map(|n| u(n)).collect();
+
+    // One device too many: refused before anything exists or is claimed.
+    others.push(u("late"));
+    let err = creator
+        .create_group("too-big", &others, Suite::Classic)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::GroupTooLarge { devices, limit } if devices == largest as u64 + 1 && limit == largest as u64),
+        "{err}"
+    );
+    assert!(creator.conversations().unwrap().is_empty());
+    assert!(late.sync().await.unwrap().is_empty());
+    others.pop();
+
+    // The largest group: every member is in it from the first commit.
+    let info = creator
+        .create_group("big", &others, Suite::Classic)
+        .await
+        .unwrap();
+    assert_eq!(info.members, largest);
+    assert_eq!(creator.epoch("#big").unwrap(), 1);
+    let (first, rest) = clients.split_at_mut(1);
+    let (second, rest) = rest.split_at_mut(1);
+    let (leaver, rest) = rest.split_at_mut(1);
+    let (first, second, leaver, last) = (
+        &mut first[0],
+        &mut second[0],
+        &mut leaver[0],
+        rest.last_mut().unwrap(),
+    );
+    for member in [&mut *first, &mut *second, &mut *leaver, &mut *last] {
+        member.sync().await.unwrap();
+        assert_eq!(member.members("#big").unwrap().len(), largest);
+    }
+
+    // Full: one more is refused, the group unchanged.
+    let err = creator.add_members("#big", &[u("late")]).await.unwrap_err();
+    assert!(matches!(err, Error::GroupTooLarge { .. }), "{err}");
+    // Room for one: the last member is removed, and then `late` added.
+    creator
+        .remove_members("#big", &[u(&names[largest - 1])])
+        .await
+        .unwrap();
+    creator.add_members("#big", &[u("late")]).await.unwrap();
+    late.sync().await.unwrap();
+    assert_eq!(late.members("#big").unwrap().len(), largest);
+    last.sync().await.unwrap();
+    assert!(last.members("#big").is_err(), "the removed member is out");
+
+    // A member leaves; the next member to sync who commits it takes the group on.
+    leaver.leave("#big").await.unwrap();
+    creator.sync().await.unwrap();
+    creator.send("#big", "still here").await.unwrap();
+    let seen = first.sync().await.unwrap();
+    assert_eq!(first.members("#big").unwrap().len(), largest - 1);
+    assert_eq!(
+        texts(&seen),
+        vec![("@member0".to_string(), "still here".to_string())]
+    );
+    second.sync().await.unwrap();
+    assert_eq!(second.members("#big").unwrap().len(), largest - 1);
 }

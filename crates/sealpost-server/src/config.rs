@@ -15,9 +15,11 @@ pub struct Settings {
     pub data: PathBuf,
     /// Undelivered data is dropped after this many days.
     pub retention_days: u64,
-    /// Largest HTTP request body, bytes.
+    /// Largest HTTP request body, bytes. A commit (with its Welcome) may be larger: see
+    /// [`Settings::max_handshake_bytes`].
     pub max_body_bytes: usize,
-    /// Most members (devices) in one group.
+    /// Most members (devices) in one group. A commit that adds this many devices at once (a
+    /// group created with all its members) is accepted whatever `max_body_bytes` says.
     pub max_group_size: usize,
     /// Largest file (encrypted, as uploaded), bytes.
     pub max_file_bytes: u64,
@@ -26,15 +28,18 @@ pub struct Settings {
     pub file_quota_bytes: u64,
     /// An upload not finished within this many hours is deleted.
     pub unfinished_upload_hours: u64,
-    /// Key-package claims one device may make per minute. For this and the other limits
-    /// below, 0 turns the limit off; each node counts on its own.
+    /// Key-package claims one device may make per minute (one claim per account added), but
+    /// never fewer than `max_group_size`: creating a group of the largest size takes that many.
+    /// For this and the other limits below, 0 turns the limit off; each node counts on its own.
     pub key_package_claims_per_minute: u32,
     /// Accounts that may be registered from one client address (an IPv6 /64) per hour.
     pub registrations_per_address_per_hour: u32,
     /// Sign-in challenges and device-link requests from one client address per minute.
     pub sign_ins_per_address_per_minute: u32,
     /// Usernames one device may look up (key directory, profiles) per minute: enough for any
-    /// person, too few to enumerate the users.
+    /// person, too few to enumerate the users; never fewer than twice `max_group_size`, so
+    /// that a device may create or join two groups of the largest size in a minute (it looks
+    /// every member up).
     pub lookups_per_minute: u32,
     /// Messages and commits one device may send per minute.
     pub sends_per_minute: u32,
@@ -104,6 +109,45 @@ impl std::str::FromStr for ConnectionUrl {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Self(s.to_owned()))
+    }
+}
+
+/// What a commit and its Welcome may take per device they add, bytes: on the post-quantum suite
+/// one device costs about 2.7 KB of key package in the commit, 1.2 KB of encrypted group secrets
+/// and 1.4 KB of ratchet tree in the Welcome (see docs/BENCHMARKS.md), with room to spare.
+pub const HANDSHAKE_BYTES_PER_DEVICE: usize = 8 * 1024;
+
+impl Settings {
+    /// The largest commit upload (a commit and its Welcome), bytes: enough to create a group of
+    /// `max_group_size` devices in one commit, and never less than `max_body_bytes`.
+    pub fn max_handshake_bytes(&self) -> usize {
+        self.max_body_bytes.max(
+            self.max_group_size
+                .saturating_mul(HANDSHAKE_BYTES_PER_DEVICE),
+        )
+    }
+
+    /// The key-package claims a device may make per minute (0: no limit): the setting, but
+    /// enough to create a group of `max_group_size`.
+    pub fn key_package_claims_limit(&self) -> u32 {
+        at_least(self.key_package_claims_per_minute, self.max_group_size)
+    }
+
+    /// The usernames a device may look up per minute (0: no limit): the setting, but enough
+    /// to create or join two groups of `max_group_size`.
+    pub fn lookups_limit(&self) -> u32 {
+        at_least(
+            self.lookups_per_minute,
+            self.max_group_size.saturating_mul(2),
+        )
+    }
+}
+
+/// A limit of `n` per minute (0: none), raised to `floor` if it is lower.
+fn at_least(n: u32, floor: usize) -> u32 {
+    match n {
+        0 => 0,
+        n => n.max(u32::try_from(floor).unwrap_or(u32::MAX)),
     }
 }
 

@@ -449,7 +449,7 @@ impl DeliveryService {
                 state,
                 added,
                 removed: removed.clone(),
-                welcome: welcome.clone(),
+                welcome,
             })
             .await;
         self.metrics.record_write(started);
@@ -472,18 +472,19 @@ impl DeliveryService {
             payload,
             before.iter().filter(|d| **d != sender.device_id),
         );
-        if let Some(welcome) = welcome {
-            for (device, inbox_seq) in &appended.welcomes {
-                let frame = Delivery {
-                    kind: DeliveryKind::Inbox,
-                    inbox_seq: *inbox_seq,
-                    group_id: *group.as_bytes(),
-                    group_seq: appended.seq,
-                    sent_at: appended.sent_at,
-                    payload: welcome.clone().into(),
-                };
-                self.hub.push(std::iter::once(device), &frame);
-            }
+        // A Welcome is pushed as a notice, without its bytes: the device fetches it (one stored
+        // copy for all the devices it adds) in the sync the notice starts. A group created with
+        // a thousand members would otherwise copy a megabyte-sized Welcome a thousand times.
+        for (device, inbox_seq) in &appended.welcomes {
+            let frame = Delivery {
+                kind: DeliveryKind::Inbox,
+                inbox_seq: *inbox_seq,
+                group_id: *group.as_bytes(),
+                group_seq: appended.seq,
+                sent_at: appended.sent_at,
+                payload: Vec::new().into(),
+            };
+            self.hub.push(std::iter::once(device), &frame);
         }
         Ok(PostedResponse {
             seq: appended.seq,

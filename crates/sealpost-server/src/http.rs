@@ -108,19 +108,40 @@ pub struct RawBody(pub Bytes);
 impl FromRequest<AppState> for RawBody {
     type Rejection = ApiFailure;
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiFailure> {
-        let deadline = Duration::from_millis(state.settings.request_read_timeout_ms);
-        tokio::time::timeout(deadline, Bytes::from_request(req, state))
+        read_body(req, state, state.settings.max_body_bytes)
             .await
-            .map_err(|_| ApiFailure::bad_request("the request body came too slowly"))?
             .map(RawBody)
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiFailure::too_large("the request body is too large")
-                } else {
-                    ApiFailure::bad_request("could not read the request body")
-                }
-            })
     }
+}
+
+/// The body of a commit upload: it has its own limit, derived from the largest group
+/// ([`Settings::max_handshake_bytes`](crate::Settings::max_handshake_bytes)).
+pub struct HandshakeBody(pub Bytes);
+
+impl FromRequest<AppState> for HandshakeBody {
+    type Rejection = ApiFailure;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiFailure> {
+        read_body(req, state, state.settings.max_handshake_bytes())
+            .await
+            .map(HandshakeBody)
+    }
+}
+
+/// Reads a request body of at most `limit` bytes within the read timeout.
+async fn read_body(req: Request, state: &AppState, limit: usize) -> Result<Bytes, ApiFailure> {
+    let deadline = Duration::from_millis(state.settings.request_read_timeout_ms);
+    tokio::time::timeout(deadline, axum::body::to_bytes(req.into_body(), limit))
+        .await
+        .map_err(|_| ApiFailure::bad_request("the request body came too slowly"))?
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiFailure::too_large("the request body is too large")
+            } else {
+                ApiFailure::bad_request("could not read the request body")
+            }
+        })
 }
 
 /// The signed-in device making the request.
@@ -568,6 +589,8 @@ async fn limits(State(state): State<AppState>) -> impl IntoResponse {
     Json(sealpost_proto::Limits {
         max_body_bytes: state.settings.max_body_bytes as u64,
         max_file_bytes: state.settings.max_file_bytes,
+        max_handshake_bytes: state.settings.max_handshake_bytes() as u64,
+        max_group_size: state.settings.max_group_size as u64,
     })
 }
 
@@ -795,7 +818,7 @@ async fn post_commit(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
     Path(group): Path<String>,
-    RawBody(body): RawBody,
+    HandshakeBody(body): HandshakeBody,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let group: GroupId = parse_path(&group, "group id")?;
     within(&state.limits.sends, &me, 1, "messages sent")?;

@@ -133,7 +133,7 @@ pub const DOCUMENT: &str = r##"{
       "parameters": [ { "name": "device", "in": "path", "required": true, "schema": {"$ref":"#/components/schemas/Hex16"} } ],
       "responses": { "204": { "description": "removed" }, "400": {"$ref":"#/components/responses/Error"}, "404": {"$ref":"#/components/responses/Error"} } } },
     "/v1/limits": { "get": { "summary": "What this server accepts (clients check a message's size before sending it)",
-      "responses": { "200": { "description": "limits", "content": { "application/json": { "schema": { "type": "object", "required": ["max_body_bytes","max_file_bytes"], "properties": { "max_body_bytes": {"type":"integer","minimum":0}, "max_file_bytes": {"type":"integer","minimum":0} } } } } } } } },
+      "responses": { "200": { "description": "limits", "content": { "application/json": { "schema": { "type": "object", "required": ["max_body_bytes","max_file_bytes","max_handshake_bytes","max_group_size"], "properties": { "max_body_bytes": {"type":"integer","minimum":0}, "max_file_bytes": {"type":"integer","minimum":0}, "max_handshake_bytes": {"type":"integer","minimum":0}, "max_group_size": {"type":"integer","minimum":0} } } } } } } } },
     "/v1/directory/keys": { "get": { "summary": "The directory's public keys (VRF and root signing key)",
       "responses": { "200": { "description": "keys" } } } },
     "/v1/directory/root": { "get": { "summary": "The latest signed directory root",

@@ -95,8 +95,8 @@ impl Limits {
                 Duration::from_secs(3600),
             ),
             sign_ins: RateLimiter::new(settings.sign_ins_per_address_per_minute, minute),
-            claims: RateLimiter::new(settings.key_package_claims_per_minute, minute),
-            lookups: RateLimiter::new(settings.lookups_per_minute, minute),
+            claims: RateLimiter::new(settings.key_package_claims_limit(), minute),
+            lookups: RateLimiter::new(settings.lookups_limit(), minute),
             sends: RateLimiter::new(settings.sends_per_minute, minute),
             connects: RateLimiter::new(settings.connections_per_minute, minute),
         }

@@ -94,7 +94,10 @@ impl From<sealpost_sdk::Error> for RpcError {
             E::Store(_) => "store",
             E::NotRegistered => "not_registered",
             E::DeviceRemoved => "device_removed",
-            E::TooLarge { .. } | E::FileTooLarge { .. } => "too_large",
+            E::TooLarge { .. }
+            | E::FileTooLarge { .. }
+            | E::GroupTooLarge { .. }
+            | E::CommitTooLarge { .. } => "too_large",
             E::FileRefused(_) => "file_refused",
             E::BadTimer => "invalid",
             E::NoFile(_) => "no_file",

@@ -133,19 +133,58 @@ impl Client {
         self.commit_adds(group, kps).await
     }
 
-    /// Adds the devices of checked key packages, in commits of at most [`MAX_ADD_BATCH`].
+    /// Refuses, before anything changes, a group of more devices than the server allows.
+    pub(super) async fn check_group_size(&mut self, devices: usize) -> Result<(), Error> {
+        let limit = self.api.limits().await?.map_or(0, |l| l.max_group_size);
+        if limit > 0 && devices as u64 > limit {
+            return Err(Error::GroupTooLarge {
+                devices: devices as u64,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds the devices of checked key packages: in one commit, so that all of them are added
+    /// or none, unless the commit would be larger than the server takes. Then it goes in
+    /// halves (and so on), each commit as large as fits.
     pub(super) async fn commit_adds(
         &mut self,
         group: GroupId,
         kps: Vec<KeyPackage>,
     ) -> Result<(), Error> {
-        for chunk in kps.chunks(MAX_ADD_BATCH) {
-            let chunk = chunk.to_vec();
-            self.commit(group, move |g, p, s| {
-                let (commit, welcome, _) = g.add_members(p, s, &chunk).map_err(Error::mls)?;
-                Ok((commit, Some(welcome)))
-            })
-            .await?;
+        let limit = self.api.limits().await?.map_or(0, |l| {
+            if l.max_handshake_bytes > 0 {
+                l.max_handshake_bytes
+            } else {
+                l.max_body_bytes
+            }
+        });
+        // The chunks still to add, the next one last.
+        let mut todo = vec![kps];
+        while let Some(chunk) = todo.pop() {
+            let batch = chunk.clone();
+            let added = self
+                .commit(group, move |g, p, s| {
+                    let (commit, welcome, _) = g.add_members(p, s, &batch).map_err(Error::mls)?;
+                    let size = commit.tls_serialized_len() + welcome.tls_serialized_len();
+                    // The upload's own framing (two length prefixes) with room.
+                    let size = size as u64 + 16;
+                    if limit > 0 && size > limit {
+                        return Err(Error::CommitTooLarge { size, limit });
+                    }
+                    Ok((commit, Some(welcome)))
+                })
+                .await;
+            match added {
+                Err(Error::CommitTooLarge { .. }) if chunk.len() > 1 => {
+                    let mut first = chunk;
+                    let second = first.split_off(first.len() / 2);
+                    todo.push(second);
+                    todo.push(first);
+                }
+                done => done?,
+            }
         }
         self.send_owed_meta().await
     }

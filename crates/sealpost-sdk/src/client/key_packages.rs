@@ -9,7 +9,56 @@ impl Client {
     /// against its account's entry as the trust gate admits it. A refused device is shown and
     /// left out (the user's other devices are still added); a user who cannot be added at all
     /// (unknown, refused by the gate) fails the whole call, before anything is changed.
+    ///
+    /// The users' directory entries are fetched first, in one batched step at one epoch, and
+    /// what the checks record (key packages used, alerts) is written in one transaction.
     pub(super) async fn key_packages_for(
+        &mut self,
+        suite: Suite,
+        present: &[DeviceId],
+        users: &[Username],
+    ) -> Result<Vec<KeyPackage>, Error> {
+        // This account's devices that are all in already: nothing to claim.
+        let wanted: Vec<Username> =
+            users
+                .iter()
+                .filter(|user| {
+                    **user != self.identity.username
+                        || !self.dir.entries.get(*user).is_some_and(|v| {
+                            v.entry.devices.iter().all(|d| present.contains(&d.id()))
+                        })
+                })
+                .cloned()
+                .collect();
+        // Each account has a device at least: a group too large for the server already is
+        // refused before anyone is looked up.
+        self.check_group_size(present.len() + wanted.len()).await?;
+        // A refused directory answer (shown already) stops the whole call.
+        if let Some(e) = self.fetch_entries(wanted.clone()).await?.into_iter().next() {
+            return Err(e);
+        }
+        // A group larger than the server allows is refused before any key package is claimed
+        // (each is a one-time key of someone's device).
+        let joining: usize = wanted
+            .iter()
+            .filter_map(|user| self.dir.entries.get(user))
+            .map(|v| {
+                v.entry
+                    .devices
+                    .iter()
+                    .filter(|d| !present.contains(&d.id()))
+                    .count()
+            })
+            .sum();
+        self.check_group_size(present.len() + joining).await?;
+        self.profile.begin_batch()?;
+        let kps = self.claim_checked(suite, present, &wanted).await;
+        // What was noted stands either way: the key packages used, and the alerts.
+        self.profile.commit_batch()?;
+        kps
+    }
+
+    async fn claim_checked(
         &mut self,
         suite: Suite,
         present: &[DeviceId],
@@ -18,23 +67,18 @@ impl Client {
         let mut kps = Vec::new();
         let mut refused = None;
         for user in users {
-            // This account's devices that are all in already: nothing to claim.
-            let all_present = *user == self.identity.username
-                && self
-                    .dir
-                    .entries
-                    .get(user)
-                    .is_some_and(|v| v.entry.devices.iter().all(|d| present.contains(&d.id())));
-            if all_present {
-                continue;
-            }
             let claimed = self
                 .api
                 .claim_key_packages_for(&self.identity, user, suite)
                 .await
                 .map_err(unknown_user(user))?;
-            // Every key package must belong to a device of the user's verified directory entry.
-            let verified = self.lookup_verified(user).await?;
+            // Every key package must belong to a device of the user's verified directory
+            // entry: the one just fetched, or (when the batch did not admit one) the answer of
+            // a lookup of its own, which says why.
+            let verified = match self.dir.entries.get(user) {
+                Some(v) => v.clone(),
+                None => self.lookup_verified(user).await?,
+            };
             for c in claimed.key_packages {
                 if present.contains(&c.device_id) {
                     continue;

@@ -113,9 +113,27 @@ impl Client {
 
     /// Fetches the entries the receive path asked for, in batches at one epoch. A user without
     /// a usable entry is remembered as looked up, so that their leaves are refused instead of
-    /// asked for again.
-    pub(super) async fn fetch_entries(&mut self, users: Vec<Username>) -> Result<(), Error> {
+    /// asked for again. The proofs are verified on every core, and what the gate records
+    /// (accounts' keys pinned on first sight, alerts) is written in one transaction. The
+    /// answers refused (shown as alerts already) are returned, for a caller that must stop.
+    pub(super) async fn fetch_entries(
+        &mut self,
+        users: Vec<Username>,
+    ) -> Result<Vec<Error>, Error> {
         let state = self.dir_state().await?;
+        self.profile.begin_batch()?;
+        let fetched = self.fetch_entries_in(&state, &users).await;
+        // What the gate noted stands either way: pinned keys, alerts.
+        self.profile.commit_batch()?;
+        fetched
+    }
+
+    async fn fetch_entries_in(
+        &mut self,
+        state: &DirectoryState,
+        users: &[Username],
+    ) -> Result<Vec<Error>, Error> {
+        let mut refused = Vec::new();
         for chunk in users.chunks(MAX_BATCH_LOOKUP) {
             for user in chunk {
                 self.dir.entries.remove(user);
@@ -129,23 +147,32 @@ impl Client {
                 Ok(root) => root,
                 Err(e) => {
                     self.alert(&e)?;
+                    refused.push(e);
                     continue;
                 }
             };
             self.note_root(resp.root.epoch, root)?;
-            for named in resp.proofs {
-                if !chunk.contains(&named.username) {
-                    continue;
-                }
-                let epoch = resp.root.epoch;
-                match verify_proof(&state.keys, &named.username, epoch, root, &named.proof) {
+            let proofs: Vec<_> = resp
+                .proofs
+                .into_iter()
+                .filter(|named| chunk.contains(&named.username))
+                .collect();
+            let epoch = resp.root.epoch;
+            let verified = on_every_core(&proofs, |named| {
+                verify_proof(&state.keys, &named.username, epoch, root, &named.proof)
+            });
+            for (named, verified) in proofs.iter().zip(verified) {
+                match verified {
                     // A refused entry was shown; its devices are refused (see `DirCheck`).
                     Ok(v) => drop(self.admit(&named.username, v)?),
-                    Err(e) => self.alert(&e)?,
+                    Err(e) => {
+                        self.alert(&e)?;
+                        refused.push(e);
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// The newest verified directory root, which outgoing messages carry.
@@ -408,4 +435,24 @@ pub(super) fn split_view(from: &str, epoch: u64) -> String {
     format!(
         "{from}'s message carries a different key directory root for epoch {epoch} than the one this device verified: the server is showing you different directories"
     )
+}
+
+/// `f` of every item, in order, computed on as many threads as the machine has cores.
+fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || items.len() < 2 {
+        return items.iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = items
+            .chunks(per)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }

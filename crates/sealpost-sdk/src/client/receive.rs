@@ -191,6 +191,7 @@ impl Client {
                 self.reload()?;
                 if let Error::NeedDirectory(users) = e {
                     // Verify the entries the batch needs, then process it again.
+                    // Refused answers were shown; the leaves they were for are refused.
                     self.fetch_entries(users).await?;
                     continue;
                 }
@@ -300,8 +301,24 @@ impl Client {
                 old.delete(p.storage()).map_err(Error::mls)?;
             }
             spend_key_package(tx, p, &welcome, group)?;
-            let staged = StagedWelcome::new_from_welcome(p, &join_config(), welcome, None)
+            let processed = ProcessedWelcome::new_from_welcome(p, &join_config(), welcome)
                 .map_err(Error::mls)?;
+            // The members' directory entries are asked for from the tree as it came (checked
+            // below, once the tree is verified): before the costliest step, verifying every
+            // member's leaf, rather than after it and then again.
+            if let Some(tree) = processed
+                .unverified_group_info()
+                .extensions()
+                .ratchet_tree()
+                && let LeafCheck::Need(users) = check.leaves(
+                    tree.ratchet_tree()
+                        .leaves()
+                        .map(|l| (l.credential(), l.signature_key().as_slice())),
+                )
+            {
+                return Err(Error::NeedDirectory(users));
+            }
+            let staged = processed.into_staged_welcome(p, None).map_err(Error::mls)?;
             let by = staged
                 .welcome_sender()
                 .map(|l| who(l.credential()))

@@ -110,7 +110,21 @@ pub struct KeyDirectory {
     wake: Notify,
     publishing: Mutex<()>,
     running: AtomicBool,
+    /// Lookup proofs made at the latest epoch, by user: the same proof answers every device
+    /// that asks until the next epoch (a thousand devices joining one group each ask for the
+    /// same thousand members).
+    proofs: std::sync::Mutex<ProofCache>,
 }
+
+/// Lookup proofs of one epoch.
+#[derive(Default)]
+struct ProofCache {
+    epoch: Option<EpochHash>,
+    by_user: std::collections::HashMap<Username, Vec<u8>>,
+}
+
+/// Most proofs kept (about 3 KB each); past it, the cache starts again.
+const MAX_CACHED_PROOFS: usize = 50_000;
 
 impl std::fmt::Debug for KeyDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -249,6 +263,7 @@ impl KeyDirectory {
             wake: Notify::new(),
             publishing: Mutex::new(()),
             running: AtomicBool::new(false),
+            proofs: std::sync::Mutex::default(),
         };
         // Every node sharing a store must sign with the same key, or clients refuse its roots.
         if let Some(latest) = dir.store.directory_root(None).await?
@@ -491,6 +506,7 @@ impl KeyDirectory {
     }
 
     /// Lookup proofs for several users at one epoch; users without an entry are listed apart.
+    /// Proofs made at the latest epoch are kept and given again until the next one.
     pub async fn batch_lookup(
         &self,
         users: &[Username],
@@ -501,26 +517,67 @@ impl KeyDirectory {
         let (found, missing): (Vec<&Username>, Vec<&Username>) = users
             .iter()
             .partition(|u| present.contains_key(&directory_label(u)));
-        let found_labels: Vec<_> = found.iter().map(|u| directory_label(u)).collect();
-        let (proofs, epoch_hash) = if found_labels.is_empty() {
-            (
-                Vec::new(),
-                self.akd.get_epoch_hash().await.map_err(akd_error)?,
-            )
-        } else {
-            self.akd
-                .batch_lookup(&found_labels)
-                .await
-                .map_err(akd_error)?
+        let epoch_hash = self.akd.get_epoch_hash().await.map_err(akd_error)?;
+        let mut proofs: Vec<Option<Vec<u8>>> = {
+            let cache = self.proofs.lock().map_err(|_| poisoned())?;
+            found
+                .iter()
+                .map(|u| {
+                    (cache.epoch.as_ref() == Some(&epoch_hash))
+                        .then(|| cache.by_user.get(*u).cloned())
+                        .flatten()
+                })
+                .collect()
         };
+        let wanted: Vec<_> = found
+            .iter()
+            .zip(&proofs)
+            .filter(|(_, p)| p.is_none())
+            .map(|(u, _)| directory_label(u))
+            .collect();
+        let mut epoch_hash = epoch_hash;
+        if !wanted.is_empty() {
+            let (made, made_at) = self.akd.batch_lookup(&wanted).await.map_err(akd_error)?;
+            if made_at != epoch_hash {
+                // An epoch was published meanwhile: every proof of the answer comes from it.
+                let (all, at) = self
+                    .akd
+                    .batch_lookup(&found.iter().map(|u| directory_label(u)).collect::<Vec<_>>())
+                    .await
+                    .map_err(akd_error)?;
+                proofs = all.iter().map(|p| Some(encode_lookup_proof(p))).collect();
+                epoch_hash = at;
+            } else {
+                let mut made = made.iter();
+                for p in proofs.iter_mut().filter(|p| p.is_none()) {
+                    *p = made.next().map(encode_lookup_proof);
+                }
+            }
+            let mut cache = self.proofs.lock().map_err(|_| poisoned())?;
+            if cache.epoch.as_ref() != Some(&epoch_hash)
+                || cache.by_user.len() + found.len() > MAX_CACHED_PROOFS
+            {
+                *cache = ProofCache {
+                    epoch: Some(epoch_hash.clone()),
+                    by_user: std::collections::HashMap::new(),
+                };
+            }
+            for (u, p) in found.iter().zip(&proofs) {
+                if let Some(p) = p {
+                    cache.by_user.insert((*u).clone(), p.clone());
+                }
+            }
+        }
         Ok(BatchLookupResponse {
             root: self.root_of(&epoch_hash).await?,
             proofs: found
                 .into_iter()
-                .zip(proofs.iter())
-                .map(|(u, p)| NamedProof {
-                    username: u.clone(),
-                    proof: encode_lookup_proof(p),
+                .zip(proofs)
+                .filter_map(|(u, proof)| {
+                    proof.map(|proof| NamedProof {
+                        username: u.clone(),
+                        proof,
+                    })
                 })
                 .collect(),
             missing: missing.into_iter().cloned().collect(),
@@ -558,6 +615,10 @@ impl KeyDirectory {
             proof: encode_audit_proof(&proof),
         })
     }
+}
+
+fn poisoned() -> DirectoryError {
+    DirectoryError::Backend("the lookup proof cache was left broken by a panic".into())
 }
 
 #[cfg(test)]

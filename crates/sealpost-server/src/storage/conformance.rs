@@ -71,6 +71,18 @@ fn kp(ciphersuite: u16, last_resort: bool, data: Vec<u8>) -> KeyPackageRecord {
     }
 }
 
+/// Creates `group` with `creator` its only member.
+async fn new_group(store: &dyn Store, group: GroupId, creator: DeviceId) {
+    store
+        .create_group(NewGroup {
+            group_id: group,
+            creator,
+            state: vec![0],
+        })
+        .await
+        .unwrap();
+}
+
 fn fetch_all(after: Option<u64>, groups: Vec<(GroupId, u64)>) -> FetchRequest {
     FetchRequest {
         inbox_after: after,
@@ -85,6 +97,7 @@ pub async fn run_all(store: &dyn Store) {
     key_packages(store).await;
     sessions(store).await;
     groups_and_delivery(store).await;
+    one_welcome_for_many(store).await;
     devices_and_directory_queue(store).await;
     pending_records(store).await;
 }
@@ -508,14 +521,7 @@ async fn groups_and_delivery(store: &dyn Store) {
     let (carol, dave) = (device(4), device(5));
     let g = GroupId::from_bytes([42; 16]);
 
-    store
-        .create_group(NewGroup {
-            group_id: g,
-            creator: carol,
-            state: vec![0],
-        })
-        .await
-        .unwrap();
+    new_group(store, g, carol).await;
     assert!(matches!(
         store
             .create_group(NewGroup {
@@ -738,6 +744,87 @@ async fn groups_and_delivery(store: &dyn Store) {
 }
 
 /// Writes one account, group and message (for reopen tests).
+/// A commit that adds several devices leaves its Welcome stored once: each device fetches it,
+/// and it goes when the last of them has acknowledged it (or with the retention time).
+async fn one_welcome_for_many(store: &dyn Store) {
+    let names = ["wel_erin", "wel_finn", "wel_gus", "wel_hal"];
+    for (i, name) in (20u8..).zip(names) {
+        store.create_account(account(name, i, 1)).await.unwrap();
+    }
+    let (erin, joiners) = (device(20), [device(21), device(22), device(23)]);
+    let g = GroupId::from_bytes([44; 16]);
+    new_group(store, g, erin).await;
+    let before = store.inbox_bytes().await.unwrap();
+    let welcome = vec![7u8; 1000];
+    let appended = store
+        .append_handshake(HandshakeWrite {
+            group_id: g,
+            sender: erin,
+            epoch: 0,
+            new_epoch: 1,
+            payload: b"commit-add-3".to_vec(),
+            state: vec![1],
+            added: joiners.to_vec(),
+            removed: vec![],
+            welcome: Some(welcome.clone()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        appended.welcomes,
+        joiners.iter().map(|d| (*d, 1)).collect::<Vec<_>>()
+    );
+    assert_eq!(store.inbox_bytes().await.unwrap() - before, 1000);
+    for (i, joiner) in joiners.into_iter().enumerate() {
+        let batch = store.fetch(joiner, fetch_all(None, vec![])).await.unwrap();
+        let first = &batch.deliveries[0];
+        assert_eq!(
+            (first.kind, first.inbox_seq, first.group_seq),
+            (DeliveryKind::Inbox, 1, 1)
+        );
+        assert_eq!(first.payload.as_slice(), welcome.as_slice());
+        store
+            .ack(
+                joiner,
+                AckRequest {
+                    inbox: Some(1),
+                    groups: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        let left = if i + 1 < joiners.len() { 1000 } else { 0 };
+        assert_eq!(store.inbox_bytes().await.unwrap() - before, left);
+    }
+    // A Welcome nobody fetches goes with its inbox rows when the retention time has passed.
+    store
+        .create_account(account("wel_ivy", 24, 1))
+        .await
+        .unwrap();
+    store
+        .append_handshake(HandshakeWrite {
+            group_id: g,
+            sender: erin,
+            epoch: 1,
+            new_epoch: 2,
+            payload: b"commit-add-1".to_vec(),
+            state: vec![2],
+            added: vec![device(24)],
+            removed: vec![],
+            welcome: Some(welcome),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.inbox_bytes().await.unwrap() - before, 1000);
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 60_000;
+    store.purge(later).await.unwrap();
+    assert_eq!(store.inbox_bytes().await.unwrap(), 0);
+}
+
 pub async fn seed_one_message(store: &dyn Store) {
     store
         .create_account(account("seed_erin", 6, 1))

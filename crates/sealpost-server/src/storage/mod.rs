@@ -385,6 +385,9 @@ pub trait Store: Send + Sync + 'static {
     -> Result<SyncBatch, StoreError>;
     /// Records what the device has committed locally.
     async fn ack(&self, device: DeviceId, ack: AckRequest) -> Result<(), StoreError>;
+    /// The bytes of inbox entries (Welcomes) waiting for their devices, each stored Welcome
+    /// counted once however many devices it adds: what pending invitees cost the server.
+    async fn inbox_bytes(&self) -> Result<u64, StoreError>;
     /// The devices that currently receive a group's messages.
     async fn group_devices(&self, group: GroupId) -> Result<Vec<DeviceId>, StoreError>;
     /// Adds a device to an existing account, with its key packages, and queues the account's

@@ -126,6 +126,14 @@ CREATE TABLE IF NOT EXISTS inbox (
     payload   BYTEA NOT NULL,
     PRIMARY KEY (device_id, seq)
 );
+-- One Welcome for all the devices it adds (see the SQLite schema).
+CREATE TABLE IF NOT EXISTS welcomes (
+    group_id  BYTEA NOT NULL,
+    group_seq BIGINT NOT NULL,
+    payload   BYTEA NOT NULL,
+    PRIMARY KEY (group_id, group_seq)
+);
+CREATE INDEX IF NOT EXISTS inbox_welcome ON inbox(group_id, group_seq);
 CREATE TABLE IF NOT EXISTS directory_nodes (
     key   BYTEA PRIMARY KEY,
     value BYTEA NOT NULL
@@ -733,7 +741,9 @@ async fn fetch(c: &Conn, device: DeviceId, req: FetchRequest) -> Result<SyncBatc
     };
     let rows = c
         .query(
-            "SELECT seq, group_id, group_seq, sent_at, payload FROM inbox WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT i.seq, i.group_id, i.group_seq, i.sent_at, COALESCE(w.payload, i.payload) FROM inbox i
+             LEFT JOIN welcomes w ON length(i.payload) = 0 AND w.group_id = i.group_id AND w.group_seq = i.group_seq
+             WHERE i.device_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
             &[&me, &inbox_after, &(limit as i64 + 1)],
         )
         .await?;
@@ -1147,30 +1157,41 @@ impl Store for PostgresStore {
                     )
                     .await?;
                 }
+                // One statement each for every added device: a large add is not a round trip
+                // per device.
+                let added: Vec<&[u8]> = w.added.iter().map(|d| d.as_bytes().as_slice()).collect();
+                c.execute(
+                    "INSERT INTO members (group_id, device_id, from_seq, until_seq, acked)
+                     SELECT $1, d, $3, NULL, $4 FROM UNNEST($2::bytea[]) AS d",
+                    &[&gid, &added, &(seq + 1), &seq],
+                )
+                .await?;
                 let mut welcomes = Vec::with_capacity(w.added.len());
-                for d in &w.added {
-                    let device = d.as_bytes().as_slice();
+                if let Some(welcome) = &w.welcome {
                     c.execute(
-                        "INSERT INTO members (group_id, device_id, from_seq, until_seq, acked) VALUES ($1, $2, $3, NULL, $4)",
-                        &[&gid, &device, &(seq + 1), &seq],
+                        "INSERT INTO welcomes (group_id, group_seq, payload) VALUES ($1, $2, $3)",
+                        &[&gid, &seq, welcome],
                     )
                     .await?;
-                    if let Some(welcome) = &w.welcome {
-                        let inbox_seq: i64 = c
-                            .query_opt(
-                                "UPDATE devices SET inbox_next = inbox_next + 1 WHERE device_id = $1 RETURNING inbox_next - 1",
-                                &[&device],
-                            )
-                            .await?
-                            .ok_or(Fail::Abort(StoreError::NotFound))?
-                            .get(0);
-                        c.execute(
-                            "INSERT INTO inbox (device_id, seq, group_id, group_seq, sent_at, payload) VALUES ($1, $2, $3, $4, $5, $6)",
-                            &[&device, &inbox_seq, &gid, &seq, &sent_at, welcome],
+                    let rows = c
+                        .query(
+                            "WITH n AS (UPDATE devices SET inbox_next = inbox_next + 1 WHERE device_id = ANY($1)
+                                        RETURNING device_id, inbox_next - 1 AS seq)
+                             INSERT INTO inbox (device_id, seq, group_id, group_seq, sent_at, payload)
+                             SELECT device_id, seq, $2, $3, $4, ''::bytea FROM n
+                             RETURNING device_id, seq",
+                            &[&added, &gid, &seq, &sent_at],
                         )
                         .await?;
-                        welcomes.push((*d, uint(inbox_seq)));
+                    if rows.len() != added.len() {
+                        return Err(Fail::Abort(StoreError::NotFound));
                     }
+                    for r in rows {
+                        let device = device_id(r.get(0)).map_err(Fail::Abort)?;
+                        welcomes.push((device, uint(r.get(1))));
+                    }
+                    // In the order the commit added them, as the SQLite store answers.
+                    welcomes.sort_by_key(|(d, _)| w.added.iter().position(|a| a == d));
                 }
                 Ok(Appended {
                     seq: uint(seq),
@@ -1200,7 +1221,13 @@ impl Store for PostgresStore {
                     )
                     .await?;
                     c.execute(
-                        "DELETE FROM inbox WHERE device_id = $1 AND seq <= $2",
+                        "WITH gone AS (DELETE FROM inbox WHERE device_id = $1 AND seq <= $2
+                                       RETURNING group_id, group_seq, length(payload) = 0 AS shared)
+                         DELETE FROM welcomes w USING gone
+                         WHERE gone.shared AND w.group_id = gone.group_id AND w.group_seq = gone.group_seq
+                           AND NOT EXISTS (SELECT 1 FROM inbox i
+                                           WHERE i.group_id = w.group_id AND i.group_seq = w.group_seq
+                                             AND NOT (i.device_id = $1 AND i.seq <= $2))",
                         &[&me, &seq],
                     )
                     .await?;
@@ -1215,6 +1242,16 @@ impl Store for PostgresStore {
                     .await?;
                 }
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn inbox_bytes(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            Box::pin(async move {
+                let row = c.query_opt(super::sqlite::INBOX_BYTES, &[]).await?;
+                Ok(row.map_or(0, |r| uint(r.get(0))))
             })
         })
         .await
@@ -1652,6 +1689,7 @@ impl Store for PostgresStore {
                 n += c
                     .execute("DELETE FROM inbox WHERE sent_at < $1", &[&cutoff])
                     .await?;
+                c.execute(super::sqlite::UNREFERENCED_WELCOMES, &[]).await?;
                 n += c
                     .execute(
                         "DELETE FROM group_log WHERE seq <= (

@@ -113,6 +113,16 @@ CREATE TABLE IF NOT EXISTS inbox (
     payload   BLOB NOT NULL,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
+-- A Welcome is stored once, here, for all the devices it adds: their inbox rows hold an empty
+-- payload that stands for the Welcome of (group_id, group_seq). The row goes with the last
+-- inbox row that refers to it.
+CREATE TABLE IF NOT EXISTS welcomes (
+    group_id  BLOB NOT NULL,
+    group_seq INTEGER NOT NULL,
+    payload   BLOB NOT NULL,
+    PRIMARY KEY (group_id, group_seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_welcome ON inbox(group_id, group_seq);
 -- The key directory (akd): tree nodes and the tree header by akd's binary key, value versions
 -- by label and epoch, the signed root of every epoch, and the entries waiting to be published.
 CREATE TABLE IF NOT EXISTS directory_nodes (
@@ -174,8 +184,17 @@ CREATE TABLE IF NOT EXISTS blob_recipients (
 ) WITHOUT ROWID;
 "#;
 
+/// Deletes the Welcomes no inbox row refers to any more (both backends).
+pub(crate) const UNREFERENCED_WELCOMES: &str = "DELETE FROM welcomes WHERE NOT EXISTS \
+    (SELECT 1 FROM inbox i WHERE i.group_id = welcomes.group_id AND i.group_seq = welcomes.group_seq)";
+
+/// The bytes of inbox payloads and stored Welcomes (both backends).
+pub(crate) const INBOX_BYTES: &str = "SELECT CAST( \
+    (SELECT COALESCE(SUM(length(payload)), 0) FROM inbox) + \
+    (SELECT COALESCE(SUM(length(payload)), 0) FROM welcomes) AS BIGINT)";
+
 /// The schema version (SQLite's `user_version`; the PostgreSQL backend records the same).
-pub(crate) const SCHEMA_VERSION: i32 = 5;
+pub(crate) const SCHEMA_VERSION: i32 = 6;
 
 type Completion = Box<dyn FnOnce(bool) + Send>;
 /// A job runs on the writer's connection inside the open transaction; it sets the flag when it
@@ -831,6 +850,14 @@ impl Store for SqliteStore {
                 .execute(params![w.group_id.as_bytes(), d.as_bytes(), seq])
                 .map_err(backend)?;
             }
+            if let Some(welcome) = &w.welcome {
+                conn.prepare_cached(
+                    "INSERT INTO welcomes (group_id, group_seq, payload) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(backend)?
+                .execute(params![w.group_id.as_bytes(), seq, welcome])
+                .map_err(backend)?;
+            }
             let mut welcomes = Vec::with_capacity(w.added.len());
             for d in &w.added {
                 conn.prepare_cached(
@@ -839,7 +866,7 @@ impl Store for SqliteStore {
                 .map_err(backend)?
                 .execute(params![w.group_id.as_bytes(), d.as_bytes(), seq + 1, seq])
                 .map_err(backend)?;
-                if let Some(welcome) = &w.welcome {
+                if w.welcome.is_some() {
                     let inbox_seq: u64 = conn
                         .prepare_cached(
                             "UPDATE devices SET inbox_next = inbox_next + 1 WHERE device_id = ?1 RETURNING inbox_next - 1",
@@ -850,10 +877,10 @@ impl Store for SqliteStore {
                         .map_err(backend)?
                         .ok_or(StoreError::NotFound)?;
                     conn.prepare_cached(
-                        "INSERT INTO inbox (device_id, seq, group_id, group_seq, sent_at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT INTO inbox (device_id, seq, group_id, group_seq, sent_at, payload) VALUES (?1, ?2, ?3, ?4, ?5, X'')",
                     )
                     .map_err(backend)?
-                    .execute(params![d.as_bytes(), inbox_seq, w.group_id.as_bytes(), seq, sent_at, welcome])
+                    .execute(params![d.as_bytes(), inbox_seq, w.group_id.as_bytes(), seq, sent_at])
                     .map_err(backend)?;
                     welcomes.push((*d, inbox_seq));
                 }
@@ -875,10 +902,27 @@ impl Store for SqliteStore {
                     .map_err(backend)?
                     .execute(params![device.as_bytes(), seq])
                     .map_err(backend)?;
+                let shared: Vec<(Vec<u8>, u64)> = conn
+                    .prepare_cached(
+                        "SELECT group_id, group_seq FROM inbox WHERE device_id = ?1 AND seq <= ?2 AND length(payload) = 0",
+                    )
+                    .map_err(backend)?
+                    .query_map(params![device.as_bytes(), seq], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(backend)?
+                    .collect::<Result<_, _>>()
+                    .map_err(backend)?;
                 conn.prepare_cached("DELETE FROM inbox WHERE device_id = ?1 AND seq <= ?2")
                     .map_err(backend)?
                     .execute(params![device.as_bytes(), seq])
                     .map_err(backend)?;
+                for (group, group_seq) in shared {
+                    conn.prepare_cached(
+                        "DELETE FROM welcomes WHERE group_id = ?1 AND group_seq = ?2 AND NOT EXISTS (SELECT 1 FROM inbox WHERE group_id = ?1 AND group_seq = ?2)",
+                    )
+                    .map_err(backend)?
+                    .execute(params![group, group_seq])
+                    .map_err(backend)?;
+                }
             }
             for (group, seq) in ack.groups.iter().map(|(g, s)| (g, cursor(*s))) {
                 conn.prepare_cached(
@@ -889,6 +933,15 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn inbox_bytes(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row(INBOX_BYTES, [], |r| r.get::<_, i64>(0))
+                .map(|n| n.unsigned_abs())
+                .map_err(backend)
         })
         .await
     }
@@ -1256,6 +1309,7 @@ impl Store for SqliteStore {
             n += conn
                 .execute("DELETE FROM inbox WHERE sent_at < ?1", [older_than_ms])
                 .map_err(backend)?;
+            conn.execute(UNREFERENCED_WELCOMES, []).map_err(backend)?;
             // Entries every recipient has acknowledged. A member that has left and acknowledged
             // its removal no longer holds anything back.
             n += conn
@@ -1352,7 +1406,9 @@ fn fetch(conn: &Connection, device: DeviceId, req: FetchRequest) -> Result<SyncB
     {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, group_id, group_seq, sent_at, payload FROM inbox WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT i.seq, i.group_id, i.group_seq, i.sent_at, COALESCE(w.payload, i.payload) FROM inbox i
+                 LEFT JOIN welcomes w ON length(i.payload) = 0 AND w.group_id = i.group_id AND w.group_seq = i.group_seq
+                 WHERE i.device_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
             )
             .map_err(backend)?;
         let rows = stmt
