@@ -64,6 +64,9 @@ impl Api {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
+            // The server closes a connection that has been idle for its read timeout (30 s by
+            // default); one kept longer here can be closed under a request that then fails.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| Error::Protocol(format!("cannot build the HTTP client: {e}")))?;
         let base = base.trim_end_matches('/').to_owned();

@@ -1108,7 +1108,7 @@ impl Profile {
 /// work done inside it — without holding up the runtime's other tasks. On a multi-threaded
 /// runtime (the daemon's, the command line's) the worker thread hands its other tasks to another
 /// worker for the duration; elsewhere (a current-thread runtime, or none) it simply runs.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),

@@ -437,22 +437,25 @@ pub(super) fn split_view(from: &str, epoch: u64) -> String {
     )
 }
 
-/// `f` of every item, in order, computed on as many threads as the machine has cores.
+/// `f` of every item, in order, computed on as many threads as the machine has cores (while
+/// the async runtime's other tasks go on: see [`store::blocking`]).
 fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads < 2 || items.len() < 2 {
-        return items.iter().map(f).collect();
+        return store::blocking(|| items.iter().map(f).collect());
     }
     let per = items.len().div_ceil(threads);
     let f = &f;
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = items
-            .chunks(per)
-            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|part| part.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+    store::blocking(|| {
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = items
+                .chunks(per)
+                .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|part| part.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
     })
 }

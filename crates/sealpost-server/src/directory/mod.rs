@@ -114,6 +114,9 @@ pub struct KeyDirectory {
     /// that asks until the next epoch (a thousand devices joining one group each ask for the
     /// same thousand members).
     proofs: std::sync::Mutex<ProofCache>,
+    /// Held while proofs missing from the cache are made: devices asking at once for the same
+    /// users wait for the first one's proofs instead of each making them again.
+    making_proofs: Mutex<()>,
 }
 
 /// Lookup proofs of one epoch.
@@ -264,6 +267,7 @@ impl KeyDirectory {
             publishing: Mutex::new(()),
             running: AtomicBool::new(false),
             proofs: std::sync::Mutex::default(),
+            making_proofs: Mutex::new(()),
         };
         // Every node sharing a store must sign with the same key, or clients refuse its roots.
         if let Some(latest) = dir.store.directory_root(None).await?
@@ -517,17 +521,27 @@ impl KeyDirectory {
         let (found, missing): (Vec<&Username>, Vec<&Username>) = users
             .iter()
             .partition(|u| present.contains_key(&directory_label(u)));
-        let epoch_hash = self.akd.get_epoch_hash().await.map_err(akd_error)?;
-        let mut proofs: Vec<Option<Vec<u8>>> = {
+        let cached = |epoch_hash: &EpochHash| -> Result<Vec<Option<Vec<u8>>>, DirectoryError> {
             let cache = self.proofs.lock().map_err(|_| poisoned())?;
-            found
+            Ok(found
                 .iter()
                 .map(|u| {
-                    (cache.epoch.as_ref() == Some(&epoch_hash))
+                    (cache.epoch.as_ref() == Some(epoch_hash))
                         .then(|| cache.by_user.get(*u).cloned())
                         .flatten()
                 })
-                .collect()
+                .collect())
+        };
+        let mut epoch_hash = self.akd.get_epoch_hash().await.map_err(akd_error)?;
+        let mut proofs = cached(&epoch_hash)?;
+        let _making = if proofs.iter().any(Option::is_none) {
+            // Wait for whoever is making proofs now: they may be the ones missing here.
+            let making = self.making_proofs.lock().await;
+            epoch_hash = self.akd.get_epoch_hash().await.map_err(akd_error)?;
+            proofs = cached(&epoch_hash)?;
+            Some(making)
+        } else {
+            None
         };
         let wanted: Vec<_> = found
             .iter()
@@ -535,7 +549,6 @@ impl KeyDirectory {
             .filter(|(_, p)| p.is_none())
             .map(|(u, _)| directory_label(u))
             .collect();
-        let mut epoch_hash = epoch_hash;
         if !wanted.is_empty() {
             let (made, made_at) = self.akd.batch_lookup(&wanted).await.map_err(akd_error)?;
             if made_at != epoch_hash {
