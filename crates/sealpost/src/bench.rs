@@ -86,13 +86,13 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Transport {
+pub(crate) enum Transport {
     Ws,
     Http,
 }
 
 /// The text of every benchmark message (padded to the 256-byte bucket).
-const TEXT: &str = "benchmark message of about forty bytes..";
+pub(crate) const TEXT: &str = "benchmark message of about forty bytes..";
 
 /// Prints "what: n messages in s = rate msgs/s (detail)".
 fn rate_line(what: &str, n: usize, elapsed: Duration, detail: &str) {
@@ -196,16 +196,25 @@ impl Drop for ServerProcess {
 }
 
 /// The servers of a run: senders use the first, recipients the last.
-struct Servers {
+pub(crate) struct Servers {
     nodes: Vec<ServerProcess>,
+    /// The database of servers this run started on SQLite.
+    sqlite: Option<std::path::PathBuf>,
 }
 
 impl Servers {
-    fn send_url(&self) -> &str {
+    pub(crate) fn send_url(&self) -> &str {
         self.nodes.first().map_or("", |n| n.url.as_str())
     }
-    fn recv_url(&self) -> &str {
+    pub(crate) fn recv_url(&self) -> &str {
         self.nodes.last().map_or("", |n| n.url.as_str())
+    }
+    /// What the server's SQLite database holds (`None` on PostgreSQL or another's server).
+    pub(crate) fn stored(&self) -> Option<crate::bench_group::Stored> {
+        let db = self.sqlite.as_deref()?;
+        crate::bench_group::stored(db)
+            .inspect_err(|e| eprintln!("cannot read {}: {e:#}", db.display()))
+            .ok()
     }
 }
 
@@ -217,6 +226,7 @@ async fn start_servers(args: &BenchArgs) -> Result<Servers> {
                 url: url.clone(),
                 _dir: None,
             }],
+            sqlite: None,
         });
     }
     ensure!(args.nodes >= 1, "--nodes must be at least 1");
@@ -280,12 +290,17 @@ async fn start_servers(args: &BenchArgs) -> Result<Servers> {
             _dir: Some(dir.clone()),
         });
     }
-    Ok(Servers { nodes })
+    Ok(Servers {
+        nodes,
+        sqlite: database
+            .is_none()
+            .then(|| dir.path().join("data").join("server.db")),
+    })
 }
 
 /// CPU seconds (user + system) used so far by the server processes, and by every `postgres`
 /// process of the machine. Linux only; `None` elsewhere.
-fn cpu_seconds(servers: &Servers) -> Option<(f64, f64)> {
+pub(crate) fn cpu_seconds(servers: &Servers) -> Option<(f64, f64)> {
     fn of(pid: &str) -> Option<(String, f64)> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let (head, rest) = stat.rsplit_once(") ")?;
@@ -392,7 +407,7 @@ async fn idle_connections(url: &str, pid: u32, tokens: &[String], n: usize) -> R
 }
 
 /// Percentile of sorted samples.
-fn pct(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -484,7 +499,7 @@ async fn receive(mut socket: Socket, clock: Clock, expect: usize) -> Result<Vec<
 /// post their batches (each optionally starting after an offset and paced at an interval).
 /// Returns the elapsed time from the first send to the last delivery, and the latencies.
 /// Recipients are `(their server, token, messages expected)`.
-async fn measure(
+pub(crate) async fn measure(
     transport: Transport,
     http: &reqwest::Client,
     recipients: Vec<(String, String, usize)>,
@@ -524,7 +539,7 @@ fn http() -> reqwest::Client {
 }
 
 /// Registers `prefix{i}` for each i in `ids` at `url`.
-async fn users(
+pub(crate) async fn users(
     url: &str,
     home: &std::path::Path,
     prefix: &str,
@@ -550,7 +565,13 @@ async fn users(
     Ok(out)
 }
 
-fn report(title: &str, msgs: usize, deliveries: usize, elapsed: Duration, mut lat: Vec<Duration>) {
+pub(crate) fn report(
+    title: &str,
+    msgs: usize,
+    deliveries: usize,
+    elapsed: Duration,
+    mut lat: Vec<Duration>,
+) {
     lat.sort();
     let secs = elapsed.as_secs_f64();
     println!(
@@ -836,53 +857,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         rate_line("client MLS decrypt + local commit + sync", got, d, "");
     }
     if want("c") {
-        // ---- (c) a 100-member group -------------------------------------------------------------
-        let t = Instant::now();
-        // With several nodes, the second half of the group is on the last node.
-        let half = args.group_size.div_ceil(2);
-        let mut members = users(&url, tmp.path(), "mem", 0..half).await?;
-        members.extend(users(&rurl, tmp.path(), "mem", half..args.group_size).await?);
-        let names: Vec<Username> = (1..args.group_size)
-            .map(|i| Username::new(&format!("mem{i}")))
-            .collect::<Result<_, _>>()?;
-        members[0].create_group("big", &names, suite).await?;
-        for m in members.iter_mut().skip(1) {
-            m.sync().await?;
-        }
-        println!(
-            "(c) setup: a {}-member group in {:.1} s",
-            args.group_size,
-            t.elapsed().as_secs_f64()
-        );
-        let senders_n = 5.min(args.group_size);
-        let per = args.group_messages / senders_n;
-        let mut batches = Vec::new();
-        for m in members.iter_mut().take(senders_n) {
-            batches.push(m.bench_prepare("#big", per, TEXT).await?);
-        }
-        let mut rx = Vec::new();
-        for (i, m) in members.iter_mut().enumerate() {
-            // Senders do not get their own messages pushed back.
-            let expect = if i < senders_n {
-                per * (senders_n - 1)
-            } else {
-                per * senders_n
-            };
-            let b = m.bench_prepare("#big", 0, "").await?;
-            rx.push((b.server, b.token, expect));
-        }
-        let tx = batches
-            .into_iter()
-            .map(|b| (b, Duration::ZERO, None))
-            .collect();
-        let (elapsed, lat) = measure(args.transport, &http, rx, tx).await?;
-        report(
-            &format!("(c) {}-member group, {senders_n} senders", args.group_size),
-            per * senders_n,
-            lat.len(),
-            elapsed,
-            lat,
-        );
+        crate::bench_group::run(crate::bench_group::GroupRun {
+            servers: &servers,
+            http: &http,
+            home: tmp.path(),
+            suite,
+            size: args.group_size,
+            messages: args.group_messages,
+            transport: args.transport,
+        })
+        .await?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod bench;
 mod bench_ceilings;
 mod bench_directory;
 mod bench_files;
+mod bench_group;
 mod chat;
 mod cli;
 mod client_config;
