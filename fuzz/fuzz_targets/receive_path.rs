@@ -1,7 +1,7 @@
 //! The client's receive path with a real group state, coverage-guided. Once per process a real
 //! server on a loopback port and three clients make two conversations (one per cipher suite)
 //! whose logs hold texts of this and earlier epochs, adds, removals and a Welcome (the set-up of
-//! `crates/sealpost-sdk/tests/receive_fuzz.rs`). Each input is then delivered to Bob as the next
+//! `crates/sealpost-sdk/tests/sdk/receive_fuzz.rs`). Each input is then delivered to Bob as the next
 //! item of one conversation's log: the input's first byte picks the conversation and whether
 //! the rest is the payload itself or a tape of choices that mangles one of the real messages.
 //! Bob must not panic, show a text or a roster change, move to another epoch, or raise more

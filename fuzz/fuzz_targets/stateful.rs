@@ -1,7 +1,7 @@
 //! The stateful fuzz, coverage-guided: the input is a tape of choices (two bytes each) that
 //! drives four clients and a real server on a loopback port through texts, syncs, adds and
 //! removals, mixed with duplicated and held-back sync answers, lost answers, and client and
-//! server restarts (the driver of `crates/sealpost-sdk/tests/stateful.rs`). Every run ends with
+//! server restarts (the driver of `crates/sealpost-sdk/tests/sdk/stateful.rs`). Every run ends with
 //! the checks of that test: nothing lost, doubled, reordered, made up, unreadable or alarming;
 //! one epoch; everyone reaches everyone. A run takes about a second, so a short run tries few
 //! inputs: it is the tape's structure that the fuzzer learns.

@@ -1,6 +1,6 @@
 //! The local store as hostile input, coverage-guided. Once per process a real server and two
 //! clients leave Bob a closed profile with two conversations (the set-up of
-//! `crates/sealpost-sdk/tests/store_fuzz.rs`). Each input is a tape of choices that damages one
+//! `crates/sealpost-sdk/tests/sdk/store_fuzz.rs`). Each input is a tape of choices that damages one
 //! value of a fresh copy of it — any column of any table changed in the file (mangled bytes,
 //! NULL, another type, edge integers), a row deleted, or a record sealed again with the key
 //! holding mangled plaintext — and then the profile is opened and everything a front end shows

@@ -1,5 +1,5 @@
 //! A profile to damage: Bob's after two conversations with Alice, and the damage the store
-//! fuzz does to one value of it (`tests/store_fuzz.rs`, and the `store_records` target in
+//! fuzz does to one value of it (`tests/sdk/store_fuzz.rs`, and the `store_records` target in
 //! `fuzz/`).
 
 use std::path::{Path, PathBuf};

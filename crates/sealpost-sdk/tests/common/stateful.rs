@@ -12,7 +12,7 @@
 //! unreadable, missing (a gap) or alarming (a security alert); and all members are at one
 //! epoch and reach each other.
 //!
-//! Used by `tests/stateful.rs` (seeded) and by the `stateful` target in `fuzz/` (the fuzzer's
+//! Used by `tests/sdk/stateful.rs` (seeded) and by the `stateful` target in `fuzz/` (the fuzzer's
 //! bytes choose the actions). `SEALPOST_STATEFUL_DEBUG=1` prints each step, what the syncs
 //! brought and every history, and copies the server's data to
 //! `$TMPDIR/sealpost-stateful-server` for a look with `sqlite3`.

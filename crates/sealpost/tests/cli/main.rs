@@ -1,4 +1,5 @@
-//! Tests through the real `sealpost` binary.
+//! Tests through the real `sealpost` binary: its commands, the terminal and web interfaces, and
+//! (in `crash` and `cluster_kill`) server and client processes killed on purpose. One test binary.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -8,6 +9,11 @@
 
 use std::process::Command;
 
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cluster_kill;
+mod crash;
 mod terminal;
 mod web;
 

@@ -1,5 +1,5 @@
 //! Server processes and a TCP front for the tests that kill servers.
-#![allow(dead_code, reason = "each test binary uses a part")]
+#![allow(dead_code, reason = "not every test uses every part")]
 
 use std::io::BufRead as _;
 use std::net::SocketAddr;

@@ -3,19 +3,11 @@
 //! the client shows what happened (a gap, a late text, an unreadable item, an alert) and never
 //! shows anything the server made up as a message. The cases and the attacks they come from are
 //! listed in `docs/security-tests.md`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{Interceptor, People, TestServer, alerts, group_of, texts, u};
+use crate::common::{Interceptor, People, TestServer, alerts, group_of, texts, u};
 use sealpost_proto::{ClaimKeyPackagesResponse, CommitUpload, Delivery, DeliveryKind, GroupId};
 use sealpost_sdk::{Client, CommitForgery, Error, Event, KeyPackageForgery, SecurityAlert, Suite};
 use sealpost_server::storage::FetchRequest;

@@ -1,14 +1,6 @@
 //! Linked devices and out-of-band verification, against a real server.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
 
-mod common;
-
-use common::{People, TestServer, texts, u};
+use crate::common::{People, TestServer, texts, u};
 use sealpost_proto::{DeliveryKind, GroupId};
 use sealpost_sdk::{
     Client, DeviceChange, Error, Event, LinkStep, PendingLink, SecurityAlert, Suite,
@@ -291,7 +283,7 @@ async fn a_verified_contacts_new_account_key_blocks_sending_until_confirmed() {
 #[tokio::test]
 async fn a_server_that_swaps_the_link_request_or_the_approval_is_caught() {
     let server = TestServer::start().await;
-    let mitm = common::Interceptor::start(&server.url).await;
+    let mitm = crate::common::Interceptor::start(&server.url).await;
     let people = People::new();
     let mut alice = people.register_at(&mitm.url, "alice").await;
 

@@ -2,20 +2,12 @@
 //! duplicates a message: each delivery is committed locally in one transaction, and the server
 //! is acknowledged only after that. A server killed at random points of a stream of group
 //! messages and commits loses nothing it acknowledged, and the group does not fork.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-
-mod common;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Front, Node};
+use crate::common::{Front, Node};
 use sealpost_sdk::{Client, ClientSettings, Error, Event, Suite, Username};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

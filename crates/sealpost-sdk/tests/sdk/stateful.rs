@@ -15,20 +15,12 @@
 //! `SEALPOST_STATEFUL_SEED` replays one; the seed is printed. `SEALPOST_STATEFUL_DEBUG=1` prints
 //! each step, what the syncs brought and every history, and copies the server's data to
 //! `$TMPDIR/sealpost-stateful-server` for a look with `sqlite3`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
 
-mod common;
-
-use common::Rng;
+use crate::common::Rng;
 
 #[tokio::test]
 async fn seeded_actions_and_faults_lose_and_double_nothing() {
-    let seed = common::seed("SEALPOST_STATEFUL_SEED");
-    let actions = common::setting("SEALPOST_STATEFUL_ACTIONS", 120);
-    common::stateful::run(&mut Rng(seed), actions, &format!("seed {seed}")).await;
+    let seed = crate::common::seed("SEALPOST_STATEFUL_SEED");
+    let actions = crate::common::setting("SEALPOST_STATEFUL_ACTIONS", 120);
+    crate::common::stateful::run(&mut Rng(seed), actions, &format!("seed {seed}")).await;
 }

@@ -10,25 +10,17 @@
 //!
 //! `SEALPOST_RECEIVE_FUZZ_CASES` (default 1,500 per conversation) sets the number of cases and
 //! `SEALPOST_RECEIVE_FUZZ_SEED` replays a run; the seed is printed.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
 
-mod common;
-
-use common::{BusyRoom, People, Rng, TestServer, busy_room, mangle, nothing_shown, texts};
+use crate::common::{BusyRoom, People, Rng, TestServer, busy_room, mangle, nothing_shown, texts};
 use sealpost_sdk::Suite;
 
 fn cases() -> usize {
-    common::setting("SEALPOST_RECEIVE_FUZZ_CASES", 1500) as usize
+    crate::common::setting("SEALPOST_RECEIVE_FUZZ_CASES", 1500) as usize
 }
 
 #[tokio::test]
 async fn mangled_deliveries_change_nothing_in_a_real_group() {
-    let seed = common::seed("SEALPOST_RECEIVE_FUZZ_SEED");
+    let seed = crate::common::seed("SEALPOST_RECEIVE_FUZZ_SEED");
     let mut rng = Rng(seed);
     let server = TestServer::start().await;
     let people = People::new();

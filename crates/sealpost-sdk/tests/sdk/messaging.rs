@@ -1,14 +1,6 @@
 //! End-to-end messaging through a real server.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
 
-mod common;
-
-use common::{People, TestServer, texts, u};
+use crate::common::{People, TestServer, texts, u};
 use sealpost_sdk::{Error, Event, Preferences, Receipt, ReceiptStatus, Suite};
 
 #[tokio::test]
@@ -173,7 +165,7 @@ async fn a_removed_member_added_again_rejoins_and_reads_what_follows() {
     );
 }
 
-/// Found by the stateful fuzz (`tests/stateful.rs`): Ben, offline, is removed and added back;
+/// Found by the stateful fuzz (`tests/sdk/stateful.rs`): Ben, offline, is removed and added back;
 /// his one sync brings the removal (in the group's log) and the Welcome (in his inbox) at once.
 /// He takes the removal first, then rejoins (before, the Welcome passed for a replay and he
 /// never rejoined); and his next text follows his earlier ones (before, his numbering started
@@ -571,13 +563,13 @@ fn server_blobs(server: &TestServer) -> Vec<(String, Vec<u8>)> {
 /// A server, a proxy before it, and Alice (through the proxy) and Bob, who share a conversation.
 async fn file_senders() -> (
     TestServer,
-    common::Interceptor,
+    crate::common::Interceptor,
     People,
     sealpost_sdk::Client,
     sealpost_sdk::Client,
 ) {
     let server = TestServer::start().await;
-    let proxy = common::Interceptor::start(&server.url).await;
+    let proxy = crate::common::Interceptor::start(&server.url).await;
     let people = People::new();
     let mut alice = people.register_at(&proxy.url, "alice").await;
     let mut bob = people.register(&server, "bob").await;
@@ -732,7 +724,7 @@ async fn broken_transfers_go_on_where_they_stopped_even_across_a_restart() {
         .map(|i| (i % 253) as u8)
         .collect();
     std::fs::write(&path, &content).unwrap();
-    let uploads = |proxy: &common::Interceptor| -> Vec<(String, u16)> {
+    let uploads = |proxy: &crate::common::Interceptor| -> Vec<(String, u16)> {
         proxy
             .take_seen()
             .into_iter()
@@ -845,7 +837,7 @@ async fn broken_transfers_go_on_where_they_stopped_even_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swapped_truncated_or_extended_blob_is_refused_and_nothing_is_saved() {
     let server = TestServer::start().await;
-    let proxy = common::Interceptor::start(&server.url).await;
+    let proxy = crate::common::Interceptor::start(&server.url).await;
     let people = People::new();
     let mut alice = people.register(&server, "alice").await;
     let mut bob = people.register_at(&proxy.url, "bob").await;

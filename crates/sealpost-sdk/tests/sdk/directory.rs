@@ -1,18 +1,10 @@
 //! The key directory against a server that lies: each test plays one kind of compromised server
 //! (directly through its store, through an interceptor between client and server, or as a fork
 //! of the server's data) and checks that the client refuses or alerts, and keeps working.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
 
-mod common;
-
+use crate::common::{Interceptor, People, TestServer, alerts, texts, u};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{Interceptor, People, TestServer, alerts, texts, u};
 use openmls::prelude::{BasicCredential, CredentialWithKey, KeyPackage, MlsMessageOut};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::types::SignatureScheme;

@@ -2,16 +2,8 @@
 //! and connections per device. Each refusal is a clear error that changes nothing, and what
 //! the limit does not cover keeps working. And the largest group the server allows works with
 //! its default settings.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
 
-mod common;
-
-use common::{People, TestServer, texts, u};
+use crate::common::{People, TestServer, texts, u};
 use sealpost_proto::ErrorCode;
 use sealpost_sdk::{Client, ClientSettings, Error, Event, Suite, Username};
 

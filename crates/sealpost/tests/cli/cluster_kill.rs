@@ -7,20 +7,12 @@
 //! The second test runs its own PostgreSQL and NATS (the machine's are shared with other tests)
 //! and puts two nodes through every fault of the kind an operator sees, while a live subscriber
 //! reads.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-
-mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Front, Node, OwnNats, OwnPostgres};
+use crate::common::{Front, Node, OwnNats, OwnPostgres};
 use sealpost_sdk::{Client, Connection, Event, EventId, Live, Subscription};
 use tokio_util::sync::CancellationToken;
 

@@ -7,18 +7,10 @@
 //! `SEALPOST_SCHEMATHESIS`; without it (and without `st` on the PATH) this test says so and
 //! passes without running. `SEALPOST_API_FUZZ_EXAMPLES` sets the examples per operation
 //! (default 40) and `SEALPOST_API_FUZZ_SEED` the seed (default: a new one, printed).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-
-mod common;
 
 use std::path::PathBuf;
 
-use common::{People, TestServer, group_of, texts, u};
+use crate::common::{People, TestServer, group_of, texts, u};
 use sealpost_sdk::Suite;
 
 fn schemathesis() -> Option<PathBuf> {

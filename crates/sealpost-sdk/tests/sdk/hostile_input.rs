@@ -1,17 +1,9 @@
 //! Bad input from a client with a valid session: each gets a clear error, nothing panics, and the
 //! server's state is unchanged (the next valid message lands right after the last one).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
 
-mod common;
-
+use crate::common::{People, TestServer, texts, u};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{People, TestServer, texts, u};
 use futures_util::{SinkExt as _, StreamExt as _};
 use sealpost_proto::{CommitUpload, PostedResponse, SyncBatch, SyncRequest};
 use sealpost_sdk::{Client, CommitForgery, Event, Suite};
@@ -478,25 +470,28 @@ async fn bad_websocket_frames_get_errors_or_close_the_connection_only() {
 }
 
 /// WebSocket send frames fuzzed at the server: mangled copies of real ones (header and MLS
-/// message alike; see `common::mangle`) sent over one signed-in connection. Each gets an
+/// message alike; see `crate::common::mangle`) sent over one signed-in connection. Each gets an
 /// answer — its sequence number or a clear error, never an internal or unavailable one — on a
 /// connection that stays open; afterwards a real text still goes through.
 /// `SEALPOST_WS_FUZZ_CASES` (default 1,000) and `SEALPOST_WS_FUZZ_SEED` as in the receive fuzz.
 #[tokio::test]
 async fn mangled_websocket_send_frames_get_clear_answers() {
-    let seed = common::seed("SEALPOST_WS_FUZZ_SEED");
-    let cases = common::setting("SEALPOST_WS_FUZZ_CASES", 1000);
-    let mut rng = common::Rng(seed);
+    let seed = crate::common::seed("SEALPOST_WS_FUZZ_SEED");
+    let cases = crate::common::setting("SEALPOST_WS_FUZZ_CASES", 1000);
+    let mut rng = crate::common::Rng(seed);
     // Long runs send more than a device may in a minute; the send limit has its own test.
     let server = TestServer::start_with(|s| s.sends_per_minute = u32::MAX).await;
     let people = People::new();
     let (mut alice, mut bob) = a_direct_and_a_group_conversation(&server, &people, "room").await;
-    let material = common::send_frames(&mut alice, ["@bob", "#room"]).await;
+    let material = crate::common::send_frames(&mut alice, ["@bob", "#room"]).await;
     let token = alice.bench_prepare("@bob", 0, "").await.unwrap().token;
-    let mut socket = common::FrameSocket::open(&server.url, &token).await;
+    let mut socket = crate::common::FrameSocket::open(&server.url, &token).await;
     let (mut taken, mut refused) = (0, 0);
     for case in 0..cases {
-        match socket.send(common::mangle(&mut rng, &material)).await {
+        match socket
+            .send(crate::common::mangle(&mut rng, &material))
+            .await
+        {
             Ok(true) => taken += 1,
             Ok(false) => refused += 1,
             Err(fault) => panic!("case {case} (seed {seed}): {fault}"),

@@ -1,14 +1,6 @@
 //! Ordering, conflicts, restarts and bad input, against a real server.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
 
-mod common;
-
-use common::{Interceptor, People, TestServer, alerts, texts, u};
+use crate::common::{Interceptor, People, TestServer, alerts, texts, u};
 use sealpost_sdk::{Client, ClientSettings, Error, Event, Suite};
 
 #[tokio::test]

@@ -1,20 +1,12 @@
 //! Several server nodes sharing the machine's PostgreSQL and NATS, with clients spread across
 //! them. Skipped unless `SEALPOST_TEST_DATABASE_URL` (and, for push across nodes,
 //! `SEALPOST_TEST_NATS_URL`) are set; CI sets both.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-
-mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Interceptor, People, TestServer, texts, u};
+use crate::common::{Interceptor, People, TestServer, texts, u};
 use sealpost_sdk::{Client, Event, LinkStep, PendingLink, Suite};
 use tokio::sync::mpsc;
 

@@ -6,19 +6,11 @@
 //!
 //! The fuzz is seeded: `SEALPOST_STORE_FUZZ_SEED` replays a run, `SEALPOST_STORE_FUZZ_CASES` sets
 //! its length.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-
-mod common;
 
 use std::path::Path;
 
-use common::profile::{bobs_profile, damage_and_read, db, read_all, restore};
-use common::*;
+use crate::common::profile::{bobs_profile, damage_and_read, db, read_all, restore};
+use crate::common::*;
 use sealpost_sdk::{Client, Error};
 
 /// Swaps `column` between the rows of `table` with the lowest and the highest `key`.

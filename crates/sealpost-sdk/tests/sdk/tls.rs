@@ -1,18 +1,10 @@
 //! TLS: with a certificate configured the server speaks HTTPS only; a certificate it cannot
 //! use stops it at start with an error that names the file. The certificate and key in
 //! tests/data are for these tests only (self-signed for localhost, no secret).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-
-mod common;
 
 use std::path::PathBuf;
 
-use common::TestServer;
+use crate::common::TestServer;
 
 fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
