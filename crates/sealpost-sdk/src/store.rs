@@ -101,10 +101,12 @@ CREATE TABLE IF NOT EXISTS events_seen (
 ) WITHOUT ROWID;
 "#;
 
-/// The profile's format (SQLite's `user_version`). 3: every sealed record is bound to its row
-/// (see [`Sealer::seal_at`]); 2 sealed MLS, conversation and history records under their kind
-/// only, so that one moved to another row still opened there.
-const PROFILE_VERSION: i64 = 3;
+/// The profile's format (SQLite's `user_version`). 4: the MLS records that grow with a group
+/// may be CBOR (see `mls_storage`), which a Sealpost of format 3 cannot read; a profile of
+/// format 3 is format 4 as it stands. 3: every sealed record is bound to its row (see
+/// [`Sealer::seal_at`]); 2 sealed MLS, conversation and history records under their kind only,
+/// so that one moved to another row still opened there.
+const PROFILE_VERSION: i64 = 4;
 
 /// Encrypts values for the store.
 pub struct Sealer {
@@ -783,6 +785,17 @@ pub struct Provider {
     storage: CheckedStorage,
 }
 
+#[cfg(test)]
+impl Provider {
+    /// A provider on `storage`.
+    pub(crate) fn on(storage: CheckedStorage) -> Self {
+        Self {
+            crypto: RustCrypto::default(),
+            storage,
+        }
+    }
+}
+
 impl OpenMlsProvider for Provider {
     type CryptoProvider = RustCrypto;
     type RandProvider = RustCrypto;
@@ -959,6 +972,9 @@ impl Profile {
                 .execute_batch(&format!("PRAGMA user_version = {PROFILE_VERSION};"))
                 .map_err(damaged)?,
             2 => bind_records(&conn, &sealer)?,
+            3 => conn
+                .execute_batch(&format!("PRAGMA user_version = {PROFILE_VERSION};"))
+                .map_err(damaged)?,
             PROFILE_VERSION => {}
             _ => {
                 return Err(Error::Store(format!(
@@ -1380,7 +1396,9 @@ mod tests {
             .unwrap();
         assert_eq!(version, PROFILE_VERSION);
 
-        p.conn.execute_batch("PRAGMA user_version = 4").unwrap();
+        p.conn
+            .execute_batch(&format!("PRAGMA user_version = {}", PROFILE_VERSION + 1))
+            .unwrap();
         drop(p);
         let Err(Error::Store(why)) = Profile::open(home, false, None) else {
             panic!("a profile of a newer format was opened");

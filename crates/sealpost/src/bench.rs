@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// Messages posted to the group.
     #[arg(long, default_value_t = 500)]
     group_messages: usize,
+    /// Members of the group run that are online and join it at once (the first ones; the
+    /// others stay offline, their invitations waiting on the server). All of them by default.
+    /// Fewer give the costs of a large group's adds and removes without a long set-up.
+    #[arg(long, value_name = "N")]
+    group_online: Option<usize>,
     /// Messages the `client` run decrypts in one sync (more gives a steadier figure on a noisy
     /// machine).
     #[arg(long, default_value_t = 2000)]
@@ -863,6 +868,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             home: tmp.path(),
             suite,
             size: args.group_size,
+            online: args.group_online,
             messages: args.group_messages,
             transport: args.transport,
         })

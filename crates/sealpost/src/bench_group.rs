@@ -29,6 +29,8 @@ pub(crate) struct GroupRun<'a> {
     pub home: &'a Path,
     pub suite: Suite,
     pub size: usize,
+    /// Members that join (the first ones); `None`: all of them.
+    pub online: Option<usize>,
     pub messages: usize,
     pub transport: crate::bench::Transport,
 }
@@ -52,6 +54,9 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
     creator.create_group("big", &names, r.suite).await?;
     let created = t.elapsed();
     let stored = r.servers.stored();
+    // Offline members stay out of what follows; their invitations wait on the server.
+    let online = r.online.map_or(n, |o| o.clamp(2, n));
+    members.truncate(online - 1);
 
     // The members join concurrently, each on its own task, as devices would
     // ([`JOINING_AT_ONCE`] at a time).
@@ -87,8 +92,13 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
         "a member sees {sizes} members in the group, not {n}"
     );
     join_times.sort();
+    let who = if online == n {
+        "every member".to_string()
+    } else {
+        format!("the {} online members", online - 1)
+    };
     println!(
-        "(c) {n}-member group: created in {:.2} s, every member joined {:.2} s later ({JOINING_AT_ONCE} at a time): set up in {:.2} s ({:.1} s with registering the {n} accounts first); one join p50 {:.2} s, slowest {:.2} s; the server's CPU during the joins {server_cpu:.1} s",
+        "(c) {n}-member group: created in {:.2} s, {who} joined {:.2} s later ({JOINING_AT_ONCE} at a time): set up in {:.2} s ({:.1} s with registering the {n} accounts first); one join p50 {:.2} s, slowest {:.2} s; the server's CPU during the joins {server_cpu:.1} s",
         created.as_secs_f64(),
         all_joined.as_secs_f64(),
         (created + all_joined).as_secs_f64(),
@@ -109,8 +119,9 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
 
     // The push connections of the delivery run are set up now, for every member: past this
     // point only the creator and the first members (the timed sample and the senders) stay
-    // open. A device holding a 1,000-member PQ group's state takes some 20 MB here (openmls
-    // keeps it as JSON, and a sync works on copies), and a thousand do not fit in one process.
+    // open. A device holding a 1,000-member PQ group's state takes several MB here (the tree
+    // and the past epochs' member lists, and a sync works on copies), and a thousand did not
+    // fit in one process.
     let senders_n = 5.min(n);
     let per = r.messages / senders_n;
     let mut receivers = Vec::with_capacity(joined.len());
@@ -119,7 +130,9 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
         receivers.push((b.server, b.token));
     }
     // The last member is removed below: it receives nothing after.
-    receivers.pop();
+    if online == n {
+        receivers.pop();
+    }
     joined.truncate(SAMPLE.max(senders_n));
 
     // One remove and one add (in that order: the group may be as large as the server allows):
@@ -176,6 +189,19 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
         elapsed,
         lat,
     );
+
+    // What a member's device spends on each message it receives: the last of the timed sample
+    // (not a sender) takes in the run's messages.
+    if let Some(m) = joined.get_mut(SAMPLE.max(senders_n) - 1) {
+        let t = Instant::now();
+        let got = m.sync().await?.len();
+        let d = t.elapsed();
+        println!(
+            "(c) a member's device takes in {got} messages of the group in {:.2} s: {:.2} ms each",
+            d.as_secs_f64(),
+            ms(d) / got.max(1) as f64
+        );
+    }
     Ok(())
 }
 

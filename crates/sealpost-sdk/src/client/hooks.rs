@@ -146,7 +146,8 @@ impl Client {
                 .take_while(|b| b.is_ascii_alphabetic())
                 .map(|b| char::from(*b))
                 .collect();
-            let Ok(json) = serde_json::from_slice::<serde_json::Value>(value) else {
+            // JSON or CBOR (see `mls_storage`), read alike.
+            let Ok(json) = crate::mls_storage::decode::<serde_json::Value>(value) else {
                 continue;
             };
             let mut found = Vec::new();
