@@ -7,7 +7,7 @@
 //! state is put back to what was committed. A crash therefore never leaves MLS state and
 //! application state out of step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 
@@ -865,15 +865,19 @@ impl MlsState {
 
     fn write(&self, tx: &Connection, sealer: &Sealer) -> Result<Changes, Error> {
         let changes = self.changes()?;
-        let mut up = tx.prepare_cached("INSERT INTO mls (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?;
-        for (k, v) in &changes.0 {
-            up.execute(params![k, sealer.seal_at("mls", k, v)?])?;
-        }
-        let mut del = tx.prepare_cached("DELETE FROM mls WHERE key = ?1")?;
-        for k in &changes.1 {
-            del.execute([k])?;
-        }
+        store_records(tx, sealer, changes.0.iter().map(|(k, v)| (k, Some(v))))?;
+        store_records(tx, sealer, changes.1.iter().map(|k| (k, None)))?;
         Ok(changes)
+    }
+
+    /// Writes the committed state of the records under `keys` (deleting those it has not).
+    fn write_keys(
+        &self,
+        tx: &Connection,
+        sealer: &Sealer,
+        keys: &HashSet<Vec<u8>>,
+    ) -> Result<(), Error> {
+        store_records(tx, sealer, keys.iter().map(|k| (k, self.committed.get(k))))
     }
 
     fn mark_committed(&mut self, (upserts, deletes): Changes) {
@@ -892,6 +896,23 @@ impl MlsState {
     }
 }
 
+/// Writes each record: `Some(value)` sealed, `None` deleted.
+fn store_records<'a>(
+    tx: &Connection,
+    sealer: &Sealer,
+    records: impl Iterator<Item = (&'a Vec<u8>, Option<&'a Vec<u8>>)>,
+) -> Result<(), Error> {
+    let mut up = tx.prepare_cached("INSERT INTO mls (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?;
+    let mut del = tx.prepare_cached("DELETE FROM mls WHERE key = ?1")?;
+    for (k, v) in records {
+        match v {
+            Some(v) => up.execute(params![k, sealer.seal_at("mls", k, v)?])?,
+            None => del.execute([k])?,
+        };
+    }
+    Ok(())
+}
+
 /// An open profile: the database, its lock and its key.
 pub struct Profile {
     conn: Connection,
@@ -902,6 +923,8 @@ pub struct Profile {
     pub mls: MlsState,
     /// The committed MLS state when the current batch began.
     batch_snapshot: Option<HashMap<Vec<u8>, Vec<u8>>>,
+    /// The MLS records changed in the current batch, written when it commits.
+    batch_dirty: HashSet<Vec<u8>>,
     /// The profile's directory.
     home: std::path::PathBuf,
 }
@@ -990,6 +1013,7 @@ impl Profile {
             sealer,
             mls,
             batch_snapshot: None,
+            batch_dirty: HashSet::new(),
             home: home.to_owned(),
         })
     }
@@ -1011,22 +1035,34 @@ impl Profile {
 
     /// Runs `f` in one transaction together with the MLS changes it made. On error nothing is
     /// written and the MLS state is rolled back. Inside a batch (see [`begin_batch`]) the change
-    /// becomes durable when the batch commits.
+    /// becomes durable when the batch commits, and the MLS records it changed are written then,
+    /// once, however many changes of the batch touched them: openmls rewrites its message
+    /// secrets with every message it decrypts, megabytes in a large group.
     ///
     /// [`begin_batch`]: Self::begin_batch
     pub fn atomically<T>(
         &mut self,
         f: impl FnOnce(&Connection, &Sealer, &crate::store::Provider) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        let in_batch = self.batch_snapshot.is_some();
         let result = blocking(|| {
             let sp = self.conn.savepoint()?;
             let value = f(&sp, &self.sealer, &self.mls.provider)?;
-            let changes = self.mls.write(&sp, &self.sealer)?;
+            let changes = if in_batch {
+                self.mls.changes()?
+            } else {
+                self.mls.write(&sp, &self.sealer)?
+            };
             sp.commit()?;
             Ok((value, changes))
         });
         match result {
             Ok((value, changes)) => {
+                if in_batch {
+                    let (upserts, deletes) = &changes;
+                    self.batch_dirty
+                        .extend(upserts.iter().map(|(k, _)| k).chain(deletes).cloned());
+                }
                 self.mls.mark_committed(changes);
                 Ok(value)
             }
@@ -1093,14 +1129,20 @@ impl Profile {
     ///
     /// [`abort_batch`]: Self::abort_batch
     pub fn commit_batch(&mut self) -> Result<(), Error> {
-        match blocking(|| self.conn.execute_batch("COMMIT")) {
+        let dirty = std::mem::take(&mut self.batch_dirty);
+        let committed = blocking(|| {
+            self.mls.write_keys(&self.conn, &self.sealer, &dirty)?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok::<_, Error>(())
+        });
+        match committed {
             Ok(()) => {
                 self.batch_snapshot = None;
                 Ok(())
             }
             Err(e) => {
                 self.abort_batch();
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -1108,6 +1150,7 @@ impl Profile {
     /// Undoes the batch, in the database and in the MLS state.
     pub fn abort_batch(&mut self) {
         let _ = self.conn.execute_batch("ROLLBACK");
+        self.batch_dirty.clear();
         if let Some(snapshot) = self.batch_snapshot.take() {
             self.mls.committed = snapshot;
         }
