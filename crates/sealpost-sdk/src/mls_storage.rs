@@ -886,5 +886,16 @@ mod tests {
         for bad in [&good[..good.len() - 1], &[CBOR], &[], b"\xff\x00"] {
             assert!(decode::<Vec<u8>>(bad).is_err(), "{bad:?}");
         }
+        // A field the type does not have, nested a million arrays deep, is skipped without
+        // running out of stack.
+        #[derive(serde::Deserialize)]
+        struct One {
+            #[allow(dead_code, reason = "only decoded")]
+            a: u8,
+        }
+        let mut deep = vec![CBOR, 0xa2, 0x61, b'x'];
+        deep.extend(std::iter::repeat_n(0x81, 1_000_000));
+        deep.extend([0x00, 0x61, b'a', 0x01]);
+        assert_eq!(decode::<One>(&deep).unwrap().a, 1);
     }
 }

@@ -865,8 +865,9 @@ impl MlsState {
 
     fn write(&self, tx: &Connection, sealer: &Sealer) -> Result<Changes, Error> {
         let changes = self.changes()?;
-        store_records(tx, sealer, changes.0.iter().map(|(k, v)| (k, Some(v))))?;
-        store_records(tx, sealer, changes.1.iter().map(|k| (k, None)))?;
+        let (upserts, deletes) = &changes;
+        let records = upserts.iter().map(|(k, v)| (k, Some(v)));
+        store_records(tx, sealer, records.chain(deletes.iter().map(|k| (k, None))))?;
         Ok(changes)
     }
 
