@@ -7,7 +7,7 @@
 //! state is put back to what was committed. A crash therefore never leaves MLS state and
 //! application state out of step.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
@@ -872,13 +872,13 @@ impl MlsState {
     }
 
     /// Writes the committed state of the records under `keys` (deleting those it has not).
-    fn write_keys(
+    fn write_keys<'a>(
         &self,
         tx: &Connection,
         sealer: &Sealer,
-        keys: &HashSet<Vec<u8>>,
+        keys: impl Iterator<Item = &'a Vec<u8>>,
     ) -> Result<(), Error> {
-        store_records(tx, sealer, keys.iter().map(|k| (k, self.committed.get(k))))
+        store_records(tx, sealer, keys.map(|k| (k, self.committed.get(k))))
     }
 
     fn mark_committed(&mut self, (upserts, deletes): Changes) {
@@ -922,10 +922,10 @@ pub struct Profile {
     pub sealer: Sealer,
     /// MLS state.
     pub mls: MlsState,
-    /// The committed MLS state when the current batch began.
-    batch_snapshot: Option<HashMap<Vec<u8>, Vec<u8>>>,
-    /// The MLS records changed in the current batch, written when it commits.
-    batch_dirty: HashSet<Vec<u8>>,
+    /// In a batch: the MLS records it changed, each with its committed value from before the
+    /// batch (`None`: it had none). They are written when the batch commits, and put back in
+    /// memory if it is undone.
+    batch: Option<HashMap<Vec<u8>, Option<Vec<u8>>>>,
     /// The profile's directory.
     home: std::path::PathBuf,
 }
@@ -1013,8 +1013,7 @@ impl Profile {
             _lock: lock,
             sealer,
             mls,
-            batch_snapshot: None,
-            batch_dirty: HashSet::new(),
+            batch: None,
             home: home.to_owned(),
         })
     }
@@ -1045,7 +1044,7 @@ impl Profile {
         &mut self,
         f: impl FnOnce(&Connection, &Sealer, &crate::store::Provider) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let in_batch = self.batch_snapshot.is_some();
+        let in_batch = self.batch.is_some();
         let result = blocking(|| {
             let sp = self.conn.savepoint()?;
             let value = f(&sp, &self.sealer, &self.mls.provider)?;
@@ -1059,10 +1058,13 @@ impl Profile {
         });
         match result {
             Ok((value, changes)) => {
-                if in_batch {
+                if let Some(before) = self.batch.as_mut() {
                     let (upserts, deletes) = &changes;
-                    self.batch_dirty
-                        .extend(upserts.iter().map(|(k, _)| k).chain(deletes).cloned());
+                    for k in upserts.iter().map(|(k, _)| k).chain(deletes) {
+                        if !before.contains_key(k) {
+                            before.insert(k.clone(), self.mls.committed.get(k).cloned());
+                        }
+                    }
                 }
                 self.mls.mark_committed(changes);
                 Ok(value)
@@ -1083,7 +1085,7 @@ impl Profile {
             .conn
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM expiring WHERE expires_at <= ?1)")?
             .query_row([now], |r| r.get(0))?;
-        if !due || self.batch_snapshot.is_some() {
+        if !due || self.batch.is_some() {
             return Ok(0);
         }
         self.conn.execute_batch("PRAGMA secure_delete = ON;")?;
@@ -1122,7 +1124,7 @@ impl Profile {
     /// [`commit_batch`](Self::commit_batch).
     pub fn begin_batch(&mut self) -> Result<(), Error> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        self.batch_snapshot = Some(self.mls.committed.clone());
+        self.batch = Some(HashMap::new());
         Ok(())
     }
 
@@ -1130,15 +1132,17 @@ impl Profile {
     ///
     /// [`abort_batch`]: Self::abort_batch
     pub fn commit_batch(&mut self) -> Result<(), Error> {
-        let dirty = std::mem::take(&mut self.batch_dirty);
         let committed = blocking(|| {
-            self.mls.write_keys(&self.conn, &self.sealer, &dirty)?;
+            if let Some(changed) = &self.batch {
+                self.mls
+                    .write_keys(&self.conn, &self.sealer, changed.keys())?;
+            }
             self.conn.execute_batch("COMMIT")?;
             Ok::<_, Error>(())
         });
         match committed {
             Ok(()) => {
-                self.batch_snapshot = None;
+                self.batch = None;
                 Ok(())
             }
             Err(e) => {
@@ -1151,9 +1155,11 @@ impl Profile {
     /// Undoes the batch, in the database and in the MLS state.
     pub fn abort_batch(&mut self) {
         let _ = self.conn.execute_batch("ROLLBACK");
-        self.batch_dirty.clear();
-        if let Some(snapshot) = self.batch_snapshot.take() {
-            self.mls.committed = snapshot;
+        for (k, before) in self.batch.take().unwrap_or_default() {
+            match before {
+                Some(v) => self.mls.committed.insert(k, v),
+                None => self.mls.committed.remove(&k),
+            };
         }
         self.mls.rollback();
     }
