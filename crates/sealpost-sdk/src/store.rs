@@ -991,14 +991,11 @@ impl Profile {
         }
         conn.execute_batch(SCHEMA).map_err(damaged)?;
         match version {
-            // Empty: a new profile.
-            0 => conn
+            // Empty: a new profile; or format 3, which is format 4 as it stands.
+            0 | 3 => conn
                 .execute_batch(&format!("PRAGMA user_version = {PROFILE_VERSION};"))
                 .map_err(damaged)?,
             2 => bind_records(&conn, &sealer)?,
-            3 => conn
-                .execute_batch(&format!("PRAGMA user_version = {PROFILE_VERSION};"))
-                .map_err(damaged)?,
             PROFILE_VERSION => {}
             _ => {
                 return Err(Error::Store(format!(

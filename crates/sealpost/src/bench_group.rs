@@ -62,26 +62,7 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
     // ([`JOINING_AT_ONCE`] at a time).
     let cpu_before = cpu_seconds(r.servers);
     let t = Instant::now();
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(JOINING_AT_ONCE));
-    let joins: Vec<_> = members
-        .into_iter()
-        .map(|mut m| {
-            let slots = slots.clone();
-            tokio::spawn(async move {
-                let _slot = slots.acquire_owned().await?;
-                let t = Instant::now();
-                m.sync().await?;
-                anyhow::Ok((m, t.elapsed()))
-            })
-        })
-        .collect();
-    let mut joined = Vec::with_capacity(joins.len());
-    let mut join_times = Vec::with_capacity(joins.len());
-    for j in joins {
-        let (m, d) = j.await??;
-        joined.push(m);
-        join_times.push(d);
-    }
+    let (mut joined, mut join_times) = sync_together(members).await?;
     let all_joined = t.elapsed();
     let server_cpu = cpu_seconds(r.servers)
         .zip(cpu_before)
@@ -150,9 +131,10 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
     let add_each = catch_up(&mut joined).await?;
     extra[0].sync().await?;
     println!(
-        "(c) one add: committer {:.0} ms, each member {:.0} ms (p50 of {SAMPLE}, max {:.0} ms); one remove: committer {:.0} ms, each member {:.0} ms (max {:.0} ms)",
+        "(c) one add: committer {:.0} ms, each member {:.0} ms (p50 of {}, max {:.0} ms); one remove: committer {:.0} ms, each member {:.0} ms (max {:.0} ms)",
         ms(add),
         pct(&add_each, 0.5),
+        add_each.len(),
         ms(*add_each.last().unwrap_or(&Duration::ZERO)),
         ms(remove),
         pct(&remove_each, 0.5),
@@ -191,8 +173,12 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
     );
 
     // What a member's device spends on each message it receives: the last of the timed sample
-    // (not a sender) takes in the run's messages.
-    if let Some(m) = joined.get_mut(SAMPLE.max(senders_n) - 1) {
+    // (if it is not a sender: those are the creator and the first members) takes in the run's
+    // messages.
+    let last = SAMPLE.min(joined.len());
+    if last >= senders_n
+        && let Some(m) = joined.get_mut(last - 1)
+    {
         let t = Instant::now();
         let got = m.sync().await?.len();
         let d = t.elapsed();
@@ -214,23 +200,36 @@ async fn catch_up(members: &mut Vec<Client>) -> Result<Vec<Duration>> {
         m.sync().await?;
         times.push(t.elapsed());
     }
+    let rest = members.split_off(SAMPLE.min(members.len()));
+    members.extend(sync_together(rest).await?.0);
+    times.sort();
+    Ok(times)
+}
+
+/// Syncs every one of `members`, each on its own task, [`JOINING_AT_ONCE`] at a time; returns
+/// them in their order, with the time each sync took.
+async fn sync_together(members: Vec<Client>) -> Result<(Vec<Client>, Vec<Duration>)> {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(JOINING_AT_ONCE));
-    let rest: Vec<_> = members
-        .drain(SAMPLE.min(members.len())..)
+    let tasks: Vec<_> = members
+        .into_iter()
         .map(|mut m| {
             let slots = slots.clone();
             tokio::spawn(async move {
                 let _slot = slots.acquire_owned().await?;
+                let t = Instant::now();
                 m.sync().await?;
-                anyhow::Ok(m)
+                anyhow::Ok((m, t.elapsed()))
             })
         })
         .collect();
-    for task in rest {
-        members.push(task.await.context("a member's task ended")??);
+    let mut synced = Vec::with_capacity(tasks.len());
+    let mut times = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (m, d) = task.await.context("a member's task ended")??;
+        synced.push(m);
+        times.push(d);
     }
-    times.sort();
-    Ok(times)
+    Ok((synced, times))
 }
 
 fn secs(ms: f64) -> f64 {
