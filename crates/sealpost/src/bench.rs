@@ -54,9 +54,14 @@ pub struct BenchArgs {
     /// Members of the group run.
     #[arg(long, default_value_t = 100)]
     group_size: usize,
-    /// Messages posted to the group.
+    /// Messages posted to the group, in each of its two delivery runs (as fast as the five
+    /// senders can, then at --group-rate).
     #[arg(long, default_value_t = 500)]
     group_messages: usize,
+    /// Deliveries per second that the group's five senders offer together in the latency run
+    /// (each message is delivered to every other member); 0 skips that run.
+    #[arg(long, default_value_t = 1_000_000, value_name = "DELIVERIES")]
+    group_rate: u64,
     /// Members of the group run that are online and join it at once (the first ones; the
     /// others stay offline, their invitations waiting on the server). All of them by default.
     /// Fewer give the costs of a large group's adds and removes without a long set-up.
@@ -870,6 +875,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             size: args.group_size,
             online: args.group_online,
             messages: args.group_messages,
+            rate: args.group_rate,
             transport: args.transport,
         })
         .await?;

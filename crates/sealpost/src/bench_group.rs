@@ -32,6 +32,8 @@ pub(crate) struct GroupRun<'a> {
     /// Members that join (the first ones); `None`: all of them.
     pub online: Option<usize>,
     pub messages: usize,
+    /// Deliveries per second offered in the latency run (0: no such run).
+    pub rate: u64,
     pub transport: crate::bench::Transport,
 }
 
@@ -141,29 +143,19 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
         ms(*remove_each.last().unwrap_or(&Duration::ZERO)),
     );
 
-    // Delivery: five senders (the creator and the first members), every member receiving.
-    let mut batches = vec![creator.bench_prepare("#big", per, TEXT).await?];
-    for m in joined.iter_mut().take(senders_n - 1) {
-        batches.push(m.bench_prepare("#big", per, TEXT).await?);
-    }
-    let b = extra[0].bench_prepare("#big", 0, "").await?;
-    receivers.push((b.server, b.token));
-    let b = creator.bench_prepare("#big", 0, "").await?;
-    // Senders do not get their own messages pushed back.
-    let mut rx = vec![(b.server, b.token, per * (senders_n - 1))];
-    for (i, (server, token)) in receivers.into_iter().enumerate() {
-        let expect = if i + 1 < senders_n {
-            per * (senders_n - 1)
-        } else {
-            per * senders_n
-        };
-        rx.push((server, token, expect));
-    }
-    let tx = batches
-        .into_iter()
-        .map(|b| (b, Duration::ZERO, None))
+    // Delivery: five senders (the creator and the first members), every member receiving;
+    // first as fast as the senders can post, then at the offered rate, where the latency of a
+    // delivery says what a member waits (flat out, it says how long the burst was).
+    let first = creator.bench_prepare("#big", 0, "").await?;
+    let last = extra[0].bench_prepare("#big", 0, "").await?;
+    let rx: Vec<(String, String)> = std::iter::once((first.server, first.token))
+        .chain(receivers)
+        .chain([(last.server, last.token)])
         .collect();
-    let (elapsed, lat) = measure(r.transport, r.http, rx, tx).await?;
+    let mut senders: Vec<&mut Client> = std::iter::once(&mut creator)
+        .chain(joined.iter_mut().take(senders_n - 1))
+        .collect();
+    let (elapsed, lat) = deliver(&r, &mut senders, &rx, per, None).await?;
     report(
         &format!("(c) {n}-member group, {senders_n} senders"),
         per * senders_n,
@@ -171,6 +163,22 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
         elapsed,
         lat,
     );
+    if r.rate > 0 {
+        // Each message goes to the n - 1 other members.
+        let each = Duration::from_secs_f64(senders_n as f64 * (n - 1) as f64 / r.rate as f64);
+        let (elapsed, lat) = deliver(&r, &mut senders, &rx, per, Some(each)).await?;
+        report(
+            &format!(
+                "(c′) {n}-member group, {senders_n} senders offering {} deliveries/s",
+                r.rate
+            ),
+            per * senders_n,
+            lat.len(),
+            elapsed,
+            lat,
+        );
+    }
+    drop(senders);
 
     // What a member's device spends on each message it receives: the last of the timed sample
     // (if it is not a sender: those are the creator and the first members) takes in the run's
@@ -189,6 +197,37 @@ pub(crate) async fn run(r: GroupRun<'_>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One delivery run: `per` messages from each of `senders` (each posting one every `interval`
+/// if given, else as fast as it can) to the push connections `rx` (`(server, token)`, the
+/// senders' first and in their order: a sender's own messages are not pushed back to it).
+/// Returns the time from the first send to the last delivery, and every delivery's latency.
+async fn deliver(
+    r: &GroupRun<'_>,
+    senders: &mut [&mut Client],
+    rx: &[(String, String)],
+    per: usize,
+    interval: Option<Duration>,
+) -> Result<(Duration, Vec<Duration>)> {
+    let mut batches = Vec::with_capacity(senders.len());
+    for m in senders.iter_mut() {
+        batches.push((
+            m.bench_prepare("#big", per, TEXT).await?,
+            Duration::ZERO,
+            interval,
+        ));
+    }
+    let n = senders.len();
+    let rx = rx
+        .iter()
+        .enumerate()
+        .map(|(i, (server, token))| {
+            let expect = if i < n { per * (n - 1) } else { per * n };
+            (server.clone(), token.clone(), expect)
+        })
+        .collect();
+    measure(r.transport, r.http, rx, batches).await
 }
 
 /// Times [`SAMPLE`] members catching up with the last commit one after another (sorted), then
