@@ -2,7 +2,9 @@
 //! message content, keys or tokens.
 
 use axum::Json;
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sealpost_proto::{ApiError, ErrorCode};
 
@@ -13,6 +15,8 @@ use crate::storage::StoreError;
 pub struct ApiFailure {
     code: ErrorCode,
     message: String,
+    /// For a 429: when to try again (the `Retry-After` header).
+    retry_after: Option<Duration>,
 }
 
 impl ApiFailure {
@@ -21,6 +25,7 @@ impl ApiFailure {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
     /// 400.
@@ -43,9 +48,17 @@ impl ApiFailure {
     pub fn too_large(message: &str) -> Self {
         Self::new(ErrorCode::TooLarge, message)
     }
-    /// 429.
-    pub fn rate_limited(message: &str) -> Self {
-        Self::new(ErrorCode::RateLimited, message)
+    /// 429: `what` is over its limit until `wait` has passed (said in the message and in the
+    /// `Retry-After` header, in whole seconds rounded up).
+    pub fn rate_limited(what: &str, wait: Duration) -> Self {
+        let wait = Duration::from_secs(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+            .max(Duration::from_secs(1));
+        let mut failure = Self::new(
+            ErrorCode::RateLimited,
+            format!("{what}: try again in {}", in_words(wait)),
+        );
+        failure.retry_after = Some(wait);
+        failure
     }
     /// 503.
     pub fn unavailable(message: &str) -> Self {
@@ -129,13 +142,26 @@ impl From<StoreError> for ApiFailure {
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         let status = self.status();
-        (
-            status,
-            Json(ApiError {
-                code: self.code,
-                message: self.message,
-            }),
-        )
-            .into_response()
+        let retry_after = self.retry_after.map(|wait| wait.as_secs().to_string());
+        let body = Json(ApiError {
+            code: self.code,
+            message: self.message,
+        });
+        match retry_after {
+            Some(secs) => (status, [(header::RETRY_AFTER, secs)], body).into_response(),
+            None => (status, body).into_response(),
+        }
     }
+}
+
+/// A wait of whole seconds as a person would say it: "8 seconds", "30 minutes", "2 hours"
+/// (rounded up).
+fn in_words(wait: Duration) -> String {
+    let secs = wait.as_secs();
+    let (n, unit) = match secs {
+        0..120 => (secs, "second"),
+        120..7200 => (secs.div_ceil(60), "minute"),
+        _ => (secs.div_ceil(3600), "hour"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }

@@ -171,13 +171,9 @@ pub(crate) fn within(
     n: u32,
     what: &str,
 ) -> Result<(), ApiFailure> {
-    if limiter.allow_n(me.device_id, n) {
-        Ok(())
-    } else {
-        Err(ApiFailure::rate_limited(&format!(
-            "too many {what} from this device: wait a minute"
-        )))
-    }
+    limiter.check_n(&me.device_id, n).map_err(|wait| {
+        ApiFailure::rate_limited(&format!("too many {what} from this device"), wait)
+    })
 }
 
 pub(crate) fn parse_path<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiFailure> {
@@ -264,11 +260,11 @@ async fn limit_and_log(State(state): State<AppState>, req: Request, next: Next) 
     let per_address = match (&method, path.as_str()) {
         (&Method::POST, "/v1/accounts") => Some((
             &state.limits.registrations,
-            "too many accounts registered from your address: wait an hour",
+            "too many accounts registered from your address",
         )),
         (&Method::POST, "/v1/auth/challenge" | "/v1/links") => Some((
             &state.limits.sign_ins,
-            "too many sign-ins from your address: wait a minute",
+            "too many sign-ins from your address",
         )),
         _ => None,
     };
@@ -282,9 +278,9 @@ async fn limit_and_log(State(state): State<AppState>, req: Request, next: Next) 
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok());
         let address = client_address(peer, forwarded, state.settings.trust_forwarded_for);
-        if !limiter.allow(address) {
+        if let Err(wait) = limiter.check(&address) {
             state.metrics.requests_refused.inc();
-            return ApiFailure::rate_limited(message).into_response();
+            return ApiFailure::rate_limited(message, wait).into_response();
         }
     }
     let response = next.run(req).await;
@@ -716,11 +712,7 @@ async fn claim_key_packages(
     Query(q): Query<CiphersuiteQuery>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let username: Username = parse_path(&username, "username")?;
-    if !state.limits.claims.allow(me.device_id) {
-        return Err(ApiFailure::rate_limited(
-            "too many key-package claims: wait a minute",
-        ));
-    }
+    within(&state.limits.claims, &me, 1, "key-package claims")?;
     let claimed = state
         .delivery
         .store()

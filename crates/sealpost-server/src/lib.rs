@@ -20,7 +20,7 @@ mod listen;
 pub mod metrics;
 mod openapi;
 mod push;
-mod ratelimit;
+pub mod ratelimit;
 pub mod storage;
 mod uploads;
 
@@ -171,12 +171,13 @@ impl Server {
             metrics.clone(),
             settings.max_group_size,
         ));
+        let limits = Arc::new(ratelimit::Limits::new(&settings));
         let state = http::AppState {
             delivery,
             auth: Arc::new(auth::Auth::new(settings.token_ttl_secs)),
             ws_slots: Arc::new(Semaphore::new(settings.max_connections)),
             request_slots: Arc::new(Semaphore::new(settings.max_inflight_requests)),
-            limits: Arc::new(ratelimit::Limits::new(&settings)),
+            limits: limits.clone(),
             metrics,
             shutdown: shutdown.clone(),
             settings: Arc::new(settings.clone()),
@@ -184,6 +185,7 @@ impl Server {
             links: Arc::new(links::LinkBook::new(store.clone())),
             blobs: blobs.clone(),
         };
+        let tidier = tokio::spawn(ratelimit::tidy_loop(limits, shutdown.clone()));
         let publisher = tokio::spawn(key_directory.run(
             Duration::from_millis(settings.directory_interval_ms),
             shutdown.clone(),
@@ -210,6 +212,7 @@ impl Server {
         shutdown.cancel();
         let _ = purger.await;
         let _ = publisher.await;
+        let _ = tidier.await;
         tracing::info!("stopped");
         Ok(())
     }

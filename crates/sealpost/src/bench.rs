@@ -77,7 +77,8 @@ pub struct BenchArgs {
     /// Run only these scenarios (comma-separated from a, rate, b, c, client; `files` sends and
     /// receives one file of --file-mib MiB against plain HTTP of as many bytes; `directory` runs
     /// the key-directory measurements on their own; `ceilings` measures the machine: disk
-    /// fsyncs, PostgreSQL commits with --database, NATS pub/sub with --nats).
+    /// fsyncs, PostgreSQL commits with --database, NATS pub/sub with --nats; `limiter` times
+    /// the server's rate limiter with 1, 10,000 and 1,000,000 live keys).
     #[arg(long, value_delimiter = ',', default_values_t = ["a".to_string(), "rate".into(), "b".into(), "c".into(), "client".into()])]
     only: Vec<String>,
     /// Directory sizes (accounts) for `--only directory`.
@@ -90,6 +91,10 @@ pub struct BenchArgs {
     /// Idle push connections to hold for `--only idle`.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Keep the server's abuse limits on (each set too high to refuse anything), to measure
+    /// their bookkeeping; by default they are off.
+    #[arg(long)]
+    limits: bool,
     /// Ciphersuite of the conversations.
     #[arg(long, value_enum, default_value_t = SuiteArg::Pq)]
     ciphersuite: SuiteArg,
@@ -259,7 +264,8 @@ async fn start_servers(args: &BenchArgs) -> Result<Servers> {
             .env("SEALPOST_LOG", "warn")
             .stdout(std::process::Stdio::piped());
         // One address and a few devices doing what thousands of people would: the abuse
-        // limits are off (0).
+        // limits are off (0), or with --limits on but too high to refuse anything.
+        let limit_value = if args.limits { "1000000000" } else { "0" };
         for limit in [
             "SEALPOST_KEY_PACKAGE_CLAIMS_PER_MINUTE",
             "SEALPOST_REGISTRATIONS_PER_ADDRESS_PER_HOUR",
@@ -268,7 +274,7 @@ async fn start_servers(args: &BenchArgs) -> Result<Servers> {
             "SEALPOST_SENDS_PER_MINUTE",
             "SEALPOST_CONNECTIONS_PER_MINUTE",
         ] {
-            command.env(limit, "0");
+            command.env(limit, limit_value);
         }
         // Files as large as a run asks for.
         for limit in ["SEALPOST_MAX_FILE_BYTES", "SEALPOST_FILE_QUOTA_BYTES"] {
@@ -605,6 +611,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if want("ceilings") {
         return crate::bench_ceilings::run(args.database.as_deref(), &args.nats).await;
+    }
+    if want("limiter") {
+        crate::bench_limiter::run();
+        return Ok(());
     }
     let http = http();
     let servers = start_servers(&args).await?;

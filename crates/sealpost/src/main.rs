@@ -6,6 +6,7 @@ mod bench_ceilings;
 mod bench_directory;
 mod bench_files;
 mod bench_group;
+mod bench_limiter;
 mod chat;
 mod cli;
 mod client_config;

@@ -28,7 +28,8 @@ async fn registrations_from_one_address_are_limited() {
         .err()
         .expect("a third account from one address within the hour is refused");
     assert!(rate_limited(&err), "{err}");
-    assert!(err.to_string().contains("wait an hour"), "{err}");
+    // Two an hour: the next one fits half an hour after the first.
+    assert!(err.to_string().contains("try again in 30 minutes"), "{err}");
     let carol = sealpost_proto::Username::new("carol").unwrap();
     assert!(
         server.store.user(&carol).await.unwrap().is_none(),
@@ -38,8 +39,13 @@ async fn registrations_from_one_address_are_limited() {
     alice.send("@bob", "still here").await.unwrap();
 }
 
-/// An HTTP request as any program could make it; the status and the error code, if any.
-async fn raw(method: reqwest::Method, url: String, token: Option<&str>) -> (u16, String) {
+/// An HTTP request as any program could make it: the status, the error code if any, and the
+/// `Retry-After` header if any.
+async fn raw(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+) -> (u16, String, Option<u64>) {
     let mut request = reqwest::Client::new().request(method, url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -51,8 +57,16 @@ async fn raw(method: reqwest::Method, url: String, token: Option<&str>) -> (u16,
         .await
         .unwrap();
     let status = answer.status().as_u16();
+    let retry_after = answer
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
     let body: serde_json::Value = answer.json().await.unwrap_or_default();
-    (status, body["code"].as_str().unwrap_or_default().to_owned())
+    (
+        status,
+        body["code"].as_str().unwrap_or_default().to_owned(),
+        retry_after,
+    )
 }
 
 #[tokio::test]
@@ -78,24 +92,32 @@ async fn looking_up_one_user_after_another_is_stopped() {
         } else {
             format!("/v1/users/guess{i}")
         };
-        let (status, code) = raw(
-            reqwest::Method::GET,
-            format!("{}{path}", server.url),
-            Some(&token),
-        )
-        .await;
-        answers.push((status, code));
+        answers.push(
+            raw(
+                reqwest::Method::GET,
+                format!("{}{path}", server.url),
+                Some(&token),
+            )
+            .await,
+        );
     }
     let first_refused = answers
         .iter()
-        .position(|(status, _)| *status == 429)
+        .position(|(status, _, _)| *status == 429)
         .expect("the lookups run out before 20 guesses");
     assert!(first_refused <= 8, "{answers:?}");
+    // Eight a minute: one more every 7.5 s, and each refusal says when (8 s, rounded up).
     assert!(
         answers[first_refused..]
             .iter()
-            .all(|(status, code)| *status == 429 && code == "rate_limited"),
-        "once refused, refused until the minute is over: {answers:?}"
+            .all(|(status, code, retry_after)| *status == 429
+                && code == "rate_limited"
+                && matches!(retry_after, Some(1..=8))),
+        "once refused, refused until the next lookup fits, and told when: {answers:?}"
+    );
+    assert!(
+        answers[..first_refused].iter().all(|a| a.2.is_none()),
+        "{answers:?}"
     );
     // Other devices are not touched by Mallory's limit.
     alice.send("@bob", "still talking").await.unwrap();
@@ -129,7 +151,7 @@ async fn a_device_sending_too_fast_is_refused_and_nothing_goes_missing() {
     }
     let err = refused.expect("ten sends a minute run out before twenty");
     assert!(rate_limited(&err), "{err}");
-    assert!(err.to_string().contains("wait a minute"), "{err}");
+    assert!(err.to_string().contains("try again in"), "{err}");
     assert!(!sent.is_empty());
     // Bob gets what was sent, with no gap for the refused text (its number is used again).
     let got = bob.sync().await.unwrap();
@@ -158,7 +180,13 @@ async fn sign_ins_from_one_address_are_limited() {
         } else {
             "/v1/links"
         };
-        let (status, _) = raw(reqwest::Method::POST, format!("{}{path}", server.url), None).await;
+        let (status, _, retry_after) =
+            raw(reqwest::Method::POST, format!("{}{path}", server.url), None).await;
+        assert_eq!(
+            status == 429,
+            retry_after.is_some(),
+            "{status} {retry_after:?}"
+        );
         statuses.push(status);
     }
     assert!(statuses.contains(&429), "{statuses:?}");
@@ -192,6 +220,13 @@ async fn connections_a_device_opens_are_limited() {
     match connect().await {
         Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => {
             assert_eq!(answer.status().as_u16(), 429);
+            // Two a minute: the next fits 30 s after the first.
+            let retry_after = answer
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok());
+            let secs = retry_after.map(str::parse::<u64>);
+            assert!(matches!(secs, Some(Ok(1..=30))), "{retry_after:?}");
         }
         other => panic!("a third connection within the minute is refused: {other:?}"),
     }
