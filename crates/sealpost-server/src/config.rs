@@ -85,23 +85,28 @@ impl ConnectionUrl {
     pub fn get(&self) -> Option<&str> {
         Some(self.0.trim()).filter(|s| !s.is_empty())
     }
-}
 
-impl std::fmt::Debug for ConnectionUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    /// The URL without its password (`…` in its place), or `…` for what is not a URL.
+    pub fn redacted(&self) -> String {
         // `scheme://user:password@host…`: everything between the first ':' after the scheme
         // and the '@' is the password.
         match self.0.split_once("://") {
             Some((scheme, rest)) => match rest.split_once('@') {
                 Some((user, host)) => {
                     let user = user.split(':').next().unwrap_or_default();
-                    write!(f, "\"{scheme}://{user}:…@{host}\"")
+                    format!("{scheme}://{user}:…@{host}")
                 }
-                None => write!(f, "{:?}", self.0),
+                None => self.0.clone(),
             },
-            None if self.0.is_empty() => f.write_str("\"\""),
-            None => f.write_str("\"…\""),
+            None if self.0.is_empty() => String::new(),
+            None => "…".to_owned(),
         }
+    }
+}
+
+impl std::fmt::Debug for ConnectionUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
     }
 }
 
@@ -196,12 +201,12 @@ pub fn default_data_dir() -> PathBuf {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message only, so that it is not printed twice as its cause too).
+        reason: std::io::Error,
     },
     /// The file is not valid TOML for these settings.
     #[error("invalid config file {path}: {message}")]
@@ -212,10 +217,14 @@ pub enum ConfigError {
         message: String,
     },
     /// An environment variable has a bad value.
-    #[error("invalid value in environment variable {name}")]
+    #[error("invalid value {value:?} in environment variable {name}: {reason}")]
     Env {
         /// The variable.
         name: String,
+        /// Its value.
+        value: String,
+        /// Why it does not fit.
+        reason: String,
     },
 }
 
@@ -224,9 +233,9 @@ impl Settings {
     pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
         let mut s = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    reason,
                 })?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: path.to_owned(),
@@ -240,9 +249,15 @@ impl Settings {
     }
 
     fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(name: &str, v: String) -> Result<T, ConfigError> {
-            v.parse()
-                .map_err(|_| ConfigError::Env { name: name.into() })
+        fn parse<T: std::str::FromStr>(name: &str, v: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse().map_err(|e: T::Err| ConfigError::Env {
+                name: name.into(),
+                reason: e.to_string(),
+                value: v,
+            })
         }
         macro_rules! env {
             ($($field:ident => $name:literal),* $(,)?) => {$(
@@ -283,9 +298,14 @@ impl Settings {
         !self.tls_certificate.as_os_str().is_empty() || !self.tls_key.as_os_str().is_empty()
     }
 
-    /// The default settings as a TOML document (for `sealpost server --print-config`).
-    pub fn default_toml() -> String {
-        toml::to_string(&Settings::default()).unwrap_or_default()
+    /// These settings as a TOML document that a config file takes back, but for the passwords
+    /// in URLs, which are shown as `…` (for `sealpost server --print-config`).
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        for url in [&mut shown.database, &mut shown.nats] {
+            url.0 = url.redacted();
+        }
+        toml::to_string(&shown).unwrap_or_default()
     }
 }
 
@@ -303,9 +323,13 @@ mod tests {
         s.apply_env(|k| (k == "SEALPOST_MAX_GROUP_SIZE").then(|| "9".to_string()))
             .unwrap();
         assert_eq!((s.retention_days, s.max_group_size), (3, 9));
-        assert!(
-            s.apply_env(|k| (k == "SEALPOST_LISTEN").then(|| "nope".to_string()))
-                .is_err()
+        let err = s
+            .apply_env(|k| (k == "SEALPOST_LISTEN").then(|| "nope".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid value \"nope\" in environment variable SEALPOST_LISTEN: invalid socket address syntax"
         );
     }
 
@@ -340,8 +364,18 @@ mod tests {
     }
 
     #[test]
-    fn default_toml_parses_back() {
-        let s: Settings = toml::from_str(&Settings::default_toml()).unwrap();
+    fn printed_settings_parse_back_without_passwords() {
+        let s: Settings = toml::from_str(&Settings::default().to_toml()).unwrap();
         assert_eq!(s, Settings::default());
+        let mut s = Settings {
+            retention_days: 3,
+            ..Settings::default()
+        };
+        s.database = ConnectionUrl("postgres://app:hunter2@db:5432/sealpost".into());
+        let printed = s.to_toml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        let back: Settings = toml::from_str(&printed).unwrap();
+        assert_eq!(back.retention_days, 3);
+        assert_eq!(back.database.0, "postgres://app:…@db:5432/sealpost");
     }
 }

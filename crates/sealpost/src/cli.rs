@@ -543,7 +543,8 @@ struct ServerArgs {
     /// A TOML config file (see --print-config).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Print the default configuration and exit.
+    /// Print the settings in effect (defaults, config file, environment, these options) as a
+    /// config file, with passwords hidden, and exit.
     #[arg(long)]
     print_config: bool,
 }
@@ -1584,10 +1585,6 @@ async fn group(out: &Output<'_>, cmd: GroupCommand) -> Result<()> {
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
-    if args.print_config {
-        print!("{}", sealpost_server::Settings::default_toml());
-        return Ok(());
-    }
     let mut settings = sealpost_server::Settings::load(args.config.as_deref())?;
     if let Some(l) = args.listen {
         settings.listen = l;
@@ -1606,11 +1603,15 @@ async fn server(args: ServerArgs) -> Result<()> {
         settings.tls_certificate = certificate;
         settings.tls_key = key;
     }
+    if args.print_config {
+        print!(
+            "# The settings in effect: defaults, then the config file, then SEALPOST_* environment\n# variables, then the command line. Passwords in URLs are shown as \"…\".\n{}",
+            settings.to_toml()
+        );
+        return Ok(());
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(log_filter()?)
         .with_writer(std::io::stderr)
         .with_ansi(colour_stderr())
         .init();
@@ -1635,6 +1636,22 @@ async fn server(args: ServerArgs) -> Result<()> {
     );
     server.serve(listener, shutdown).await?;
     Ok(())
+}
+
+/// The server's log filter: `SEALPOST_LOG` if set (a mistake in it is an error, not a silent
+/// fallback), else `info`.
+fn log_filter() -> Result<tracing_subscriber::EnvFilter> {
+    match std::env::var("SEALPOST_LOG") {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::builder()
+            .parse(&v)
+            .with_context(|| {
+                format!(
+                    "SEALPOST_LOG={v:?} is not a log filter: write a level (error, warn, info, debug, trace), optionally per module (info,sealpost_server=debug)"
+                )
+            }),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok("info".into()),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("SEALPOST_LOG is not valid UTF-8"),
+    }
 }
 
 /// SIGINT and SIGTERM, registered with the runtime.

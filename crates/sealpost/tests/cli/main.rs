@@ -229,6 +229,61 @@ fn completions_and_manual_pages_come_from_the_command_line() {
     assert!(out.status.success());
 }
 
+/// `sealpost server --print-config` prints the settings in effect (file, environment, options)
+/// without passwords; mistakes in the configuration are clear errors, each said once, before the
+/// server starts.
+#[test]
+fn the_server_prints_its_settings_and_says_what_is_wrong_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.toml");
+    std::fs::write(&file, "retention_days = 3\nmax_group_size = 50\n").unwrap();
+    let out = sealpost()
+        .env("SEALPOST_MAX_GROUP_SIZE", "60")
+        .args(["server", "--print-config", "--config"])
+        .arg(&file)
+        .args(["--database", "postgres://app:hunter2@db:5432/sealpost"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "retention_days = 3",
+        "max_group_size = 60",
+        "database = \"postgres://app:…@db:5432/sealpost\"",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line} in {printed}");
+    }
+    assert!(!printed.contains("hunter2"), "{printed}");
+
+    let refused = |envs: &[(&str, &str)], args: &[&str]| {
+        let out = sealpost()
+            .envs(envs.iter().copied())
+            .arg("server")
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "no address announced");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = dir.path().join("missing.toml");
+    let error = refused(&[], &["--config", missing.to_str().unwrap()]);
+    assert!(error.contains("cannot read config file"), "{error}");
+    assert_eq!(error.matches("No such file").count(), 1, "{error}");
+    let error = refused(&[("SEALPOST_RETENTION_DAYS", "a week")], &[]);
+    assert!(
+        error.contains("invalid value \"a week\" in environment variable SEALPOST_RETENTION_DAYS"),
+        "{error}"
+    );
+    let error = refused(&[("SEALPOST_LOG", "sealpost_server=loud")], &[]);
+    assert!(
+        error.contains("SEALPOST_LOG=\"sealpost_server=loud\" is not a log filter"),
+        "{error}"
+    );
+}
+
 /// The client's settings file names the profile and the server; the command line wins over it;
 /// `sealpost config` prints what is in effect in a form the file takes back; a file with a key
 /// this version does not know is refused, naming the file.
