@@ -126,6 +126,14 @@ impl Fanout {
         }
     }
 
+    /// Whether NATS answers a round trip (a flush: PING, PONG) within `within`.
+    pub async fn reachable(&self, within: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(within, self.client.flush()).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// Subscribes to a device's subject (for one push connection), and waits until the
     /// subscription has been sent to NATS.
     /// `None` if NATS is away (then the connection is closed when NATS comes back).

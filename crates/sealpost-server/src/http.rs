@@ -199,6 +199,7 @@ macro_rules! api_routes {
 
 api_routes! {
     get "/healthz" => || async { "ok" },
+    get "/readyz" => readyz,
     get "/metrics" => metrics,
     post "/v1/accounts" => register,
     post "/v1/auth/challenge" => challenge,
@@ -881,6 +882,43 @@ async fn sync(
         )],
         bytes,
     ))
+}
+
+/// How long each readiness check may take.
+const READY_WITHIN: Duration = Duration::from_secs(2);
+
+/// Readiness, for load balancers and orchestrators (`/healthz` is liveness: the process
+/// answers). 200 once this node can serve: it is not shutting down, its storage answers with
+/// the key directory's latest root, and NATS (on several nodes) answers a round trip, each
+/// within [`READY_WITHIN`]; else 503 naming what is not ready.
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiFailure> {
+    let not_ready = |what: &str| ApiFailure::unavailable(&format!("not ready: {what}"));
+    if state.shutdown.is_cancelled() {
+        return Err(not_ready("shutting down"));
+    }
+    let epoch = match tokio::time::timeout(READY_WITHIN, state.directory.root(None)).await {
+        Ok(Ok(root)) => root.epoch,
+        Ok(Err(crate::directory::DirectoryError::NotFound)) => {
+            return Err(not_ready(
+                "the key directory has not published its first epoch",
+            ));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: storage failure");
+            return Err(not_ready("the storage does not answer"));
+        }
+        Err(_) => return Err(not_ready("the storage did not answer within 2 s")),
+    };
+    let nats = match state.delivery.hub().remote_reachable(READY_WITHIN).await {
+        None => "not used",
+        Some(true) => "ok",
+        Some(false) => return Err(not_ready("NATS did not answer within 2 s")),
+    };
+    Ok(Json(serde_json::json!({
+        "storage": "ok",
+        "directory_epoch": epoch,
+        "nats": nats,
+    })))
 }
 
 async fn ack(

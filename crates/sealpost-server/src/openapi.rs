@@ -28,6 +28,10 @@ pub const DOCUMENT: &str = r##"{
   },
   "paths": {
     "/healthz": { "get": { "summary": "Liveness", "responses": { "200": { "description": "ok" } } } },
+    "/readyz": { "get": { "summary": "Readiness: not shutting down; the storage, the key directory and (on several nodes) NATS answer within 2 s",
+      "responses": { "200": { "description": "ready", "content": { "application/json": { "schema": { "type": "object", "required": ["storage","directory_epoch","nats"],
+        "properties": { "storage": {"const":"ok"}, "directory_epoch": {"type":"integer","minimum":0}, "nats": {"enum":["ok","not used"]} } } } } },
+        "503": { "$ref": "#/components/responses/Error" } } } },
     "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text format" } } } },
     "/v1/accounts": { "post": { "summary": "Register an account and its first device",
       "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object",

@@ -74,6 +74,12 @@ impl Hub {
         }
     }
 
+    /// Whether NATS answers a round trip within `within`; `None` on a single node.
+    pub async fn remote_reachable(&self, within: std::time::Duration) -> Option<bool> {
+        let fanout = self.remote.as_ref()?;
+        Some(fanout.reachable(within).await)
+    }
+
     /// Ends every push connection on this node: their clients reconnect and catch up by cursor.
     pub fn close_all(&self) {
         if let Ok(mut conns) = self.conns.lock() {

@@ -24,7 +24,7 @@ fn database() -> Option<String> {
 
 /// `nodes` servers on one fresh PostgreSQL schema, all with the same directory key, pushing to
 /// each other through `nats`.
-async fn cluster(data: &Path, nodes: usize, nats: &str) -> Option<Vec<TestServer>> {
+pub(crate) async fn cluster(data: &Path, nodes: usize, nats: &str) -> Option<Vec<TestServer>> {
     let base = database()?;
     let url = sealpost_server::storage::postgres::scratch_schema(&base)
         .await
@@ -43,7 +43,7 @@ async fn cluster(data: &Path, nodes: usize, nats: &str) -> Option<Vec<TestServer
     Some(servers)
 }
 
-fn machine_nats() -> String {
+pub(crate) fn machine_nats() -> String {
     std::env::var("SEALPOST_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 

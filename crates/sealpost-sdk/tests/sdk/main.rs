@@ -15,6 +15,7 @@ mod cluster;
 mod delivery;
 mod devices;
 mod directory;
+mod health;
 mod hostile_input;
 mod limits;
 mod malicious_server;

@@ -1,0 +1,58 @@
+//! What an operator's load balancer and orchestrator ask a node: `/healthz` (liveness: the
+//! process answers) and `/readyz` (readiness: its storage, key directory and NATS answer).
+
+use crate::cluster::{cluster, machine_nats};
+use crate::common::TestServer;
+
+/// `GET path`: the status and the JSON body (`Null` if none).
+async fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let answer = reqwest::get(format!("{base}{path}")).await.unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_single_node_is_ready_once_its_storage_and_directory_answer() {
+    let server = TestServer::start().await;
+    let (status, body) = get(&server.url, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["storage"], "ok");
+    assert_eq!(body["nats"], "not used");
+    assert!(body["directory_epoch"].is_u64(), "{body}");
+    assert_eq!(get(&server.url, "/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_node_whose_nats_does_not_answer_is_alive_but_not_ready() {
+    // Nothing listens on port 1: the node starts anyway and keeps trying to reach NATS.
+    let server = TestServer::start_with(|s| {
+        s.nats = sealpost_server::config::ConnectionUrl("nats://127.0.0.1:1".into());
+    })
+    .await;
+    let (status, body) = get(&server.url, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "unavailable");
+    assert_eq!(body["message"], "not ready: NATS did not answer within 2 s");
+    assert_eq!(
+        get(&server.url, "/healthz").await.0,
+        200,
+        "alive all the same"
+    );
+}
+
+#[tokio::test]
+async fn cluster_nodes_are_ready_with_postgresql_and_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nodes) = cluster(dir.path(), 2, &machine_nats()).await else {
+        return;
+    };
+    for node in &nodes {
+        let (status, body) = get(&node.url, "/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (&body["storage"], &body["nats"]),
+            (&"ok".into(), &"ok".into())
+        );
+    }
+}
