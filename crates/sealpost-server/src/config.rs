@@ -61,6 +61,9 @@ pub struct Settings {
     /// Key directory: shortest time between two published epochs, milliseconds. Changes that
     /// arrive meanwhile go into the next epoch together; a registration waits for its epoch.
     pub directory_interval_ms: u64,
+    /// Key directory: how often the publishing node looks for changes that other nodes queued
+    /// without waking it (NATS wakes it at once; this is the fallback), milliseconds.
+    pub directory_poll_ms: u64,
     /// TLS: the certificate chain (PEM, the server's certificate first). With `tls_key` set
     /// too, the server speaks HTTPS (and WSS) only; empty for plain HTTP, e.g. behind a TLS
     /// proxy.
@@ -179,6 +182,7 @@ impl Default for Settings {
             request_read_timeout_ms: 30_000,
             token_ttl_secs: 24 * 3600,
             directory_interval_ms: 200,
+            directory_poll_ms: 5_000,
             tls_certificate: PathBuf::new(),
             tls_key: PathBuf::new(),
             database: ConnectionUrl::default(),
@@ -285,6 +289,7 @@ impl Settings {
             request_read_timeout_ms => "SEALPOST_REQUEST_READ_TIMEOUT_MS",
             token_ttl_secs => "SEALPOST_TOKEN_TTL_SECS",
             directory_interval_ms => "SEALPOST_DIRECTORY_INTERVAL_MS",
+            directory_poll_ms => "SEALPOST_DIRECTORY_POLL_MS",
             tls_certificate => "SEALPOST_TLS_CERTIFICATE",
             tls_key => "SEALPOST_TLS_KEY",
             database => "SEALPOST_DATABASE",

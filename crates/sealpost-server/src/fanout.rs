@@ -17,8 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use sealpost_proto::DeviceId;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
@@ -32,6 +34,9 @@ const PER_SUBSCRIPTION: usize = 1024;
 pub fn subject(device: &DeviceId) -> String {
     format!("sealpost.push.{}", hex::encode(device.as_bytes()))
 }
+
+/// The subject on which a node that queued a key-directory change wakes the publishing node.
+const DIRECTORY_WAKE: &str = "sealpost.directory.wake";
 
 /// The NATS side of push.
 pub struct Fanout {
@@ -122,6 +127,40 @@ impl Fanout {
                 .is_err()
             {
                 self.metrics.frames_unpublished.inc();
+            }
+        }
+    }
+
+    /// Tells the other nodes that this one queued a key-directory change (the one that
+    /// publishes starts a round). Never blocks; lost if NATS is away (the publisher also looks
+    /// for queued changes every `directory_poll_ms`).
+    pub fn wake_directory(&self) {
+        if self
+            .outbox
+            .try_send((DIRECTORY_WAKE.to_owned(), Bytes::new()))
+            .is_err()
+        {
+            self.metrics.frames_unpublished.inc();
+        }
+    }
+
+    /// Runs `wake` each time another node says it queued a key-directory change, until
+    /// `shutdown` (the subscription outlives lost connections: the client subscribes again).
+    pub async fn on_directory_wake(&self, wake: impl Fn(), shutdown: CancellationToken) {
+        let mut wakes = match self.client.subscribe(DIRECTORY_WAKE).await {
+            Ok(wakes) => wakes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to key-directory wake-ups: the publisher looks for changes every directory_poll_ms");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                woken = wakes.next() => match woken {
+                    Some(_) => wake(),
+                    None => return,
+                },
+                () = shutdown.cancelled() => return,
             }
         }
     }

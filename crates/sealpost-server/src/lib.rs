@@ -159,11 +159,21 @@ impl Server {
         } = self;
         let metrics = Arc::new(metrics::Metrics::default());
         let mut hub = push::Hub::new(metrics.clone());
+        let mut directory_wakes = None;
         if let Some(url) = settings.nats.get() {
             let closer = hub.clone();
-            let fanout =
-                fanout::Fanout::connect(url, metrics.clone(), move || closer.close_all()).await?;
-            hub = hub.with_fanout(Arc::new(fanout));
+            let fanout = Arc::new(
+                fanout::Fanout::connect(url, metrics.clone(), move || closer.close_all()).await?,
+            );
+            // Nodes wake the one that publishes the key directory when they queue a change,
+            // and are woken when another one does (only the publisher acts on it).
+            let waker = fanout.clone();
+            key_directory.set_wake_publisher(move || waker.wake_directory());
+            let (listener, woken, stop) = (fanout.clone(), key_directory.clone(), shutdown.clone());
+            directory_wakes = Some(tokio::spawn(async move {
+                listener.on_directory_wake(|| woken.wake(), stop).await;
+            }));
+            hub = hub.with_fanout(fanout);
         }
         let delivery = Arc::new(delivery::DeliveryService::new(
             store.clone(),
@@ -188,6 +198,7 @@ impl Server {
         let tidier = tokio::spawn(ratelimit::tidy_loop(limits, shutdown.clone()));
         let publisher = tokio::spawn(key_directory.run(
             Duration::from_millis(settings.directory_interval_ms),
+            Duration::from_millis(settings.directory_poll_ms),
             shutdown.clone(),
         ));
         let retention_ms = settings.retention_days.saturating_mul(24 * 3600 * 1000);
@@ -213,6 +224,9 @@ impl Server {
         let _ = purger.await;
         let _ = publisher.await;
         let _ = tidier.await;
+        if let Some(task) = directory_wakes {
+            let _ = task.await;
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -25,17 +25,28 @@ fn database() -> Option<String> {
 /// `nodes` servers on one fresh PostgreSQL schema, all with the same directory key, pushing to
 /// each other through `nats`.
 pub(crate) async fn cluster(data: &Path, nodes: usize, nats: &str) -> Option<Vec<TestServer>> {
+    cluster_with(data, nodes, nats, |_| {}).await
+}
+
+/// The same, with every node's settings adjusted by `adjust`.
+async fn cluster_with(
+    data: &Path,
+    nodes: usize,
+    nats: &str,
+    adjust: impl Fn(&mut sealpost_server::Settings) + Clone + Send + 'static,
+) -> Option<Vec<TestServer>> {
     let base = database()?;
     let url = sealpost_server::storage::postgres::scratch_schema(&base)
         .await
         .unwrap();
     let mut servers = Vec::new();
     for _ in 0..nodes {
-        let (url, nats) = (url.clone(), nats.to_owned());
+        let (url, nats, adjust) = (url.clone(), nats.to_owned(), adjust.clone());
         servers.push(
             TestServer::start_full(data, "127.0.0.1:0", move |s| {
                 s.database = sealpost_server::config::ConnectionUrl(url);
                 s.nats = sealpost_server::config::ConnectionUrl(nats);
+                adjust(s);
             })
             .await,
         );
@@ -340,4 +351,45 @@ async fn nodes_started_before_nats_push_once_it_comes() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A node that does not publish the key directory wakes the one that does through NATS when it
+/// queues a change: with the publisher's own look for such changes an hour away, a registration
+/// through either node answers once its entry is published (without the wake-up, the node that
+/// does not publish gives up waiting after `FOLLOWER_WAIT` and answers with the entry still
+/// queued), and the accounts reach each other.
+#[tokio::test]
+async fn registering_through_a_node_that_does_not_publish_wakes_the_publisher() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nodes) = cluster_with(dir.path(), 2, &machine_nats(), |s| {
+        s.directory_poll_ms = 3_600_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let people = People::new();
+    // One of the two nodes does not publish; each registers two accounts.
+    let mut clients = Vec::new();
+    for (name, node) in [("alice", 0), ("bob", 1), ("carol", 1), ("dave", 0)] {
+        clients.push(people.register(&nodes[node], name).await);
+        let queued = nodes[0].store.directory_pending().await.unwrap();
+        assert!(
+            queued.is_empty(),
+            "{name}, registered through node {node}, is still queued: {queued:?}"
+        );
+    }
+    let [alice, bob, carol, dave] = &mut clients[..] else {
+        unreachable!()
+    };
+    alice.send("@bob", "to bob").await.unwrap();
+    carol.send("@dave", "to dave").await.unwrap();
+    assert_eq!(
+        texts(&bob.sync().await.unwrap()),
+        [("@alice".to_owned(), "to bob".to_owned())]
+    );
+    assert_eq!(
+        texts(&dave.sync().await.unwrap()),
+        [("@carol".to_owned(), "to dave".to_owned())]
+    );
 }

@@ -108,6 +108,8 @@ pub struct KeyDirectory {
     begun: AtomicU64,
     finished: watch::Sender<u64>,
     wake: Notify,
+    /// How a node that does not publish wakes the one that does (through NATS), when set.
+    wake_publisher: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     publishing: Mutex<()>,
     running: AtomicBool,
     /// Lookup proofs made at the latest epoch, by user: the same proof answers every device
@@ -264,6 +266,7 @@ impl KeyDirectory {
             begun: AtomicU64::new(0),
             finished: watch::Sender::new(0),
             wake: Notify::new(),
+            wake_publisher: std::sync::OnceLock::new(),
             publishing: Mutex::new(()),
             running: AtomicBool::new(false),
             proofs: std::sync::Mutex::default(),
@@ -302,22 +305,41 @@ impl KeyDirectory {
         }
     }
 
+    /// Starts a publishing round on this node soon (at once unless one has just run): another
+    /// node queued a change.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Sets how this node, when it does not publish, tells the node that does that it queued a
+    /// change (once; later calls are ignored).
+    pub fn set_wake_publisher(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.wake_publisher.set(Box::new(wake));
+    }
+
     /// The public keys clients pin.
     pub fn keys(&self) -> &DirectoryKeys {
         &self.keys
     }
 
-    /// Publishes whatever is pending, one round at a time, until `shutdown`; then one last round,
-    /// so that nobody waits for a publisher that has stopped.
-    pub async fn run(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+    /// Publishes whatever is pending, one round at a time (at most one per `interval`), until
+    /// `shutdown`; then one last round, so that nobody waits for a publisher that has stopped.
+    /// A round starts when this node is woken (its own changes, or another node's through
+    /// [`KeyDirectory::wake`]), or every `poll` for changes queued by nodes that did not wake it.
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        poll: Duration,
+        shutdown: CancellationToken,
+    ) {
         self.running.store(true, Ordering::SeqCst);
         // Anything queued before a restart is published at once.
         self.wake.notify_one();
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
-                // Changes written by another process sharing the store.
-                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                // Changes written by another process sharing the store that did not wake this one.
+                () = tokio::time::sleep(poll) => {}
                 () = shutdown.cancelled() => break,
             }
             if let Err(e) = self.publish_round().await {
@@ -422,6 +444,9 @@ impl KeyDirectory {
     pub async fn wait_published(&self) {
         if !self.leading.load(Ordering::SeqCst) && self.running.load(Ordering::SeqCst) {
             self.wake.notify_one();
+            if let Some(wake_publisher) = self.wake_publisher.get() {
+                wake_publisher();
+            }
             let Ok(queued) = self.store.directory_pending().await else {
                 return;
             };
