@@ -104,10 +104,11 @@ impl Fanout {
         let published = metrics.clone();
         tokio::spawn(async move {
             while let Some((subject, frame)) = queued.recv().await {
+                published.nats_outbox.dec();
                 match publisher.publish(subject, frame).await {
                     Ok(()) => published.frames_published.inc(),
                     Err(_) => published.frames_unpublished.inc(),
-                }
+                };
             }
         });
         Ok(Self {
@@ -121,13 +122,7 @@ impl Fanout {
     /// dropped for other nodes (their devices catch up by cursor).
     pub fn publish<'a>(&self, devices: impl Iterator<Item = &'a DeviceId>, frame: &Bytes) {
         for device in devices {
-            if self
-                .outbox
-                .try_send((subject(device), frame.clone()))
-                .is_err()
-            {
-                self.metrics.frames_unpublished.inc();
-            }
+            self.enqueue(subject(device), frame.clone());
         }
     }
 
@@ -135,11 +130,14 @@ impl Fanout {
     /// publishes starts a round). Never blocks; lost if NATS is away (the publisher also looks
     /// for queued changes every `directory_poll_ms`).
     pub fn wake_directory(&self) {
-        if self
-            .outbox
-            .try_send((DIRECTORY_WAKE.to_owned(), Bytes::new()))
-            .is_err()
-        {
+        self.enqueue(DIRECTORY_WAKE.to_owned(), Bytes::new());
+    }
+
+    /// Queues one frame for NATS; with the outbox full it is dropped and counted.
+    fn enqueue(&self, subject: String, frame: Bytes) {
+        if self.outbox.try_send((subject, frame)).is_ok() {
+            self.metrics.nats_outbox.inc();
+        } else {
             self.metrics.frames_unpublished.inc();
         }
     }

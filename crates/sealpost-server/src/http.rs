@@ -32,7 +32,7 @@ use crate::config::Settings;
 use crate::delivery::{ALLOWED_CIPHERSUITES, DeliveryService, credential_device};
 use crate::directory::KeyDirectory;
 use crate::error::ApiFailure;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestLabels};
 use crate::ratelimit::{Limits, RateLimiter, client_address};
 use crate::storage::{DeviceRecord, FetchRequest, KeyPackageRecord, NewAccount};
 
@@ -247,18 +247,49 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every request: the limits on requests in progress and per client address, then the handler;
+/// each answer is logged and counted by route, method and status.
 async fn limit_and_log(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Ok(_permit) = state.request_slots.clone().try_acquire_owned() else {
-        state.metrics.requests_refused.inc();
-        return ApiFailure::unavailable("the server is busy: retry shortly").into_response();
-    };
+    let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = limited(&state, req, next, &method, &path).await;
+    let status = response.status();
+    if status.is_server_error() {
+        tracing::warn!(%method, %path, status = status.as_u16(), "request failed");
+    } else {
+        tracing::debug!(%method, %path, status = status.as_u16(), "request");
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        state.metrics.refusals("body_size").inc();
+    }
+    state.metrics.record_request(
+        RequestLabels {
+            route: path,
+            method: method.as_str().to_owned(),
+            status: status.as_u16(),
+        },
+        started.elapsed(),
+    );
+    response
+}
+
+async fn limited(
+    state: &AppState,
+    req: Request,
+    next: Next,
+    method: &Method,
+    path: &str,
+) -> Response {
+    let Ok(_permit) = state.request_slots.clone().try_acquire_owned() else {
+        state.metrics.refusals("inflight_requests").inc();
+        return ApiFailure::unavailable("the server is busy: retry shortly").into_response();
+    };
     // Requests made before signing in count against the address they come from.
-    let per_address = match (&method, path.as_str()) {
+    let per_address = match (method, path) {
         (&Method::POST, "/v1/accounts") => Some((
             &state.limits.registrations,
             "too many accounts registered from your address",
@@ -280,27 +311,18 @@ async fn limit_and_log(State(state): State<AppState>, req: Request, next: Next) 
             .and_then(|v| v.to_str().ok());
         let address = client_address(peer, forwarded, state.settings.trust_forwarded_for);
         if let Err(wait) = limiter.check(&address) {
-            state.metrics.requests_refused.inc();
             return ApiFailure::rate_limited(message, wait).into_response();
         }
     }
-    let response = next.run(req).await;
-    state.metrics.requests.inc();
-    let status = response.status();
-    if status.is_server_error() {
-        tracing::warn!(%method, %path, status = status.as_u16(), "request failed");
-    } else {
-        tracing::debug!(%method, %path, status = status.as_u16(), "request");
-    }
-    if status.is_client_error() {
-        state.metrics.requests_refused.inc();
-    }
-    response
+    next.run(req).await
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -937,7 +959,7 @@ async fn websocket(
 ) -> Result<Response, ApiFailure> {
     within(&state.limits.connects, &me, 1, "connections")?;
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
-        state.metrics.requests_refused.inc();
+        state.metrics.refusals("open_connections").inc();
         return Err(ApiFailure::unavailable("too many connections: retry later"));
     };
     let ws = ws

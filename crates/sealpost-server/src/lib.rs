@@ -181,7 +181,7 @@ impl Server {
             metrics.clone(),
             settings.max_group_size,
         ));
-        let limits = Arc::new(ratelimit::Limits::new(&settings));
+        let limits = Arc::new(ratelimit::Limits::new(&settings, &metrics));
         let state = http::AppState {
             delivery,
             auth: Arc::new(auth::Auth::new(settings.token_ttl_secs)),

@@ -22,6 +22,8 @@ use sealpost_proto::DeviceId;
 use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
+use crate::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 
 /// governor's keyed limiter on a `DashMap`, on clock `C`.
 type Keyed<K, C> = Gcra<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -33,6 +35,8 @@ pub struct RateLimiter<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
     clock: C,
     per_window: u32,
     window: Duration,
+    /// Counts this limit's refusals (a metric).
+    refused: Counter,
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
@@ -54,7 +58,14 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> RateLimiter<K, C> {
             clock,
             per_window,
             window,
+            refused: Counter::default(),
         }
+    }
+
+    /// Counts refusals in `refused` (a metric's counter).
+    pub fn counting(mut self, refused: Counter) -> Self {
+        self.refused = refused;
+        self
     }
 
     /// Counts one event; `Err(wait)` if `key` is over its limit, where `wait` is the time until
@@ -70,14 +81,19 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> RateLimiter<K, C> {
             return Ok(());
         };
         // More than ever fit (governor would multiply its way past u64 with a huge `n`).
-        if n.get() > self.per_window {
-            return Err(self.window);
+        let answer = if n.get() > self.per_window {
+            Err(self.window)
+        } else {
+            match gcra.check_key_n(key, n) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
+                Err(_) => Err(self.window),
+            }
+        };
+        if answer.is_err() {
+            self.refused.inc();
         }
-        match gcra.check_key_n(key, n) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
-            Err(_) => Err(self.window),
-        }
+        answer
     }
 
     /// Forgets the keys whose allowance is full again (they count as new keys).
@@ -112,19 +128,39 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The limits `settings` ask for.
-    pub fn new(settings: &Settings) -> Self {
+    /// The limits `settings` ask for, each counting its refusals in `metrics`.
+    pub fn new(settings: &Settings, metrics: &Metrics) -> Self {
         let minute = Duration::from_secs(60);
+        fn limit<K: Hash + Eq + Clone>(
+            metrics: &Metrics,
+            name: &'static str,
+            per_window: u32,
+            window: Duration,
+        ) -> RateLimiter<K> {
+            RateLimiter::new(per_window, window).counting(metrics.refusals(name))
+        }
         Self {
-            registrations: RateLimiter::new(
+            registrations: limit(
+                metrics,
+                "registrations",
                 settings.registrations_per_address_per_hour,
                 Duration::from_secs(3600),
             ),
-            sign_ins: RateLimiter::new(settings.sign_ins_per_address_per_minute, minute),
-            claims: RateLimiter::new(settings.key_package_claims_limit(), minute),
-            lookups: RateLimiter::new(settings.lookups_limit(), minute),
-            sends: RateLimiter::new(settings.sends_per_minute, minute),
-            connects: RateLimiter::new(settings.connections_per_minute, minute),
+            sign_ins: limit(
+                metrics,
+                "sign_ins",
+                settings.sign_ins_per_address_per_minute,
+                minute,
+            ),
+            claims: limit(
+                metrics,
+                "claims",
+                settings.key_package_claims_limit(),
+                minute,
+            ),
+            lookups: limit(metrics, "lookups", settings.lookups_limit(), minute),
+            sends: limit(metrics, "sends", settings.sends_per_minute, minute),
+            connects: limit(metrics, "connects", settings.connections_per_minute, minute),
         }
     }
 

@@ -35,6 +35,16 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// What `/metrics` says now.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn start() -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("server");
@@ -777,4 +787,10 @@ pub fn seed(name: &str) -> u64 {
     let seed = setting(name, clock);
     println!("seed {seed} ({name}={seed} replays it)");
     seed
+}
+
+/// The value of one series (`name` or `name{labels}`) in a `/metrics` text, if it is there.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -232,7 +232,12 @@ async fn bad_http_input_gets_clear_errors() {
         .send()
         .await
         .unwrap();
-    assert!(r.text().await.unwrap().contains("sealpost_requests_total"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("sealpost_request_duration_seconds_count{route=\"/openapi.json\",method=\"GET\",status=\"200\"} 1")
+    );
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
-//! What an operator's load balancer and orchestrator ask a node: `/healthz` (liveness: the
-//! process answers) and `/readyz` (readiness: its storage, key directory and NATS answer).
+//! What an operator's load balancer, orchestrator and monitoring ask a node: `/healthz`
+//! (liveness: the process answers), `/readyz` (readiness: its storage, key directory and NATS
+//! answer) and `/metrics`.
 
 use crate::cluster::{cluster, machine_nats};
-use crate::common::TestServer;
+use crate::common::{TestServer, metric};
 
 /// `GET path`: the status and the JSON body (`Null` if none).
 async fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
@@ -55,4 +56,58 @@ async fn cluster_nodes_are_ready_with_postgresql_and_nats() {
             (&"ok".into(), &"ok".into())
         );
     }
+}
+
+/// `/metrics` counts a refusal under the limit that refused it (and a 404 is no refusal), times
+/// each request by route, method and status (a path the server does not serve counts as
+/// `unmatched`, so that clients cannot make up new series), and reports the process's open
+/// files and memory.
+#[tokio::test]
+async fn metrics_count_refusals_by_limit_and_requests_by_route() {
+    let server = TestServer::start_with(|s| s.sign_ins_per_address_per_minute = 1).await;
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        http.post(format!("{}/v1/auth/challenge", server.url))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let missing = http
+        .get(format!("{}/v1/no/such/endpoint/42", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let text = server.metrics().await;
+    let value = |series: &str| metric(&text, series);
+    assert_eq!(
+        value("sealpost_requests_refused_total{limit=\"sign_ins\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("sealpost_requests_refused_total{limit=\"body_size\"} 1"),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "sealpost_request_duration_seconds_count{route=\"/v1/auth/challenge\",method=\"POST\",status=\"429\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "sealpost_request_duration_seconds_count{route=\"unmatched\",method=\"GET\",status=\"404\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("no/such"), "{text}");
+    assert!(value("process_open_fds").is_some_and(|n| n > 0.0), "{text}");
+    assert!(
+        value("process_resident_memory_bytes").is_some_and(|n| n > 0.0),
+        "{text}"
+    );
 }

@@ -262,20 +262,8 @@ async fn bad_messages_and_commits_change_nothing() {
         "{events:?}"
     );
     // The metrics counted the accepted messages and timed the durable writes.
-    let metrics = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let metrics = server.metrics().await;
+    let value = |name: &str| crate::common::metric(&metrics, name).unwrap();
     assert!(value("sealpost_messages_accepted_total") >= 3.0);
     assert!(value("sealpost_storage_write_seconds_count") >= 3.0);
     assert!(value("sealpost_storage_write_seconds_sum") > 0.0);

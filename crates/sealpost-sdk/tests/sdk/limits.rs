@@ -331,14 +331,7 @@ async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
             .unwrap();
         assert_eq!(answer.status(), 200, "the sender is never held up");
     }
-    let metrics = http
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("sealpost_slow_clients_dropped_total 1"),
         "the connection was dropped as too slow, once:\n{metrics}"
