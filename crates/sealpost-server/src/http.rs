@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -247,21 +247,57 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The header that carries a request's id, both ways.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request id for the logs: the client's (or its proxy's) `X-Request-Id` if it is 1 to 64
+/// letters, digits and `-_.:` (nothing that could forge a log line), else this process's id and
+/// a counter.
+fn request_id(req: &Request) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    req.headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(
+            || {
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("{:x}-{n:x}", std::process::id())
+            },
+            str::to_owned,
+        )
+}
+
 /// Every request: the limits on requests in progress and per client address, then the handler;
-/// each answer is logged and counted by route, method and status.
+/// each answer is logged (in a span carrying the request's id, which the answer also carries)
+/// and counted by route, method and status.
 async fn limit_and_log(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = limited(&state, req, next, &method, &path).await;
+    let id = request_id(&req);
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = limited(&state, req, next, &method, &path)
+        .instrument(span.clone())
+        .await;
     let status = response.status();
-    if status.is_server_error() {
-        tracing::warn!(%method, %path, status = status.as_u16(), "request failed");
-    } else {
-        tracing::debug!(%method, %path, status = status.as_u16(), "request");
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(%method, %path, status = status.as_u16(), "request failed");
+        } else {
+            tracing::debug!(%method, %path, status = status.as_u16(), "request");
+        }
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
     }
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         state.metrics.refusals("body_size").inc();

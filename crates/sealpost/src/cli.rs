@@ -540,6 +540,10 @@ struct ServerArgs {
     /// The private key of --tls-certificate (PEM).
     #[arg(long, value_name = "PEM", requires = "tls_certificate")]
     tls_key: Option<PathBuf>,
+    /// How the server logs to stderr: lines for people, or one JSON object per line for a log
+    /// collector (each request's lines carry its request id either way).
+    #[arg(long, env = "SEALPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// A TOML config file (see --print-config).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -547,6 +551,15 @@ struct ServerArgs {
     /// config file, with passwords hidden, and exit.
     #[arg(long)]
     print_config: bool,
+}
+
+/// How the server's log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Lines for people (coloured on a terminal unless NO_COLOR is set).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Whether what goes to stderr may be coloured: only on a terminal, and never while `NO_COLOR`
@@ -1610,11 +1623,13 @@ async fn server(args: ServerArgs) -> Result<()> {
         );
         return Ok(());
     }
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(log_filter()?)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour_stderr())
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => log.with_ansi(colour_stderr()).init(),
+        LogFormat::Json => log.json().with_span_list(false).init(),
+    }
     // Open the store, the key directory and the certificate first: a server that cannot run
     // says so before it announces an address.
     let scheme = if settings.tls() { "https" } else { "http" };

@@ -284,6 +284,59 @@ fn the_server_prints_its_settings_and_says_what_is_wrong_with_them() {
     );
 }
 
+/// With `SEALPOST_LOG_FORMAT=json` the server logs one JSON object per line, and each request's
+/// lines carry its id: the one a proxy sent in `X-Request-Id` (answered back in the same header)
+/// or one the server made; an id that could forge a log line is replaced.
+#[test]
+fn server_logs_can_be_json_with_request_ids() {
+    use std::io::{Read as _, Write as _};
+    let mut server = ServerProcess::start_with(
+        &[
+            ("SEALPOST_LOG", "sealpost_server=debug"),
+            ("SEALPOST_LOG_FORMAT", "json"),
+        ],
+        std::process::Stdio::piped(),
+    );
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let ask = |id: &str| {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(ask("probe-1"), "probe-1");
+    // (Control characters do not get past HTTP parsing; quotes and spaces do.)
+    let made = ask("forged\"} {\"level\":\"ERROR");
+    assert!(!made.contains("forged"), "{made}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut stderr = String::new();
+    let mut pipe = server.child.stderr.take().unwrap();
+    pipe.read_to_string(&mut stderr).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for id in ["probe-1", made.as_str()] {
+        assert!(
+            lines.iter().any(|l| l["span"]["request_id"] == id
+                && l["fields"]["path"] == "/healthz"
+                && l["fields"]["status"] == 200),
+            "{id} in {stderr}"
+        );
+    }
+    assert!(!stderr.contains("forged"), "{stderr}");
+}
+
 /// The client's settings file names the profile and the server; the command line wins over it;
 /// `sealpost config` prints what is in effect in a form the file takes back; a file with a key
 /// this version does not know is refused, naming the file.
@@ -404,6 +457,11 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start() -> ServerProcess {
+        Self::start_with(&[], std::process::Stdio::inherit())
+    }
+
+    /// With these environment variables added, and its stderr going to `stderr`.
+    fn start_with(env: &[(&str, &str)], stderr: std::process::Stdio) -> ServerProcess {
         use std::io::BufRead as _;
         let data = tempfile::tempdir().unwrap();
         let mut child = sealpost()
@@ -411,7 +469,9 @@ impl ServerProcess {
             .arg(data.path())
             .env("SEALPOST_LOG", "warn")
             .env("SEALPOST_DIRECTORY_INTERVAL_MS", "5")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
