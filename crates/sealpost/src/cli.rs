@@ -544,8 +544,10 @@ struct ServerArgs {
     /// collector (each request's lines carry its request id either way).
     #[arg(long, env = "SEALPOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// A TOML config file (see --print-config).
-    #[arg(long)]
+    /// A TOML config file (see --print-config). Without it: the file SEALPOST_CONFIG names, or
+    /// $XDG_CONFIG_HOME/sealpost/server.toml (~/.config/sealpost/server.toml) if it exists.
+    /// Environment variables (SEALPOST_*) override the file, and these options override both.
+    #[arg(long, env = "SEALPOST_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print the settings in effect (defaults, config file, environment, these options) as a
     /// config file, with passwords hidden, and exit.
@@ -1598,7 +1600,11 @@ async fn group(out: &Output<'_>, cmd: GroupCommand) -> Result<()> {
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
-    let mut settings = sealpost_server::Settings::load(args.config.as_deref())?;
+    let config = args
+        .config
+        .filter(|p| !p.as_os_str().is_empty())
+        .or_else(|| Some(crate::client_config::default_server_file()).filter(|p| p.exists()));
+    let mut settings = sealpost_server::Settings::load(config.as_deref())?;
     if let Some(l) = args.listen {
         settings.listen = l;
     }

@@ -79,6 +79,12 @@ pub fn default_file() -> PathBuf {
     xdg("XDG_CONFIG_HOME", ".config").join("client.toml")
 }
 
+/// `$XDG_CONFIG_HOME/sealpost/server.toml`, or `~/.config/sealpost/server.toml`: the server's
+/// config file when neither `--config` nor `SEALPOST_CONFIG` names one (used if it exists).
+pub fn default_server_file() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config").join("server.toml")
+}
+
 /// The profile directory when nothing names one: `$XDG_DATA_HOME/sealpost/client`, or
 /// `~/.local/share/sealpost/client`.
 fn default_home() -> PathBuf {

@@ -239,6 +239,7 @@ fn the_server_prints_its_settings_and_says_what_is_wrong_with_them() {
     std::fs::write(&file, "retention_days = 3\nmax_group_size = 50\n").unwrap();
     let out = sealpost()
         .env("SEALPOST_MAX_GROUP_SIZE", "60")
+        .env_remove("SEALPOST_CONFIG")
         .args(["server", "--print-config", "--config"])
         .arg(&file)
         .args(["--database", "postgres://app:hunter2@db:5432/sealpost"])
@@ -255,8 +256,41 @@ fn the_server_prints_its_settings_and_says_what_is_wrong_with_them() {
     }
     assert!(!printed.contains("hunter2"), "{printed}");
 
+    // Without --config: the file SEALPOST_CONFIG names, else the one in the XDG config
+    // directory if there is one; --config wins over both.
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("sealpost")).unwrap();
+    std::fs::write(xdg.join("sealpost/server.toml"), "retention_days = 5\n").unwrap();
+    let named = dir.path().join("named.toml");
+    std::fs::write(&named, "retention_days = 7\n").unwrap();
+    let retention = |config_env: Option<&std::path::Path>, args: &[&str]| {
+        let mut command = sealpost();
+        command
+            .env("XDG_CONFIG_HOME", &xdg)
+            .env_remove("SEALPOST_CONFIG")
+            .args(["server", "--print-config"])
+            .args(args);
+        if let Some(path) = config_env {
+            command.env("SEALPOST_CONFIG", path);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("retention_days = ").map(str::to_owned))
+            .unwrap()
+    };
+    assert_eq!(retention(None, &[]), "5");
+    assert_eq!(retention(Some(&named), &[]), "7");
+    assert_eq!(
+        retention(Some(&named), &["--config", file.to_str().unwrap()]),
+        "3"
+    );
+
     let refused = |envs: &[(&str, &str)], args: &[&str]| {
         let out = sealpost()
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config-here"))
+            .env_remove("SEALPOST_CONFIG")
             .envs(envs.iter().copied())
             .arg("server")
             .args(["--listen", "127.0.0.1:0", "--data"])
