@@ -37,6 +37,7 @@ pub struct TestServer {
 impl TestServer {
     /// What `/metrics` says now.
     pub async fn metrics(&self) -> String {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         reqwest::get(format!("{}/metrics", self.url))
             .await
             .unwrap()

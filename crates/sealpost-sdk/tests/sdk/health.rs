@@ -5,10 +5,16 @@
 use crate::cluster::{cluster, machine_nats};
 use crate::common::{TestServer, metric};
 
+/// An HTTP client as any program would use (each test may be a process of its own: the TLS
+/// library's provider is installed first).
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// `GET path`: the status and the JSON body (`Null` if none).
 async fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let answer = reqwest::get(format!("{base}{path}")).await.unwrap();
+    let answer = http().get(format!("{base}{path}")).send().await.unwrap();
     let status = answer.status().as_u16();
     (status, answer.json().await.unwrap_or_default())
 }
@@ -65,7 +71,7 @@ async fn cluster_nodes_are_ready_with_postgresql_and_nats() {
 #[tokio::test]
 async fn metrics_count_refusals_by_limit_and_requests_by_route() {
     let server = TestServer::start_with(|s| s.sign_ins_per_address_per_minute = 1).await;
-    let http = reqwest::Client::new();
+    let http = http();
     for _ in 0..2 {
         http.post(format!("{}/v1/auth/challenge", server.url))
             .json(&serde_json::json!({}))

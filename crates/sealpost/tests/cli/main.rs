@@ -318,6 +318,120 @@ fn the_server_prints_its_settings_and_says_what_is_wrong_with_them() {
     );
 }
 
+/// The packaging in deploy/ asks the server only for settings it has, with values it takes: the
+/// settings file the systemd unit and the compose file read (`sealpost.env`), the compose file's
+/// own `SEALPOST_*` variables and the unit's `Environment=` lines, given to `sealpost server
+/// --print-config`, come back as the settings in effect. The unit passes `systemd-analyze verify`
+/// and the compose file parses as YAML with both nodes reading `sealpost.env` (each where the
+/// machine has the tool: the image itself needs Docker and a registry, which CI has not).
+#[test]
+fn the_packaged_settings_are_ones_the_server_takes() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let read = |name: &str| std::fs::read_to_string(deploy.join(name)).unwrap();
+    let (env_file, compose, unit) = (
+        read("sealpost.env"),
+        read("compose.yaml"),
+        read("sealpost-server.service"),
+    );
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for line in env_file.lines().map(str::trim) {
+        if !line.is_empty() && !line.starts_with('#') {
+            let (name, value) = line.split_once('=').unwrap();
+            vars.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    for line in compose.lines().map(str::trim) {
+        if let Some((name, value)) = line.split_once(": ")
+            && name.starts_with("SEALPOST_")
+        {
+            let value = value.replace("${SEALPOST_DB_PASSWORD}", "hunter2");
+            vars.push((name.to_owned(), value));
+        }
+    }
+    for line in unit.lines() {
+        if let Some((name, value)) = line
+            .strip_prefix("Environment=")
+            .and_then(|v| v.split_once('='))
+        {
+            vars.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    assert!(vars.len() >= 10, "{vars:?}");
+    let out = sealpost()
+        .env_remove("SEALPOST_CONFIG")
+        .env("XDG_CONFIG_HOME", deploy.join("no-config-here"))
+        .envs(vars.iter().map(|(n, v)| (n, v)))
+        .args(["server", "--print-config"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for (name, value) in &vars {
+        if ["SEALPOST_LOG", "SEALPOST_LOG_FORMAT"].contains(&name.as_str()) {
+            continue; // how it logs, not a setting of the file
+        }
+        let key = name.strip_prefix("SEALPOST_").unwrap().to_lowercase();
+        let shown = printed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("{name} is no setting: {printed}"));
+        let shown = shown.trim_matches('"');
+        let expected = value.replace(":hunter2@", ":…@");
+        assert_eq!(shown, expected, "{name}");
+    }
+
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sealpost-server.service");
+        let binary = env!("CARGO_BIN_EXE_sealpost");
+        std::fs::write(&path, unit.replace("/usr/local/bin/sealpost", binary)).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("systemd-analyze is not here: the unit's syntax is not checked");
+    }
+
+    let parse = "import json, sys, yaml; d = yaml.safe_load(sys.stdin); print(json.dumps({n: s.get('env_file') for n, s in d['services'].items()}))";
+    match std::process::Command::new("python3")
+        .args(["-c", "import yaml"])
+        .status()
+    {
+        Ok(status) if status.success() => {
+            let mut child = std::process::Command::new("python3")
+                .args(["-c", parse])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(compose.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "compose.yaml is not YAML");
+            let env_files: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(env_files["node1"], "sealpost.env");
+            assert_eq!(env_files["node2"], "sealpost.env");
+        }
+        _ => eprintln!("python3 with PyYAML is not here: compose.yaml's syntax is not checked"),
+    }
+}
+
 /// With `SEALPOST_LOG_FORMAT=json` the server logs one JSON object per line, and each request's
 /// lines carry its id: the one a proxy sent in `X-Request-Id` (answered back in the same header)
 /// or one the server made; an id that could forge a log line is replaced.
