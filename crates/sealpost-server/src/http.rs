@@ -87,6 +87,22 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
+/// A query string whose rejection (a parameter missing or malformed) is one of our JSON errors,
+/// not the framework's plain text.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiFailure;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| {
+                ApiFailure::bad_request(&format!("invalid query string: {}", e.body_text()))
+            })
+    }
+}
+
 trait Classify {
     fn classify_text(&self) -> &'static str;
 }
@@ -768,7 +784,7 @@ async fn claim_key_packages(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
     Path(username): Path<String>,
-    Query(q): Query<CiphersuiteQuery>,
+    ApiQuery(q): ApiQuery<CiphersuiteQuery>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let username: Username = parse_path(&username, "username")?;
     within(&state.limits.claims, &me, 1, "key-package claims")?;
@@ -826,7 +842,7 @@ async fn upload_key_packages(
 async fn key_package_stock(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
-    Query(q): Query<CiphersuiteQuery>,
+    ApiQuery(q): ApiQuery<CiphersuiteQuery>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     Ok(Json(KeyPackageStock {
         stock: state

@@ -41,6 +41,18 @@ impl Raw {
         )
     }
 
+    async fn get(&self, token: &str, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     async fn sync_raw(&self, token: &str, group: &str) -> SyncBatch {
         let req = SyncRequest {
             inbox_after: Some(u64::MAX),
@@ -70,6 +82,16 @@ fn upload(commit: Vec<u8>) -> Vec<u8> {
     }
     .tls_serialize_detached()
     .unwrap()
+}
+
+/// Alice and Bob registered, and a text from Alice to Bob: Alice's client (and the people,
+/// whose directories live as long as they do).
+async fn alice_writes_to_bob(server: &TestServer) -> (People, Client) {
+    let people = People::new();
+    let mut alice = people.register(server, "alice").await;
+    people.register(server, "bob").await;
+    alice.send("@bob", "hi").await.unwrap();
+    (people, alice)
 }
 
 /// Alice and Bob with a direct conversation (post-quantum suite) and the group `name` (classic).
@@ -278,10 +300,7 @@ async fn bad_messages_and_commits_change_nothing() {
 #[tokio::test]
 async fn forged_key_packages_and_tokens_are_refused() {
     let server = TestServer::start().await;
-    let people = People::new();
-    let mut alice = people.register(&server, "alice").await;
-    people.register(&server, "bob").await;
-    alice.send("@bob", "hi").await.unwrap();
+    let (_people, mut alice) = alice_writes_to_bob(&server).await;
     let a = alice.bench_prepare("@bob", 0, "").await.unwrap();
     let raw = Raw::new(&server.url);
 
@@ -494,4 +513,36 @@ async fn mangled_websocket_send_frames_get_clear_answers() {
         got.contains(&("@alice".to_owned(), "still works".to_owned())),
         "{got:?}"
     );
+}
+
+/// A query string that is missing or malformed gets the API's JSON error, like every other
+/// refusal, not the framework's plain text.
+#[tokio::test]
+async fn bad_query_strings_get_json_errors() {
+    let server = TestServer::start().await;
+    let (_people, mut alice) = alice_writes_to_bob(&server).await;
+    let token = alice.bench_prepare("@bob", 0, "").await.unwrap().token;
+    let raw = Raw::new(&server.url);
+    let (status, body) = raw.get(&token, "/v1/key-packages?ciphersuite=1").await;
+    assert_eq!(status, 200, "{body}");
+    for (path, post) in [
+        ("/v1/key-packages", false),
+        ("/v1/key-packages?ciphersuite=many", false),
+        ("/v1/key-packages?ciphersuite=70000", false),
+        ("/v1/users/bob/key-packages", true),
+    ] {
+        let (status, body) = if post {
+            raw.post(&token, path, Vec::new()).await
+        } else {
+            raw.get(&token, path).await
+        };
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["code"], "bad_request", "{path}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("invalid query string")),
+            "{path}: {body}"
+        );
+    }
 }
