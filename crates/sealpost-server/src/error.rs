@@ -1,9 +1,9 @@
 //! The one place where errors become HTTP answers. Messages are for people and never contain
 //! message content, keys or tokens.
 
-use axum::Json;
 use std::time::Duration;
 
+use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sealpost_proto::{ApiError, ErrorCode};

@@ -722,9 +722,8 @@ async fn directory_history(
 
 async fn directory_audit(
     State(state): State<AppState>,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<impl IntoResponse, ApiFailure> {
-    let Query(q) = query.map_err(|_| ApiFailure::bad_request("give ?from=EPOCH"))?;
     Ok(Json(state.directory.audit(q.from).await?))
 }
 

@@ -18,12 +18,12 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter as Gcra};
+use prometheus_client::metrics::counter::Counter;
 use sealpost_proto::DeviceId;
 use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
 use crate::metrics::Metrics;
-use prometheus_client::metrics::counter::Counter;
 
 /// governor's keyed limiter on a `DashMap`, on clock `C`.
 type Keyed<K, C> = Gcra<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
