@@ -8,7 +8,7 @@
 //!   different files: "invisible salamanders"). The commitment makes the blob name its key: a
 //!   second key that opens it would be a SHA-256 collision.
 //! - the chunks are STREAM (Hoang, Reyhanitabar, Rogaway, Vizár 2015; RustCrypto's
-//!   `aead::stream::StreamBE32`) over AES-128-GCM, the algorithm the MIMI content draft
+//!   `aead_stream::StreamBE32`) over AES-128-GCM, the algorithm the MIMI content draft
 //!   requires: 64 KiB of the file each, the last one flagged, so that a blob cut short at a chunk
 //!   boundary, or extended, or with chunks reordered, fails to open.
 //!
@@ -22,9 +22,9 @@
 
 use std::io::Write;
 
+use aead_stream::{DecryptorBE32, EncryptorBE32};
 use aes_gcm::Aes128Gcm;
 use aes_gcm::aead::KeyInit as _;
-use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
@@ -558,6 +558,22 @@ mod tests {
             assert_eq!(sealed.size, blob.len() as u64);
             assert_eq!(open(&key(1), &blob, &sealed, 7_000).unwrap(), file, "{len}");
         }
+    }
+
+    /// The blob's octets are fixed: files already sent must open after any change of the
+    /// cipher crates. The expected hash was computed outside this code, with RustCrypto's
+    /// `aes-gcm` 0.10 and its `aead::stream::EncryptorBE32` (key 7…, nonce prefix 9…).
+    #[test]
+    fn a_blob_is_the_same_octets_as_it_always_was() {
+        let file: Vec<u8> = (0..2 * CHUNK + 100).map(|i| (i * 31) as u8).collect();
+        let key = FileKey::new([7; KEY], [9; NONCE_PREFIX]);
+        let (blob, sealed) = seal(&key, &file, 5_000);
+        assert_eq!(blob.len(), 131_252);
+        assert_eq!(
+            hex::encode(sealed.blob_hash),
+            "ab5af67234f7e2a07d83509f0490936b86c5feda0b971f2bca1fd6807cc3079b"
+        );
+        assert_eq!(open(&key, &blob, &sealed, 3_000).unwrap(), file);
     }
 
     #[test]
