@@ -48,6 +48,26 @@ pub mod b64 {
     }
 }
 
+/// Octets carried in JSON as standard base64 (padded): how the OpenAPI document names a
+/// `#[serde(with = "b64")]` field.
+#[cfg(feature = "openapi")]
+pub struct Base64;
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Base64 {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[A-Za-z0-9+/]*={0,2}$"))
+            .content_encoding("base64")
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Base64 {}
+
 /// Domain separation for the account key's signature over a device key.
 pub fn device_certificate_message(
     username: &Username,
@@ -71,28 +91,34 @@ pub fn auth_challenge_message(device_id: &DeviceId, challenge: &[u8]) -> Vec<u8>
 }
 
 /// `POST /v1/accounts`: creates an account and its first device.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterRequest {
     /// The handle asked for.
     pub username: Username,
     /// The account's Ed25519 public key.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub account_key: Vec<u8>,
     /// The first device.
     pub device_id: DeviceId,
     /// The device's Ed25519 public key (its MLS signature key).
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub device_key: Vec<u8>,
     /// The account key's signature over [`device_certificate_message`].
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub device_certificate: Vec<u8>,
     /// MLS key packages (serialized `MlsMessage`s): single-use ones, and one last-resort package
     /// per ciphersuite (used when the single-use stock of that suite is empty).
     #[serde(with = "b64::list")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::api::Base64>))]
     pub key_packages: Vec<Vec<u8>>,
 }
 
 /// `POST /v1/auth/challenge`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChallengeRequest {
     /// The device that wants to sign in.
@@ -100,29 +126,35 @@ pub struct ChallengeRequest {
 }
 
 /// The server's answer to a [`ChallengeRequest`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChallengeResponse {
     /// Random bytes to sign (see [`auth_challenge_message`]).
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub challenge: Vec<u8>,
     /// Unix seconds after which the challenge is refused.
     pub expires_at: u64,
 }
 
 /// `POST /v1/auth/token`: exchanges a signed challenge for a bearer token.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRequest {
     /// The device signing in.
     pub device_id: DeviceId,
     /// The challenge the server gave.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub challenge: Vec<u8>,
     /// The device key's Ed25519 signature over [`auth_challenge_message`].
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub signature: Vec<u8>,
 }
 
 /// A bearer token for the `Authorization` header. Secret: never logged.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Serialize, Deserialize)]
 pub struct TokenResponse {
     /// The token.
@@ -141,14 +173,17 @@ impl std::fmt::Debug for TokenResponse {
 }
 
 /// `POST /v1/key-packages`: adds to this device's stock.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UploadKeyPackagesRequest {
     /// New key packages; a last-resort one replaces the previous last-resort package of its suite.
     #[serde(with = "b64::list")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::api::Base64>))]
     pub key_packages: Vec<Vec<u8>>,
 }
 
 /// Selects a ciphersuite by its MLS code point (query string `?ciphersuite=N`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct CiphersuiteQuery {
     /// The MLS ciphersuite code point.
@@ -156,6 +191,7 @@ pub struct CiphersuiteQuery {
 }
 
 /// How many single-use key packages of one suite the server holds for the calling device.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct KeyPackageStock {
     /// Unclaimed single-use key packages.
@@ -163,16 +199,19 @@ pub struct KeyPackageStock {
 }
 
 /// One device's key package, claimed for adding it to a group.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClaimedKeyPackage {
     /// The device it belongs to.
     pub device_id: DeviceId,
     /// The serialized key package (`MlsMessage`).
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub key_package: Vec<u8>,
 }
 
 /// `POST /v1/users/{username}/key-packages`: one key package per device of the user.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClaimKeyPackagesResponse {
     /// The user.
@@ -182,31 +221,37 @@ pub struct ClaimKeyPackagesResponse {
 }
 
 /// A device as the server lists it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceInfo {
     /// The device.
     pub device_id: DeviceId,
     /// Its Ed25519 public key.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub device_key: Vec<u8>,
     /// The account key's signature over it.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub device_certificate: Vec<u8>,
 }
 
 /// `GET /v1/users/{username}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserInfo {
     /// The user.
     pub username: Username,
     /// The account's Ed25519 public key.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub account_key: Vec<u8>,
     /// The account's devices.
     pub devices: Vec<DeviceInfo>,
 }
 
 /// `GET /v1/limits`: what this server accepts, for clients to check before they send.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Limits {
     /// The largest request body, in bytes (an encrypted message, a commit, a Welcome).
@@ -225,6 +270,7 @@ pub struct Limits {
 
 /// `PUT /v1/groups/{group}/expiry`: the most the server keeps the group's messages and files,
 /// delivered or not (its members' disappearing-messages timer).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GroupExpiry {
@@ -240,6 +286,7 @@ impl GroupExpiry {
 
 /// Where an upload stands: the answer to creating or continuing one. The headers of the IETF
 /// resumable-uploads draft (`Upload-Offset`, `Upload-Complete`) say the same.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UploadStatus {
     /// The file's id (32 hex digits), under which its group's members fetch it
@@ -254,6 +301,7 @@ pub struct UploadStatus {
 }
 
 /// The answer to a send or a commit: where the server put it in the group's log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PostedResponse {
     /// The message's sequence number in its group's log.
@@ -264,6 +312,7 @@ pub struct PostedResponse {
 
 /// `POST /v1/sync`: asks for everything after the given cursors. Groups left out start from the
 /// server's last acknowledged cursor for this device.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SyncRequest {
     /// Last inbox sequence number the client has committed locally.
@@ -279,6 +328,7 @@ pub struct SyncRequest {
 
 /// `POST /v1/ack`: the client has committed these locally; the server may drop them once all
 /// recipients have.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AckRequest {
     /// Inbox cursor.
@@ -300,6 +350,7 @@ pub struct CommitUpload {
 }
 
 /// Machine-readable error codes of the API.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -329,6 +380,7 @@ pub enum ErrorCode {
 }
 
 /// The body of every error answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     /// What went wrong, for programs.

@@ -120,26 +120,32 @@ pub fn directory_root_message(epoch: u64, root: &[u8]) -> Vec<u8> {
 }
 
 /// `GET /v1/directory/keys`: the public keys a client pins at registration.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectoryKeys {
     /// Ed25519 key that signs epoch roots.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub signing_key: Vec<u8>,
     /// The VRF public key that hides labels in the tree.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub vrf_key: Vec<u8>,
 }
 
 /// An epoch's root hash with the server's signature over it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedRoot {
     /// The directory epoch.
     pub epoch: u64,
     /// The root hash (32 bytes).
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub root: Vec<u8>,
     /// Ed25519 signature over [`directory_root_message`].
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub signature: Vec<u8>,
 }
 
@@ -165,12 +171,14 @@ impl SignedRoot {
 }
 
 /// `GET /v1/directory/lookup/{username}`: the latest value's proof at the latest epoch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LookupResponse {
     /// The epoch the proof is for.
     pub root: SignedRoot,
     /// akd `LookupProof`, protobuf.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub proof: Vec<u8>,
 }
 
@@ -178,6 +186,7 @@ pub struct LookupResponse {
 pub const MAX_BATCH_LOOKUP: usize = 256;
 
 /// `POST /v1/directory/lookups`: several users' lookup proofs at one epoch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchLookupRequest {
     /// At most [`MAX_BATCH_LOOKUP`].
@@ -185,16 +194,19 @@ pub struct BatchLookupRequest {
 }
 
 /// One user's proof in a batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NamedProof {
     /// The user.
     pub username: Username,
     /// akd `LookupProof`, protobuf.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub proof: Vec<u8>,
 }
 
 /// The answer to [`BatchLookupRequest`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchLookupResponse {
     /// The epoch every proof is for.
@@ -206,16 +218,19 @@ pub struct BatchLookupResponse {
 }
 
 /// `GET /v1/directory/history/{username}`: every version's proof at the latest epoch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryResponse {
     /// The epoch the proof is for.
     pub root: SignedRoot,
     /// akd `HistoryProof`, protobuf.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub proof: Vec<u8>,
 }
 
 /// `GET /v1/directory/audit?from=E`: the append-only proof from epoch `E` to `E + 1`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditResponse {
     /// Epoch `E`.
@@ -224,10 +239,12 @@ pub struct AuditResponse {
     pub to: SignedRoot,
     /// akd `AppendOnlyProof`, protobuf.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub proof: Vec<u8>,
 }
 
 /// `GET /v1/directory/audit?from=E`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct AuditQuery {
     /// The first epoch.

@@ -70,12 +70,42 @@ impl FromStr for Username {
     }
 }
 
+/// A JSON string matching `pattern`, for the OpenAPI document.
+#[cfg(feature = "openapi")]
+fn string_schema(pattern: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .into()
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Username {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema("^[a-z][a-z0-9_]{2,31}$")
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Username {}
+
 /// Declares a 16-byte identifier shown as 32 lowercase hex characters.
 macro_rules! hex_id {
     ($(#[$doc:meta])* $name:ident, $err:expr) => {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name([u8; 16]);
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                string_schema("^[0-9a-f]{32}$")
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
 
         impl $name {
             /// Wraps raw bytes.

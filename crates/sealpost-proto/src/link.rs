@@ -14,6 +14,7 @@ use crate::api::b64;
 use crate::ids::{DeviceId, Username};
 
 /// `POST /v1/links`: a new device waits to be approved.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LinkRequest {
     /// Derived from the code's secret (hex).
@@ -24,32 +25,41 @@ pub struct LinkRequest {
     pub device_id: DeviceId,
     /// Its Ed25519 public key.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub device_key: Vec<u8>,
     /// Its HPKE public key for the approval.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub hpke_key: Vec<u8>,
     /// Its first key packages (signed with `device_key`).
     #[serde(with = "b64::list")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::api::Base64>))]
     pub key_packages: Vec<Vec<u8>>,
     /// MAC over [`link_request_message`] with the code's MAC key.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub tag: Vec<u8>,
 }
 
 /// `POST /v1/links/{id}/approve` and `GET /v1/links/{id}/approval`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LinkApproval {
     /// The account key's certificate over the new device key.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub certificate: Vec<u8>,
     /// HPKE encapsulated key.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub kem_output: Vec<u8>,
     /// HPKE ciphertext of the account's key material.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub ciphertext: Vec<u8>,
     /// MAC over [`link_approval_message`] with the code's MAC key.
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::api::Base64))]
     pub tag: Vec<u8>,
 }
 

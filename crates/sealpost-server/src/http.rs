@@ -197,6 +197,29 @@ pub(crate) fn parse_path<T: std::str::FromStr>(s: &str, what: &str) -> Result<T,
         .map_err(|_| ApiFailure::bad_request(&format!("invalid {what} in the path")))
 }
 
+/// An answer with nothing to say but its status.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Empty {}
+
+/// The answer to registering a group.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct GroupCreated {
+    group_id: GroupId,
+}
+
+/// The answer of a node that is ready.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Ready {
+    /// The storage answered.
+    #[schema(value_type = String, pattern = "^ok$")]
+    storage: &'static str,
+    /// The key directory's latest epoch.
+    directory_epoch: u64,
+    /// NATS answered ("ok"), or this node runs alone ("not used").
+    #[schema(value_type = String, pattern = "^(ok|not used)$")]
+    nats: &'static str,
+}
+
 /// The API's routes, once: the router is built from this list, and a test holds the OpenAPI
 /// document to it (every route documented, nothing documented that is not served).
 macro_rules! api_routes {
@@ -214,7 +237,7 @@ macro_rules! api_routes {
 }
 
 api_routes! {
-    get "/healthz" => || async { "ok" },
+    get "/healthz" => healthz,
     get "/readyz" => readyz,
     get "/metrics" => metrics,
     post "/v1/accounts" => register,
@@ -369,6 +392,22 @@ async fn limited(
     next.run(req).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "alive", body = String, content_type = "text/plain"))
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    summary = "Metrics in the OpenMetrics text format (Prometheus)",
+    responses((status = 200, description = "the metrics", body = String, content_type = "application/openmetrics-text"))
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -382,7 +421,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::DOCUMENT,
+        crate::openapi::document(),
     )
 }
 
@@ -464,6 +503,13 @@ fn validate_first_key_packages(
     Ok(records)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    summary = "Register an account and its first device",
+    request_body = sealpost_proto::RegisterRequest,
+    responses((status = 201, description = "registered, and published in the key directory", body = Empty), (status = 409, description = "the username is taken, or the device is registered already", body = sealpost_proto::ApiError), (status = 429, description = "too many registrations from this address", body = sealpost_proto::ApiError))
+)]
 async fn register(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,
@@ -512,10 +558,17 @@ async fn register(
         })?;
     // The account exists for others once its directory entry is published.
     state.directory.wait_published().await;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({}))))
+    Ok((StatusCode::CREATED, Json(Empty {})))
 }
 
 /// A new device asks to join an account; it waits for one of the account's devices.
+#[utoipa::path(
+    post,
+    path = "/v1/links",
+    summary = "A new device asks to join an account (it waits for a device of the account to approve)",
+    request_body = sealpost_proto::link::LinkRequest,
+    responses((status = 201, description = "waiting", body = Empty), (status = 404, description = "no such account", body = sealpost_proto::ApiError), (status = 409, description = "the device is registered already, or the code is in use", body = sealpost_proto::ApiError), (status = 429, description = "too many sign-ins from this address", body = sealpost_proto::ApiError))
+)]
 async fn link_request(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<LinkRequest>,
@@ -546,10 +599,18 @@ async fn link_request(
         &req.key_packages,
     )?;
     state.links.put(req).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({}))))
+    Ok((StatusCode::CREATED, Json(Empty {})))
 }
 
 /// A device of the account reads a waiting request.
+#[utoipa::path(
+    get,
+    path = "/v1/links/{link}",
+    summary = "A device of the account reads a waiting link request",
+    security(("bearer" = [])),
+    params(("link" = String, Path, description = "the link code's id (20 characters)")),
+    responses((status = 200, description = "the request", body = sealpost_proto::link::LinkRequest), (status = 404, description = "no such request for this account", body = sealpost_proto::ApiError))
+)]
 async fn link_pending(
     State(state): State<AppState>,
     Authenticated(who): Authenticated,
@@ -565,6 +626,15 @@ async fn link_pending(
 }
 
 /// A device of the account approves: the new device is registered and published.
+#[utoipa::path(
+    post,
+    path = "/v1/links/{link}/approve",
+    summary = "A device of the account approves the new device",
+    security(("bearer" = [])),
+    params(("link" = String, Path, description = "the link code's id (20 characters)")),
+    request_body = sealpost_proto::link::LinkApproval,
+    responses((status = 200, description = "approved: the device is registered and published", body = Empty), (status = 403, description = "not a device of the account", body = sealpost_proto::ApiError), (status = 404, description = "no such request", body = sealpost_proto::ApiError), (status = 409, description = "approved already", body = sealpost_proto::ApiError))
+)]
 async fn link_approve(
     State(state): State<AppState>,
     Authenticated(who): Authenticated,
@@ -610,10 +680,18 @@ async fn link_approve(
         .await?;
     state.links.approve(&link, approval).await?;
     state.directory.wait_published().await;
-    Ok(Json(serde_json::json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// The new device fetches its approval.
+#[utoipa::path(
+    get,
+    path = "/v1/links/{link}/approval",
+    summary = "The new device fetches its approval",
+    security(("bearer" = [])),
+    params(("link" = String, Path, description = "the link code's id (20 characters)")),
+    responses((status = 200, description = "the approval", body = sealpost_proto::link::LinkApproval), (status = 403, description = "the approval is for another device", body = sealpost_proto::ApiError), (status = 404, description = "no such request, or not approved yet", body = sealpost_proto::ApiError))
+)]
 async fn link_approval(
     State(state): State<AppState>,
     Authenticated(who): Authenticated,
@@ -629,6 +707,14 @@ async fn link_approval(
 }
 
 /// A device of the account removes another one (never itself).
+#[utoipa::path(
+    delete,
+    path = "/v1/devices/{device}",
+    summary = "Remove another device of the account (never the calling one)",
+    security(("bearer" = [])),
+    params(("device" = sealpost_proto::DeviceId, Path, description = "a device id (32 hex digits)")),
+    responses((status = 204, description = "removed"), (status = 404, description = "the account has no such device", body = sealpost_proto::ApiError))
+)]
 async fn remove_device(
     State(state): State<AppState>,
     Authenticated(who): Authenticated,
@@ -656,6 +742,12 @@ async fn remove_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/limits",
+    summary = "What this server accepts (clients check a message's size before sending it)",
+    responses((status = 200, description = "the limits", body = sealpost_proto::Limits))
+)]
 async fn limits(State(state): State<AppState>) -> impl IntoResponse {
     Json(sealpost_proto::Limits {
         max_body_bytes: state.settings.max_body_bytes as u64,
@@ -665,16 +757,35 @@ async fn limits(State(state): State<AppState>) -> impl IntoResponse {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/directory/keys",
+    summary = "The key directory's public keys (VRF and root signing key)",
+    responses((status = 200, description = "the keys", body = sealpost_proto::directory::DirectoryKeys))
+)]
 async fn directory_keys(State(state): State<AppState>) -> impl IntoResponse {
     Json(state.directory.keys().clone())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/directory/root",
+    summary = "The latest signed directory root",
+    responses((status = 200, description = "the signed root", body = sealpost_proto::directory::SignedRoot), (status = 404, description = "nothing published yet", body = sealpost_proto::ApiError))
+)]
 async fn directory_latest_root(
     State(state): State<AppState>,
 ) -> Result<impl IntoResponse, ApiFailure> {
     Ok(Json(state.directory.root(None).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/directory/roots/{epoch}",
+    summary = "The signed directory root of an epoch",
+    params(("epoch" = u64, Path, description = "the epoch")),
+    responses((status = 200, description = "the signed root", body = sealpost_proto::directory::SignedRoot), (status = 404, description = "no such epoch", body = sealpost_proto::ApiError))
+)]
 async fn directory_root(
     State(state): State<AppState>,
     Path(epoch): Path<String>,
@@ -683,6 +794,14 @@ async fn directory_root(
     Ok(Json(state.directory.root(Some(epoch)).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/directory/lookup/{username}",
+    summary = "A user's directory entry with its lookup proof (counts against the lookup limit)",
+    security(("bearer" = [])),
+    params(("username" = sealpost_proto::Username, Path, description = "a username, without the @")),
+    responses((status = 200, description = "the entry and its proof", body = sealpost_proto::directory::LookupResponse), (status = 404, description = "no such user", body = sealpost_proto::ApiError), (status = 429, description = "too many lookups from this device", body = sealpost_proto::ApiError))
+)]
 async fn directory_lookup(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -693,6 +812,14 @@ async fn directory_lookup(
     Ok(Json(state.directory.lookup(&username).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/directory/lookups",
+    summary = "Several users' lookup proofs at one epoch (each name counts against the lookup limit)",
+    security(("bearer" = [])),
+    request_body = sealpost_proto::directory::BatchLookupRequest,
+    responses((status = 200, description = "the proofs", body = sealpost_proto::directory::BatchLookupResponse), (status = 404, description = "no such user", body = sealpost_proto::ApiError), (status = 429, description = "too many lookups from this device", body = sealpost_proto::ApiError))
+)]
 async fn directory_batch_lookup(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -710,6 +837,14 @@ async fn directory_batch_lookup(
     Ok(Json(state.directory.batch_lookup(&users).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/directory/history/{username}",
+    summary = "A user's key history with its proof (counts against the lookup limit)",
+    security(("bearer" = [])),
+    params(("username" = sealpost_proto::Username, Path, description = "a username, without the @")),
+    responses((status = 200, description = "the history and its proof", body = sealpost_proto::directory::HistoryResponse), (status = 404, description = "no such user", body = sealpost_proto::ApiError), (status = 429, description = "too many lookups from this device", body = sealpost_proto::ApiError))
+)]
 async fn directory_history(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -720,6 +855,13 @@ async fn directory_history(
     Ok(Json(state.directory.history(&username).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/directory/audit",
+    summary = "Append-only proofs from an epoch on, for auditors",
+    params(("from" = u64, Query, description = "the first epoch to prove")),
+    responses((status = 200, description = "the audit proofs", body = sealpost_proto::directory::AuditResponse), (status = 404, description = "no such epoch", body = sealpost_proto::ApiError))
+)]
 async fn directory_audit(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
@@ -727,6 +869,13 @@ async fn directory_audit(
     Ok(Json(state.directory.audit(q.from).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/challenge",
+    summary = "Get a challenge to sign, to sign in",
+    request_body = sealpost_proto::ChallengeRequest,
+    responses((status = 200, description = "the challenge", body = sealpost_proto::ChallengeResponse), (status = 429, description = "too many sign-ins from this address", body = sealpost_proto::ApiError))
+)]
 async fn challenge(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<ChallengeRequest>,
@@ -739,6 +888,13 @@ async fn challenge(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/token",
+    summary = "Exchange a signed challenge for a session token",
+    request_body = sealpost_proto::TokenRequest,
+    responses((status = 200, description = "a token for `Authorization: Bearer`", body = sealpost_proto::TokenResponse), (status = 401, description = "the signature, the challenge or the device is not right", body = sealpost_proto::ApiError))
+)]
 async fn token(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<TokenRequest>,
@@ -751,6 +907,14 @@ async fn token(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{username}",
+    summary = "An account's key and devices (counts against the lookup limit)",
+    security(("bearer" = [])),
+    params(("username" = sealpost_proto::Username, Path, description = "a username, without the @")),
+    responses((status = 200, description = "the account", body = sealpost_proto::UserInfo), (status = 404, description = "no such user", body = sealpost_proto::ApiError), (status = 429, description = "too many lookups from this device", body = sealpost_proto::ApiError))
+)]
 async fn user(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -779,6 +943,14 @@ async fn user(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users/{username}/key-packages",
+    summary = "Claim one key package per device of a user (counts against the claim limit)",
+    security(("bearer" = [])),
+    params(("username" = sealpost_proto::Username, Path, description = "a username, without the @"), ("ciphersuite" = u16, Query, description = "the MLS ciphersuite code point")),
+    responses((status = 200, description = "one key package per device", body = sealpost_proto::ClaimKeyPackagesResponse), (status = 404, description = "no such user, or no key package left (code no_key_package)", body = sealpost_proto::ApiError), (status = 429, description = "too many claims from this device", body = sealpost_proto::ApiError))
+)]
 async fn claim_key_packages(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -814,6 +986,14 @@ async fn claim_key_packages(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/key-packages",
+    summary = "Add key packages to this device's stock",
+    security(("bearer" = [])),
+    request_body = sealpost_proto::UploadKeyPackagesRequest,
+    responses((status = 204, description = "stored"))
+)]
 async fn upload_key_packages(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -838,6 +1018,14 @@ async fn upload_key_packages(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/key-packages",
+    summary = "How many single-use key packages of a suite are left for this device",
+    security(("bearer" = [])),
+    params(("ciphersuite" = u16, Query, description = "the MLS ciphersuite code point")),
+    responses((status = 200, description = "the stock", body = sealpost_proto::KeyPackageStock))
+)]
 async fn key_package_stock(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -852,18 +1040,33 @@ async fn key_package_stock(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/groups",
+    summary = "Register a new group from its epoch-0 GroupInfo (with its ratchet tree)",
+    security(("bearer" = [])),
+    request_body(content = crate::openapi::Octets, content_type = "application/octet-stream", description = "a TLS-encoded MLSMessage holding a GroupInfo (RFC 9420)"),
+    responses((status = 201, description = "registered", body = GroupCreated), (status = 409, description = "the group exists", body = sealpost_proto::ApiError))
+)]
 async fn create_group(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
     RawBody(body): RawBody,
 ) -> Result<impl IntoResponse, ApiFailure> {
     let group = state.delivery.create_group(&me, &body).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "group_id": group })),
-    ))
+    Ok((StatusCode::CREATED, Json(GroupCreated { group_id: group })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/messages",
+    summary = "Post an application message (PrivateMessage) or a leave proposal",
+    description = "Idempotent for a retry: the same application message posted again by the device that posted it last (a retry whose answer was lost) is not stored again, and is answered with the sequence number and time of the first post.",
+    security(("bearer" = [])),
+    params(("group" = sealpost_proto::GroupId, Path, description = "the group's id (32 hex digits)")),
+    request_body(content = crate::openapi::Octets, content_type = "application/octet-stream", description = "a TLS-encoded MLSMessage (RFC 9420)"),
+    responses((status = 200, description = "appended to the group's log", body = sealpost_proto::PostedResponse), (status = 403, description = "not a member of the group", body = sealpost_proto::ApiError), (status = 404, description = "no such group", body = sealpost_proto::ApiError), (status = 409, description = "the message is for another epoch", body = sealpost_proto::ApiError), (status = 429, description = "too many messages from this device", body = sealpost_proto::ApiError))
+)]
 async fn post_message(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -880,6 +1083,15 @@ async fn post_message(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/commits",
+    summary = "Post a commit (and its Welcome); one commit per epoch wins",
+    security(("bearer" = [])),
+    params(("group" = sealpost_proto::GroupId, Path, description = "the group's id (32 hex digits)")),
+    request_body(content = crate::openapi::Octets, content_type = "application/octet-stream", description = "TLS-encoded struct { opaque commit<V>; opaque welcome<V>; }"),
+    responses((status = 200, description = "appended to the group's log", body = sealpost_proto::PostedResponse), (status = 403, description = "not a member of the group", body = sealpost_proto::ApiError), (status = 404, description = "no such group", body = sealpost_proto::ApiError), (status = 409, description = "another commit won this epoch (code epoch_conflict)", body = sealpost_proto::ApiError), (status = 429, description = "too many messages from this device", body = sealpost_proto::ApiError))
+)]
 async fn post_commit(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -905,6 +1117,15 @@ pub(crate) async fn is_member(
         .contains(&me.device_id))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/groups/{group}/expiry",
+    summary = "Keep the group's messages and files at most this long, delivered or not (its members' disappearing-messages timer); 0 for the retention time only",
+    security(("bearer" = [])),
+    params(("group" = sealpost_proto::GroupId, Path, description = "the group's id (32 hex digits)")),
+    request_body = sealpost_proto::GroupExpiry,
+    responses((status = 204, description = "set"), (status = 403, description = "not a member of the group", body = sealpost_proto::ApiError), (status = 429, description = "too many messages from this device", body = sealpost_proto::ApiError))
+)]
 async fn set_group_expiry(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -929,6 +1150,14 @@ async fn set_group_expiry(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sync",
+    summary = "Fetch deliveries after the given cursors",
+    security(("bearer" = [])),
+    request_body = sealpost_proto::SyncRequest,
+    responses((status = 200, description = "a TLS-encoded SyncBatch", body = crate::openapi::Octets, content_type = "application/octet-stream"))
+)]
 async fn sync(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -964,6 +1193,12 @@ const READY_WITHIN: Duration = Duration::from_secs(2);
 /// answers). 200 once this node can serve: it is not shutting down, its storage answers with
 /// the key directory's latest root, and NATS (on several nodes) answers a round trip, each
 /// within [`READY_WITHIN`]; else 503 naming what is not ready.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    summary = "Readiness: not shutting down; the storage, the key directory and (on several nodes) NATS answer within 2 s",
+    responses((status = 200, description = "ready", body = Ready), (status = 503, description = "not ready, and why", body = sealpost_proto::ApiError))
+)]
 async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiFailure> {
     let not_ready = |what: &str| ApiFailure::unavailable(&format!("not ready: {what}"));
     if state.shutdown.is_cancelled() {
@@ -987,13 +1222,21 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiF
         Some(true) => "ok",
         Some(false) => return Err(not_ready("NATS did not answer within 2 s")),
     };
-    Ok(Json(serde_json::json!({
-        "storage": "ok",
-        "directory_epoch": epoch,
-        "nats": nats,
-    })))
+    Ok(Json(Ready {
+        storage: "ok",
+        directory_epoch: epoch,
+        nats,
+    }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/ack",
+    summary = "Acknowledge what the device has committed locally",
+    security(("bearer" = [])),
+    request_body = sealpost_proto::AckRequest,
+    responses((status = 204, description = "recorded"))
+)]
 async fn ack(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -1003,6 +1246,13 @@ async fn ack(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    summary = "WebSocket: a text frame 'subscribed', then one binary TLS-encoded Delivery per frame; sends go the other way",
+    security(("bearer" = [])),
+    responses((status = 101, description = "switching protocols"), (status = 400, description = "not a WebSocket handshake"), (status = 426, description = "not a WebSocket handshake"), (status = 429, description = "too many connections from this device", body = sealpost_proto::ApiError))
+)]
 async fn websocket(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,

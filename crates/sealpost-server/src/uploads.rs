@@ -195,6 +195,16 @@ async fn continue_upload(
 }
 
 /// `POST /v1/groups/{group}/blobs`: starts an upload.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/blobs",
+    summary = "Start uploading an encrypted file for a group's members (resumable, after the IETF resumable-uploads draft)",
+    description = "The body may carry the first bytes (or all). Answers with Location: /v1/uploads/{id}, Upload-Offset and Upload-Complete. The file counts against the account's quota until every other member device has fetched it.",
+    security(("bearer" = [])),
+    params(("group" = sealpost_proto::GroupId, Path, description = "the group's id (32 hex digits)"), ("Upload-Length" = u64, Header, minimum = 1, description = "the whole file's length"), ("Upload-Complete" = Option<String>, Header, pattern = "^\\?[01]$", description = "?1 if the body holds the rest of the file")),
+    request_body(content = crate::openapi::Octets, content_type = "application/octet-stream", description = "the first bytes of the file, or none"),
+    responses((status = 201, description = "started", body = sealpost_proto::UploadStatus), (status = 403, description = "not a member of the group", body = sealpost_proto::ApiError), (status = 429, description = "too many files from this device", body = sealpost_proto::ApiError), (status = 413, description = "the file is larger than this server takes, or would pass the account's quota", body = sealpost_proto::ApiError))
+)]
 pub async fn create(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -286,6 +296,14 @@ async fn own_upload(
 }
 
 /// `HEAD /v1/uploads/{id}`: where the upload stands.
+#[utoipa::path(
+    head,
+    path = "/v1/uploads/{upload}",
+    summary = "Where an upload stands (Upload-Offset, Upload-Complete in the headers); the uploading device only",
+    security(("bearer" = [])),
+    params(("upload" = String, Path, pattern = "^[0-9a-f]{32}$", description = "the upload's id, as its creation answered")),
+    responses((status = 204, description = "its state, in the headers"), (status = 404, description = "no such upload of this device"))
+)]
 pub async fn offset(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -299,6 +317,15 @@ pub async fn offset(
 }
 
 /// `PATCH /v1/uploads/{id}`: continues the upload from `Upload-Offset`.
+#[utoipa::path(
+    patch,
+    path = "/v1/uploads/{upload}",
+    summary = "Continue an upload from Upload-Offset",
+    security(("bearer" = [])),
+    params(("upload" = String, Path, pattern = "^[0-9a-f]{32}$", description = "the upload's id, as its creation answered"), ("Upload-Offset" = u64, Header, description = "where the body's bytes go: the offset the server stands at"), ("Upload-Complete" = Option<String>, Header, pattern = "^\\?[01]$", description = "?1 if the body holds the rest of the file")),
+    request_body(content((crate::openapi::Octets = "application/octet-stream"), (crate::openapi::Octets = "application/partial-upload")), description = "the next bytes of the file (the IETF draft names the type application/partial-upload; the server takes any)"),
+    responses((status = 200, description = "stored", body = sealpost_proto::UploadStatus), (status = 404, description = "no such upload of this device", body = sealpost_proto::ApiError), (status = 409, description = "the offset is not where the upload stands", body = sealpost_proto::ApiError))
+)]
 pub async fn append(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -327,6 +354,14 @@ pub async fn append(
 }
 
 /// `DELETE /v1/uploads/{id}`: cancels the upload (or deletes the finished file).
+#[utoipa::path(
+    delete,
+    path = "/v1/uploads/{upload}",
+    summary = "Cancel an upload, or delete a file one sent",
+    security(("bearer" = [])),
+    params(("upload" = String, Path, pattern = "^[0-9a-f]{32}$", description = "the upload's id, as its creation answered")),
+    responses((status = 204, description = "deleted"), (status = 404, description = "no such upload of this device", body = sealpost_proto::ApiError))
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -345,6 +380,14 @@ fn range_start(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// `GET /v1/blobs/{id}`: a finished file, for a current member device of its group.
+#[utoipa::path(
+    get,
+    path = "/v1/blobs/{blob}",
+    summary = "Fetch a finished encrypted file; current member devices of its group only",
+    security(("bearer" = [])),
+    params(("blob" = String, Path, pattern = "^[0-9a-f]{32}$", description = "the file's id (its upload's id)"), ("Range" = Option<String>, Header, pattern = "^bytes=[0-9]+-$", description = "bytes=N- to resume from octet N")),
+    responses((status = 200, description = "the file", body = crate::openapi::Octets, content_type = "application/octet-stream"), (status = 206, description = "the file from the range's start", body = crate::openapi::Octets, content_type = "application/octet-stream"), (status = 404, description = "no such file for this device", body = sealpost_proto::ApiError))
+)]
 pub async fn fetch(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,
@@ -406,6 +449,14 @@ pub async fn fetch(
 
 /// `POST /v1/blobs/{id}/received`: this device has the file (stored where it keeps it); the
 /// last recipient's deletes it from the server.
+#[utoipa::path(
+    post,
+    path = "/v1/blobs/{blob}/received",
+    summary = "This device has the file; the last recipient's deletes it from the server",
+    security(("bearer" = [])),
+    params(("blob" = String, Path, pattern = "^[0-9a-f]{32}$", description = "the file's id (its upload's id)")),
+    responses((status = 204, description = "recorded"))
+)]
 pub async fn received(
     State(state): State<AppState>,
     Authenticated(me): Authenticated,

@@ -93,12 +93,19 @@ values = ["{link}"]
         .arg(&config_file)
         .arg("run")
         .arg(format!("{}/openapi.json", server.url))
-        .args(["--checks", "not_a_server_error"])
+        // Never a 5xx, and every answer as the document says: its status, its content type and
+        // its body's schema.
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
         // In the environment, not on the command line, where `ps` shows it to everyone.
         .env("SEALPOST_API_FUZZ_TOKEN", &token)
         .args(["--max-examples", &examples, "--seed", &seed])
         .args(["--workers", "1", "--request-timeout", "30"])
-        .args(["--phases", "examples,coverage,fuzzing"])
+        // The stateful phase follows the document's links (an upload's id to its continuation,
+        // a new group's id to posting in it, ...).
+        .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .arg("--report-dir")
         .arg(reports.path())
         // schemathesis keeps a cache in its working directory: not in the source tree.
@@ -133,6 +140,17 @@ values = ["{link}"]
         stdout.contains(&format!("{operations} selected / {operations} total"))
             && stdout.contains(&format!("Tested: {operations}")),
         "schemathesis did not test the {operations} operations of the document:\n{stdout}"
+    );
+    // The stateful phase ran and followed links (an upload's start to its continuation: the
+    // others start from answers the fuzz cannot get, such as a registration, which needs
+    // signatures).
+    let links_covered = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API Links:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u32>().ok());
+    assert!(
+        stdout.contains("✅ Stateful") && links_covered.is_some_and(|n| n > 0),
+        "the stateful phase did not run or followed no link:\n{stdout}"
     );
     eprintln!("{stdout}");
 
