@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::Settings;
+pub use listen::TlsCertificate;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -79,7 +80,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
     directory: Arc<directory::KeyDirectory>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<(tokio_rustls::TlsAcceptor, Arc<listen::TlsCertificate>)>,
 }
 
 impl Server {
@@ -137,6 +138,14 @@ impl Server {
     /// The store (tests use it to play a compromised server).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The handle that reloads the TLS certificate and key from their files (`None` without
+    /// TLS): what the `sealpost server` command calls on SIGHUP.
+    pub fn tls_certificate(&self) -> Option<Arc<listen::TlsCertificate>> {
+        self.tls
+            .as_ref()
+            .map(|(_, certificate)| certificate.clone())
     }
 
     /// The key directory (tests use it to play a compromised server).
@@ -215,7 +224,7 @@ impl Server {
         listen::serve(
             listener,
             http::router(state),
-            tls,
+            tls.map(|(acceptor, _)| acceptor),
             read_timeout,
             shutdown.clone(),
         )

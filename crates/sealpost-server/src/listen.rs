@@ -7,8 +7,8 @@
 //! does not give it); bodies are bounded in time by the body extractors.
 
 use std::convert::Infallible;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,6 +19,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -26,8 +28,52 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-/// TLS 1.2 and 1.3 with the certificate chain and key in these PEM files.
-pub fn tls_acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+/// The server's certificate and key, read from their PEM files at start and again on
+/// [`TlsCertificate::reload`] (the `sealpost server` command reloads on SIGHUP): a renewed
+/// certificate is taken without a restart, for the handshakes that follow. A reload that fails
+/// keeps the certificate in use.
+#[derive(Debug)]
+pub struct TlsCertificate {
+    certificate: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl TlsCertificate {
+    /// Reads the certificate chain and key; an error names the file and what is wrong.
+    fn open(certificate: &Path, key: &Path) -> Result<TlsCertificate, String> {
+        Ok(TlsCertificate {
+            certificate: certificate.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(Arc::new(load(certificate, key)?)),
+        })
+    }
+
+    /// Reads the files again and serves what they hold from the next handshake on; on an error
+    /// (a file missing, damaged, or a key that is not the certificate's) nothing changes.
+    pub fn reload(&self) -> Result<(), String> {
+        let loaded = Arc::new(load(&self.certificate, &self.key)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for TlsCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load(certificate: &Path, key: &Path) -> Result<CertifiedKey, String> {
     if certificate.as_os_str().is_empty() || key.as_os_str().is_empty() {
         return Err("TLS needs both tls_certificate and tls_key".into());
     }
@@ -45,15 +91,38 @@ pub fn tls_acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, Strin
             certificate.display()
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
+    let unusable = |e: rustls::Error| format!("unusable TLS certificate or key: {e}");
+    let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read the TLS key {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(unusable)?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "the TLS key {} is not the key of the certificate {}: {e}",
+            key.display(),
+            certificate.display()
+        )
+    })?;
+    Ok(certified)
+}
+
+/// TLS 1.2 and 1.3 with the certificate chain and key in these PEM files, and the handle that
+/// reloads them.
+pub fn tls_acceptor(
+    certificate: &Path,
+    key: &Path,
+) -> Result<(TlsAcceptor, Arc<TlsCertificate>), String> {
+    let certificate = Arc::new(TlsCertificate::open(certificate, key)?);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
-        .map_err(|e| format!("unusable TLS certificate or key: {e}"))?;
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certificate.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), certificate))
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then lets the requests in

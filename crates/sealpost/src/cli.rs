@@ -534,7 +534,8 @@ struct ServerArgs {
     #[arg(long, value_name = "URL")]
     nats: Option<String>,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key. Without them the server
-    /// speaks plain HTTP, for a TLS proxy in front (see docs/deploy.md).
+    /// speaks plain HTTP, for a TLS proxy in front (see docs/deploy.md). After a renewal,
+    /// SIGHUP makes the server read both files again, without a restart.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_certificate: Option<PathBuf>,
     /// The private key of --tls-certificate (PEM).
@@ -1651,6 +1652,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     let signals = Signals::install()?;
     tokio::spawn(signals.cancel_on_first(shutdown.clone()));
+    reload_on_sighup(server.tls_certificate())?;
     println!(
         "sealpost server listening on {scheme}://{}",
         listener.local_addr()?
@@ -1673,6 +1675,38 @@ fn log_filter() -> Result<tracing_subscriber::EnvFilter> {
         Ok(_) | Err(std::env::VarError::NotPresent) => Ok("info".into()),
         Err(std::env::VarError::NotUnicode(_)) => bail!("SEALPOST_LOG is not valid UTF-8"),
     }
+}
+
+/// On SIGHUP, the server reads its TLS certificate and key again (after a renewal: no restart,
+/// no connection dropped); a reload that fails is logged and the certificate in use stays.
+/// Without TLS there is nothing to reload, and SIGHUP does not stop the server either.
+fn reload_on_sighup(
+    certificate: Option<std::sync::Arc<sealpost_server::TlsCertificate>>,
+) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match &certificate {
+                    None => {
+                        tracing::info!("SIGHUP: nothing to reload (this server does not speak TLS)")
+                    }
+                    Some(c) => match c.reload() {
+                        Ok(()) => tracing::info!("reloaded the TLS certificate and key"),
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "could not reload the TLS certificate: still serving the one before"
+                        ),
+                    },
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = certificate;
+    Ok(())
 }
 
 /// SIGINT and SIGTERM, registered with the runtime.

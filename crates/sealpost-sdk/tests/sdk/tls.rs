@@ -1,6 +1,8 @@
 //! TLS: with a certificate configured the server speaks HTTPS only; a certificate it cannot
-//! use stops it at start with an error that names the file. The certificate and key in
-//! tests/data are for these tests only (self-signed for localhost, no secret).
+//! use stops it at start with an error that names the file. The certificates and keys in
+//! tests/data are for these tests only (self-signed for localhost, no secret; the second pair
+//! plays a renewed certificate). Reloading on SIGHUP is tested through the command
+//! (`cli::sighup_reloads_the_tls_certificate_and_a_bad_one_changes_nothing`).
 
 use std::path::PathBuf;
 
@@ -74,6 +76,16 @@ async fn a_certificate_the_server_cannot_use_stops_it_at_start() {
         .err()
         .expect("a key is not a certificate");
     assert!(err.to_string().contains("certificate"), "{err}");
+    // Another certificate's key.
+    let err = open(data("tls-cert.pem"), data("tls-key-2.pem"))
+        .await
+        .err()
+        .expect("a key that is not the certificate's is refused");
+    assert!(
+        err.to_string()
+            .contains("is not the key of the certificate"),
+        "{err}"
+    );
     let err = open(data("tls-cert.pem"), PathBuf::new())
         .await
         .err()

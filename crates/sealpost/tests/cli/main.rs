@@ -610,11 +610,21 @@ impl ServerProcess {
 
     /// With these environment variables added, and its stderr going to `stderr`.
     fn start_with(env: &[(&str, &str)], stderr: std::process::Stdio) -> ServerProcess {
+        Self::start_args(&[], env, stderr)
+    }
+
+    /// With these arguments and environment variables added, and its stderr going to `stderr`.
+    fn start_args(
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+        stderr: std::process::Stdio,
+    ) -> ServerProcess {
         use std::io::BufRead as _;
         let data = tempfile::tempdir().unwrap();
         let mut child = sealpost()
             .args(["server", "--listen", "127.0.0.1:0", "--data"])
             .arg(data.path())
+            .args(args)
             .env("SEALPOST_LOG", "warn")
             .env("SEALPOST_DIRECTORY_INTERVAL_MS", "5")
             .envs(env.iter().copied())
@@ -628,7 +638,7 @@ impl ServerProcess {
             .unwrap();
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap()
             .to_owned();
         ServerProcess { child, url, data }
@@ -1994,4 +2004,91 @@ fn a_passphrase_remembered_in_the_keyring_opens_the_profile() {
     let forgotten = with(None, &["passphrase", "forget"]);
     assert_eq!(String::from_utf8_lossy(&forgotten.stdout), "forgotten\n");
     assert_eq!(with(None, &["whoami"]).status.code(), Some(1));
+}
+
+/// After a certificate renewal, SIGHUP makes the server serve the new certificate from the next
+/// handshake on, without a restart; a reload of files it cannot use is logged and the
+/// certificate in use stays.
+#[test]
+fn sighup_reloads_the_tls_certificate_and_a_bad_one_changes_nothing() {
+    use std::io::BufRead as _;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sealpost-sdk/tests/data");
+    let pem = |name: &str| std::fs::read(data.join(name)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (certificate, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&certificate, pem("tls-cert.pem")).unwrap();
+    std::fs::write(&key, pem("tls-key.pem")).unwrap();
+    let mut server = ServerProcess::start_args(
+        &[
+            "--tls-certificate".as_ref(),
+            certificate.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+        &[("SEALPOST_LOG", "info")],
+        std::process::Stdio::piped(),
+    );
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let child = &mut server.child;
+    let (log_tx, log) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = log_tx.send(line);
+        }
+    });
+    let wait_for = |text: &str| loop {
+        let line = log.recv().expect("the server's log ended");
+        if line.contains(text) {
+            break line;
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Whether a client that trusts only this certificate gets an answer (a new connection,
+    // so a new handshake, each time).
+    let trusted_by = |cert: &str| {
+        let root = reqwest::Certificate::from_pem(&pem(cert)).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_certs_only([root])
+            .build()
+            .unwrap();
+        runtime
+            .block_on(
+                client
+                    .get(format!("https://localhost:{port}/healthz"))
+                    .send(),
+            )
+            .is_ok_and(|r| r.status() == 200)
+    };
+    let pid = child.id().to_string();
+    let hang_up = || {
+        let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    assert!(trusted_by("tls-cert.pem"));
+    assert!(!trusted_by("tls-cert-2.pem"));
+
+    // Renewed: the new files, then SIGHUP.
+    std::fs::write(&certificate, pem("tls-cert-2.pem")).unwrap();
+    std::fs::write(&key, pem("tls-key-2.pem")).unwrap();
+    hang_up();
+    wait_for("reloaded the TLS certificate");
+    assert!(trusted_by("tls-cert-2.pem"));
+    assert!(!trusted_by("tls-cert.pem"));
+
+    // A key that is not the certificate's: refused, logged, and the certificate stays.
+    std::fs::write(&key, pem("tls-key.pem")).unwrap();
+    hang_up();
+    let refused = wait_for("could not reload the TLS certificate");
+    assert!(
+        refused.contains("is not the key of the certificate"),
+        "{refused}"
+    );
+    assert!(trusted_by("tls-cert-2.pem"));
+    assert!(child.try_wait().unwrap().is_none(), "the server stopped");
 }
