@@ -73,6 +73,10 @@ pub struct Settings {
     /// Where the server keeps its state: empty for the embedded SQLite database in `data`, or a
     /// PostgreSQL URL (`postgres://user:password@host:5432/db`) that several nodes share.
     pub database: ConnectionUrl,
+    /// With `sslmode=require` in the PostgreSQL URL, the server speaks TLS to the database and
+    /// checks its certificate against these CA certificates (PEM) and the URL's host name;
+    /// empty for the system's CA certificates. Unused otherwise.
+    pub database_ca: PathBuf,
     /// A NATS server (`nats://host:4222`) through which nodes sharing a database wake each
     /// other to push messages to devices connected elsewhere; empty for a single node.
     pub nats: ConnectionUrl,
@@ -186,6 +190,7 @@ impl Default for Settings {
             tls_certificate: PathBuf::new(),
             tls_key: PathBuf::new(),
             database: ConnectionUrl::default(),
+            database_ca: PathBuf::new(),
             nats: ConnectionUrl::default(),
         }
     }
@@ -293,6 +298,7 @@ impl Settings {
             tls_certificate => "SEALPOST_TLS_CERTIFICATE",
             tls_key => "SEALPOST_TLS_KEY",
             database => "SEALPOST_DATABASE",
+            database_ca => "SEALPOST_DATABASE_CA",
             nats => "SEALPOST_NATS",
         );
         Ok(())

@@ -112,7 +112,8 @@ impl Server {
                 (store.clone(), store)
             }
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                let store = Arc::new(PostgresStore::open(url).await?);
+                let ca = Some(settings.database_ca.as_path()).filter(|p| !p.as_os_str().is_empty());
+                let store = Arc::new(PostgresStore::open_with(url, ca).await?);
                 (store.clone(), store)
             }
             Some(_) => {

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -280,14 +281,101 @@ struct Conn {
     statements: Mutex<HashMap<&'static str, Statement>>,
 }
 
-impl Conn {
-    async fn connect(config: &tokio_postgres::Config) -> Result<Conn, StoreError> {
-        let (client, connection) = config.connect(NoTls).await.map_err(sql_error)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "postgres connection ended");
+/// Where the database is, and how to reach it: in the clear, or (with `sslmode=require` in the
+/// URL) over TLS with the server's certificate checked against the given roots and its name.
+struct Target {
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl Target {
+    /// `ca`: the PEM file of the certificates the database's must chain to; `None` for the
+    /// system's roots. Used only with `sslmode=require`.
+    fn new(url: &str, ca: Option<&Path>) -> Result<Target, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("the PostgreSQL URL does not parse: {e}")))?;
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => Some(database_tls(ca)?),
+            _ => None,
+        };
+        Ok(Target { config, tls })
+    }
+}
+
+/// A TLS client for the database: TLS 1.2 or 1.3, the server's certificate checked against
+/// `ca` (or the system's roots) and the host name of the URL, as libpq's `verify-full` does.
+fn database_tls(ca: Option<&Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certificates = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    StoreError::Backend(format!(
+                        "cannot read the database's CA certificates {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certificates);
+            if added == 0 {
+                return Err(StoreError::Backend(format!(
+                    "no usable certificate in {} (expected PEM)",
+                    path.display()
+                )));
             }
-        });
+        }
+        None => {
+            let (added, _) =
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if added == 0 {
+                return Err(StoreError::Backend(
+                    "sslmode=require: this system has no CA certificates; set database_ca".into(),
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Backend(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// Runs a connection's I/O until it ends.
+fn drive<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection ended");
+        }
+    });
+}
+
+impl Conn {
+    async fn connect(target: &Target) -> Result<Conn, StoreError> {
+        let client = match &target.tls {
+            None => {
+                let (client, connection) = target.config.connect(NoTls).await.map_err(sql_error)?;
+                drive(connection);
+                client
+            }
+            Some(tls) => {
+                let (client, connection) = target
+                    .config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(sql_error)?;
+                drive(connection);
+                client
+            }
+        };
         Ok(Conn {
             client,
             statements: Mutex::new(HashMap::new()),
@@ -412,14 +500,15 @@ pub struct PostgresStore {
     writer: mpsc::Sender<Box<dyn Job>>,
     readers: Arc<Vec<tokio::sync::RwLock<Arc<Conn>>>>,
     next_reader: Arc<AtomicUsize>,
-    config: Arc<tokio_postgres::Config>,
+    target: Arc<Target>,
 }
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
-            .field("hosts", &self.config.get_hosts())
-            .field("dbname", &self.config.get_dbname())
+            .field("hosts", &self.target.config.get_hosts())
+            .field("dbname", &self.target.config.get_dbname())
+            .field("tls", &self.target.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -428,27 +517,31 @@ impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user@host:port/db`), creates or updates
     /// the schema, and starts the writer.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| StoreError::Backend("the PostgreSQL URL does not parse".into()))?;
-        let setup = Conn::connect(&config).await?;
+        Self::open_with(url, None).await
+    }
+
+    /// [`PostgresStore::open`], with `ca` the PEM file of the certificates that the database's
+    /// must chain to when the URL says `sslmode=require` (`None`: the system's roots).
+    pub async fn open_with(url: &str, ca: Option<&Path>) -> Result<Self, StoreError> {
+        let target = Target::new(url, ca)?;
+        let setup = Conn::connect(&target).await?;
         migrate(&setup).await?;
         drop(setup);
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(tokio::sync::RwLock::new(Arc::new(
-                Conn::connect(&config).await?,
+                Conn::connect(&target).await?,
             )));
         }
-        let writer = Conn::connect(&config).await?;
+        let writer = Conn::connect(&target).await?;
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>(4 * MAX_BATCH);
-        let config = Arc::new(config);
-        tokio::spawn(writer_loop(writer, config.clone(), rx));
+        let target = Arc::new(target);
+        tokio::spawn(writer_loop(writer, target.clone(), rx));
         Ok(Self {
             writer: tx,
             readers: Arc::new(readers),
             next_reader: Arc::new(AtomicUsize::new(0)),
-            config,
+            target,
         })
     }
 
@@ -483,7 +576,7 @@ impl PostgresStore {
         }
         let mut conn = slot.write().await;
         if conn.client.is_closed() {
-            *conn = Arc::new(Conn::connect(&self.config).await?);
+            *conn = Arc::new(Conn::connect(&self.target).await?);
         }
         Ok(conn.clone())
     }
@@ -534,11 +627,7 @@ async fn migrate(conn: &Conn) -> Result<(), StoreError> {
     }
 }
 
-async fn writer_loop(
-    mut conn: Conn,
-    config: Arc<tokio_postgres::Config>,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
-) {
+async fn writer_loop(mut conn: Conn, target: Arc<Target>, mut rx: mpsc::Receiver<Box<dyn Job>>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -548,7 +637,7 @@ async fn writer_loop(
             }
         }
         if conn.client.is_closed() {
-            match Conn::connect(&config).await {
+            match Conn::connect(&target).await {
                 Ok(c) => conn = c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reconnect to postgres");
@@ -1718,10 +1807,7 @@ async fn put_state(c: &Conn, group: &[u8], state: &[u8]) -> Result<(), Fail> {
 /// Creates an empty schema in the database at `base_url` and returns a URL whose connections
 /// use it: a fresh store for each test or benchmark run, in one database.
 pub async fn scratch_schema(base_url: &str) -> Result<String, StoreError> {
-    let config: tokio_postgres::Config = base_url
-        .parse()
-        .map_err(|_| StoreError::Backend("the PostgreSQL URL does not parse".into()))?;
-    let conn = Conn::connect(&config).await?;
+    let conn = Conn::connect(&Target::new(base_url, None)?).await?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -1756,6 +1842,89 @@ mod tests {
             return None;
         };
         Some(scratch_schema(&base).await.unwrap())
+    }
+
+    /// `sslmode=require`: the store speaks TLS to the database and checks its certificate. The
+    /// test database's server has its own certificate (its `ssl_cert_file`, on this machine):
+    /// trusted, the store opens and its connections are encrypted; a certificate from other
+    /// roots, or one for another name, and it does not connect at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_to_the_database_checks_its_certificate_and_name() {
+        let Some(url) = scratch().await else { return };
+        let plain = Conn::connect(&Target::new(&url, None).unwrap())
+            .await
+            .unwrap();
+        let row = plain
+            .client
+            .query_one(
+                "SELECT current_setting('ssl'), current_setting('ssl_cert_file')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (ssl, cert_file): (String, String) = (row.get(0), row.get(1));
+        if ssl != "on" {
+            eprintln!("the test database does not speak TLS (ssl = {ssl}): skipping");
+            return;
+        }
+        // Its certificate is for `localhost` (Debian's own); connect to the same address by
+        // that name.
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let address = match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(host) => host.clone(),
+            other => panic!("the test database is not reached over TCP: {other:?}"),
+        };
+        let with = |host: &str| {
+            url.replacen(&format!("@{address}:"), &format!("@{host}:"), 1)
+                + &format!("&hostaddr={address}&sslmode=require")
+        };
+        let ca = std::path::PathBuf::from(&cert_file);
+        let encrypted = Conn::connect(&Target::new(&with("localhost"), Some(&ca)).unwrap())
+            .await
+            .unwrap();
+        let row = encrypted
+            .client
+            .query_one(
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(row.get::<_, bool>(0), "the connection is not encrypted");
+        let version: String = row.get(1);
+        assert!(version.starts_with("TLSv1."), "{version}");
+        // The whole store opens that way.
+        let store = PostgresStore::open_with(&with("localhost"), Some(&ca))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .user(&"nobody".parse().unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Other roots (a certificate of the same name, another key): refused, nothing connects.
+        let other = std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../sealpost-sdk/tests/data/tls-cert.pem"
+        ));
+        let err = PostgresStore::open_with(&with("localhost"), Some(&other))
+            .await
+            .expect_err("an untrusted certificate is refused");
+        assert!(err.to_string().contains("certificate"), "{err}");
+        // The right roots, another name (the address itself): refused too.
+        let err = Conn::connect(&Target::new(&with(&address), Some(&ca)).unwrap())
+            .await
+            .err()
+            .expect("a certificate for another name is refused");
+        assert!(err.to_string().contains("certificate"), "{err}");
+        // A CA file that is not there is named.
+        let missing = std::path::PathBuf::from("/nonexistent/ca.pem");
+        let err = PostgresStore::open_with(&with("localhost"), Some(&missing))
+            .await
+            .expect_err("a missing CA file is an error");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
