@@ -257,12 +257,12 @@ impl DeliveryService {
             .ok()
             .and_then(|h| h.try_into().ok())
             .ok_or_else(ApiFailure::internal)?;
-        let started = std::time::Instant::now();
+        let write = self.metrics.storage_write();
         let appended = self
             .store
             .append_message(group, sender.device_id, body.clone(), digest)
             .await;
-        self.metrics.record_write(started);
+        drop(write);
         let appended = appended?;
         if appended.repeated {
             // A retry of a message already stored (its first answer was lost): pushed then.
@@ -437,7 +437,7 @@ impl DeliveryService {
         }
         let new_epoch = loaded.public.group_context().epoch().as_u64();
         let state = encode_state(&loaded.storage)?;
-        let started = std::time::Instant::now();
+        let write = self.metrics.storage_write();
         let result = self
             .store
             .append_handshake(HandshakeWrite {
@@ -452,7 +452,7 @@ impl DeliveryService {
                 welcome,
             })
             .await;
-        self.metrics.record_write(started);
+        drop(write);
         let appended = match result {
             Ok(a) => a,
             Err(e) => {

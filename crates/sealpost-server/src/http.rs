@@ -409,6 +409,11 @@ async fn healthz() -> &'static str {
     responses((status = 200, description = "the metrics", body = String, content_type = "application/openmetrics-text"))
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let queued = state.delivery.hub().queued_frames();
+    state
+        .metrics
+        .push_queue_frames
+        .set(i64::try_from(queued).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

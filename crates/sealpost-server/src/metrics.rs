@@ -51,6 +51,11 @@ pub struct Metrics {
     pub frames_unpublished: Counter,
     /// Frames waiting to be published to NATS.
     pub nats_outbox: Gauge,
+    /// Durable writes waiting for the storage or in progress.
+    pub storage_writes_waiting: Gauge,
+    /// Frames queued for this node's push connections and not yet written to their sockets
+    /// (set from the push hub at each scrape).
+    pub push_queue_frames: Gauge,
     requests: Latencies,
     refused: Family<LimitLabels, Counter>,
     storage_writes: Histogram,
@@ -72,6 +77,8 @@ impl Default for Metrics {
             frames_published: Counter::default(),
             frames_unpublished: Counter::default(),
             nats_outbox: Gauge::default(),
+            storage_writes_waiting: Gauge::default(),
+            push_queue_frames: Gauge::default(),
             // 0.25 ms to 8 s.
             requests: Latencies::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -123,6 +130,16 @@ impl Default for Metrics {
                 "Frames waiting to be published to NATS.",
                 &m.nats_outbox,
             ),
+            (
+                "storage_writes_waiting",
+                "Durable writes (messages, commits) waiting for the storage or in progress.",
+                &m.storage_writes_waiting,
+            ),
+            (
+                "push_queue_frames",
+                "Frames queued for this node's WebSocket connections, not yet written to them.",
+                &m.push_queue_frames,
+            ),
         ];
         for (name, help, gauge) in gauges {
             ours.register(name, help, gauge.clone());
@@ -148,10 +165,31 @@ impl Default for Metrics {
     }
 }
 
+/// One durable write in progress (see [`Metrics::storage_write`]).
+#[must_use = "the write is timed until this is dropped"]
+pub struct StorageWrite<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+}
+
+impl Drop for StorageWrite<'_> {
+    fn drop(&mut self) {
+        self.metrics.storage_writes_waiting.dec();
+        self.metrics
+            .storage_writes
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
 impl Metrics {
-    /// Records the latency of one durable write that started at `started`.
-    pub fn record_write(&self, started: Instant) {
-        self.storage_writes.observe(started.elapsed().as_secs_f64());
+    /// Counts one durable write as waiting until the guard is dropped, and then records how
+    /// long it took.
+    pub fn storage_write(&self) -> StorageWrite<'_> {
+        self.storage_writes_waiting.inc();
+        StorageWrite {
+            metrics: self,
+            started: Instant::now(),
+        }
     }
 
     /// Records one answered request.
@@ -255,7 +293,9 @@ mod tests {
     fn renders_each_metric_once_with_its_type() {
         let m = Metrics::default();
         m.messages_accepted.inc();
-        m.record_write(Instant::now());
+        let write = m.storage_write();
+        assert_eq!(m.storage_writes_waiting.get(), 1);
+        drop(write);
         m.record_request(
             RequestLabels {
                 route: "/v1/groups/{group}/messages".into(),
@@ -271,6 +311,8 @@ mod tests {
             "sealpost_messages_accepted_total 1",
             "# TYPE sealpost_storage_write_seconds histogram",
             "sealpost_storage_write_seconds_count 1",
+            "sealpost_storage_writes_waiting 0",
+            "sealpost_push_queue_frames 0",
             "# TYPE sealpost_request_duration_seconds histogram",
             "sealpost_request_duration_seconds_count{route=\"/v1/groups/{group}/messages\",method=\"POST\",status=\"200\"} 1",
             "sealpost_requests_refused_total{limit=\"sends\"} 1",

@@ -87,6 +87,17 @@ impl Hub {
         }
     }
 
+    /// Frames queued for this node's connections and not yet taken by their writers.
+    pub fn queued_frames(&self) -> usize {
+        self.conns.lock().map_or(0, |conns| {
+            conns
+                .values()
+                .flatten()
+                .map(|(_, tx)| tx.max_capacity() - tx.capacity())
+                .sum()
+        })
+    }
+
     /// Registers a connection for `device`.
     pub fn subscribe(&self, device: DeviceId) -> Subscription {
         let (tx, rx) = mpsc::channel(QUEUE_PER_CONNECTION);
@@ -129,5 +140,36 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queue depth counts what is queued and not yet taken, over every connection, and
+    /// forgets a connection that is gone.
+    #[test]
+    fn queued_frames_counts_what_waits_on_every_connection() {
+        let hub = Hub::default();
+        let alice = DeviceId::from_bytes([1; 16]);
+        let bob = DeviceId::from_bytes([2; 16]);
+        let mut a = hub.subscribe(alice);
+        let b = hub.subscribe(bob);
+        let frame = Delivery {
+            kind: sealpost_proto::DeliveryKind::Group,
+            inbox_seq: 0,
+            group_id: [3; 16],
+            group_seq: 1,
+            sent_at: 2,
+            payload: vec![4; 10].into(),
+        };
+        hub.push([alice, bob].iter(), &frame);
+        hub.push([alice].iter(), &frame);
+        assert_eq!(hub.queued_frames(), 3);
+        assert!(a.frames.try_recv().is_ok());
+        assert_eq!(hub.queued_frames(), 2);
+        drop(b);
+        assert_eq!(hub.queued_frames(), 1);
     }
 }

@@ -66,8 +66,8 @@ async fn cluster_nodes_are_ready_with_postgresql_and_nats() {
 
 /// `/metrics` counts a refusal under the limit that refused it (and a 404 is no refusal), times
 /// each request by route, method and status (a path the server does not serve counts as
-/// `unmatched`, so that clients cannot make up new series), and reports the process's open
-/// files and memory.
+/// `unmatched`, so that clients cannot make up new series), and reports the queues and the
+/// process's open files and memory.
 #[tokio::test]
 async fn metrics_count_refusals_by_limit_and_requests_by_route() {
     let server = TestServer::start_with(|s| s.sign_ins_per_address_per_minute = 1).await;
@@ -111,6 +111,13 @@ async fn metrics_count_refusals_by_limit_and_requests_by_route() {
         "{text}"
     );
     assert!(!text.contains("no/such"), "{text}");
+    // The queues, empty at rest (what fills them is measured in the server's own tests).
+    assert_eq!(
+        value("sealpost_storage_writes_waiting"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(value("sealpost_push_queue_frames"), Some(0.0), "{text}");
     assert!(value("process_open_fds").is_some_and(|n| n > 0.0), "{text}");
     assert!(
         value("process_resident_memory_bytes").is_some_and(|n| n > 0.0),
