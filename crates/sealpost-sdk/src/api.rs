@@ -203,9 +203,19 @@ impl Api {
         }
     }
 
-    /// Sends a request; a refusal is an error.
+    /// Sends a request; a refusal is an error. A rate limit that the server says lifts within
+    /// [`RETRY_WITHIN`] (its `Retry-After`) is waited out once, and the request sent again: a
+    /// burst a moment over the limit goes through a moment later instead of failing.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+        let again = req.try_clone();
         let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let resp = match (again, soon(&resp)) {
+            (Some(again), Some(wait)) => {
+                tokio::time::sleep(wait).await;
+                again.send().await.map_err(|e| self.unreachable(&e))?
+            }
+            _ => resp,
+        };
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -703,6 +713,27 @@ impl Api {
             .await
             .map(|_| ())
     }
+}
+
+/// The longest wait for a rate limit to lift that a request waits out by itself; a longer one
+/// is an error that says when to try again.
+pub const RETRY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// For a 429 whose `Retry-After` (in seconds) is at most [`RETRY_WITHIN`]: how long to wait.
+fn soon(resp: &reqwest::Response) -> Option<std::time::Duration> {
+    if resp.status() != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let seconds: u64 = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let wait = std::time::Duration::from_secs(seconds);
+    (wait <= RETRY_WITHIN).then_some(wait)
 }
 
 fn json(v: &impl Serialize) -> Result<Vec<u8>, Error> {

@@ -131,6 +131,30 @@ async fn looking_up_one_user_after_another_is_stopped() {
     );
 }
 
+/// A send a moment over the limit waits for the server's `Retry-After` (a second here: sixty a
+/// minute) and goes through, instead of failing; a longer wait is the refusal tested below.
+#[tokio::test]
+async fn a_send_a_moment_over_the_limit_waits_and_goes_through() {
+    let server = TestServer::start_with(|s| s.sends_per_minute = 60).await;
+    let people = People::new();
+    let mut alice = people.register(&server, "alice").await;
+    let mut bob = people.register(&server, "bob").await;
+    let sent: Vec<String> = (0..64).map(|i| format!("burst{i}")).collect();
+    for text in &sent {
+        alice.send("@bob", text).await.unwrap();
+    }
+    let got = bob.sync().await.unwrap();
+    let shown: Vec<String> = texts(&got).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(shown, sent);
+    // The limit did bite: the server refused at least one of them before it went through.
+    let metrics = server.metrics().await;
+    assert!(
+        crate::common::metric(&metrics, "sealpost_requests_refused_total{limit=\"sends\"}")
+            .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn a_device_sending_too_fast_is_refused_and_nothing_goes_missing() {
     let server = TestServer::start_with(|s| s.sends_per_minute = 10).await;
