@@ -38,6 +38,8 @@ mod client;
 mod content;
 mod directory;
 mod error;
+#[cfg(test)]
+mod ietf_vectors;
 mod live;
 mod mls_storage;
 mod model;
