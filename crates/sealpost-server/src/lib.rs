@@ -15,6 +15,8 @@ pub mod directory;
 mod error;
 pub mod fanout;
 mod http;
+#[cfg(test)]
+mod ietf_vectors;
 mod links;
 mod listen;
 pub mod metrics;
