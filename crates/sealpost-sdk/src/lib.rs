@@ -46,6 +46,11 @@ mod model;
 mod store;
 pub mod vault;
 
+/// The HTTP API alone, for the tests of another MLS implementation in Sealpost conversations
+/// (`crates/sealpost-interop`).
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub use api::{Api, ChallengeSigner};
 pub use client::{
     BenchBatch, Client, ClientSettings, LinkStep, MAX_PAST_EPOCHS, PendingLink, Verification,
     safety_number, ws_config,
