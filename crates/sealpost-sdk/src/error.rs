@@ -248,6 +248,15 @@ pub enum Error {
         /// The server asked for.
         wanted: String,
     },
+    /// A peer of the auditor (another auditor, or anything serving signed roots) gave nothing
+    /// to compare with.
+    #[error("cannot compare with {peer}: {reason}")]
+    AuditPeer {
+        /// The peer's URL.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
     /// A test hook could not do what it was asked (test builds only).
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]

@@ -478,22 +478,34 @@ struct DaemonArgs {
 }
 
 #[derive(Debug, Args)]
-struct AuditArgs {
+pub(crate) struct AuditArgs {
     /// The server, e.g. https://chat.example.org [default: `server` in the settings file].
     #[arg(long)]
-    server: Option<String>,
+    pub(crate) server: Option<String>,
     /// Start at this epoch instead of where the last run stopped.
     #[arg(long)]
-    from: Option<u64>,
+    pub(crate) from: Option<u64>,
     /// Where to remember progress [default: <home>/audit-<server>.json].
     #[arg(long)]
-    state: Option<PathBuf>,
+    pub(crate) state: Option<PathBuf>,
     /// Keep running: audit new epochs as they are published.
     #[arg(long)]
-    follow: bool,
+    pub(crate) follow: bool,
     /// With --follow: seconds between checks.
     #[arg(long, default_value_t = 10)]
-    interval: u64,
+    pub(crate) interval: u64,
+    /// Another auditor of the same server (the URL its --serve prints), or anything else that
+    /// serves the directory's signed roots. After each check, its newest root is compared with
+    /// the one checked here for the same version: two different roots, both signed by the
+    /// server, prove that it shows different people different directories (exit status 3).
+    /// Repeat for several peers.
+    #[arg(long, value_name = "URL")]
+    pub(crate) peer: Vec<String>,
+    /// With --follow: serve the roots checked here to other auditors at this address (e.g.
+    /// 127.0.0.1:7445; port 0 picks one), as GET /v1/directory/root and
+    /// /v1/directory/roots/{version}. The URL is printed first.
+    #[arg(long, value_name = "ADDRESS", requires = "follow")]
+    pub(crate) serve: Option<std::net::SocketAddr>,
 }
 
 /// The process exits with status 3: a security check failed or a security event was shown.
@@ -509,7 +521,7 @@ impl std::fmt::Display for SecurityExit {
 impl std::error::Error for SecurityExit {}
 
 /// Turns an SDK security error into a [`SecurityExit`]; other errors pass through.
-fn security_exit(e: sealpost_sdk::Error) -> anyhow::Error {
+pub(crate) fn security_exit(e: sealpost_sdk::Error) -> anyhow::Error {
     match e {
         e @ sealpost_sdk::Error::Security { .. } => SecurityExit(e.to_string()).into(),
         other => crate::rpc::RpcError::from(other).into(),
@@ -580,7 +592,7 @@ fn users(list: &[String]) -> Result<Vec<Username>> {
         .collect()
 }
 
-fn print_json(v: &impl Serialize) -> Result<()> {
+pub(crate) fn print_json(v: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string(v)?);
     Ok(())
 }
@@ -663,7 +675,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Audit(mut args) => {
             args.server = Some(config.server(args.server.take())?);
-            return audit(&home, args, as_json).await;
+            return crate::audit::run(&home, args, as_json).await;
         }
         Command::Register { username, server } => {
             let server = config.server(server)?;
@@ -1496,38 +1508,6 @@ fn list_devices(devices: Vec<sealpost_sdk::DeviceEntry>, json: bool) -> Result<(
         }
     }
     Ok(())
-}
-
-async fn audit(home: &std::path::Path, args: AuditArgs, as_json: bool) -> Result<()> {
-    let server = args.server.clone().unwrap_or_default();
-    let state = args
-        .state
-        .clone()
-        .unwrap_or_else(|| sealpost_sdk::audit::default_state_file(home, &server));
-    let mut from = args.from;
-    loop {
-        let report = sealpost_sdk::audit::audit(&server, &state, from.take())
-            .await
-            .map_err(security_exit)?;
-        if as_json {
-            print_json(&report)?;
-        } else if report.verified > 0 {
-            println!(
-                "checked versions {} to {} of the server's key directory: it only grew (no \
-                 account's keys were changed or taken back behind its owner)",
-                report.from, report.to
-            );
-        } else {
-            println!(
-                "nothing new: the server's key directory is checked up to its version {}",
-                report.to
-            );
-        }
-        if !args.follow {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(args.interval.max(1))).await;
-    }
 }
 
 async fn group(out: &Output<'_>, cmd: GroupCommand) -> Result<()> {

@@ -1,6 +1,7 @@
 //! `sealpost`: `sealpost server` runs the server; every other subcommand is the client.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod bench;
 mod bench_ceilings;
 mod bench_directory;
