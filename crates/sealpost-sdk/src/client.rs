@@ -84,7 +84,7 @@ use crate::model::{
     ReceiptStatus, SecurityAlert, Suite, Unconfirmed, Whoami,
 };
 use crate::store::{self, Profile, Provider, Sealer, conv_row, item_row, put_meta};
-use sealpost_proto::directory::MAX_BATCH_LOOKUP;
+use sealpost_proto::directory::{MAX_BATCH_LOOKUP, SignedRoot};
 use sealpost_proto::mimi::Content;
 
 /// The event log consumer whose place [`Client::sync`] keeps.
@@ -910,6 +910,8 @@ pub struct Client {
     batch_groups: Option<BTreeMap<GroupId, MlsGroup>>,
     /// What the user chose to tell others beyond messages (receipts, typing).
     prefs: Preferences,
+    /// Auditors of the key directory whose checked roots this device compares with its own.
+    auditors: Vec<String>,
     /// What others share of themselves (display names, avatars).
     contacts: profiles::Contacts,
     /// A profile arrived since avatars were last fetched (or the profile was opened).
@@ -1056,6 +1058,7 @@ impl Client {
             },
             linked: BTreeMap::new(),
             merged_commits: Vec::new(),
+            auditors: Vec::new(),
         })
     }
 
@@ -1104,6 +1107,7 @@ impl Client {
             dir: DirView::default(),
             linked: BTreeMap::new(),
             merged_commits: Vec::new(),
+            auditors: Vec::new(),
         };
         client.reload()?;
         Ok(client)
@@ -1158,6 +1162,12 @@ impl Client {
             &self.profile.sealer,
             receipts::PREFERENCES,
             "preferences",
+        )?;
+        self.auditors = store::get_meta_json(
+            self.profile.conn(),
+            &self.profile.sealer,
+            keydir::AUDITORS,
+            "auditor list",
         )?;
         self.inbox_cursor = self
             .profile

@@ -197,7 +197,8 @@ enum Command {
         /// 365d; or `off`.
         duration: String,
     },
-    /// Show or change delivery and read receipts and typing indicators (off by default).
+    /// Show or change delivery and read receipts, typing indicators (both off by default), and
+    /// the key directory auditors this device compares with.
     ///
     /// What you tell the people you talk to beyond your messages. Both are off until you switch
     /// them on, and each works both ways: while yours are off, you do not see those of others
@@ -210,6 +211,15 @@ enum Command {
         /// Tell a conversation while you are typing in it (interfaces built on the daemon do).
         #[arg(long, value_name = "on|off")]
         typing: Option<Switch>,
+        /// Compare this device's key directory with an auditor's on every sync: the URL its
+        /// `sealpost audit --serve` printed. Two different roots for one version of the
+        /// directory, both signed by the server, are a split view (a security alert). Repeat
+        /// for several; replaces the list.
+        #[arg(long, value_name = "URL")]
+        auditor: Vec<String>,
+        /// Compare with no auditor.
+        #[arg(long, conflicts_with = "auditor")]
+        no_auditors: bool,
     },
     /// Show or change your display name and avatar, or show someone's.
     ///
@@ -791,20 +801,38 @@ pub async fn run(cli: Cli) -> Result<()> {
             })
             .await
         }
-        Command::Settings { receipts, typing } => {
+        Command::Settings {
+            receipts,
+            typing,
+            auditor,
+            no_auditors,
+        } => {
             let mut params = serde_json::Map::new();
             for (name, switch) in [("receipts", receipts), ("typing", typing)] {
                 if let Some(switch) = switch {
                     params.insert(name.into(), json!(switch == Switch::On));
                 }
             }
-            let prefs: sealpost_sdk::Preferences = session.call("settings", params.into()).await?;
+            if no_auditors || !auditor.is_empty() {
+                params.insert("auditors".into(), json!(auditor));
+            }
+            let settings: crate::rpc::SettingsInEffect =
+                session.call("settings", params.into()).await?;
             if as_json {
-                return print_json(&prefs);
+                return print_json(&settings);
             }
             let word = |on: bool| if on { "on" } else { "off" };
-            println!("receipts: {}", word(prefs.receipts));
-            println!("typing indicators: {}", word(prefs.typing));
+            println!("receipts: {}", word(settings.preferences.receipts));
+            println!("typing indicators: {}", word(settings.preferences.typing));
+            let auditors: Vec<String> = settings.auditors.iter().map(|a| safe(a)).collect();
+            println!(
+                "auditors compared with: {}",
+                if auditors.is_empty() {
+                    "none".to_owned()
+                } else {
+                    auditors.join(", ")
+                }
+            );
             Ok(())
         }
         Command::Profile {

@@ -210,6 +210,17 @@ struct Settings {
     receipts: Option<bool>,
     #[serde(default)]
     typing: Option<bool>,
+    #[serde(default)]
+    auditors: Option<Vec<String>>,
+}
+
+/// The answer to `settings`: the preferences, and the auditors roots are compared with.
+#[derive(Serialize, Deserialize)]
+pub struct SettingsInEffect {
+    #[serde(flatten)]
+    pub preferences: sealpost_sdk::Preferences,
+    #[serde(default)]
+    pub auditors: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -483,7 +494,11 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
             answer(json!({ "path": saved }))
         }
         "settings" => {
-            let Settings { receipts, typing } = params(p)?;
+            let Settings {
+                receipts,
+                typing,
+                auditors,
+            } = params(p)?;
             let mut client = live.lock().await;
             let mut prefs = client.preferences();
             if receipts.is_some() || typing.is_some() {
@@ -491,7 +506,13 @@ pub async fn dispatch(live: &Live, method: &str, p: Value) -> Result<Value, RpcE
                 prefs.typing = typing.unwrap_or(prefs.typing);
                 client.set_preferences(prefs)?;
             }
-            answer(prefs)
+            if let Some(auditors) = auditors {
+                client.set_auditors(auditors)?;
+            }
+            answer(SettingsInEffect {
+                preferences: prefs,
+                auditors: client.auditors().to_vec(),
+            })
         }
         "typing" => {
             let Typing { to, typing } = params(p)?;

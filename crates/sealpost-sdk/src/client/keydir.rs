@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Where the auditors to compare roots with are kept in the profile.
+pub(super) const AUDITORS: &str = "auditors";
+
 impl Client {
     /// The pinned directory state; profiles made before pinning existed pin on first use.
     pub(super) async fn dir_state(&mut self) -> Result<DirectoryState, Error> {
@@ -227,6 +230,93 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// The auditors whose roots this device compares with its own on every sync.
+    pub fn auditors(&self) -> &[String] {
+        &self.auditors
+    }
+
+    /// Sets the auditors this device compares roots with (kept in the profile): each one's URL
+    /// (`http://` or `https://`), as its `sealpost audit --serve` printed it, or anything else
+    /// that serves the key directory's signed roots (`GET /v1/directory/root` and
+    /// `/v1/directory/roots/{epoch}`).
+    pub fn set_auditors(&mut self, auditors: Vec<String>) -> Result<(), Error> {
+        for url in &auditors {
+            Api::new(url, self.identity.device_id)?;
+        }
+        let json = serde_json::to_vec(&auditors).map_err(|e| Error::Store(e.to_string()))?;
+        self.profile
+            .atomically(|tx, sealer, _| put_meta(tx, sealer, AUDITORS, &json))?;
+        self.auditors = auditors;
+        Ok(())
+    }
+
+    /// Compares the newest root this device verified with what each auditor checked. An
+    /// auditor that cannot be reached, or checks another directory, is passed over (logged):
+    /// the sync goes on. A different root for the same epoch, signed by the directory, is a
+    /// split view: an alert.
+    pub(super) async fn check_auditors(&mut self) -> Result<(), Error> {
+        for url in self.auditors.clone() {
+            match self.compare_with_auditor(&url).await {
+                Ok(()) | Err(Error::Security { .. }) => {}
+                Err(e) => tracing::warn!(auditor = %url, "cannot compare roots: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn compare_with_auditor(&mut self, url: &str) -> Result<(), Error> {
+        let state = self.dir_state().await?;
+        let auditor = Api::new(url, self.identity.device_id)?;
+        let checked = |signed: SignedRoot, epoch: Option<u64>| {
+            let root = signed.verify(&state.keys.signing_key).map_err(|e| {
+                Error::Protocol(format!("the auditor's root is not this directory's: {e}"))
+            })?;
+            match epoch {
+                Some(e) if e != signed.epoch => Err(Error::Protocol(format!(
+                    "the auditor answered for version {} instead of {e}",
+                    signed.epoch
+                ))),
+                _ => Ok((signed.epoch, root)),
+            }
+        };
+        let newest = auditor.directory_root(None).await?;
+        // The newest epoch both have checked; for an auditor behind this device, the root of
+        // its epoch as the server signed it for this device.
+        let (epoch, theirs) = if newest.epoch >= state.epoch {
+            let signed = if newest.epoch == state.epoch {
+                newest
+            } else {
+                auditor.directory_root(Some(state.epoch)).await?
+            };
+            checked(signed, Some(state.epoch))?
+        } else {
+            let theirs = checked(newest, None)?;
+            if !self.dir.roots.contains_key(&theirs.0) {
+                let (epoch, root) = checked(
+                    self.api.directory_root(Some(theirs.0)).await?,
+                    Some(theirs.0),
+                )?;
+                self.note_root(epoch, root)?;
+            }
+            theirs
+        };
+        match self.dir.roots.get(&epoch) {
+            Some(ours) if *ours != theirs => {
+                let e = security(
+                    SecurityAlert::SplitView,
+                    format!(
+                        "the auditor at {url} checked another root for version {epoch} of the key \
+                         directory than this device verified, both signed by the server: it \
+                         shows different people different directories"
+                    ),
+                );
+                self.alert(&e)?;
+                Err(e)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Checks this account's own directory history: every device in it must be certified by

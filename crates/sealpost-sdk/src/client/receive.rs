@@ -25,7 +25,8 @@ impl Client {
     pub(crate) async fn sync_all(&mut self) -> Result<(), Error> {
         self.sync_inner().await?;
         self.after_sync().await?;
-        self.check_own_account().await
+        self.check_own_account().await?;
+        self.check_auditors().await
     }
 
     /// The id of the newest event in the log ([`EventId::START`] when it is empty).

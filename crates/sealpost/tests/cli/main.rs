@@ -892,6 +892,7 @@ fn auditors_comparing_roots_catch_a_server_that_forked_its_directory() {
     let two = ServerProcess::start_in(copy, &[], &[], inherit());
     run_ok(&home("b"), &["register", "bob", "--server", &one.url]);
     run_ok(&home("c"), &["register", "carol", "--server", &two.url]);
+    run_ok(&home("d"), &["register", "dave", "--server", &one.url]);
 
     let of_one = ServingAuditor::start(&home("auditor-1"), &one.url);
     let of_two = ServingAuditor::start(&home("auditor-2"), &two.url);
@@ -929,6 +930,32 @@ fn auditors_comparing_roots_catch_a_server_that_forked_its_directory() {
             "{message}"
         );
     }
+
+    // A client compares with auditors too, on every sync: with one of its own view, nothing to
+    // say; with one of the other view, a split-view alert (exit status 3).
+    let out = run_ok(&home("d"), &["settings", "--auditor", &of_one.url]);
+    assert!(
+        out.contains(&format!("auditors compared with: {}", of_one.url)),
+        "{out}"
+    );
+    let out = run_ok(&home("d"), &["sync"]);
+    assert!(!out.contains("SECURITY"), "{out}");
+    run_ok(&home("d"), &["settings", "--auditor", &of_two.url]);
+    let out = sealpost()
+        .arg("--home")
+        .arg(home("d"))
+        .arg("sync")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("SECURITY (split_view)"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("the auditor at {}", of_two.url)),
+        "{stdout}"
+    );
+    let out = run_ok(&home("d"), &["settings", "--no-auditors"]);
+    assert!(out.contains("auditors compared with: none"), "{out}");
 }
 
 /// Defect: what `send` found in its own sync was acknowledged and stored but never printed,
@@ -2012,7 +2039,10 @@ fn disappearing_messages_from_the_command_line() {
 fn receipts_from_the_command_line() {
     let (_server, _homes, a, b) = alice_and_bob();
     let out = run_ok(&a, &["settings"]);
-    assert_eq!(out, "receipts: off\ntyping indicators: off\n");
+    assert_eq!(
+        out,
+        "receipts: off\ntyping indicators: off\nauditors compared with: none\n"
+    );
     for who in [&a, &b] {
         let out = run_ok(who, &["settings", "--receipts", "on"]);
         assert!(out.contains("receipts: on"), "{out}");
@@ -2020,7 +2050,7 @@ fn receipts_from_the_command_line() {
     let json = run_ok(&b, &["--json", "settings", "--typing", "on"]);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(json.trim()).unwrap(),
-        serde_json::json!({"receipts": true, "typing": true})
+        serde_json::json!({"receipts": true, "typing": true, "auditors": []})
     );
     run_ok(&a, &["send", "@bob", "did you get this?"]);
     run_ok(&b, &["sync"]);
