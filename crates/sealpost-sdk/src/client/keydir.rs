@@ -249,6 +249,7 @@ impl Client {
         self.profile
             .atomically(|tx, sealer, _| put_meta(tx, sealer, AUDITORS, &json))?;
         self.auditors = auditors;
+        self.dir.auditors.clear();
         Ok(())
     }
 
@@ -256,17 +257,36 @@ impl Client {
     /// auditor that cannot be reached, or checks another directory, is passed over (logged):
     /// the sync goes on. A different root for the same epoch, signed by the directory, is a
     /// split view: an alert.
+    /// Each auditor is asked once per epoch of this device (a root, once compared, stays what it
+    /// is), and one that failed is left alone for [`AUDITOR_RETRY`], so that an auditor out of
+    /// reach does not slow every sync.
     pub(super) async fn check_auditors(&mut self) -> Result<(), Error> {
+        let Some(epoch) = self.dir.state.as_ref().map(|s| s.epoch) else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
         for url in self.auditors.clone() {
-            match self.compare_with_auditor(&url).await {
-                Ok(()) | Err(Error::Security { .. }) => {}
-                Err(e) => tracing::warn!(auditor = %url, "cannot compare roots: {e}"),
+            match self.dir.auditors.get(&url) {
+                Some(AuditorLook::ComparedAt(e)) if *e == epoch => continue,
+                Some(AuditorLook::FailedAt(when)) if now < *when + AUDITOR_RETRY => continue,
+                _ => {}
             }
+            let look = match self.compare_with_auditor(&url).await {
+                Ok(compared) => AuditorLook::ComparedAt(compared),
+                // Alerted once for this epoch.
+                Err(Error::Security { .. }) => AuditorLook::ComparedAt(epoch),
+                Err(e) => {
+                    tracing::warn!(auditor = %url, "cannot compare roots: {e}");
+                    AuditorLook::FailedAt(now)
+                }
+            };
+            self.dir.auditors.insert(url, look);
         }
         Ok(())
     }
 
-    async fn compare_with_auditor(&mut self, url: &str) -> Result<(), Error> {
+    /// Compares with one auditor; the epoch compared at.
+    async fn compare_with_auditor(&mut self, url: &str) -> Result<u64, Error> {
         let state = self.dir_state().await?;
         let auditor = Api::new(url, self.identity.device_id)?;
         let checked = |signed: SignedRoot, epoch: Option<u64>| {
@@ -315,7 +335,7 @@ impl Client {
                 self.alert(&e)?;
                 Err(e)
             }
-            _ => Ok(()),
+            _ => Ok(epoch),
         }
     }
 
@@ -436,6 +456,19 @@ pub(super) struct DirView {
     pub(super) refused: BTreeMap<Username, String>,
     /// Directory roots carried by peers' messages, to compare once the batch is stored.
     pub(super) peer_roots: Vec<PeerRoot>,
+    /// How the comparison with each auditor went last (this process).
+    pub(super) auditors: BTreeMap<String, AuditorLook>,
+}
+
+/// An auditor left alone this long after it could not be asked.
+const AUDITOR_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The last comparison with an auditor.
+pub(super) enum AuditorLook {
+    /// Compared (agreeing, or alerted) at this epoch.
+    ComparedAt(u64),
+    /// It could not be asked, at this time.
+    FailedAt(std::time::Instant),
 }
 
 /// A directory root a peer's message carried.
