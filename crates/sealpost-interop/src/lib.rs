@@ -43,7 +43,7 @@ const FORK_LABEL: &[u8] = b"sealpost fork check";
 const FORK_TAG: &[u8; 4] = b"SPf1";
 const FORK_LEN: usize = 16;
 
-/// The longest key-package lifetime openmls takes: 12 weeks, and an hour of margin.
+/// Key packages last 12 weeks, as Sealpost's own (openmls's default; mls-rs makes a year).
 const LIFETIME: Duration = Duration::from_secs(84 * 24 * 3600);
 
 /// A text's media type, and a conversation description's (Sealpost's own, in CBOR).
