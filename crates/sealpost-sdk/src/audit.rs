@@ -170,40 +170,14 @@ pub async fn compare(state_file: &Path, peer: &str) -> Result<PeerReport, Error>
         reason: "nothing is audited here yet: run `sealpost audit` first".into(),
     })?;
     let log = RootLog::open(&roots_file(state_file), &state, false)?;
-    let refused = |reason: String| Error::AuditPeer {
+    let (newest, theirs) = peer_root(peer, &state.signing_key, state.verified_epoch).await?;
+    let epoch = theirs.epoch;
+    let ours = log.get(epoch)?.ok_or_else(|| Error::AuditPeer {
         peer: peer.to_owned(),
-        reason,
-    };
-    let api = Api::new(peer, DeviceId::from_bytes([0; 16]))?;
-    let checked = |root: SignedRoot| -> Result<SignedRoot, Error> {
-        root.verify(&state.signing_key).map_err(|e| {
-            refused(format!(
-                "its root of version {} is not signed by the key directory audited here \
-                 ({e}): it audits another server, or is no auditor",
-                root.epoch
-            ))
-        })?;
-        Ok(root)
-    };
-    let newest = checked(api.directory_root(None).await?)?;
-    let epoch = newest.epoch.min(state.verified_epoch);
-    let theirs = if newest.epoch == epoch {
-        newest.clone()
-    } else {
-        let root = checked(api.directory_root(Some(epoch)).await?)?;
-        if root.epoch != epoch {
-            return Err(refused(format!(
-                "asked for version {epoch}, it answered with version {}",
-                root.epoch
-            )));
-        }
-        root
-    };
-    let ours = log.get(epoch)?.ok_or_else(|| {
-        refused(format!(
+        reason: format!(
             "version {epoch} is not among the roots kept here (audit from an earlier version \
              with `--from`)"
-        ))
+        ),
     })?;
     if ours.root != theirs.root {
         return Err(security(
@@ -222,9 +196,45 @@ pub async fn compare(state_file: &Path, peer: &str) -> Result<PeerReport, Error>
     Ok(PeerReport {
         peer: peer.to_owned(),
         epoch,
-        peer_epoch: newest.epoch,
+        peer_epoch: newest,
         own_epoch: state.verified_epoch,
     })
+}
+
+/// What `peer` (an auditor, or anything serving a directory's signed roots) has for the newest
+/// epoch it has in common with one at `own_epoch`: its root of `own_epoch` if it is there or
+/// beyond, else its newest, checked under `signing_key`; with the peer's newest epoch. For
+/// auditors comparing with each other, and devices comparing with auditors.
+pub(crate) async fn peer_root(
+    peer: &str,
+    signing_key: &[u8],
+    own_epoch: u64,
+) -> Result<(u64, SignedRoot), Error> {
+    let refused = |reason: String| Error::AuditPeer {
+        peer: peer.to_owned(),
+        reason,
+    };
+    let api = Api::new(peer, DeviceId::from_bytes([0; 16]))?;
+    let newest = api.directory_root(None).await?;
+    let epoch = newest.epoch.min(own_epoch);
+    let (newest, root) = if newest.epoch == epoch {
+        (newest.epoch, newest)
+    } else {
+        (newest.epoch, api.directory_root(Some(epoch)).await?)
+    };
+    if root.epoch != epoch {
+        return Err(refused(format!(
+            "asked for version {epoch}, it answered with version {}",
+            root.epoch
+        )));
+    }
+    root.verify(signing_key).map_err(|e| {
+        refused(format!(
+            "its root of version {epoch} is not signed by the key directory checked here ({e}): \
+             it checks another server's directory"
+        ))
+    })?;
+    Ok((newest, root))
 }
 
 /// The signed root of `epoch` (the newest one with `None`) among those checked by the audit

@@ -84,7 +84,7 @@ use crate::model::{
     ReceiptStatus, SecurityAlert, Suite, Unconfirmed, Whoami,
 };
 use crate::store::{self, Profile, Provider, Sealer, conv_row, item_row, put_meta};
-use sealpost_proto::directory::{MAX_BATCH_LOOKUP, SignedRoot};
+use sealpost_proto::directory::MAX_BATCH_LOOKUP;
 use sealpost_proto::mimi::Content;
 
 /// The event log consumer whose place [`Client::sync`] keeps.

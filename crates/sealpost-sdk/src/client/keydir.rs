@@ -186,38 +186,49 @@ impl Client {
             .and_then(|s| self.dir.roots.get(&s.epoch).map(|r| (s.epoch, *r)))
     }
 
+    /// The root this device verified for `epoch`, or, if it has none, the server's signed root
+    /// for it, checked and kept. A root that does not verify, or differs from one kept for that
+    /// epoch, is an alert (and the error returned); `None` if the server has no such epoch.
+    async fn root_of(&mut self, epoch: u64) -> Result<Option<[u8; 32]>, Error> {
+        if let Some(root) = self.dir.roots.get(&epoch) {
+            return Ok(Some(*root));
+        }
+        let state = self.dir_state().await?;
+        let signed = match self.api.directory_root(Some(epoch)).await {
+            Ok(signed) => signed,
+            Err(Error::Server {
+                code: ErrorCode::NotFound,
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match signed.verify(&state.keys.signing_key) {
+            Ok(root) if signed.epoch == epoch => {
+                self.note_root(epoch, root)?;
+                Ok(Some(root))
+            }
+            _ => {
+                let e = security(
+                    SecurityAlert::InvalidProof,
+                    format!("the directory root of epoch {epoch} does not verify"),
+                );
+                self.alert(&e)?;
+                Err(e)
+            }
+        }
+    }
+
     /// Compares the roots peers carried for epochs this device had not verified yet.
     pub(super) async fn check_peer_roots(&mut self) -> Result<(), Error> {
         let pending = std::mem::take(&mut self.dir.peer_roots);
         for peer in pending {
-            if !self.dir.roots.contains_key(&peer.epoch) {
-                let state = self.dir_state().await?;
-                match self.api.directory_root(Some(peer.epoch)).await {
-                    Ok(signed) => match signed.verify(&state.keys.signing_key) {
-                        Ok(root) if signed.epoch == peer.epoch => {
-                            if self.note_root(peer.epoch, root).is_err() {
-                                continue;
-                            }
-                        }
-                        _ => {
-                            self.alert(&security(
-                                SecurityAlert::InvalidProof,
-                                format!(
-                                    "the directory root of epoch {} does not verify",
-                                    peer.epoch
-                                ),
-                            ))?;
-                            continue;
-                        }
-                    },
-                    Err(Error::Server {
-                        code: ErrorCode::NotFound,
-                        ..
-                    }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if self.dir.roots.get(&peer.epoch) != Some(&peer.root) {
+            let ours = match self.root_of(peer.epoch).await {
+                Ok(ours) => ours,
+                // Shown already.
+                Err(Error::Security { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            if ours != Some(peer.root) {
                 let record = LoggedRecord::Conversation {
                     item: Item::Security {
                         alert: SecurityAlert::SplitView,
@@ -285,45 +296,15 @@ impl Client {
         Ok(())
     }
 
-    /// Compares with one auditor; the epoch compared at.
+    /// Compares with one auditor; the epoch compared at. For an auditor behind this device,
+    /// the root of its epoch is the one the server signs for this device.
     async fn compare_with_auditor(&mut self, url: &str) -> Result<u64, Error> {
         let state = self.dir_state().await?;
-        let auditor = Api::new(url, self.identity.device_id)?;
-        let checked = |signed: SignedRoot, epoch: Option<u64>| {
-            let root = signed.verify(&state.keys.signing_key).map_err(|e| {
-                Error::Protocol(format!("the auditor's root is not this directory's: {e}"))
-            })?;
-            match epoch {
-                Some(e) if e != signed.epoch => Err(Error::Protocol(format!(
-                    "the auditor answered for version {} instead of {e}",
-                    signed.epoch
-                ))),
-                _ => Ok((signed.epoch, root)),
-            }
-        };
-        let newest = auditor.directory_root(None).await?;
-        // The newest epoch both have checked; for an auditor behind this device, the root of
-        // its epoch as the server signed it for this device.
-        let (epoch, theirs) = if newest.epoch >= state.epoch {
-            let signed = if newest.epoch == state.epoch {
-                newest
-            } else {
-                auditor.directory_root(Some(state.epoch)).await?
-            };
-            checked(signed, Some(state.epoch))?
-        } else {
-            let theirs = checked(newest, None)?;
-            if !self.dir.roots.contains_key(&theirs.0) {
-                let (epoch, root) = checked(
-                    self.api.directory_root(Some(theirs.0)).await?,
-                    Some(theirs.0),
-                )?;
-                self.note_root(epoch, root)?;
-            }
-            theirs
-        };
-        match self.dir.roots.get(&epoch) {
-            Some(ours) if *ours != theirs => {
+        let (_, theirs) =
+            crate::audit::peer_root(url, &state.keys.signing_key, state.epoch).await?;
+        let epoch = theirs.epoch;
+        match self.root_of(epoch).await? {
+            Some(ours) if ours.as_slice() != theirs.root.as_slice() => {
                 let e = security(
                     SecurityAlert::SplitView,
                     format!(
